@@ -1,0 +1,376 @@
+//! Writing tasks: [`NewTask`] and the `enqueue` functions, which run on the caller's connection
+//! so that the task commits or rolls back with the caller's transaction.
+
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind};
+use crate::store::{now_ms, NewRow, StoreConnection};
+use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
+
+/// The largest encoded task tend stores: 4 MiB. Larger data belongs in your own table, with
+/// its key in the task.
+pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
+
+/// The longest signature, in bytes (the seed's `method_sign_name` column width).
+pub const MAX_SIGNATURE_BYTES: usize = 200;
+
+/// The bincode configuration of every payload. Decoding is limited to [`MAX_PAYLOAD_BYTES`] so
+/// that a corrupt length prefix cannot make a worker allocate without bound.
+pub(crate) fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD_BYTES>()
+}
+
+/// Checks a signature: 1 to 200 bytes of ASCII letters, digits and `._:-/#`.
+pub(crate) fn validate_signature(s: &str) -> Result<(), Error> {
+    let bad = |reason: &str| {
+        Err(Error::new(ErrorKind::InvalidSignature {
+            signature: s.to_string(),
+            reason: reason.to_string(),
+        }))
+    };
+    if s.is_empty() {
+        return bad("it is empty");
+    }
+    if s.len() > MAX_SIGNATURE_BYTES {
+        return bad("it is longer than 200 bytes");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._:-/#".contains(&b))
+    {
+        return bad("only ASCII letters, digits and `._:-/#` are allowed");
+    }
+    Ok(())
+}
+
+/// A task ready to enqueue, with its type's options and any per-enqueue overrides.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use std::time::Duration;
+/// use diesel::{Connection, SqliteConnection};
+/// use tend::{ExecuteWay, NewTask};
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// tend::migrate(&mut conn).unwrap();
+/// let task = NewTask::new(&Ship { order_id: 42 })
+///     .unwrap()
+///     .execute_way(ExecuteWay::Schedule)
+///     .delay(Duration::from_secs(30))
+///     .shard_key(42)
+///     .idempotency_key("ship-42");
+/// let first = tend::enqueue_new(&mut conn, task.clone()).unwrap();
+/// let second = tend::enqueue_new(&mut conn, task).unwrap();
+/// assert!(first.id().is_some());
+/// assert!(second.is_duplicate());
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    signature: &'static str,
+    type_name: &'static str,
+    version: i32,
+    payload: Vec<u8>,
+    opts: TaskOptions,
+    idempotency_key: Option<String>,
+    shard_key: i64,
+}
+
+impl NewTask {
+    /// Encodes `task` with bincode and takes its type's [`Task::options`].
+    ///
+    /// # Errors
+    /// An invalid signature, a task that bincode cannot encode, or one larger than
+    /// [`MAX_PAYLOAD_BYTES`].
+    pub fn new<T: Task>(task: &T) -> Result<NewTask, Error> {
+        validate_signature(T::SIGNATURE)?;
+        let payload = bincode::serde::encode_to_vec(task, bincode_config()).map_err(|source| {
+            Error::new(ErrorKind::Encode {
+                signature: T::SIGNATURE.to_string(),
+                source,
+            })
+        })?;
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::new(ErrorKind::PayloadTooLarge {
+                signature: T::SIGNATURE.to_string(),
+                size: payload.len(),
+                max: MAX_PAYLOAD_BYTES,
+            }));
+        }
+        Ok(NewTask {
+            signature: T::SIGNATURE,
+            type_name: std::any::type_name::<T>(),
+            version: T::VERSION,
+            payload,
+            opts: T::options(),
+            idempotency_key: None,
+            shard_key: 0,
+        })
+    }
+
+    /// Overrides [`TaskOptions::delay`].
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.opts = self.opts.delay(d);
+        self
+    }
+    /// Overrides [`TaskOptions::execute_way`].
+    pub fn execute_way(mut self, w: ExecuteWay) -> Self {
+        self.opts = self.opts.execute_way(w);
+        self
+    }
+    /// Overrides [`TaskOptions::thread_way`].
+    pub fn thread_way(mut self, w: ThreadWay) -> Self {
+        self.opts = self.opts.thread_way(w);
+        self
+    }
+    /// Overrides [`TaskOptions::transaction_way`].
+    pub fn transaction_way(mut self, w: TransactionWay) -> Self {
+        self.opts = self.opts.transaction_way(w);
+        self
+    }
+    /// Overrides [`TaskOptions::execute_interval`].
+    pub fn execute_interval(mut self, d: Duration) -> Self {
+        self.opts = self.opts.execute_interval(d);
+        self
+    }
+    /// Overrides [`TaskOptions::max_attempts`].
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.opts = self.opts.max_attempts(n);
+        self
+    }
+    /// Overrides [`TaskOptions::alert_expression`].
+    pub fn alert_expression(mut self, e: Option<&str>) -> Self {
+        self.opts = self.opts.alert_expression(e);
+        self
+    }
+    /// Overrides [`TaskOptions::alerter`].
+    pub fn alerter(mut self, name: impl Into<String>) -> Self {
+        self.opts = self.opts.alerter(name);
+        self
+    }
+    /// Overrides [`TaskOptions::task_id`].
+    pub fn task_id(mut self, id: impl Into<String>) -> Self {
+        self.opts = self.opts.task_id(id);
+        self
+    }
+    /// A unique key: while a row with this key exists, enqueuing it again inserts nothing and
+    /// returns [`Enqueued::Duplicate`]. Enforced by a unique index, so concurrent enqueues
+    /// cannot race. At most 255 bytes. Defaults to none.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+    /// The task's shard key. Defaults to 0.
+    pub fn shard_key(mut self, key: i64) -> Self {
+        self.shard_key = key;
+        self
+    }
+
+    /// The task type's signature.
+    pub fn signature(&self) -> &'static str {
+        self.signature
+    }
+
+    /// The options this task will be stored with.
+    pub fn options(&self) -> &TaskOptions {
+        &self.opts
+    }
+
+    /// Validates the options and builds the row, due now or after the delay.
+    pub(crate) fn into_row(self, now: i64) -> Result<NewRow, Error> {
+        self.opts.validate()?;
+        if let Some(k) = &self.idempotency_key {
+            if k.is_empty() || k.len() > 255 {
+                return Err(Error::invalid_setting(
+                    "idempotency_key",
+                    format!("must be 1 to 255 bytes, got {}", k.len()),
+                ));
+            }
+        }
+        let o = self.opts;
+        let execute_time = match o.execute_way {
+            ExecuteWay::RightNow => now,
+            ExecuteWay::Schedule => now.saturating_add(o.delay.as_millis() as i64),
+        };
+        let method_name = self
+            .signature
+            .rsplit(['.', ':', '/', '#'])
+            .next()
+            .unwrap_or(self.signature);
+        Ok(NewRow {
+            task_id: o.task_id.unwrap_or_else(|| self.signature.to_string()),
+            idempotency_key: self.idempotency_key,
+            task_status: crate::TaskStatus::Pending.as_i32(),
+            execute_times: 0,
+            max_attempts: o.max_attempts as i32,
+            execute_time,
+            parameter_types: truncate(self.type_name, 255),
+            method_name: truncate(method_name, 100),
+            method_sign_name: self.signature.to_string(),
+            execute_interval_sec: o.execute_interval.as_secs() as i32,
+            delay_time: o.delay.as_secs() as i32,
+            task_parameter: self.payload,
+            payload_version: self.version,
+            execute_way: o.execute_way.code(),
+            thread_way: o.thread_way.code(),
+            transaction_way: o.transaction_way.code(),
+            error_msg: String::new(),
+            alert_expression: o.alert_expression,
+            alert_action_bean_name: o.alerter,
+            fallback_class_name: o.fallback,
+            fallback_error_msg: None,
+            shard_key: self.shard_key,
+            lease_token: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            gmt_create: now,
+            gmt_modified: now,
+        })
+    }
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new row with this id.
+    Inserted(i64),
+    /// A row with the same idempotency key already exists; nothing was inserted.
+    Duplicate,
+}
+
+impl Enqueued {
+    /// The new row's id, if one was inserted.
+    pub fn id(self) -> Option<i64> {
+        match self {
+            Enqueued::Inserted(id) => Some(id),
+            Enqueued::Duplicate => None,
+        }
+    }
+    /// Whether the idempotency key already existed.
+    pub fn is_duplicate(self) -> bool {
+        self == Enqueued::Duplicate
+    }
+}
+
+/// Enqueues `task` with its type's options, on `conn`: inside `conn.transaction(…)` the task
+/// commits or rolls back with everything else the transaction wrote. Outside a transaction it
+/// commits at once.
+///
+/// A right-now task is due at once; the pool picks it up on its next poll, or at once if you
+/// call [`PoolHandle::wake`](crate::PoolHandle::wake) after your commit.
+///
+/// # Errors
+/// Bad options, an encoding error or an oversized payload (before any SQL is sent), or the
+/// database's error ([`ErrorKind::NotMigrated`] when tend's table is missing).
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use diesel::{Connection, SqliteConnection};
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// tend::migrate(&mut conn).unwrap();
+/// conn.transaction(|conn| {
+///     // insert your business rows here, then:
+///     tend::enqueue(conn, &Ship { order_id: 42 })
+/// })
+/// .unwrap();
+/// ```
+pub fn enqueue<C: StoreConnection, T: Task>(conn: &mut C, task: &T) -> Result<Enqueued, Error> {
+    enqueue_new(conn, NewTask::new(task)?)
+}
+
+/// Enqueues a [`NewTask`] (a task with per-enqueue overrides). See [`enqueue`].
+///
+/// # Errors
+/// As [`enqueue`].
+pub fn enqueue_new<C: StoreConnection>(conn: &mut C, task: NewTask) -> Result<Enqueued, Error> {
+    let row = task.into_row(now_ms())?;
+    let backend = conn.backend();
+    // No retry here: inside the caller's transaction a lock conflict is theirs to handle.
+    match conn.insert_one(&row) {
+        Ok(Some(id)) => Ok(Enqueued::Inserted(id)),
+        Ok(None) => Ok(Enqueued::Duplicate),
+        Err(e) => Err(Error::from_db(backend, e)),
+    }
+}
+
+/// Enqueues many tasks in one multi-row `INSERT` (on MySQL/MariaDB, rows with an idempotency
+/// key are inserted one by one, since one duplicate would fail the whole statement). Returns
+/// how many rows were inserted: duplicates of existing idempotency keys are skipped.
+///
+/// # Errors
+/// As [`enqueue`]; nothing is inserted if any task is invalid.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use diesel::{Connection, SqliteConnection};
+/// use tend::NewTask;
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// tend::migrate(&mut conn).unwrap();
+/// let tasks = (0..100).map(|i| NewTask::new(&Ship { order_id: i })).collect::<Result<Vec<_>, _>>().unwrap();
+/// assert_eq!(tend::enqueue_many(&mut conn, tasks).unwrap(), 100);
+/// ```
+pub fn enqueue_many<C: StoreConnection>(
+    conn: &mut C,
+    tasks: impl IntoIterator<Item = NewTask>,
+) -> Result<usize, Error> {
+    let now = now_ms();
+    let rows = tasks
+        .into_iter()
+        .map(|t| t.into_row(now))
+        .collect::<Result<Vec<_>, _>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let backend = conn.backend();
+    conn.insert_many(&rows)
+        .map_err(|e| Error::from_db(backend, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_checked() {
+        assert!(validate_signature("orders.send_payment_timeout").is_ok());
+        assert!(validate_signature("com.x.Svc#pay(long)").is_err()); // parentheses
+        assert!(validate_signature("").is_err());
+        assert!(validate_signature(&"a".repeat(201)).is_err());
+        assert!(validate_signature("orders pay").is_err());
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

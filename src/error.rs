@@ -1,0 +1,200 @@
+//! tend's one error type. Every variant says what went wrong and, where there is one, the fix.
+
+use std::fmt;
+
+/// An error from tend: a setting, an encoding, or the database.
+///
+/// The kind is available through [`Error::kind`]; [`std::error::Error::source`] chains to the
+/// underlying diesel, r2d2 or bincode error.
+///
+/// ```
+/// use tend::{Error, ErrorKind};
+/// let e = Error::invalid_setting("threads", "must be at least 1");
+/// assert!(matches!(e.kind(), ErrorKind::InvalidSetting { .. }));
+/// assert_eq!(e.to_string(), "invalid setting `threads`: must be at least 1");
+/// ```
+pub struct Error(Box<ErrorKind>);
+
+/// What kind of error happened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A builder or option was given a value it cannot work with.
+    InvalidSetting {
+        /// The setting's name.
+        name: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// `consistency_task` is missing or lacks columns: the migrations were not run.
+    NotMigrated {
+        /// `postgres`, `mysql` or `sqlite`.
+        backend: &'static str,
+        /// The database's own message.
+        detail: String,
+    },
+    /// Running the embedded migrations failed.
+    Migration(String),
+    /// A database statement failed.
+    Database(diesel::result::Error),
+    /// A connection could not be taken from the r2d2 pool.
+    Pool(r2d2::Error),
+    /// A task could not be encoded.
+    Encode {
+        /// The task type's signature.
+        signature: String,
+        /// The encoder's error.
+        source: bincode::error::EncodeError,
+    },
+    /// An encoded task is larger than the table accepts.
+    PayloadTooLarge {
+        /// The task type's signature.
+        signature: String,
+        /// Encoded size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// Two task types were registered with the same signature.
+    DuplicateSignature(String),
+    /// A signature is empty, too long or has characters tend does not accept.
+    InvalidSignature {
+        /// The signature as given.
+        signature: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// An alert expression does not parse or type-check.
+    InvalidExpression {
+        /// The expression as given.
+        expression: String,
+        /// Where and why it was rejected.
+        error: crate::expr::ExprError,
+    },
+    /// An alerter name was used that no [`crate::Alerter`] is registered under.
+    UnknownAlerter(String),
+}
+
+impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// Consumes the error and returns its kind.
+    pub fn into_kind(self) -> ErrorKind {
+        *self.0
+    }
+
+    /// Whether the error means the schema is missing (run the migrations).
+    pub fn is_not_migrated(&self) -> bool {
+        matches!(*self.0, ErrorKind::NotMigrated { .. })
+    }
+
+    /// An [`ErrorKind::InvalidSetting`] error.
+    pub fn invalid_setting(name: &'static str, reason: impl Into<String>) -> Error {
+        Error::new(ErrorKind::InvalidSetting {
+            name,
+            reason: reason.into(),
+        })
+    }
+
+    pub(crate) fn new(kind: ErrorKind) -> Error {
+        Error(Box::new(kind))
+    }
+
+    /// Classifies a diesel error from a statement on tend's table: a missing table or column
+    /// becomes [`ErrorKind::NotMigrated`] with the fix in its message.
+    pub(crate) fn from_db(backend: &'static str, e: diesel::result::Error) -> Error {
+        if crate::store::is_missing_schema(&e) {
+            return Error::new(ErrorKind::NotMigrated {
+                backend,
+                detail: e.to_string(),
+            });
+        }
+        Error::new(ErrorKind::Database(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            ErrorKind::InvalidSetting { name, reason } => {
+                write!(f, "invalid setting `{name}`: {reason}")
+            }
+            ErrorKind::NotMigrated { backend, detail } => write!(
+                f,
+                "the `consistency_task` table is missing or incomplete ({detail}); run the \
+                 migrations first: call `tend::migrate(&mut conn)` at startup, or copy \
+                 `migrations/{backend}` into your diesel migrations and run `diesel migration run`"
+            ),
+            ErrorKind::Migration(m) => write!(f, "running tend's migrations failed: {m}"),
+            ErrorKind::Database(e) => write!(f, "database error: {e}"),
+            ErrorKind::Pool(e) => {
+                write!(f, "could not get a database connection from the pool: {e}")
+            }
+            ErrorKind::Encode { signature, source } => {
+                write!(
+                    f,
+                    "could not encode task `{signature}` with bincode: {source}"
+                )
+            }
+            ErrorKind::PayloadTooLarge {
+                signature,
+                size,
+                max,
+            } => write!(
+                f,
+                "task `{signature}` encodes to {size} bytes, more than the {max} bytes a task \
+                 may hold; store large data in your own table and put its key in the task"
+            ),
+            ErrorKind::DuplicateSignature(s) => write!(
+                f,
+                "two task types are registered with the signature `{s}`; signatures must be unique"
+            ),
+            ErrorKind::InvalidSignature { signature, reason } => {
+                write!(f, "invalid task signature `{signature}`: {reason}")
+            }
+            ErrorKind::InvalidExpression { expression, error } => {
+                write!(f, "invalid alert expression `{expression}`: {error}")
+            }
+            ErrorKind::UnknownAlerter(name) => write!(
+                f,
+                "no alerter is registered under the name `{name}`; register it with \
+                 `Registry::alerter` before the task types that name it"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.0 {
+            ErrorKind::Database(e) => Some(e),
+            ErrorKind::Pool(e) => Some(e),
+            ErrorKind::Encode { source, .. } => Some(source),
+            ErrorKind::InvalidExpression { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(e: r2d2::Error) -> Error {
+        Error::new(ErrorKind::Pool(e))
+    }
+}
+
+/// Lets `conn.transaction(|conn| { …; tend::enqueue(conn, &task) })` return `tend::Error`:
+/// diesel needs the transaction's error type to absorb its own errors.
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Error {
+        Error::new(ErrorKind::Database(e))
+    }
+}

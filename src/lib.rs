@@ -1,0 +1,116 @@
+//! tend makes "this must happen" durable for Diesel services.
+//!
+//! A service writes its business rows and, **in the same Diesel transaction**, enqueues a typed
+//! [`Task`]. If the transaction rolls back, the task never existed; once it commits, a
+//! [`WorkerPool`] runs it until it succeeds (retrying on a schedule), or until it is out of
+//! attempts and kept as *dead* for an operator. It is the Rust successor of the Java
+//! `@ConsistencyTask` framework and keeps its table, `consistency_task`.
+//!
+//! # The guarantee
+//!
+//! * **Atomic enqueue**: [`enqueue`] runs on your connection, inside your transaction.
+//! * **At-least-once execution**: a task runs until an attempt succeeds and its completion is
+//!   written. A crash, a lost lease or a completion that could not be written makes it run
+//!   again, so handlers must be idempotent. Under normal operation no task runs twice at the same
+//!   time: each claim takes a lease with a fencing token, and a worker whose lease was taken over
+//!   cannot complete the task any more.
+//! * **Nothing is silently lost**: an unknown signature, a payload that no longer decodes or a
+//!   task out of attempts is kept with a message in `error_msg`, never deleted.
+//!
+//! # Quick look
+//!
+//! ```
+//! use diesel::prelude::*;
+//! use diesel::r2d2::{ConnectionManager, Pool};
+//! use serde::{Deserialize, Serialize};
+//! use tend::{Registry, Task, TaskContext, TaskError, WorkerPool};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendPaymentTimeout { order_id: i64 }
+//!
+//! impl Task for SendPaymentTimeout {
+//!     const SIGNATURE: &'static str = "orders.send_payment_timeout";
+//!     fn execute(&self, _ctx: &TaskContext) -> Result<(), TaskError> {
+//!         // talk to the payment service; an Err retries later
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let path = std::env::temp_dir().join(format!("tend-lib-doc-{}.db", std::process::id()));
+//! # let url = path.to_str().unwrap();
+//! let pool = Pool::builder()
+//!     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+//!     .build(ConnectionManager::<SqliteConnection>::new(url))?;
+//! let mut conn = pool.get()?;
+//! tend::migrate(&mut conn)?;
+//!
+//! conn.transaction(|conn| {
+//!     // diesel::insert_into(orders::table)... your business rows, then:
+//!     tend::enqueue(conn, &SendPaymentTimeout { order_id: 42 })
+//! })?;
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<SendPaymentTimeout>()?;
+//! let handle = WorkerPool::builder(pool.clone(), registry).threads(2).build()?.start()?;
+//! handle.wake(); // run right-now tasks without waiting for the next poll
+//! handle.shutdown();
+//! # drop(conn); drop(pool); let _ = std::fs::remove_file(&path);
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! * `sqlite` (default): [`SqliteConnection`](diesel::SqliteConnection), with SQLite bundled so
+//!   nothing needs installing.
+//! * `postgres`: [`PgConnection`](diesel::PgConnection) (needs libpq).
+//! * `mysql`: [`MysqlConnection`](diesel::MysqlConnection) for MySQL 8 and MariaDB 10.6+
+//!   (needs libmysqlclient).
+//!
+//! Every feature works with r2d2 pooled connections of its connection type too.
+//!
+//! # Layout
+//!
+//! * `task`: the [`Task`] trait, [`TaskOptions`] (the seed's annotation attributes) and
+//!   [`TaskError`], what a handler returns.
+//! * `status`: [`TaskStatus`], the one table of status values.
+//! * `retry`: [`RetryPolicy`].
+//! * `expr`: alert expressions ([`Expr`]).
+//! * `enqueue`: [`NewTask`] and the `enqueue` functions.
+//! * `registry`: [`Registry`], signatures to task types.
+//! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
+//! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
+//! * `error`: [`Error`] and [`ErrorKind`].
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("tend needs at least one backend feature: sqlite, postgres or mysql");
+
+mod enqueue;
+mod error;
+mod expr;
+mod pool;
+mod registry;
+mod retry;
+mod schema;
+mod status;
+mod store;
+mod task;
+
+pub use crate::enqueue::{
+    enqueue, enqueue_many, enqueue_new, Enqueued, NewTask, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_BYTES,
+};
+pub use crate::error::{Error, ErrorKind};
+pub use crate::expr::{AlertVars, Expr, ExprError};
+pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
+pub use crate::registry::Registry;
+pub use crate::retry::RetryPolicy;
+pub use crate::status::TaskStatus;
+#[cfg(feature = "sqlite")]
+pub use crate::store::SqliteSetup;
+pub use crate::store::{check_schema, migrate, StoreConnection};
+pub use crate::task::{
+    ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay, TransactionWay,
+    DEFAULT_ALERT_EXPRESSION,
+};

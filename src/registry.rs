@@ -1,0 +1,208 @@
+//! The registry: which task types this process can run, found by signature.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use crate::enqueue::{bincode_config, validate_signature};
+use crate::error::{Error, ErrorKind};
+use crate::task::{Task, TaskContext, TaskError, TaskOptions};
+
+/// The task types a worker pool can run, keyed by their [`Task::SIGNATURE`].
+///
+/// Registration checks each type's options (an invalid alert expression is rejected here, with
+/// its position, not discovered when it would fire).
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// let mut registry = tend::Registry::new();
+/// registry.register::<Ship>().unwrap();
+/// assert!(registry.contains("orders.ship"));
+/// // The same signature twice is an error.
+/// assert!(registry.register::<Ship>().is_err());
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn Handler>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sigs: Vec<_> = self.handlers.keys().collect();
+        sigs.sort();
+        f.debug_struct("Registry")
+            .field("signatures", &sigs)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers task type `T` under its signature.
+    ///
+    /// # Errors
+    /// A signature already registered or invalid, or invalid options in `T::options()`.
+    pub fn register<T: Task>(&mut self) -> Result<&mut Registry, Error> {
+        validate_signature(T::SIGNATURE)?;
+        let opts = T::options();
+        opts.validate()?;
+        if self.handlers.contains_key(T::SIGNATURE) {
+            return Err(Error::new(ErrorKind::DuplicateSignature(
+                T::SIGNATURE.to_string(),
+            )));
+        }
+        self.handlers.insert(
+            T::SIGNATURE,
+            Arc::new(Typed::<T> {
+                opts,
+                _t: PhantomData,
+            }),
+        );
+        Ok(self)
+    }
+
+    /// Whether a task type is registered under `signature`.
+    pub fn contains(&self, signature: &str) -> bool {
+        self.handlers.contains_key(signature)
+    }
+
+    /// The registered signatures, sorted.
+    pub fn signatures(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.handlers.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub(crate) fn get(&self, signature: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(signature)
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// `execute` succeeded.
+    Succeeded,
+    /// `execute` failed and the fallback succeeded.
+    FallbackSucceeded(TaskError),
+    /// `execute` failed; `fallback` holds the fallback's error if it ran and failed.
+    Failed {
+        error: TaskError,
+        fallback: Option<TaskError>,
+    },
+    /// The payload did not decode.
+    Undecodable(String),
+}
+
+/// A task type with its payload type erased.
+pub(crate) trait Handler: Send + Sync {
+    fn options(&self) -> &TaskOptions;
+    fn type_name(&self) -> &'static str;
+    fn version(&self) -> i32;
+    /// Decodes and runs the task; runs the fallback after a failure when `fallback_due` says so
+    /// (given the error). Panics in either become errors.
+    fn run(
+        &self,
+        payload: &[u8],
+        ctx: &TaskContext,
+        fallback_due: &dyn Fn(&TaskError) -> bool,
+    ) -> Attempt;
+}
+
+struct Typed<T> {
+    opts: TaskOptions,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Task> Handler for Typed<T> {
+    fn options(&self) -> &TaskOptions {
+        &self.opts
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+
+    fn version(&self) -> i32 {
+        T::VERSION
+    }
+
+    fn run(
+        &self,
+        payload: &[u8],
+        ctx: &TaskContext,
+        fallback_due: &dyn Fn(&TaskError) -> bool,
+    ) -> Attempt {
+        let task: T = match decode::<T>(payload) {
+            Ok(t) => t,
+            Err(e) => return Attempt::Undecodable(e),
+        };
+        let error = match guarded(|| task.execute(ctx)) {
+            Ok(()) => return Attempt::Succeeded,
+            Err(e) => e,
+        };
+        if !fallback_due(&error) {
+            return Attempt::Failed {
+                error,
+                fallback: None,
+            };
+        }
+        match guarded(|| task.fallback(ctx)) {
+            Ok(()) => Attempt::FallbackSucceeded(error),
+            Err(f) => Attempt::Failed {
+                error,
+                fallback: Some(f),
+            },
+        }
+    }
+}
+
+/// Decodes a payload; the whole input must be consumed, so a payload written by another
+/// shape of the type is caught rather than silently misread.
+pub(crate) fn decode<T: Task>(payload: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice::<T, _>(payload, bincode_config()) {
+        Ok((t, n)) if n == payload.len() => Ok(t),
+        Ok((_, n)) => Err(format!(
+            "{} trailing bytes after the value ({} of {} bytes read)",
+            payload.len() - n,
+            n,
+            payload.len()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs a handler, turning a panic into an error (the worker thread survives it).
+fn guarded(f: impl FnOnce() -> Result<(), TaskError>) -> Result<(), TaskError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(TaskError::new(format!(
+            "handler panicked: {}",
+            panic_message(&*p)
+        ))),
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a panic payload that is not a string)".to_string()
+    }
+}

@@ -1,0 +1,64 @@
+//! The `consistency_task` table as Diesel sees it. One definition serves every backend: the
+//! migrations under `migrations/<backend>/` map each column to the same Diesel SQL type.
+
+diesel::table! {
+    /// tend's task table; see the migrations for column comments and `TaskStatus` for statuses.
+    consistency_task (id) {
+        /// Surrogate primary key.
+        id -> BigInt,
+        /// The custom task id, or the signature when none was given (the seed's meaning).
+        task_id -> Text,
+        /// Optional unique key: enqueuing the same key twice leaves one row.
+        idempotency_key -> Nullable<Text>,
+        /// See `TaskStatus`.
+        task_status -> Integer,
+        /// How many times the task was started (claimed).
+        execute_times -> Integer,
+        /// After this many failed attempts the task is dead.
+        max_attempts -> Integer,
+        /// Next due time (epoch ms); while running, the lease expiry; parked rows hold i64::MAX.
+        execute_time -> BigInt,
+        /// The payload's Rust type name, for operators only (lookup never uses it).
+        parameter_types -> Text,
+        /// The task's short name, for operators only.
+        method_name -> Text,
+        /// The stable signature the registry dispatches on.
+        method_sign_name -> Text,
+        /// Retry interval base in seconds.
+        execute_interval_sec -> Integer,
+        /// Delay in seconds before the first run of a scheduled task.
+        delay_time -> Integer,
+        /// The bincode-encoded task.
+        task_parameter -> Binary,
+        /// Version of the payload encoding (the task type's `VERSION`).
+        payload_version -> Integer,
+        /// 1 = right now, 2 = schedule.
+        execute_way -> Integer,
+        /// 1 = async, 2 = sync.
+        thread_way -> Integer,
+        /// 1 = with the caller's transaction, 2 = without.
+        transaction_way -> Integer,
+        /// Last failure message.
+        error_msg -> Text,
+        /// Alert expression evaluated after failures.
+        alert_expression -> Nullable<Text>,
+        /// Name of the alerter to notify.
+        alert_action_bean_name -> Nullable<Text>,
+        /// Name of the fallback action, if any.
+        fallback_class_name -> Nullable<Text>,
+        /// Last fallback failure message.
+        fallback_error_msg -> Nullable<Text>,
+        /// Shard key (routing and node affinity).
+        shard_key -> BigInt,
+        /// Fencing token of the current lease.
+        lease_token -> Nullable<BigInt>,
+        /// Which process holds the lease (for operators).
+        lease_owner -> Nullable<Text>,
+        /// When the current lease expires (epoch ms).
+        lease_expires_at -> Nullable<BigInt>,
+        /// Creation time (epoch ms).
+        gmt_create -> BigInt,
+        /// Last modification time (epoch ms).
+        gmt_modified -> BigInt,
+    }
+}

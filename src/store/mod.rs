@@ -1,0 +1,372 @@
+//! Storage: the one contract every backend implements, and the rows it moves.
+//!
+//! Each backend file (`pg.rs`, `mysql.rs`, `sqlite.rs`) holds only the SQL that differs
+//! (claiming, inserting); the statements all backends share come from `common_ops!`. The
+//! user-facing API (`enqueue`, `migrate`, the worker pool) is written once over
+//! [`StoreConnection`], which pooled connections implement too.
+
+use std::thread;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::schema::consistency_task;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteSetup;
+
+/// A Diesel connection tend can store tasks on: `PgConnection`, `MysqlConnection`,
+/// `SqliteConnection` (with the matching feature), and r2d2 pooled connections of each.
+///
+/// The trait is sealed: its methods are tend's internal storage contract.
+pub trait StoreConnection: ops::Ops {}
+
+impl<T: ops::Ops> StoreConnection for T {}
+
+/// A row as stored.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = consistency_task)]
+pub struct TaskRow {
+    pub id: i64,
+    pub task_id: String,
+    pub idempotency_key: Option<String>,
+    pub task_status: i32,
+    pub execute_times: i32,
+    pub max_attempts: i32,
+    pub execute_time: i64,
+    pub parameter_types: String,
+    pub method_name: String,
+    pub method_sign_name: String,
+    pub execute_interval_sec: i32,
+    pub delay_time: i32,
+    pub task_parameter: Vec<u8>,
+    pub payload_version: i32,
+    pub execute_way: i32,
+    pub thread_way: i32,
+    pub transaction_way: i32,
+    pub error_msg: String,
+    pub alert_expression: Option<String>,
+    pub alert_action_bean_name: Option<String>,
+    pub fallback_class_name: Option<String>,
+    pub fallback_error_msg: Option<String>,
+    pub shard_key: i64,
+    pub lease_token: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub gmt_create: i64,
+    pub gmt_modified: i64,
+}
+
+/// A row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = consistency_task)]
+#[diesel(treat_none_as_default_value = false)]
+pub struct NewRow {
+    pub task_id: String,
+    pub idempotency_key: Option<String>,
+    pub task_status: i32,
+    pub execute_times: i32,
+    pub max_attempts: i32,
+    pub execute_time: i64,
+    pub parameter_types: String,
+    pub method_name: String,
+    pub method_sign_name: String,
+    pub execute_interval_sec: i32,
+    pub delay_time: i32,
+    pub task_parameter: Vec<u8>,
+    pub payload_version: i32,
+    pub execute_way: i32,
+    pub thread_way: i32,
+    pub transaction_way: i32,
+    pub error_msg: String,
+    pub alert_expression: Option<String>,
+    pub alert_action_bean_name: Option<String>,
+    pub fallback_class_name: Option<String>,
+    pub fallback_error_msg: Option<String>,
+    pub shard_key: i64,
+    pub lease_token: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub gmt_create: i64,
+    pub gmt_modified: i64,
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    /// Claim rows due at or before this time (epoch ms).
+    pub now: i64,
+    /// The lease expiry written into claimed rows.
+    pub lease_until: i64,
+    /// The fencing token written into claimed rows.
+    pub token: i64,
+    /// Who holds the lease.
+    pub owner: &'a str,
+    /// At most this many rows.
+    pub limit: i64,
+    /// Only these ids (a targeted claim, e.g. of a task just enqueued); `None` for any due row.
+    pub ids: Option<&'a [i64]>,
+}
+
+/// A fenced update of one claimed row after its attempt.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: i64,
+    pub token: i64,
+    pub status: i32,
+    pub execute_time: i64,
+    pub error_msg: String,
+    pub fallback_error_msg: Option<String>,
+    /// How much to add to `execute_times` (-1 when a claimed task is released unstarted).
+    pub attempts_delta: i32,
+    pub now: i64,
+}
+
+pub(crate) mod ops {
+    use super::*;
+
+    /// The storage contract. Every method is one short transaction (or one statement) on
+    /// tend's table, and is retried by the caller on transient errors.
+    pub trait Ops {
+        /// `postgres`, `mysql` or `sqlite`.
+        fn backend(&self) -> &'static str;
+        /// Inserts one row; `None` when its idempotency key already exists.
+        fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>>;
+        /// Inserts rows in one statement where the backend allows; returns how many were new.
+        fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize>;
+        /// Leases up to `limit` due rows and returns them as updated.
+        fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>>;
+        /// Deletes completed rows still held under `token`; returns how many.
+        fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize>;
+        /// Applies fenced updates in one transaction; returns the ids whose lease was still held.
+        fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
+        /// Pushes the lease expiry of running rows held under `token`.
+        fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize>;
+        /// Reads one row.
+        fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
+        /// Fails with the database's error if the table or a column is missing.
+        fn check_schema(&mut self) -> QueryResult<()>;
+        /// Runs tend's embedded migrations.
+        fn run_migrations(&mut self) -> Result<(), String>;
+    }
+}
+
+/// The statements every backend shares, written once with diesel's DSL.
+macro_rules! common_ops {
+    () => {
+        fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
+            use $crate::schema::consistency_task::dsl as t;
+            diesel::delete(
+                t::consistency_task
+                    .filter(t::lease_token.eq(token))
+                    .filter(t::id.eq_any(ids)),
+            )
+            .execute(self)
+        }
+
+        fn finish(&mut self, rows: &[$crate::store::Finish]) -> QueryResult<Vec<i64>> {
+            use $crate::schema::consistency_task::dsl as t;
+            self.transaction(|conn| {
+                let mut held = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let n = diesel::update(
+                        t::consistency_task
+                            .filter(t::id.eq(r.id))
+                            .filter(t::lease_token.eq(r.token)),
+                    )
+                    .set((
+                        t::task_status.eq(r.status),
+                        t::execute_time.eq(r.execute_time),
+                        t::execute_times.eq(t::execute_times + r.attempts_delta),
+                        t::error_msg.eq(&r.error_msg),
+                        t::fallback_error_msg.eq(&r.fallback_error_msg),
+                        t::lease_token.eq(None::<i64>),
+                        t::lease_owner.eq(None::<String>),
+                        t::lease_expires_at.eq(None::<i64>),
+                        t::gmt_modified.eq(r.now),
+                    ))
+                    .execute(conn)?;
+                    if n > 0 {
+                        held.push(r.id);
+                    }
+                }
+                Ok(held)
+            })
+        }
+
+        fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
+            use $crate::schema::consistency_task::dsl as t;
+            diesel::update(
+                t::consistency_task
+                    .filter(t::lease_token.eq(token))
+                    .filter(t::id.eq_any(ids)),
+            )
+            .set((
+                t::execute_time.eq(until),
+                t::lease_expires_at.eq(until),
+                t::gmt_modified.eq(now),
+            ))
+            .execute(self)
+        }
+
+        fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::TaskRow>> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .filter(t::id.eq(id))
+                .select($crate::store::TaskRow::as_select())
+                .first(self)
+                .optional()
+        }
+
+        fn check_schema(&mut self) -> QueryResult<()> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .select($crate::store::TaskRow::as_select())
+                .limit(0)
+                .load::<$crate::store::TaskRow>(self)
+                .map(|_| ())
+        }
+    };
+}
+pub(crate) use common_ops;
+
+/// Pooled connections store tasks exactly like the connection they wrap.
+impl<C> ops::Ops for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+where
+    C: ops::Ops + diesel::r2d2::R2D2Connection + 'static,
+{
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+    fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
+        (**self).insert_one(row)
+    }
+    fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
+        (**self).insert_many(rows)
+    }
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+        (**self).claim(c)
+    }
+    fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
+        (**self).complete(token, ids)
+    }
+    fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>> {
+        (**self).finish(rows)
+    }
+    fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
+        (**self).extend(token, ids, until, now)
+    }
+    fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>> {
+        (**self).find(id)
+    }
+    fn check_schema(&mut self) -> QueryResult<()> {
+        (**self).check_schema()
+    }
+    fn run_migrations(&mut self) -> Result<(), String> {
+        (**self).run_migrations()
+    }
+}
+
+/// Whether a database error means tend's table or one of its columns does not exist.
+pub(crate) fn is_missing_schema(e: &DieselError) -> bool {
+    let DieselError::DatabaseError(_, info) = e else {
+        return false;
+    };
+    let m = info.message().to_ascii_lowercase();
+    // PostgreSQL: relation "consistency_task" does not exist / column ... does not exist;
+    // MySQL/MariaDB: Table 'db.consistency_task' doesn't exist / Unknown column;
+    // SQLite: no such table / no such column.
+    (m.contains("consistency_task") || m.contains("column"))
+        && (m.contains("does not exist")
+            || m.contains("doesn't exist")
+            || m.contains("no such table")
+            || m.contains("no such column")
+            || m.contains("unknown column"))
+}
+
+/// Whether a database error is a lock conflict that simply retrying the statement resolves:
+/// PostgreSQL 40001/40P01, MySQL/MariaDB 1213 (deadlock) and 1205 (lock wait timeout),
+/// SQLite busy/locked.
+pub(crate) fn is_transient(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        DieselError::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("deadlock")
+                || m.contains("lock wait timeout")
+                || m.contains("database is locked")
+                || m.contains("database table is locked")
+                || m.contains("database is busy")
+        }
+        _ => false,
+    }
+}
+
+/// Runs one of tend's own statements, retrying lock conflicts (they are not task failures).
+pub(crate) fn retry_transient<T>(mut op: impl FnMut() -> QueryResult<T>) -> QueryResult<T> {
+    const ATTEMPTS: u32 = 10;
+    let mut wait = Duration::from_millis(2);
+    for attempt in 1.. {
+        match op() {
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                log::debug!("tend: retrying after a lock conflict: {e}");
+                thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs tend's embedded migrations for the connection's backend (idempotent: already applied
+/// migrations are skipped). Diesel records them in `__diesel_schema_migrations`, next to yours.
+///
+/// # Errors
+/// [`ErrorKind::Migration`](crate::ErrorKind::Migration) when a migration fails.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// tend::migrate(&mut conn).unwrap();
+/// tend::check_schema(&mut conn).unwrap();
+/// ```
+pub fn migrate<C: StoreConnection>(conn: &mut C) -> Result<(), crate::Error> {
+    conn.run_migrations()
+        .map_err(|m| crate::Error::new(crate::ErrorKind::Migration(m)))
+}
+
+/// Checks that `consistency_task` exists with every column tend needs.
+///
+/// # Errors
+/// [`ErrorKind::NotMigrated`](crate::ErrorKind::NotMigrated), whose message says how to fix it,
+/// or [`ErrorKind::Database`](crate::ErrorKind::Database) when the database cannot be reached.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// let err = tend::check_schema(&mut conn).unwrap_err();
+/// assert!(err.is_not_migrated());
+/// assert!(err.to_string().contains("tend::migrate"));
+/// ```
+pub fn check_schema<C: StoreConnection>(conn: &mut C) -> Result<(), crate::Error> {
+    let backend = conn.backend();
+    conn.check_schema()
+        .map_err(|e| crate::Error::from_db(backend, e))
+}

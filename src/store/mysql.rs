@@ -1,0 +1,111 @@
+//! MySQL 8 / MariaDB 10.6+: no `RETURNING` on `UPDATE`, so a claim is one short transaction:
+//! `SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE … WHERE id IN (…)`.
+
+use diesel::mysql::MysqlConnection;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::BigInt;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::{ops::Ops, Claim, NewRow, TaskRow};
+use crate::schema::consistency_task::dsl as t;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+
+#[derive(QueryableByName)]
+struct LastId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+impl Ops for MysqlConnection {
+    fn backend(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
+        // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
+        // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
+        // would also silence truncation and other errors.
+        match diesel::insert_into(t::consistency_task)
+            .values(row)
+            .execute(self)
+        {
+            Ok(_) => {}
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+                if row.idempotency_key.is_some() =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        }
+        let last: LastId = diesel::sql_query("SELECT LAST_INSERT_ID() AS id").get_result(self)?;
+        Ok(Some(last.id))
+    }
+
+    fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
+        if rows.iter().any(|r| r.idempotency_key.is_some()) {
+            // One duplicate would fail the whole multi-row statement: insert one by one.
+            let mut n = 0;
+            for r in rows {
+                n += usize::from(self.insert_one(r)?.is_some());
+            }
+            return Ok(n);
+        }
+        diesel::insert_into(t::consistency_task)
+            .values(rows)
+            .execute(self)
+    }
+
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+        self.transaction(|conn| {
+            let due = t::consistency_task
+                .filter(t::execute_time.le(c.now))
+                .filter(t::task_status.eq_any([0, 1, 2]))
+                .order(t::execute_time)
+                .limit(c.limit)
+                .select(TaskRow::as_select());
+            let mut rows: Vec<TaskRow> = match c.ids {
+                None => due.for_update().skip_locked().load(conn)?,
+                Some(ids) => due
+                    .filter(t::id.eq_any(ids))
+                    .for_update()
+                    .skip_locked()
+                    .load(conn)?,
+            };
+            if rows.is_empty() {
+                return Ok(rows);
+            }
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
+                .set((
+                    t::task_status.eq(1),
+                    t::execute_times.eq(t::execute_times + 1),
+                    t::execute_time.eq(c.lease_until),
+                    t::lease_expires_at.eq(c.lease_until),
+                    t::lease_token.eq(c.token),
+                    t::lease_owner.eq(c.owner),
+                    t::gmt_modified.eq(c.now),
+                ))
+                .execute(conn)?;
+            for r in &mut rows {
+                r.task_status = 1;
+                r.execute_times += 1;
+                r.execute_time = c.lease_until;
+                r.lease_expires_at = Some(c.lease_until);
+                r.lease_token = Some(c.token);
+                r.lease_owner = Some(c.owner.to_string());
+                r.gmt_modified = c.now;
+            }
+            Ok(rows)
+        })
+    }
+
+    fn run_migrations(&mut self) -> Result<(), String> {
+        self.run_pending_migrations(MIGRATIONS)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    super::common_ops!();
+}

@@ -1,0 +1,124 @@
+//! SQLite 3.35+: one writer at a time, so a claim is one short `BEGIN IMMEDIATE` transaction
+//! (take the write lock first, never upgrade a read lock mid-way).
+
+use diesel::prelude::*;
+use diesel::r2d2::CustomizeConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use super::{ops::Ops, Claim, NewRow, TaskRow};
+use crate::schema::consistency_task::dsl as t;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+impl Ops for SqliteConnection {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
+        diesel::insert_into(t::consistency_task)
+            .values(row)
+            .on_conflict_do_nothing()
+            .returning(t::id)
+            .get_result(self)
+            .optional()
+    }
+
+    fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
+        diesel::insert_into(t::consistency_task)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .execute(self)
+    }
+
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+        self.immediate_transaction(|conn| {
+            let due = t::consistency_task
+                .filter(t::execute_time.le(c.now))
+                .filter(t::task_status.eq_any([0, 1, 2]))
+                .order(t::execute_time)
+                .limit(c.limit)
+                .select(t::id);
+            let ids: Vec<i64> = match c.ids {
+                None => due.load(conn)?,
+                Some(ids) => due.filter(t::id.eq_any(ids)).load(conn)?,
+            };
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
+                .set((
+                    t::task_status.eq(1),
+                    t::execute_times.eq(t::execute_times + 1),
+                    t::execute_time.eq(c.lease_until),
+                    t::lease_expires_at.eq(c.lease_until),
+                    t::lease_token.eq(c.token),
+                    t::lease_owner.eq(c.owner),
+                    t::gmt_modified.eq(c.now),
+                ))
+                .returning(TaskRow::as_returning())
+                .get_results(conn)
+        })
+    }
+
+    fn run_migrations(&mut self) -> Result<(), String> {
+        self.run_pending_migrations(MIGRATIONS)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    super::common_ops!();
+}
+
+/// An r2d2 connection customizer for SQLite pools: WAL journal (readers never block the
+/// writer), `synchronous = NORMAL`, and a busy timeout so that writers queue instead of
+/// failing with "database is locked".
+///
+/// ```
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// let dir = std::env::temp_dir().join(format!("tend-doc-{}.db", std::process::id()));
+/// let pool = Pool::builder()
+///     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+///     .build(ConnectionManager::<SqliteConnection>::new(dir.to_str().unwrap()))
+///     .unwrap();
+/// tend::migrate(&mut pool.get().unwrap()).unwrap();
+/// # drop(pool); let _ = std::fs::remove_file(&dir);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteSetup {
+    busy_timeout_ms: u32,
+}
+
+impl Default for SqliteSetup {
+    fn default() -> Self {
+        SqliteSetup::new()
+    }
+}
+
+impl SqliteSetup {
+    /// WAL, `synchronous = NORMAL`, busy timeout 5 s.
+    pub fn new() -> SqliteSetup {
+        SqliteSetup {
+            busy_timeout_ms: 5_000,
+        }
+    }
+
+    /// How long a writer waits for the lock before "database is locked". Defaults to 5 s.
+    pub fn busy_timeout(mut self, d: std::time::Duration) -> SqliteSetup {
+        self.busy_timeout_ms = d.as_millis().min(u32::MAX as u128) as u32;
+        self
+    }
+}
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+            self.busy_timeout_ms
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}

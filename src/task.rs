@@ -1,0 +1,436 @@
+//! What a task is: the [`Task`] trait, its options, and what a handler returns.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::retry::RetryPolicy;
+
+/// A unit of work that must happen: a serde type, found by a stable signature.
+///
+/// The value is encoded with bincode into `consistency_task.task_parameter` when it is
+/// enqueued, and decoded by a worker to run [`Task::execute`].
+///
+/// **The signature is the task's identity**: rows are dispatched by it, never by the Rust type
+/// name, so renaming or moving the type keeps queued rows runnable. Changing the *fields* of a
+/// type changes its bincode encoding: rows queued before the change will not decode and end
+/// [`Held`](crate::TaskStatus::Held) with a message (never deleted). To change a payload, add a
+/// new type with a new signature (or bump [`Task::VERSION`] and keep the old type registered
+/// until the old rows are drained).
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use std::time::Duration;
+/// use tend::{Task, TaskContext, TaskError, TaskOptions};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct SendPaymentTimeout { order_id: i64 }
+///
+/// impl Task for SendPaymentTimeout {
+///     const SIGNATURE: &'static str = "orders.send_payment_timeout";
+///
+///     fn options() -> TaskOptions {
+///         TaskOptions::new().execute_interval(Duration::from_secs(30)).max_attempts(10)
+///     }
+///
+///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+///         println!("order {} timed out (attempt {})", self.order_id, ctx.attempt());
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Task: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The stable name rows are dispatched by (the seed's `method_sign_name`), for example
+    /// `"orders.send_payment_timeout"`. At most 200 bytes of ASCII letters, digits and `._:-/#`.
+    const SIGNATURE: &'static str;
+
+    /// Version of the payload's shape, stored in `payload_version`. Defaults to 1.
+    const VERSION: i32 = 1;
+
+    /// The defaults for every task of this type; a single enqueue can override them through
+    /// [`NewTask`](crate::NewTask). Defaults to [`TaskOptions::new`].
+    fn options() -> TaskOptions {
+        TaskOptions::new()
+    }
+
+    /// Does the work. `Ok` completes the task (its row is deleted); an error schedules a retry
+    /// (or, with [`TaskError::give_up`], makes the task dead at once). A panic counts as an
+    /// error; the worker thread survives it.
+    ///
+    /// Runs **at least once**: after a crash, a lost lease or a completion that could not be
+    /// written, it runs again. Make its side effects idempotent (for example, keyed by the task's
+    /// business id).
+    fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError>;
+
+    /// The fallback action (the seed's `fallbackClass`), run after a failed attempt once the
+    /// task has failed more than the fallback threshold, if [`TaskOptions::fallback`] names one.
+    /// `Ok` completes the task. Defaults to an error saying no fallback is defined.
+    fn fallback(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+        let _ = ctx;
+        Err(TaskError::new("this task type defines no fallback"))
+    }
+}
+
+/// When a task first runs (the seed's `executeMode` / `execute_way`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecuteWay {
+    /// As soon as the enqueuing transaction commits (the seed's `EXECUTE_RIGHT_NOW`, stored as 1).
+    #[default]
+    RightNow,
+    /// `delay` after enqueue, by the pool's poller (the seed's `EXECUTE_SCHEDULE`, stored as 2).
+    Schedule,
+}
+
+/// Which thread runs a right-now task (the seed's `threadMode` / `thread_way`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadWay {
+    /// On the worker pool (stored as 1).
+    #[default]
+    Async,
+    /// In the caller's thread right after commit (stored as 2).
+    Sync,
+}
+
+/// Whether the row joins the caller's transaction (the seed's `transactionMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransactionWay {
+    /// Written in the caller's transaction: it commits or rolls back with the business rows
+    /// (stored as 1).
+    #[default]
+    WithTransaction,
+    /// Written in its own transaction on a pool connection: it exists even if the caller then
+    /// rolls back. No atomicity with business data (stored as 2).
+    WithoutTransaction,
+}
+
+macro_rules! way_codes {
+    ($t:ty { $($v:ident = $n:expr),* }) => {
+        impl $t {
+            pub(crate) fn code(self) -> i32 {
+                match self { $(<$t>::$v => $n),* }
+            }
+        }
+    };
+}
+way_codes!(ExecuteWay { RightNow = 1, Schedule = 2 });
+way_codes!(ThreadWay { Async = 1, Sync = 2 });
+way_codes!(TransactionWay { WithTransaction = 1, WithoutTransaction = 2 });
+
+/// The original framework's default alert expression.
+pub const DEFAULT_ALERT_EXPRESSION: &str = "executeTimes > 1 && executeTimes < 5";
+
+/// Per-task-type defaults, the seed's `@ConsistencyTask` attributes. Every setter says its
+/// default and the seed's name for it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tend::{ExecuteWay, RetryPolicy, TaskOptions};
+/// let opts = TaskOptions::new()
+///     .execute_way(ExecuteWay::Schedule)
+///     .delay(Duration::from_secs(900))
+///     .retry_policy(RetryPolicy::Fixed)
+///     .max_attempts(5);
+/// assert_eq!(opts.get_max_attempts(), 5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    pub(crate) execute_interval: Duration,
+    pub(crate) delay: Duration,
+    pub(crate) execute_way: ExecuteWay,
+    pub(crate) thread_way: ThreadWay,
+    pub(crate) transaction_way: TransactionWay,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) fallback: Option<String>,
+    pub(crate) fallback_threshold: u32,
+    pub(crate) alert_expression: Option<String>,
+    pub(crate) alerter: Option<String>,
+    pub(crate) task_id: Option<String>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions::new()
+    }
+}
+
+impl TaskOptions {
+    /// The seed's defaults: 60 s interval, 60 s delay, right now, async, with transaction,
+    /// linear retry, 25 attempts, no fallback, alert expression
+    /// `executeTimes > 1 && executeTimes < 5`, no alerter, task id = signature.
+    pub fn new() -> TaskOptions {
+        TaskOptions {
+            execute_interval: Duration::from_secs(60),
+            delay: Duration::from_secs(60),
+            execute_way: ExecuteWay::RightNow,
+            thread_way: ThreadWay::Async,
+            transaction_way: TransactionWay::WithTransaction,
+            max_attempts: 25,
+            retry: RetryPolicy::Linear,
+            fallback: None,
+            fallback_threshold: 0,
+            alert_expression: Some(DEFAULT_ALERT_EXPRESSION.to_string()),
+            alerter: None,
+            task_id: None,
+        }
+    }
+
+    /// Base of the retry schedule (the seed's `executeIntervalSec`). Whole seconds, 1 s to
+    /// `i32::MAX` s. Defaults to 60 s.
+    pub fn execute_interval(mut self, d: Duration) -> Self {
+        self.execute_interval = d;
+        self
+    }
+
+    /// How long after enqueue a [`ExecuteWay::Schedule`] task becomes due (the seed's
+    /// `delayTime`). Whole seconds. Defaults to 60 s; ignored for right-now tasks.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+
+    /// When the task first runs (the seed's `executeMode`). Defaults to [`ExecuteWay::RightNow`].
+    pub fn execute_way(mut self, w: ExecuteWay) -> Self {
+        self.execute_way = w;
+        self
+    }
+
+    /// Which thread runs a right-now task (the seed's `threadMode`). Defaults to
+    /// [`ThreadWay::Async`].
+    pub fn thread_way(mut self, w: ThreadWay) -> Self {
+        self.thread_way = w;
+        self
+    }
+
+    /// Whether the row joins the caller's transaction (the seed's `transactionMode`). Defaults
+    /// to [`TransactionWay::WithTransaction`].
+    pub fn transaction_way(mut self, w: TransactionWay) -> Self {
+        self.transaction_way = w;
+        self
+    }
+
+    /// Attempts before the task is dead (the seed retried forever). At least 1. Defaults to 25.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// How the wait between attempts grows. Defaults to [`RetryPolicy::Linear`] (the seed's).
+    pub fn retry_policy(mut self, p: RetryPolicy) -> Self {
+        self.retry = p;
+        self
+    }
+
+    /// Names the fallback action (the seed's `fallbackClass`, stored in `fallback_class_name`)
+    /// and turns it on: [`Task::fallback`] then runs after failed attempts past the threshold.
+    /// Defaults to none.
+    pub fn fallback(mut self, name: impl Into<String>) -> Self {
+        self.fallback = Some(name.into());
+        self
+    }
+
+    /// The fallback runs after a failed attempt when the number of failed attempts exceeds
+    /// this (the seed's `fail-count-threshold`): 0 means after the first failure. Defaults to 0.
+    pub fn fallback_threshold(mut self, n: u32) -> Self {
+        self.fallback_threshold = n;
+        self
+    }
+
+    /// The alert expression (the seed's `alertExpression`), or `None` for no alerts. Checked
+    /// when the type is registered or the task enqueued. Defaults to
+    /// `executeTimes > 1 && executeTimes < 5`.
+    pub fn alert_expression(mut self, e: Option<&str>) -> Self {
+        self.alert_expression = e.map(str::to_string);
+        self
+    }
+
+    /// The name of the [`Alerter`](crate::Alerter) to notify (the seed's
+    /// `alertActionBeanName`). Defaults to none: a firing alert is a warn log line.
+    pub fn alerter(mut self, name: impl Into<String>) -> Self {
+        self.alerter = Some(name.into());
+        self
+    }
+
+    /// The custom task id (the seed's `id`), stored in `task_id`. Defaults to the signature.
+    /// Not unique; see [`NewTask::idempotency_key`](crate::NewTask::idempotency_key) for that.
+    pub fn task_id(mut self, id: impl Into<String>) -> Self {
+        self.task_id = Some(id.into());
+        self
+    }
+
+    /// The configured maximum number of attempts.
+    pub fn get_max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The configured retry policy.
+    pub fn get_retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Checks every option; called at registration and at enqueue.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error;
+        let secs = |name: &'static str, d: Duration, min: u64| {
+            if d.subsec_nanos() != 0 {
+                return Err(Error::invalid_setting(name, "must be whole seconds"));
+            }
+            if d.as_secs() < min || d.as_secs() > i32::MAX as u64 {
+                return Err(Error::invalid_setting(
+                    name,
+                    format!(
+                        "must be between {min} s and {} s, got {} s",
+                        i32::MAX,
+                        d.as_secs()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        secs("execute_interval", self.execute_interval, 1)?;
+        secs("delay", self.delay, 0)?;
+        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+            return Err(Error::invalid_setting(
+                "max_attempts",
+                "must be at least 1 (and fit an i32)",
+            ));
+        }
+        if let Some(e) = &self.alert_expression {
+            crate::expr::Expr::parse(e).map_err(|error| {
+                Error::new(crate::error::ErrorKind::InvalidExpression {
+                    expression: e.clone(),
+                    error,
+                })
+            })?;
+        }
+        for (name, v, max) in [
+            ("fallback", &self.fallback, 255),
+            ("alerter", &self.alerter, 255),
+            ("task_id", &self.task_id, 500),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > max {
+                    return Err(Error::invalid_setting(
+                        name,
+                        format!("must be 1 to {max} bytes, got {}", v.len()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a running task knows about itself.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub(crate) id: i64,
+    pub(crate) task_id: String,
+    pub(crate) signature: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) shard_key: i64,
+}
+
+impl TaskContext {
+    /// The row's primary key.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+    /// The task id (custom id or signature).
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+    /// The signature.
+    pub fn signature(&self) -> &str {
+        &self.signature
+    }
+    /// This attempt's number, 1 for the first run (`execute_times` after the claim).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// Attempts allowed before the task is dead.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+    /// The task's shard key.
+    pub fn shard_key(&self) -> i64 {
+        self.shard_key
+    }
+}
+
+/// A failed attempt, and what to do about it.
+///
+/// Any `std::error::Error` converts into one (so `?` works in a handler) and means "retry on
+/// the task's schedule".
+///
+/// ```
+/// use std::time::Duration;
+/// use tend::TaskError;
+/// let retry = TaskError::new("gateway returned 503");
+/// let later = TaskError::retry_after("rate limited", Duration::from_secs(120));
+/// let fatal = TaskError::give_up("order no longer exists");
+/// assert!(!retry.is_give_up() && fatal.is_give_up());
+/// assert_eq!(later.message(), "rate limited");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    message: String,
+    action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Retry,
+    RetryAfter(Duration),
+    GiveUp,
+}
+
+impl TaskError {
+    /// Retry on the task's schedule.
+    pub fn new(message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            action: Action::Retry,
+        }
+    }
+    /// Retry after `wait` instead of the schedule's wait (still counts as an attempt).
+    pub fn retry_after(message: impl Into<String>, wait: Duration) -> TaskError {
+        TaskError {
+            message: message.into(),
+            action: Action::RetryAfter(wait),
+        }
+    }
+    /// Do not retry: the task becomes dead now (kept, visible, retryable by an operator).
+    pub fn give_up(message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            action: Action::GiveUp,
+        }
+    }
+    /// The message stored in `error_msg`.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// Whether the handler asked not to retry.
+    pub fn is_give_up(&self) -> bool {
+        self.action == Action::GiveUp
+    }
+    pub(crate) fn action(&self) -> Action {
+        self.action
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> TaskError {
+        TaskError::new(e.to_string())
+    }
+}
