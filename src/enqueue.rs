@@ -181,6 +181,21 @@ impl NewTask {
         &self.opts
     }
 
+    /// The plain `enqueue` functions write on the caller's connection, which cannot honour
+    /// [`TransactionWay::WithoutTransaction`]: say so rather than silently join the transaction.
+    fn check_written_here(&self) -> Result<(), Error> {
+        if self.opts.transaction_way == TransactionWay::WithoutTransaction {
+            return Err(Error::invalid_setting(
+                "transaction_way",
+                format!(
+                    "task `{}` is WithoutTransaction, which the plain enqueue functions cannot                      honour (they write on your connection); enqueue it through an Outbox",
+                    self.signature
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates the options and builds the row, due now or after the delay.
     pub(crate) fn into_row(self, now: i64) -> Result<NewRow, Error> {
         self.opts.validate()?;
@@ -306,6 +321,7 @@ pub fn enqueue<C: StoreConnection, T: Task>(conn: &mut C, task: &T) -> Result<En
 /// # Errors
 /// As [`enqueue`].
 pub fn enqueue_new<C: StoreConnection>(conn: &mut C, task: NewTask) -> Result<Enqueued, Error> {
+    task.check_written_here()?;
     let row = task.into_row(now_ms())?;
     let backend = conn.backend();
     // No retry here: inside the caller's transaction a lock conflict is theirs to handle.
@@ -345,7 +361,10 @@ pub fn enqueue_many<C: StoreConnection>(
     let now = now_ms();
     let rows = tasks
         .into_iter()
-        .map(|t| t.into_row(now))
+        .map(|t| {
+            t.check_written_here()?;
+            t.into_row(now)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if rows.is_empty() {
         return Ok(0);

@@ -91,6 +91,12 @@ impl Error {
         matches!(*self.0, ErrorKind::NotMigrated { .. })
     }
 
+    /// Whether the error is a lock conflict (deadlock, serialization failure, SQLite busy)
+    /// that retrying the whole transaction would resolve.
+    pub fn is_transient(&self) -> bool {
+        matches!(&*self.0, ErrorKind::Database(e) if crate::store::is_transient(e))
+    }
+
     /// An [`ErrorKind::InvalidSetting`] error.
     pub fn invalid_setting(name: &'static str, reason: impl Into<String>) -> Error {
         Error::new(ErrorKind::InvalidSetting {

@@ -77,7 +77,9 @@
 //! * `retry`: [`RetryPolicy`].
 //! * `expr`: alert expressions ([`Expr`]).
 //! * `enqueue`: [`NewTask`] and the `enqueue` functions.
-//! * `registry`: [`Registry`], signatures to task types.
+//! * `registry`: [`Registry`], signatures to task types and names to alerters.
+//! * `alert`: [`Alerter`], [`Alert`] and the alert thread.
+//! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
 //! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
@@ -87,9 +89,11 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("tend needs at least one backend feature: sqlite, postgres or mysql");
 
+mod alert;
 mod enqueue;
 mod error;
 mod expr;
+mod outbox;
 mod pool;
 mod registry;
 mod retry;
@@ -98,11 +102,13 @@ mod status;
 mod store;
 mod task;
 
+pub use crate::alert::{Alert, Alerter};
 pub use crate::enqueue::{
     enqueue, enqueue_many, enqueue_new, Enqueued, NewTask, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_BYTES,
 };
 pub use crate::error::{Error, ErrorKind};
 pub use crate::expr::{AlertVars, Expr, ExprError};
+pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
 pub use crate::registry::Registry;
 pub use crate::retry::RetryPolicy;

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use crate::alert::Alerter;
 use crate::enqueue::{bincode_config, validate_signature};
 use crate::error::{Error, ErrorKind};
 use crate::task::{Task, TaskContext, TaskError, TaskOptions};
@@ -33,6 +34,7 @@ use crate::task::{Task, TaskContext, TaskError, TaskOptions};
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
+    alerters: HashMap<String, Arc<dyn Alerter>>,
 }
 
 impl fmt::Debug for Registry {
@@ -54,11 +56,18 @@ impl Registry {
     /// Registers task type `T` under its signature.
     ///
     /// # Errors
-    /// A signature already registered or invalid, or invalid options in `T::options()`.
+    /// A signature already registered or invalid, invalid options in `T::options()` (an alert
+    /// expression that does not parse, with its position), or an alerter name that was not
+    /// registered with [`Registry::alerter`] first.
     pub fn register<T: Task>(&mut self) -> Result<&mut Registry, Error> {
         validate_signature(T::SIGNATURE)?;
         let opts = T::options();
         opts.validate()?;
+        if let Some(name) = &opts.alerter {
+            if !self.alerters.contains_key(name) {
+                return Err(Error::new(ErrorKind::UnknownAlerter(name.clone())));
+            }
+        }
         if self.handlers.contains_key(T::SIGNATURE) {
             return Err(Error::new(ErrorKind::DuplicateSignature(
                 T::SIGNATURE.to_string(),
@@ -72,6 +81,37 @@ impl Registry {
             }),
         );
         Ok(self)
+    }
+
+    /// Registers an [`Alerter`] under `name` (the seed's `alertActionBeanName`). Register
+    /// alerters before the task types that name them.
+    ///
+    /// # Errors
+    /// An empty name, or a name already registered.
+    pub fn alerter(
+        &mut self,
+        name: impl Into<String>,
+        alerter: impl Alerter,
+    ) -> Result<&mut Registry, Error> {
+        let name = name.into();
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::invalid_setting(
+                "alerter",
+                "name must be 1 to 255 bytes",
+            ));
+        }
+        if self.alerters.contains_key(&name) {
+            return Err(Error::invalid_setting(
+                "alerter",
+                format!("an alerter named `{name}` is already registered"),
+            ));
+        }
+        self.alerters.insert(name, Arc::new(alerter));
+        Ok(self)
+    }
+
+    pub(crate) fn get_alerter(&self, name: &str) -> Option<&Arc<dyn Alerter>> {
+        self.alerters.get(name)
     }
 
     /// Whether a task type is registered under `signature`.

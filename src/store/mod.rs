@@ -99,6 +99,42 @@ pub struct NewRow {
     pub gmt_modified: i64,
 }
 
+impl NewRow {
+    /// The row as stored under `id`, without reading it back.
+    pub(crate) fn into_task_row(self, id: i64) -> TaskRow {
+        TaskRow {
+            id,
+            task_id: self.task_id,
+            idempotency_key: self.idempotency_key,
+            task_status: self.task_status,
+            execute_times: self.execute_times,
+            max_attempts: self.max_attempts,
+            execute_time: self.execute_time,
+            parameter_types: self.parameter_types,
+            method_name: self.method_name,
+            method_sign_name: self.method_sign_name,
+            execute_interval_sec: self.execute_interval_sec,
+            delay_time: self.delay_time,
+            task_parameter: self.task_parameter,
+            payload_version: self.payload_version,
+            execute_way: self.execute_way,
+            thread_way: self.thread_way,
+            transaction_way: self.transaction_way,
+            error_msg: self.error_msg,
+            alert_expression: self.alert_expression,
+            alert_action_bean_name: self.alert_action_bean_name,
+            fallback_class_name: self.fallback_class_name,
+            fallback_error_msg: self.fallback_error_msg,
+            shard_key: self.shard_key,
+            lease_token: self.lease_token,
+            lease_owner: self.lease_owner,
+            lease_expires_at: self.lease_expires_at,
+            gmt_create: self.gmt_create,
+            gmt_modified: self.gmt_modified,
+        }
+    }
+}
+
 /// What a claim asks for.
 #[derive(Debug, Clone)]
 pub struct Claim<'a> {

@@ -1,0 +1,408 @@
+//! The outbox: a transaction wrapper that knows when the commit happened, so that right-now
+//! tasks reach the pool at once, sync tasks run in the caller's thread, and without-transaction
+//! tasks are written on their own.
+//!
+//! The hand-off is only a fast path: the table is the truth. A task whose hand-off is lost (the
+//! process dies after the commit, the queue is full, no pool is running) stays due and is run by
+//! the next poll.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use diesel::connection::{Connection, TransactionManager};
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+
+use crate::enqueue::{Enqueued, NewTask};
+use crate::error::Error;
+use crate::pool::{random_token, run_one, Config, Done};
+use crate::status::TaskStatus;
+use crate::store::{now_ms, StoreConnection, TaskRow};
+use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
+
+/// A pool's outbox, from [`WorkerPool::outbox`](crate::WorkerPool::outbox).
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError, ThreadWay, TaskOptions};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn options() -> TaskOptions { TaskOptions::new().thread_way(ThreadWay::Sync) }
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// let path = std::env::temp_dir().join(format!("tend-outbox-doc-{}.db", std::process::id()));
+/// let pool = Pool::builder()
+///     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+///     .build(ConnectionManager::<SqliteConnection>::new(path.to_str().unwrap()))
+///     .unwrap();
+/// tend::migrate(&mut pool.get().unwrap()).unwrap();
+/// let mut registry = tend::Registry::new();
+/// registry.register::<Ship>().unwrap();
+/// let workers = tend::WorkerPool::builder(pool.clone(), registry).build().unwrap();
+/// let outbox = workers.outbox();
+/// let handle = workers.start().unwrap();
+///
+/// let mut conn = pool.get().unwrap();
+/// let committed = outbox
+///     .transaction(&mut conn, |conn, tx| {
+///         // your business rows on `conn`, then:
+///         tx.enqueue(conn, &Ship { order_id: 7 })?;
+///         Ok::<_, tend::Error>("order 7 placed")
+///     })
+///     .unwrap();
+/// assert_eq!(*committed.value(), "order 7 placed");
+/// // Ship is a sync task: it already ran, in this thread, right after the commit.
+/// assert!(committed.sync_outcomes()[0].is_success());
+/// # drop(conn); handle.shutdown(); drop(pool); let _ = std::fs::remove_file(&path);
+/// ```
+pub struct Outbox<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    cfg: Arc<Config>,
+    dispatch: Sender<i64>,
+}
+
+impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
+    fn clone(&self) -> Self {
+        Outbox {
+            pool: self.pool.clone(),
+            cfg: self.cfg.clone(),
+            dispatch: self.dispatch.clone(),
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for Outbox<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued_hand_offs", &self.dispatch.len())
+            .finish()
+    }
+}
+
+/// The value a committed [`Outbox::transaction`] returned, and what its sync tasks did.
+#[derive(Debug)]
+pub struct Committed<T> {
+    value: T,
+    sync: Vec<SyncOutcome>,
+}
+
+impl<T> Committed<T> {
+    /// The closure's value.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+    /// The closure's value, by move.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+    /// The outcome of each sync task, in enqueue order.
+    pub fn sync_outcomes(&self) -> &[SyncOutcome] {
+        &self.sync
+    }
+}
+
+/// What a sync task's run in the caller's thread came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncOutcome {
+    /// It ran and is complete (its row is deleted).
+    Succeeded {
+        /// The row id.
+        id: i64,
+    },
+    /// The attempt failed and was recorded: `Failed` means the pool retries it on its
+    /// schedule; `Dead` or `Held` mean it is kept for an operator.
+    Failed {
+        /// The row id.
+        id: i64,
+        /// The status the row is left in.
+        status: TaskStatus,
+        /// The message stored in `error_msg`.
+        error: String,
+    },
+    /// The outcome could not be written; the pool runs the task again after its lease.
+    NotRecorded {
+        /// The row id.
+        id: i64,
+        /// Why.
+        error: String,
+    },
+}
+
+impl SyncOutcome {
+    /// Whether the task ran and is complete.
+    pub fn is_success(&self) -> bool {
+        matches!(self, SyncOutcome::Succeeded { .. })
+    }
+    /// The row id.
+    pub fn id(&self) -> i64 {
+        match self {
+            SyncOutcome::Succeeded { id }
+            | SyncOutcome::Failed { id, .. }
+            | SyncOutcome::NotRecorded { id, .. } => *id,
+        }
+    }
+}
+
+/// Collects what a transaction enqueued, for after its commit.
+pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
+    outbox: &'a Outbox<C>,
+    hand_off: Vec<i64>,
+    sync: Vec<TaskRow>,
+    done: Vec<SyncOutcome>,
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for OutboxTx<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxTx")
+            .field("hand_off", &self.hand_off)
+            .field("sync", &self.sync.len())
+            .finish()
+    }
+}
+
+impl<C> Outbox<C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    pub(crate) fn new(
+        pool: Pool<ConnectionManager<C>>,
+        cfg: Arc<Config>,
+        dispatch: Sender<i64>,
+    ) -> Outbox<C> {
+        Outbox {
+            pool,
+            cfg,
+            dispatch,
+        }
+    }
+
+    /// Runs `f` in a transaction on `conn`; `f` writes business rows on the connection and
+    /// enqueues tasks through the [`OutboxTx`]. Only after the commit succeeds are right-now
+    /// tasks handed to the pool and sync tasks run in this thread; on rollback (an `Err` from
+    /// `f`, or a panic) nothing is handed over or run.
+    ///
+    /// Sync tasks must finish within the pool's lease (they are leased from the moment they
+    /// are written); past it the pool may start them again.
+    ///
+    /// # Errors
+    /// `f`'s error, the commit's error, or an [`ErrorKind::InvalidSetting`](crate::ErrorKind)
+    /// when `conn` is already inside a transaction (the outbox must see the real commit).
+    pub fn transaction<Conn, T, E, F>(&self, conn: &mut Conn, f: F) -> Result<Committed<T>, E>
+    where
+        Conn: Connection + StoreConnection,
+        F: FnOnce(&mut Conn, &mut OutboxTx<'_, C>) -> Result<T, E>,
+        E: From<diesel::result::Error> + From<Error>,
+    {
+        let depth =
+            Conn::TransactionManager::transaction_manager_status_mut(conn).transaction_depth()?;
+        if depth.is_some() {
+            return Err(Error::invalid_setting(
+                "transaction",
+                "Outbox::transaction was called inside another transaction; it must be the \
+                 outermost one, or its tasks would be handed over before the real commit",
+            )
+            .into());
+        }
+        let mut tx = OutboxTx {
+            outbox: self,
+            hand_off: Vec::new(),
+            sync: Vec::new(),
+            done: Vec::new(),
+        };
+        let value = conn.transaction(|c| f(c, &mut tx))?;
+        // Committed: from here on nothing may fail the caller.
+        for id in tx.hand_off.drain(..) {
+            self.hand_off(id);
+        }
+        let mut sync = std::mem::take(&mut tx.done);
+        for row in tx.sync.drain(..) {
+            sync.push(self.run_sync(conn, row));
+        }
+        Ok(Committed { value, sync })
+    }
+
+    /// Enqueues a task in its own transaction on a pool connection (whatever its transaction
+    /// way), then hands it over or runs it like [`transaction`](Self::transaction) would. For
+    /// tasks that are not tied to business rows.
+    ///
+    /// # Errors
+    /// As [`enqueue`](crate::enqueue), plus [`ErrorKind::Pool`](crate::ErrorKind::Pool).
+    pub fn enqueue<T: Task>(&self, task: &T) -> Result<Committed<Enqueued>, Error> {
+        self.enqueue_new(NewTask::new(task)?)
+    }
+
+    /// [`enqueue`](Self::enqueue) for a [`NewTask`].
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub fn enqueue_new(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
+        let mut tx = OutboxTx {
+            outbox: self,
+            hand_off: Vec::new(),
+            sync: Vec::new(),
+            done: Vec::new(),
+        };
+        let enqueued = tx.detached(task)?;
+        Ok(Committed {
+            value: enqueued,
+            sync: tx.done,
+        })
+    }
+
+    /// Hands a committed right-now task to the pool; never blocks and never fails.
+    fn hand_off(&self, id: i64) {
+        match self.dispatch.try_send(id) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                log::debug!("tend: hand-off queue full; task {id} waits for the next poll")
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Runs a sync task (already leased by its insert) and writes its outcome.
+    fn run_sync<S: StoreConnection>(&self, conn: &mut S, row: TaskRow) -> SyncOutcome {
+        let id = row.id;
+        let done = run_one(&self.cfg, row);
+        match done.write(conn) {
+            Ok(true) => match done {
+                Done::Complete { .. } => SyncOutcome::Succeeded { id },
+                Done::Finish(f) => SyncOutcome::Failed {
+                    id,
+                    status: TaskStatus::from_i32(f.status).unwrap_or(TaskStatus::Failed),
+                    error: f.error_msg,
+                },
+            },
+            Ok(false) => SyncOutcome::NotRecorded {
+                id,
+                error: "the lease expired before the outcome was written; the pool has taken \
+                        the task over"
+                    .to_string(),
+            },
+            Err(e) => {
+                log::warn!("tend: could not record the outcome of sync task {id}: {e}");
+                SyncOutcome::NotRecorded {
+                    id,
+                    error: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+impl<C> OutboxTx<'_, C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    /// Enqueues `task` with its type's options. See [`enqueue_new`](Self::enqueue_new).
+    ///
+    /// # Errors
+    /// As [`enqueue`](crate::enqueue).
+    pub fn enqueue<S: StoreConnection, T: Task>(
+        &mut self,
+        conn: &mut S,
+        task: &T,
+    ) -> Result<Enqueued, Error> {
+        self.enqueue_new(conn, NewTask::new(task)?)
+    }
+
+    /// Enqueues a task. With [`TransactionWay::WithTransaction`] (the default) it is written
+    /// on `conn`, inside the transaction; with [`TransactionWay::WithoutTransaction`] it is
+    /// written at once in its own transaction on a pool connection and survives a rollback of
+    /// this one (no atomicity with your business rows).
+    ///
+    /// After the commit, a right-now async task is handed to the pool and a right-now sync task
+    /// runs in this thread. Scheduled tasks wait for their delay and the poll, whatever their
+    /// thread way.
+    ///
+    /// # Errors
+    /// As [`enqueue`](crate::enqueue).
+    pub fn enqueue_new<S: StoreConnection>(
+        &mut self,
+        conn: &mut S,
+        task: NewTask,
+    ) -> Result<Enqueued, Error> {
+        if task.options().transaction_way == TransactionWay::WithoutTransaction {
+            return self.detached(task);
+        }
+        let (enqueued, row) = self.insert(conn, task)?;
+        match (enqueued, row) {
+            (Enqueued::Inserted(_), Some(row)) => self.sync.push(row),
+            (Enqueued::Inserted(id), None) => self.hand_off.push(id),
+            _ => {}
+        }
+        Ok(enqueued)
+    }
+
+    /// Writes a task in its own transaction, then hands it over or runs it at once.
+    fn detached(&mut self, task: NewTask) -> Result<Enqueued, Error> {
+        let mut conn = self.outbox.pool.get()?;
+        let (enqueued, row) = retry_insert(self, &mut conn, task)?;
+        match (enqueued, row) {
+            (Enqueued::Inserted(_), Some(row)) => {
+                let outcome = self.outbox.run_sync(&mut conn, row);
+                self.done.push(outcome);
+            }
+            (Enqueued::Inserted(id), None) => self.outbox.hand_off(id),
+            _ => {}
+        }
+        Ok(enqueued)
+    }
+
+    /// Inserts the row; a right-now sync task is inserted already leased to this caller, so
+    /// the pool's poll cannot run it at the same time (if the caller dies, the lease lapses
+    /// and the pool runs it).
+    fn insert<S: StoreConnection>(
+        &self,
+        conn: &mut S,
+        task: NewTask,
+    ) -> Result<(Enqueued, Option<TaskRow>), Error> {
+        let opts = task.options();
+        let sync = opts.execute_way == ExecuteWay::RightNow && opts.thread_way == ThreadWay::Sync;
+        let now = now_ms();
+        let mut row = task.into_row(now)?;
+        if sync {
+            let until = now + self.outbox.cfg.lease.as_millis() as i64;
+            row.task_status = TaskStatus::Running.as_i32();
+            row.execute_times = 1;
+            row.execute_time = until;
+            row.lease_expires_at = Some(until);
+            row.lease_token = Some(random_token());
+            row.lease_owner = Some(format!("{} (sync caller)", self.outbox.cfg.owner));
+        }
+        let backend = conn.backend();
+        let id = match conn.insert_one(&row) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok((Enqueued::Duplicate, None)),
+            Err(e) => return Err(Error::from_db(backend, e)),
+        };
+        let leased = sync.then(|| row.into_task_row(id));
+        Ok((Enqueued::Inserted(id), leased))
+    }
+}
+
+/// [`OutboxTx::insert`] outside any caller transaction, where retrying lock conflicts is ours
+/// to do.
+fn retry_insert<C, S>(
+    tx: &OutboxTx<'_, C>,
+    conn: &mut S,
+    task: NewTask,
+) -> Result<(Enqueued, Option<TaskRow>), Error>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+    S: StoreConnection,
+{
+    let mut last = None;
+    for _ in 0..5 {
+        match tx.insert(conn, task.clone()) {
+            Err(e) if e.is_transient() => last = Some(e),
+            other => return other,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(last.expect("the loop ran"))
+}

@@ -1,0 +1,215 @@
+//! The completer: writes outcomes back in batches and renews the leases of running tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, tick, Receiver, Sender};
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
+
+use super::run::Done;
+use super::{Config, Shared};
+use crate::store::{now_ms, retry_transient, StoreConnection};
+
+/// Keeps a pooled connection across iterations and drops it after an error, so that a broken
+/// connection is replaced.
+pub(super) struct Conn<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    conn: Option<PooledConnection<ConnectionManager<C>>>,
+}
+
+impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
+    pub(super) fn new(pool: Pool<ConnectionManager<C>>) -> Conn<C> {
+        Conn { pool, conn: None }
+    }
+
+    /// Runs `f` on the held connection, retrying lock conflicts.
+    pub(super) fn with<T>(
+        &mut self,
+        f: impl FnMut(&mut PooledConnection<ConnectionManager<C>>) -> diesel::QueryResult<T>,
+    ) -> Result<T, String> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get().map_err(|e| e.to_string())?);
+        }
+        let conn = self.conn.as_mut().expect("just set");
+        let mut f = f;
+        let r = retry_transient(|| f(conn));
+        r.map_err(|e| {
+            self.conn = None;
+            e.to_string()
+        })
+    }
+}
+
+/// Capped exponential backoff for database errors: 50 ms doubling to 1 s, so that the pool
+/// resumes within about a second of the database coming back and never spins.
+#[derive(Default)]
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    pub(super) fn reset(&mut self) {
+        self.0 = Duration::ZERO;
+    }
+    pub(super) fn next(&mut self) -> Duration {
+        self.0 = (self.0 * 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        self.0
+    }
+}
+
+pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
+    pool: Pool<ConnectionManager<C>>,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    done: Receiver<Done>,
+    stop: Receiver<()>,
+    freed: Sender<()>,
+) {
+    let mut conn = Conn::new(pool);
+    let heartbeat = tick(cfg.lease / 3);
+    let mut batch: Vec<Done> = Vec::new();
+    let mut stopping = false;
+    loop {
+        if !stopping {
+            select! {
+                recv(done) -> d => match d {
+                    Ok(d) => batch.push(d),
+                    Err(_) => stopping = true,
+                },
+                recv(heartbeat) -> _ => renew_leases(&mut conn, &cfg, &shared),
+                recv(stop) -> _ => stopping = true,
+            }
+        }
+        batch.extend(done.try_iter().take(1024));
+        if !batch.is_empty() {
+            write_outcomes(&mut conn, &cfg, &shared, &mut batch, stopping);
+            let _ = freed.try_send(());
+        }
+        if stopping && done.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Writes a batch of outcomes: one DELETE per lease token for successes, one transaction of
+/// fenced updates for the rest. Retries database errors with backoff while the leases are
+/// still worth writing; after that the tasks simply run again (at-least-once).
+fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Config,
+    shared: &Shared,
+    batch: &mut Vec<Done>,
+    stopping: bool,
+) {
+    let mut completes: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut finishes = Vec::new();
+    for d in batch.iter() {
+        match d {
+            Done::Complete { id, token } => completes.entry(*token).or_default().push(*id),
+            Done::Finish(f) => finishes.push(f.clone()),
+        }
+    }
+    let give_up_at = Instant::now()
+        + if stopping {
+            cfg.lease.min(Duration::from_secs(5))
+        } else {
+            cfg.lease
+        };
+    let mut backoff = Backoff::default();
+    let mut pending_completes: Vec<(i64, Vec<i64>)> = completes.into_iter().collect();
+    loop {
+        let mut failed = None;
+        pending_completes.retain(|(token, ids)| {
+            if failed.is_some() {
+                return true;
+            }
+            match conn.with(|c| c.complete(*token, ids)) {
+                Ok(n) => {
+                    if n < ids.len() {
+                        log::warn!(
+                            "tend: {} of {} completed task(s) had lost their lease (taken over \
+                             after expiry); their completion was refused",
+                            ids.len() - n,
+                            ids.len()
+                        );
+                    }
+                    false
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        });
+        if failed.is_none() && !finishes.is_empty() {
+            match conn.with(|c| c.finish(&finishes)) {
+                Ok(held) => {
+                    if held.len() < finishes.len() {
+                        log::warn!(
+                            "tend: {} task outcome(s) were refused because their lease was \
+                             taken over after expiry",
+                            finishes.len() - held.len()
+                        );
+                    }
+                    finishes.clear();
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let Some(e) = failed else { break };
+        if Instant::now() >= give_up_at {
+            log::error!(
+                "tend: could not write the outcome of {} task(s) ({e}); they will run again \
+                 once their leases expire",
+                batch.len()
+            );
+            break;
+        }
+        let wait = backoff.next();
+        log::warn!("tend: writing task outcomes failed ({e}); retrying in {wait:?}");
+        thread::sleep(wait);
+    }
+    let mut map = shared.inflight.lock().expect("inflight lock");
+    for d in batch.drain(..) {
+        map.remove(&d.id());
+    }
+}
+
+/// Pushes the lease expiry of every claimed task whose attempt is within the task timeout.
+fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Config,
+    shared: &Shared,
+) {
+    let mut by_token: HashMap<i64, Vec<i64>> = HashMap::new();
+    {
+        let mut map = shared.inflight.lock().expect("inflight lock");
+        for (id, lease) in map.iter_mut() {
+            let over = lease
+                .started
+                .is_some_and(|s| s.elapsed() > cfg.task_timeout);
+            if over {
+                if !lease.timed_out {
+                    lease.timed_out = true;
+                    log::error!(
+                        "tend: task {id} has run longer than the task timeout ({:?}); its lease \
+                         is no longer renewed and it will be claimed again",
+                        cfg.task_timeout
+                    );
+                }
+                continue;
+            }
+            by_token.entry(lease.token).or_default().push(*id);
+        }
+    }
+    if by_token.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    let until = now + cfg.lease.as_millis() as i64;
+    for (token, ids) in by_token {
+        if let Err(e) = conn.with(|c| c.extend(token, &ids, until, now)) {
+            log::warn!("tend: renewing {} lease(s) failed: {e}", ids.len());
+        }
+    }
+}

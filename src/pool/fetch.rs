@@ -1,0 +1,107 @@
+//! The fetcher: claims due tasks in batches, within the pool's capacity, and claims the tasks
+//! the outbox hands over right after their commit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::{after, select, Receiver, Sender};
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+
+use super::complete::{Backoff, Conn};
+use super::run::random_token;
+use super::{Config, Lease, Shared};
+use crate::store::{now_ms, Claim, StoreConnection, TaskRow};
+
+pub(super) struct Channels {
+    pub jobs: Sender<TaskRow>,
+    pub stop: Receiver<()>,
+    pub wake: Receiver<()>,
+    pub freed: Receiver<()>,
+    pub dispatch: Receiver<i64>,
+}
+
+pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
+    pool: Pool<ConnectionManager<C>>,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    ch: Channels,
+) {
+    let mut conn = Conn::new(pool);
+    let capacity = cfg.threads + cfg.batch_size;
+    // Claim only once a useful batch fits, so that fast tasks do not cost a claim each.
+    let low_water = (cfg.batch_size / 2).max(1).min(capacity);
+    let mut backoff = Backoff::default();
+    // Ids handed over by the outbox, waiting for a targeted claim.
+    let mut handed: Vec<i64> = Vec::new();
+    loop {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let inflight = shared.inflight.lock().expect("inflight lock").len();
+        let free = capacity.saturating_sub(inflight);
+        let full = free == 0 || (free < low_water && inflight > 0 && handed.is_empty());
+        if full {
+            select! {
+                recv(ch.stop) -> _ => return,
+                recv(ch.freed) -> _ => {},
+                recv(after(cfg.poll_interval)) -> _ => {},
+            }
+            continue;
+        }
+        let limit = free.min(cfg.batch_size);
+        let now = now_ms();
+        let targeted = !handed.is_empty();
+        let ids: Vec<i64> = if targeted {
+            handed.drain(..limit.min(handed.len())).collect()
+        } else {
+            Vec::new()
+        };
+        let claim = Claim {
+            now,
+            lease_until: now + cfg.lease.as_millis() as i64,
+            token: random_token(),
+            owner: &cfg.owner,
+            limit: limit as i64,
+            ids: targeted.then_some(&ids[..]),
+        };
+        match conn.with(|c| c.claim(&claim)) {
+            Ok(rows) => {
+                backoff.reset();
+                let n = rows.len();
+                if n > 0 {
+                    let mut map = shared.inflight.lock().expect("inflight lock");
+                    for r in &rows {
+                        map.insert(r.id, Lease::new(claim.token));
+                    }
+                }
+                for r in rows {
+                    let _ = ch.jobs.send(r);
+                }
+                if targeted || n == limit {
+                    continue; // more may be due or handed over
+                }
+            }
+            Err(e) => {
+                let wait = backoff.next();
+                log::warn!("tend: claiming tasks failed ({e}); retrying in {wait:?}");
+                // Handed-over ids stay due in the table; the poll picks them up.
+                select! {
+                    recv(ch.stop) -> _ => return,
+                    recv(after(wait)) -> _ => {},
+                }
+                continue;
+            }
+        }
+        select! {
+            recv(ch.stop) -> _ => return,
+            recv(ch.wake) -> _ => {},
+            recv(ch.dispatch) -> id => {
+                if let Ok(id) = id {
+                    handed.push(id);
+                    handed.extend(ch.dispatch.try_iter().take(cfg.batch_size * 4));
+                }
+            },
+            recv(after(cfg.poll_interval)) -> _ => {},
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The worker pool: a fetcher thread claims due tasks in batches under a lease, worker threads
+//! run them, and a completer thread writes the outcomes back in batches and keeps the leases of
+//! running tasks alive.
+//!
+//! Why three roles: claiming, running and completing overlap, so a worker never waits for a
+//! round trip to start its next task, and completions of many tasks share one statement.
+
+mod complete;
+mod fetch;
+mod run;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+
+use crate::alert::{spawn_alert_thread, Alert, AlertSink};
+use crate::enqueue::truncate;
+use crate::error::Error;
+use crate::outbox::Outbox;
+use crate::registry::Registry;
+use crate::store::{StoreConnection, TaskRow};
+
+pub(crate) use run::{random_token, run_one, Done};
+
+/// How many right-now task ids the outbox may hand over before the pool has claimed them;
+/// beyond that a hand-off is skipped and the task waits for the next poll.
+const DISPATCH_QUEUE: usize = 16 * 1024;
+
+/// Builds a [`WorkerPool`]. Every setter says its default; [`build`](Self::build) rejects
+/// settings it cannot work with.
+///
+/// ```
+/// use std::time::Duration;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// let pool = Pool::builder()
+///     .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///     .unwrap();
+/// let err = tend::WorkerPool::builder(pool, tend::Registry::new())
+///     .threads(0)
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.to_string(), "invalid setting `threads`: must be at least 1");
+/// ```
+pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    registry: Registry,
+    pub(crate) threads: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) task_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    owner: Option<String>,
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPoolBuilder")
+            .field("registry", &self.registry)
+            .field("threads", &self.threads)
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("lease", &self.lease)
+            .field("task_timeout", &self.task_timeout)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+impl<C> WorkerPoolBuilder<C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    /// Worker threads running tasks. Defaults to 4.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Most tasks claimed by one query. The pool also keeps at most this many claimed tasks
+    /// waiting for a free thread. Defaults to 100.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How often an idle pool looks for due tasks; bounds the lateness of scheduled tasks and
+    /// retries. Defaults to 1 s (the seed polled every 10 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// How long a claim holds a task before another worker may take it. The pool renews the
+    /// leases of its tasks every third of this while they run, so it bounds how long a crashed
+    /// process's tasks wait, not how long a task may run. At least 1 s. Defaults to 30 s.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d;
+        self
+    }
+
+    /// How long one attempt may run before the pool stops renewing its lease; the task is then
+    /// claimed again elsewhere (as an attempt) and the late attempt's outcome is refused.
+    /// At least the lease. Defaults to 15 minutes.
+    pub fn task_timeout(mut self, d: Duration) -> Self {
+        self.task_timeout = d;
+        self
+    }
+
+    /// How long [`PoolHandle::shutdown`] waits for running tasks. Defaults to 30 s.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// The name written into `lease_owner`. Defaults to `host/pid/random`.
+    pub fn owner(mut self, name: impl Into<String>) -> Self {
+        self.owner = Some(name.into());
+        self
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) naming the first bad
+    /// setting: zero threads or batch size, a zero poll interval, a lease under 1 s, a task
+    /// timeout shorter than the lease, an empty or over-long owner.
+    pub fn build(self) -> Result<WorkerPool<C>, Error> {
+        if self.threads == 0 {
+            return Err(Error::invalid_setting("threads", "must be at least 1"));
+        }
+        if self.threads > 1024 {
+            return Err(Error::invalid_setting("threads", "must be at most 1024"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid_setting("batch_size", "must be at least 1"));
+        }
+        if self.batch_size > 10_000 {
+            return Err(Error::invalid_setting(
+                "batch_size",
+                "must be at most 10000",
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::invalid_setting(
+                "poll_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(Error::invalid_setting("lease", "must be at least 1 s"));
+        }
+        if self.task_timeout < self.lease {
+            return Err(Error::invalid_setting(
+                "task_timeout",
+                "must be at least the lease",
+            ));
+        }
+        let owner = match self.owner {
+            Some(o) if o.is_empty() || o.len() > 255 => {
+                return Err(Error::invalid_setting("owner", "must be 1 to 255 bytes"))
+            }
+            Some(o) => o,
+            None => default_owner(),
+        };
+        let (alerts, alerts_rx) = AlertSink::new();
+        let (dispatch_tx, dispatch_rx) = bounded(DISPATCH_QUEUE);
+        Ok(WorkerPool {
+            pool: self.pool,
+            dispatch_tx,
+            dispatch_rx,
+            alerts_rx,
+            cfg: Arc::new(Config {
+                alerts,
+                registry: self.registry,
+                threads: self.threads,
+                batch_size: self.batch_size,
+                poll_interval: self.poll_interval,
+                lease: self.lease,
+                task_timeout: self.task_timeout,
+                shutdown_timeout: self.shutdown_timeout,
+                owner,
+            }),
+        })
+    }
+}
+
+/// A configured, not yet started worker pool.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use tend::{Task, TaskContext, TaskError};
+/// # #[derive(Serialize, Deserialize)] struct Ship { order_id: i64 }
+/// # impl Task for Ship {
+/// #     const SIGNATURE: &'static str = "orders.ship";
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// let path = std::env::temp_dir().join(format!("tend-pool-doc-{}.db", std::process::id()));
+/// let pool = Pool::builder()
+///     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+///     .build(ConnectionManager::<SqliteConnection>::new(path.to_str().unwrap()))
+///     .unwrap();
+/// tend::migrate(&mut pool.get().unwrap()).unwrap();
+/// let mut registry = tend::Registry::new();
+/// registry.register::<Ship>().unwrap();
+/// let handle = tend::WorkerPool::builder(pool.clone(), registry)
+///     .threads(2)
+///     .build()
+///     .unwrap()
+///     .start()
+///     .unwrap();
+/// tend::enqueue(&mut pool.get().unwrap(), &Ship { order_id: 1 }).unwrap();
+/// handle.wake();
+/// let report = handle.shutdown();
+/// assert!(report.all_joined());
+/// # drop(pool); let _ = std::fs::remove_file(&path);
+/// ```
+pub struct WorkerPool<C: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<C>>,
+    cfg: Arc<Config>,
+    dispatch_tx: Sender<i64>,
+    dispatch_rx: Receiver<i64>,
+    alerts_rx: Receiver<Alert>,
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// What every thread of a pool (and its outbox) shares.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) registry: Registry,
+    pub(crate) alerts: AlertSink,
+    pub(crate) threads: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) lease: Duration,
+    pub(crate) task_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) owner: String,
+}
+
+impl<C> WorkerPool<C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    /// A builder over an r2d2 pool of the backend's connections and a registry of task types.
+    ///
+    /// The pool takes up to 2 connections at once (one to claim, one to complete); tasks that
+    /// use the database take their own. Turning off r2d2's `test_on_check_out` saves a round
+    /// trip per checkout.
+    pub fn builder(pool: Pool<ConnectionManager<C>>, registry: Registry) -> WorkerPoolBuilder<C> {
+        WorkerPoolBuilder {
+            pool,
+            registry,
+            threads: 4,
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            task_timeout: Duration::from_secs(15 * 60),
+            shutdown_timeout: Duration::from_secs(30),
+            owner: None,
+        }
+    }
+
+    /// Checks the schema and starts the threads.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotMigrated`](crate::ErrorKind::NotMigrated) when tend's table is missing,
+    /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had.
+    pub fn start(self) -> Result<PoolHandle, Error> {
+        {
+            let mut conn = self.pool.get()?;
+            crate::store::check_schema(&mut conn)?;
+        }
+        let cfg = self.cfg;
+        let (jobs_tx, jobs_rx) = unbounded::<TaskRow>();
+        let (done_tx, done_rx) = unbounded::<Done>();
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (wake_tx, wake_rx) = bounded::<()>(1);
+        let (freed_tx, freed_rx) = bounded::<()>(1);
+        let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
+        let shared = Arc::new(Shared {
+            inflight: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .expect("spawning a tend thread")
+        };
+        let alert_thread = spawn_alert_thread(cfg.registry.clone(), self.alerts_rx);
+        let fetcher = {
+            let (pool, cfg, shared) = (self.pool.clone(), cfg.clone(), shared.clone());
+            let ch = fetch::Channels {
+                jobs: jobs_tx.clone(),
+                stop: stop_rx.clone(),
+                wake: wake_rx,
+                freed: freed_rx,
+                dispatch: self.dispatch_rx,
+            };
+            spawn(
+                "tend-fetcher".into(),
+                Box::new(move || fetch::fetcher(pool, cfg, shared, ch)),
+            )
+        };
+        let mut workers = Vec::new();
+        for i in 0..cfg.threads {
+            let (cfg, shared, stop_rx, jobs_rx, done_tx) = (
+                cfg.clone(),
+                shared.clone(),
+                stop_rx.clone(),
+                jobs_rx.clone(),
+                done_tx.clone(),
+            );
+            let (finished_tx, finished_rx) = bounded::<()>(1);
+            let h = spawn(
+                format!("tend-worker-{i}"),
+                Box::new(move || {
+                    run::worker(cfg, shared, jobs_rx, done_tx, stop_rx);
+                    let _ = finished_tx.send(());
+                }),
+            );
+            workers.push((h, finished_rx));
+        }
+        let completer = {
+            let (pool, cfg, shared) = (self.pool.clone(), cfg.clone(), shared.clone());
+            spawn(
+                "tend-completer".into(),
+                Box::new(move || {
+                    complete::completer(pool, cfg, shared, done_rx, completer_stop_rx, freed_tx)
+                }),
+            )
+        };
+        log::info!(
+            "tend: pool started ({} threads, batch {}, poll every {:?}, lease {:?}, owner {})",
+            cfg.threads,
+            cfg.batch_size,
+            cfg.poll_interval,
+            cfg.lease,
+            cfg.owner
+        );
+        Ok(PoolHandle {
+            running: Some(Running {
+                cfg,
+                shared,
+                stop_tx,
+                wake_tx,
+                completer_stop_tx,
+                done_tx,
+                jobs_rx,
+                jobs_tx,
+                fetcher,
+                completer,
+                alert_thread,
+                workers,
+            }),
+        })
+    }
+
+    /// The outbox of this pool: transactions that hand their right-now tasks to the pool the
+    /// moment they commit, run sync tasks in the caller's thread, and write without-transaction
+    /// tasks on their own. Take it before [`start`](Self::start); it can be cloned freely and
+    /// outlives the pool (tasks then wait for the next pool's poll).
+    pub fn outbox(&self) -> Outbox<C> {
+        Outbox::new(
+            self.pool.clone(),
+            self.cfg.clone(),
+            self.dispatch_tx.clone(),
+        )
+    }
+}
+
+/// A running pool. [`shutdown`](Self::shutdown) stops it gracefully; dropping the handle does
+/// the same.
+pub struct PoolHandle {
+    running: Option<Running>,
+}
+
+impl fmt::Debug for PoolHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolHandle")
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+struct Running {
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    stop_tx: Sender<()>,
+    wake_tx: Sender<()>,
+    completer_stop_tx: Sender<()>,
+    done_tx: Sender<Done>,
+    jobs_rx: Receiver<TaskRow>,
+    jobs_tx: Sender<TaskRow>,
+    fetcher: JoinHandle<()>,
+    completer: JoinHandle<()>,
+    alert_thread: JoinHandle<()>,
+    workers: Vec<(JoinHandle<()>, Receiver<()>)>,
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Claimed tasks that had not started and were handed back (due now, attempt not counted).
+    pub released: usize,
+    /// Worker threads still running a task when the deadline passed (left detached; their
+    /// tasks' leases lapse and the outcome of the late attempt is refused).
+    pub abandoned: usize,
+}
+
+impl ShutdownReport {
+    /// Whether every worker finished within the deadline.
+    pub fn all_joined(&self) -> bool {
+        self.abandoned == 0
+    }
+}
+
+impl PoolHandle {
+    /// Makes the pool look for due tasks now instead of at its next poll: call it after
+    /// committing a transaction that enqueued right-now tasks.
+    pub fn wake(&self) {
+        if let Some(r) = &self.running {
+            let _ = r.wake_tx.try_send(());
+        }
+    }
+
+    /// How many alerts were dropped because the alert queue was full.
+    pub fn dropped_alerts(&self) -> u64 {
+        self.running.as_ref().map_or(0, |r| r.cfg.alerts.dropped())
+    }
+
+    /// Stops claiming, lets running tasks finish within the shutdown timeout, hands back the
+    /// leases of claimed tasks that did not start, writes every outcome, and joins the threads.
+    pub fn shutdown(mut self) -> ShutdownReport {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> ShutdownReport {
+        let Some(r) = self.running.take() else {
+            return ShutdownReport {
+                released: 0,
+                abandoned: 0,
+            };
+        };
+        r.shared.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + r.cfg.shutdown_timeout;
+        drop(r.stop_tx); // wakes the fetcher and idle workers
+        let _ = r.fetcher.join(); // no claim after this point
+        let mut abandoned = 0;
+        for (h, finished) in r.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if finished.recv_timeout(left).is_ok() {
+                let _ = h.join();
+            } else {
+                abandoned += 1;
+            }
+        }
+        // Tasks claimed but never started go back, attempt not counted.
+        drop(r.jobs_tx);
+        let mut released = 0;
+        for row in r.jobs_rx.try_iter() {
+            released += 1;
+            let _ = r.done_tx.send(Done::release(row));
+        }
+        drop(r.done_tx);
+        drop(r.completer_stop_tx); // the completer writes what it has, then exits
+        let _ = r.completer.join();
+        // The alert thread ends once the workers' and outboxes' senders are gone; outboxes may
+        // outlive the pool, so it is not joined (it holds no lease and no connection).
+        drop(r.alert_thread);
+        if abandoned > 0 {
+            log::warn!(
+                "tend: {abandoned} worker(s) were still running a task after the shutdown \
+                 timeout; their leases will lapse and the tasks run again"
+            );
+        }
+        log::info!("tend: pool stopped ({released} unstarted task(s) released)");
+        ShutdownReport {
+            released,
+            abandoned,
+        }
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub(crate) struct Shared {
+    /// Claimed tasks whose outcome is not yet written: id → lease.
+    inflight: Mutex<HashMap<i64, Lease>>,
+    stopping: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    token: i64,
+    started: Option<Instant>,
+    timed_out: bool,
+}
+
+impl Lease {
+    fn new(token: i64) -> Lease {
+        Lease {
+            token,
+            started: None,
+            timed_out: false,
+        }
+    }
+}
+
+fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    truncate(
+        &format!(
+            "{host}/{}/{:x}",
+            std::process::id(),
+            random_token() & 0xffff
+        ),
+        255,
+    )
+}

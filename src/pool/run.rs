@@ -1,0 +1,353 @@
+//! Running one claimed task and deciding what to write back. Shared by the pool's workers and
+//! by the outbox, which runs sync tasks in the caller's thread.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use super::{Config, Shared};
+use crate::alert::Alert;
+use crate::enqueue::truncate;
+use crate::expr::{AlertVars, Expr};
+use crate::registry::Attempt;
+use crate::status::{TaskStatus, PARKED};
+use crate::store::{now_ms, Finish, StoreConnection, TaskRow};
+use crate::task::{Action, TaskContext, TaskError, TaskOptions};
+
+/// The longest message stored in `error_msg` / `fallback_error_msg` (64 KiB).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The outcome of one claimed task, to be written back.
+#[derive(Debug, Clone)]
+pub(crate) enum Done {
+    /// Delete the row.
+    Complete { id: i64, token: i64 },
+    /// Fenced update of the row.
+    Finish(Finish),
+}
+
+impl Done {
+    /// Hands a claimed task back unstarted: due now, attempt not counted.
+    pub(crate) fn release(row: TaskRow) -> Done {
+        let now = now_ms();
+        let status = if row.execute_times <= 1 {
+            TaskStatus::Pending
+        } else {
+            TaskStatus::Failed
+        };
+        Done::Finish(Finish {
+            id: row.id,
+            token: row.lease_token.unwrap_or_default(),
+            status: status.as_i32(),
+            execute_time: now,
+            error_msg: row.error_msg,
+            fallback_error_msg: row.fallback_error_msg,
+            attempts_delta: -1,
+            now,
+        })
+    }
+
+    pub(crate) fn id(&self) -> i64 {
+        match self {
+            Done::Complete { id, .. } => *id,
+            Done::Finish(f) => f.id,
+        }
+    }
+
+    /// Writes this outcome alone (the outbox's sync path); `Ok(false)` when the lease was lost.
+    pub(crate) fn write<C: StoreConnection>(&self, conn: &mut C) -> diesel::QueryResult<bool> {
+        crate::store::retry_transient(|| match self {
+            Done::Complete { id, token } => conn.complete(*token, &[*id]).map(|n| n == 1),
+            Done::Finish(f) => conn
+                .finish(std::slice::from_ref(f))
+                .map(|held| held.len() == 1),
+        })
+    }
+}
+
+pub(super) fn worker(
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    jobs: Receiver<TaskRow>,
+    done: Sender<Done>,
+    stop: Receiver<()>,
+) {
+    loop {
+        let row = select! {
+            recv(stop) -> _ => return,
+            recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            let _ = done.send(Done::release(row));
+            return;
+        }
+        if let Some(l) = shared
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get_mut(&row.id)
+        {
+            l.started = Some(Instant::now());
+        }
+        let _ = done.send(run_one(&cfg, row));
+    }
+}
+
+/// Runs one claimed task and decides what to write. Never panics on a task's account.
+pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
+    let token = row.lease_token.unwrap_or_default();
+    if row.execute_times > row.max_attempts {
+        let msg = format!(
+            "its last allowed attempt ({} of {}) never reported back: the worker crashed, was \
+             killed, or ran past the task timeout; not run again. Last error: {}",
+            row.execute_times - 1,
+            row.max_attempts,
+            row.error_msg
+        );
+        let done = park(
+            &row,
+            token,
+            TaskStatus::Dead,
+            msg,
+            row.fallback_error_msg.clone(),
+        );
+        alert_if(cfg, &row, &done, None, false);
+        return done;
+    }
+    let Some(handler) = cfg.registry.get(&row.method_sign_name) else {
+        let msg = format!(
+            "no task type is registered for signature `{}` in this process (renamed, removed, or \
+             a newer deployment's task?); register it, then retry the task",
+            row.method_sign_name
+        );
+        return park(
+            &row,
+            token,
+            TaskStatus::Held,
+            msg,
+            row.fallback_error_msg.clone(),
+        );
+    };
+    let ctx = TaskContext {
+        id: row.id,
+        task_id: row.task_id.clone(),
+        signature: row.method_sign_name.clone(),
+        attempt: row.execute_times.max(1) as u32,
+        max_attempts: row.max_attempts.max(1) as u32,
+        shard_key: row.shard_key,
+    };
+    let opts = handler.options();
+    let fallback_due = |e: &TaskError| fallback_due(opts, ctx.attempt, e);
+    let started = Instant::now();
+    match handler.run(&row.task_parameter, &ctx, &fallback_due) {
+        Attempt::Succeeded => {
+            log::debug!(
+                "tend: task {} ({}) succeeded in {:?}",
+                row.id,
+                row.method_sign_name,
+                started.elapsed()
+            );
+            Done::Complete { id: row.id, token }
+        }
+        Attempt::FallbackSucceeded(e) => {
+            log::info!(
+                "tend: task {} ({}) failed ({e}); its fallback succeeded, so it is complete",
+                row.id,
+                row.method_sign_name
+            );
+            Done::Complete { id: row.id, token }
+        }
+        Attempt::Undecodable(e) => {
+            let msg = format!(
+                "payload does not decode as `{}` (stored version {}, this build's version {}): {e}",
+                handler.type_name(),
+                row.payload_version,
+                handler.version()
+            );
+            park(
+                &row,
+                token,
+                TaskStatus::Held,
+                msg,
+                row.fallback_error_msg.clone(),
+            )
+        }
+        Attempt::Failed { error, fallback } => {
+            let fallback_msg = match &fallback {
+                Some(f) => {
+                    log::warn!(
+                        "tend: the fallback of task {} ({}) failed: {f}",
+                        row.id,
+                        row.method_sign_name
+                    );
+                    Some(truncate(f.message(), MAX_MESSAGE_BYTES))
+                }
+                None => row.fallback_error_msg.clone(),
+            };
+            let done = failed(&row, &ctx, opts, &error, fallback_msg);
+            alert_if(cfg, &row, &done, fallback.as_ref(), opts.fallback.is_some());
+            done
+        }
+    }
+}
+
+/// The seed's rule, with its off-by-one fixed: the fallback runs after a failed attempt when
+/// the failures so far (this one included) exceed the threshold, so 0 means the first failure.
+/// A handler that gives up gets its fallback at once.
+fn fallback_due(opts: &TaskOptions, attempt: u32, e: &TaskError) -> bool {
+    opts.fallback.is_some() && (attempt > opts.fallback_threshold || e.is_give_up())
+}
+
+/// A failed attempt: dead when out of attempts or given up, else retried on the schedule.
+fn failed(
+    row: &TaskRow,
+    ctx: &TaskContext,
+    opts: &TaskOptions,
+    error: &TaskError,
+    fallback_msg: Option<String>,
+) -> Done {
+    let token = row.lease_token.unwrap_or_default();
+    let msg = truncate(error.message(), MAX_MESSAGE_BYTES);
+    if error.is_give_up() || ctx.attempt >= ctx.max_attempts {
+        let why = if error.is_give_up() {
+            "the handler gave up"
+        } else {
+            "out of attempts"
+        };
+        return park(
+            row,
+            token,
+            TaskStatus::Dead,
+            format!("{why}: {msg}"),
+            fallback_msg,
+        );
+    }
+    let wait = match error.action() {
+        Action::RetryAfter(d) => d,
+        _ => opts.retry.delay(
+            ctx.attempt,
+            Duration::from_secs(row.execute_interval_sec.max(1) as u64),
+            random_token() as u64,
+        ),
+    };
+    let now = now_ms();
+    log::warn!(
+        "tend: task {} ({}) failed on attempt {}/{}: {msg}; next attempt in {wait:?}",
+        row.id,
+        row.method_sign_name,
+        ctx.attempt,
+        ctx.max_attempts
+    );
+    Done::Finish(Finish {
+        id: row.id,
+        token,
+        status: TaskStatus::Failed.as_i32(),
+        execute_time: now.saturating_add(wait.as_millis().min(i64::MAX as u128) as i64),
+        error_msg: msg,
+        fallback_error_msg: fallback_msg,
+        attempts_delta: 0,
+        now,
+    })
+}
+
+/// Parks a row (dead or held): kept with its message, never claimed again by itself.
+fn park(
+    row: &TaskRow,
+    token: i64,
+    status: TaskStatus,
+    msg: String,
+    fallback_msg: Option<String>,
+) -> Done {
+    log::warn!(
+        "tend: task {} ({}) is {status}: {msg}",
+        row.id,
+        row.method_sign_name
+    );
+    Done::Finish(Finish {
+        id: row.id,
+        token,
+        status: status.as_i32(),
+        execute_time: PARKED,
+        error_msg: truncate(&msg, MAX_MESSAGE_BYTES),
+        fallback_error_msg: fallback_msg,
+        attempts_delta: 0,
+        now: now_ms(),
+    })
+}
+
+/// Evaluates the task's alert expression after a failure and queues an alert when it holds.
+/// As in the seed: without a fallback, after every failure; with one, only when it ran and
+/// failed.
+fn alert_if(
+    cfg: &Config,
+    row: &TaskRow,
+    done: &Done,
+    fallback: Option<&TaskError>,
+    has_fallback: bool,
+) {
+    if has_fallback && fallback.is_none() {
+        return;
+    }
+    let (Some(source), Done::Finish(f)) = (&row.alert_expression, done) else {
+        return;
+    };
+    let expr = match Expr::parse(source) {
+        Ok(e) => e,
+        Err(e) => {
+            // Only rows written by something other than tend's enqueue can get here.
+            log::warn!(
+                "tend: task {} has an invalid alert expression `{source}`: {e}",
+                row.id
+            );
+            return;
+        }
+    };
+    let status = TaskStatus::from_i32(f.status).unwrap_or(TaskStatus::Failed);
+    let vars = AlertVars {
+        id: row.id,
+        execute_times: row.execute_times.into(),
+        max_attempts: row.max_attempts.into(),
+        status: f.status.into(),
+        signature: row.method_sign_name.clone(),
+        task_id: row.task_id.clone(),
+        shard_key: row.shard_key,
+        fallback_ran: fallback.is_some(),
+        fallback_failed: fallback.is_some(),
+    };
+    match expr.eval(&vars) {
+        Ok(true) => cfg.alerts.send(Alert {
+            id: row.id,
+            task_id: row.task_id.clone(),
+            signature: row.method_sign_name.clone(),
+            shard_key: row.shard_key,
+            execute_times: row.execute_times,
+            max_attempts: row.max_attempts,
+            status,
+            error_msg: f.error_msg.clone(),
+            fallback_error_msg: fallback.map(|e| e.message().to_string()),
+            expression: source.clone(),
+            alerter: row.alert_action_bean_name.clone(),
+        }),
+        Ok(false) => {}
+        Err(e) => log::warn!(
+            "tend: the alert expression `{source}` of task {} failed to evaluate: {e}",
+            row.id
+        ),
+    }
+}
+
+/// A positive random 63-bit number, for lease tokens and jitter. std's `RandomState` is
+/// randomly keyed per process and advances per instance, which is all a token needs.
+pub(crate) fn random_token() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 1) as i64
+}
