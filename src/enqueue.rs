@@ -176,6 +176,11 @@ impl NewTask {
         self.signature
     }
 
+    /// The shard key this task will be stored with.
+    pub fn get_shard_key(&self) -> i64 {
+        self.shard_key
+    }
+
     /// The options this task will be stored with.
     pub fn options(&self) -> &TaskOptions {
         &self.opts

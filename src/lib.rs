@@ -78,6 +78,7 @@
 //! * `expr`: alert expressions ([`Expr`]).
 //! * `enqueue`: [`NewTask`] and the `enqueue` functions.
 //! * `registry`: [`Registry`], signatures to task types and names to alerters.
+//! * `events`: [`Events`], what happens to tasks, for metrics.
 //! * `alert`: [`Alerter`], [`Alert`] and the alert thread.
 //! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
 //! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
@@ -92,6 +93,7 @@ compile_error!("tend needs at least one backend feature: sqlite, postgres or mys
 mod alert;
 mod enqueue;
 mod error;
+mod events;
 mod expr;
 mod outbox;
 mod pool;
@@ -107,6 +109,7 @@ pub use crate::enqueue::{
     enqueue, enqueue_many, enqueue_new, Enqueued, NewTask, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_BYTES,
 };
 pub use crate::error::{Error, ErrorKind};
+pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};

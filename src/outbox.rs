@@ -15,6 +15,7 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
 use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
+use crate::events::{Event, TaskInfo};
 use crate::pool::{random_token, run_one, Config, Done};
 use crate::status::TaskStatus;
 use crate::store::{now_ms, StoreConnection, TaskRow};
@@ -150,6 +151,8 @@ impl SyncOutcome {
 /// Collects what a transaction enqueued, for after its commit.
 pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
     outbox: &'a Outbox<C>,
+    /// Every row inserted in the transaction: id, signature, shard key (for events).
+    inserted: Vec<(i64, &'static str, i64)>,
     hand_off: Vec<i64>,
     sync: Vec<TaskRow>,
     done: Vec<SyncOutcome>,
@@ -209,12 +212,14 @@ where
         }
         let mut tx = OutboxTx {
             outbox: self,
+            inserted: Vec::new(),
             hand_off: Vec::new(),
             sync: Vec::new(),
             done: Vec::new(),
         };
         let value = conn.transaction(|c| f(c, &mut tx))?;
         // Committed: from here on nothing may fail the caller.
+        tx.report_enqueued();
         for id in tx.hand_off.drain(..) {
             self.hand_off(id);
         }
@@ -242,11 +247,13 @@ where
     pub fn enqueue_new(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
         let mut tx = OutboxTx {
             outbox: self,
+            inserted: Vec::new(),
             hand_off: Vec::new(),
             sync: Vec::new(),
             done: Vec::new(),
         };
         let enqueued = tx.detached(task)?;
+        tx.report_enqueued();
         Ok(Committed {
             value: enqueued,
             sync: tx.done,
@@ -338,6 +345,17 @@ where
         Ok(enqueued)
     }
 
+    fn report_enqueued(&mut self) {
+        for (id, signature, shard_key) in self.inserted.drain(..) {
+            self.outbox.cfg.events.emit(Event::Enqueued(TaskInfo {
+                id,
+                signature,
+                shard_key,
+                attempt: 0,
+            }));
+        }
+    }
+
     /// Writes a task in its own transaction, then hands it over or runs it at once.
     fn detached(&mut self, task: NewTask) -> Result<Enqueued, Error> {
         let mut conn = self.outbox.pool.get()?;
@@ -357,10 +375,11 @@ where
     /// the pool's poll cannot run it at the same time (if the caller dies, the lease lapses
     /// and the pool runs it).
     fn insert<S: StoreConnection>(
-        &self,
+        &mut self,
         conn: &mut S,
         task: NewTask,
     ) -> Result<(Enqueued, Option<TaskRow>), Error> {
+        let (signature, shard_key) = (task.signature(), task.get_shard_key());
         let opts = task.options();
         let sync = opts.execute_way == ExecuteWay::RightNow && opts.thread_way == ThreadWay::Sync;
         let now = now_ms();
@@ -380,6 +399,7 @@ where
             Ok(None) => return Ok((Enqueued::Duplicate, None)),
             Err(e) => return Err(Error::from_db(backend, e)),
         };
+        self.inserted.push((id, signature, shard_key));
         let leased = sync.then(|| row.into_task_row(id));
         Ok((Enqueued::Inserted(id), leased))
     }
@@ -388,7 +408,7 @@ where
 /// [`OutboxTx::insert`] outside any caller transaction, where retrying lock conflicts is ours
 /// to do.
 fn retry_insert<C, S>(
-    tx: &OutboxTx<'_, C>,
+    tx: &mut OutboxTx<'_, C>,
     conn: &mut S,
     task: NewTask,
 ) -> Result<(Enqueued, Option<TaskRow>), Error>

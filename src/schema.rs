@@ -60,5 +60,7 @@ diesel::table! {
         gmt_create -> BigInt,
         /// Last modification time (epoch ms).
         gmt_modified -> BigInt,
+        /// How long the successful attempt ran (kept completed rows only).
+        duration_ms -> Nullable<BigInt>,
     }
 }

@@ -10,6 +10,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
 use super::run::Done;
 use super::{Config, Shared};
+use crate::events::Event;
 use crate::store::{now_ms, retry_transient, StoreConnection};
 
 /// Keeps a pooled connection across iterations and drops it after an error, so that a broken
@@ -67,6 +68,11 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
 ) {
     let mut conn = Conn::new(pool);
     let heartbeat = tick(cfg.lease / 3);
+    // Kept completed rows are purged every tenth of the retention (1 s to 60 s).
+    let purge = match cfg.keep_completed {
+        Some(r) => tick((r / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))),
+        None => crossbeam_channel::never(),
+    };
     let mut batch: Vec<Done> = Vec::new();
     let mut stopping = false;
     loop {
@@ -77,6 +83,7 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
                     Err(_) => stopping = true,
                 },
                 recv(heartbeat) -> _ => renew_leases(&mut conn, &cfg, &shared),
+                recv(purge) -> _ => purge_completed(&mut conn, &cfg),
                 recv(stop) -> _ => stopping = true,
             }
         }
@@ -132,6 +139,9 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
                             ids.len() - n,
                             ids.len()
                         );
+                        cfg.events.emit(Event::OutcomesRefused {
+                            count: ids.len() - n,
+                        });
                     }
                     false
                 }
@@ -150,6 +160,9 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
                              taken over after expiry",
                             finishes.len() - held.len()
                         );
+                        cfg.events.emit(Event::OutcomesRefused {
+                            count: finishes.len() - held.len(),
+                        });
                     }
                     finishes.clear();
                 }
@@ -172,6 +185,36 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
     let mut map = shared.inflight.lock().expect("inflight lock");
     for d in batch.drain(..) {
         map.remove(&d.id());
+    }
+}
+
+/// Deletes kept completed rows older than the retention, 500 at a time so that no statement
+/// holds locks for long; at most 20 batches per tick, the rest waits for the next one.
+fn purge_completed<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Config,
+) {
+    let Some(retention) = cfg.keep_completed else {
+        return;
+    };
+    let before = now_ms().saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
+    let mut total = 0;
+    for _ in 0..20 {
+        match conn.with(|c| c.purge_completed(before, 500)) {
+            Ok(n) => {
+                total += n;
+                if n < 500 {
+                    break;
+                }
+            }
+            Err(e) => {
+                log::warn!("tend: purging completed rows failed: {e}");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        log::debug!("tend: purged {total} completed row(s) older than {retention:?}");
     }
 }
 

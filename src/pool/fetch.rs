@@ -10,10 +10,12 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use super::complete::{Backoff, Conn};
 use super::run::random_token;
 use super::{Config, Lease, Shared};
-use crate::store::{now_ms, Claim, StoreConnection, TaskRow};
+use crate::events::{Event, TaskInfo};
+use crate::store::{now_ms, Claim, Claimed, StoreConnection};
+use crate::TaskStatus;
 
 pub(super) struct Channels {
-    pub jobs: Sender<TaskRow>,
+    pub jobs: Sender<Claimed>,
     pub stop: Receiver<()>,
     pub wake: Receiver<()>,
     pub freed: Receiver<()>,
@@ -71,10 +73,26 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                 if n > 0 {
                     let mut map = shared.inflight.lock().expect("inflight lock");
                     for r in &rows {
-                        map.insert(r.id, Lease::new(claim.token));
+                        map.insert(r.task.id, Lease::new(claim.token));
                     }
                 }
                 for r in rows {
+                    let info = TaskInfo {
+                        id: r.task.id,
+                        signature: &r.task.method_sign_name,
+                        shard_key: r.task.shard_key,
+                        attempt: r.task.execute_times,
+                    };
+                    cfg.events.emit(Event::Claimed(info));
+                    if r.prev_status == TaskStatus::Running.as_i32() {
+                        log::warn!(
+                            "tend: task {} ({}) claimed again: the lease of its previous attempt \
+                             expired (that worker crashed, was killed, or hung)",
+                            info.id,
+                            info.signature
+                        );
+                        cfg.events.emit(Event::LeaseExpired(info));
+                    }
                     let _ = ch.jobs.send(r);
                 }
                 if targeted || n == limit {

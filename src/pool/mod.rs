@@ -22,9 +22,10 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use crate::alert::{spawn_alert_thread, Alert, AlertSink};
 use crate::enqueue::truncate;
 use crate::error::Error;
+use crate::events::{Event, Events, NoEvents};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
-use crate::store::{StoreConnection, TaskRow};
+use crate::store::{Claimed, StoreConnection};
 
 pub(crate) use run::{random_token, run_one, Done};
 
@@ -51,13 +52,15 @@ const DISPATCH_QUEUE: usize = 16 * 1024;
 pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
     pool: Pool<ConnectionManager<C>>,
     registry: Registry,
-    pub(crate) threads: usize,
-    pub(crate) batch_size: usize,
-    pub(crate) poll_interval: Duration,
-    pub(crate) lease: Duration,
-    pub(crate) task_timeout: Duration,
-    pub(crate) shutdown_timeout: Duration,
+    threads: usize,
+    batch_size: usize,
+    poll_interval: Duration,
+    lease: Duration,
+    task_timeout: Duration,
+    shutdown_timeout: Duration,
     owner: Option<String>,
+    events: Arc<dyn Events>,
+    keep_completed: Option<Duration>,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
@@ -120,6 +123,22 @@ where
         self
     }
 
+    /// Receives an [`Event`](crate::Event) for everything that happens to tasks. Defaults to
+    /// [`NoEvents`](crate::NoEvents).
+    pub fn events(mut self, events: impl Events) -> Self {
+        self.events = Arc::new(events);
+        self
+    }
+
+    /// Keeps completed rows (status `Succeeded`, with completion time in `gmt_modified` and
+    /// the attempt's duration in `duration_ms`) for `retention` as an audit trail, instead of
+    /// deleting them; the pool purges older ones in the background in small batches. At least
+    /// 1 s. Defaults to off: success deletes the row, as in the original framework.
+    pub fn keep_completed(mut self, retention: Duration) -> Self {
+        self.keep_completed = Some(retention);
+        self
+    }
+
     /// The name written into `lease_owner`. Defaults to `host/pid/random`.
     pub fn owner(mut self, name: impl Into<String>) -> Self {
         self.owner = Some(name.into());
@@ -163,6 +182,15 @@ where
                 "must be at least the lease",
             ));
         }
+        if self
+            .keep_completed
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(Error::invalid_setting(
+                "keep_completed",
+                "the retention must be at least 1 s",
+            ));
+        }
         let owner = match self.owner {
             Some(o) if o.is_empty() || o.len() > 255 => {
                 return Err(Error::invalid_setting("owner", "must be 1 to 255 bytes"))
@@ -179,6 +207,8 @@ where
             alerts_rx,
             cfg: Arc::new(Config {
                 alerts,
+                events: EventSink(self.events),
+                keep_completed: self.keep_completed,
                 registry: self.registry,
                 threads: self.threads,
                 batch_size: self.batch_size,
@@ -240,11 +270,29 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
     }
 }
 
+/// The pool's [`Events`] receiver.
+#[derive(Clone)]
+pub(crate) struct EventSink(Arc<dyn Events>);
+
+impl EventSink {
+    pub(crate) fn emit(&self, e: Event<'_>) {
+        self.0.event(&e);
+    }
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
 /// What every thread of a pool (and its outbox) shares.
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) registry: Registry,
     pub(crate) alerts: AlertSink,
+    pub(crate) events: EventSink,
+    pub(crate) keep_completed: Option<Duration>,
     pub(crate) threads: usize,
     pub(crate) batch_size: usize,
     pub(crate) poll_interval: Duration,
@@ -274,6 +322,8 @@ where
             task_timeout: Duration::from_secs(15 * 60),
             shutdown_timeout: Duration::from_secs(30),
             owner: None,
+            events: Arc::new(NoEvents),
+            keep_completed: None,
         }
     }
 
@@ -288,7 +338,7 @@ where
             crate::store::check_schema(&mut conn)?;
         }
         let cfg = self.cfg;
-        let (jobs_tx, jobs_rx) = unbounded::<TaskRow>();
+        let (jobs_tx, jobs_rx) = unbounded::<Claimed>();
         let (done_tx, done_rx) = unbounded::<Done>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (wake_tx, wake_rx) = bounded::<()>(1);
@@ -407,8 +457,8 @@ struct Running {
     wake_tx: Sender<()>,
     completer_stop_tx: Sender<()>,
     done_tx: Sender<Done>,
-    jobs_rx: Receiver<TaskRow>,
-    jobs_tx: Sender<TaskRow>,
+    jobs_rx: Receiver<Claimed>,
+    jobs_tx: Sender<Claimed>,
     fetcher: JoinHandle<()>,
     completer: JoinHandle<()>,
     alert_thread: JoinHandle<()>,
@@ -475,9 +525,9 @@ impl PoolHandle {
         // Tasks claimed but never started go back, attempt not counted.
         drop(r.jobs_tx);
         let mut released = 0;
-        for row in r.jobs_rx.try_iter() {
+        for c in r.jobs_rx.try_iter() {
             released += 1;
-            let _ = r.done_tx.send(Done::release(row));
+            let _ = r.done_tx.send(Done::release(c.task));
         }
         drop(r.done_tx);
         drop(r.completer_stop_tx); // the completer writes what it has, then exits

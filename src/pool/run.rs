@@ -10,10 +10,11 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::{Config, Shared};
 use crate::alert::Alert;
 use crate::enqueue::truncate;
+use crate::events::{Event, TaskInfo};
 use crate::expr::{AlertVars, Expr};
 use crate::registry::Attempt;
 use crate::status::{TaskStatus, PARKED};
-use crate::store::{now_ms, Finish, StoreConnection, TaskRow};
+use crate::store::{now_ms, Claimed, Finish, StoreConnection, TaskRow};
 use crate::task::{Action, TaskContext, TaskError, TaskOptions};
 
 /// The longest message stored in `error_msg` / `fallback_error_msg` (64 KiB).
@@ -45,6 +46,7 @@ impl Done {
             error_msg: row.error_msg,
             fallback_error_msg: row.fallback_error_msg,
             attempts_delta: -1,
+            duration_ms: None,
             now,
         })
     }
@@ -70,14 +72,14 @@ impl Done {
 pub(super) fn worker(
     cfg: Arc<Config>,
     shared: Arc<Shared>,
-    jobs: Receiver<TaskRow>,
+    jobs: Receiver<Claimed>,
     done: Sender<Done>,
     stop: Receiver<()>,
 ) {
     loop {
         let row = select! {
             recv(stop) -> _ => return,
-            recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
+            recv(jobs) -> r => match r { Ok(r) => r.task, Err(_) => return },
         };
         if shared.stopping.load(Ordering::SeqCst) {
             let _ = done.send(Done::release(row));
@@ -91,6 +93,7 @@ pub(super) fn worker(
         {
             l.started = Some(Instant::now());
         }
+        cfg.events.emit(Event::Started(info(&row)));
         let _ = done.send(run_one(&cfg, row));
     }
 }
@@ -107,6 +110,7 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
             row.error_msg
         );
         let done = park(
+            cfg,
             &row,
             token,
             TaskStatus::Dead,
@@ -123,6 +127,7 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
             row.method_sign_name
         );
         return park(
+            cfg,
             &row,
             token,
             TaskStatus::Held,
@@ -141,15 +146,27 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
     let opts = handler.options();
     let fallback_due = |e: &TaskError| fallback_due(opts, ctx.attempt, e);
     let started = Instant::now();
-    match handler.run(&row.task_parameter, &ctx, &fallback_due) {
+    let attempt = handler.run(&row.task_parameter, &ctx, &fallback_due);
+    let duration = started.elapsed();
+    if let Attempt::Failed { error, .. } | Attempt::FallbackSucceeded(error) = &attempt {
+        cfg.events.emit(Event::Failed {
+            task: info(&row),
+            error: error.message(),
+            duration,
+        });
+    }
+    match attempt {
         Attempt::Succeeded => {
             log::debug!(
-                "tend: task {} ({}) succeeded in {:?}",
+                "tend: task {} ({}) succeeded in {duration:?}",
                 row.id,
                 row.method_sign_name,
-                started.elapsed()
             );
-            Done::Complete { id: row.id, token }
+            cfg.events.emit(Event::Succeeded {
+                task: info(&row),
+                duration,
+            });
+            completed(cfg, &row, token, duration)
         }
         Attempt::FallbackSucceeded(e) => {
             log::info!(
@@ -157,7 +174,8 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
                 row.id,
                 row.method_sign_name
             );
-            Done::Complete { id: row.id, token }
+            cfg.events.emit(Event::FallbackSucceeded(info(&row)));
+            completed(cfg, &row, token, duration)
         }
         Attempt::Undecodable(e) => {
             let msg = format!(
@@ -167,6 +185,7 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
                 handler.version()
             );
             park(
+                cfg,
                 &row,
                 token,
                 TaskStatus::Held,
@@ -182,11 +201,15 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
                         row.id,
                         row.method_sign_name
                     );
+                    cfg.events.emit(Event::FallbackFailed {
+                        task: info(&row),
+                        error: f.message(),
+                    });
                     Some(truncate(f.message(), MAX_MESSAGE_BYTES))
                 }
                 None => row.fallback_error_msg.clone(),
             };
-            let done = failed(&row, &ctx, opts, &error, fallback_msg);
+            let done = failed(cfg, &row, &ctx, opts, &error, fallback_msg);
             alert_if(cfg, &row, &done, fallback.as_ref(), opts.fallback.is_some());
             done
         }
@@ -202,6 +225,7 @@ fn fallback_due(opts: &TaskOptions, attempt: u32, e: &TaskError) -> bool {
 
 /// A failed attempt: dead when out of attempts or given up, else retried on the schedule.
 fn failed(
+    cfg: &Config,
     row: &TaskRow,
     ctx: &TaskContext,
     opts: &TaskOptions,
@@ -217,6 +241,7 @@ fn failed(
             "out of attempts"
         };
         return park(
+            cfg,
             row,
             token,
             TaskStatus::Dead,
@@ -240,20 +265,27 @@ fn failed(
         ctx.attempt,
         ctx.max_attempts
     );
+    let next = now.saturating_add(wait.as_millis().min(i64::MAX as u128) as i64);
+    cfg.events.emit(Event::Retried {
+        task: info(row),
+        next_attempt_at_ms: next,
+    });
     Done::Finish(Finish {
         id: row.id,
         token,
         status: TaskStatus::Failed.as_i32(),
-        execute_time: now.saturating_add(wait.as_millis().min(i64::MAX as u128) as i64),
+        execute_time: next,
         error_msg: msg,
         fallback_error_msg: fallback_msg,
         attempts_delta: 0,
+        duration_ms: None,
         now,
     })
 }
 
 /// Parks a row (dead or held): kept with its message, never claimed again by itself.
 fn park(
+    cfg: &Config,
     row: &TaskRow,
     token: i64,
     status: TaskStatus,
@@ -265,14 +297,28 @@ fn park(
         row.id,
         row.method_sign_name
     );
+    let error_msg = truncate(&msg, MAX_MESSAGE_BYTES);
+    let task = info(row);
+    cfg.events.emit(if status == TaskStatus::Held {
+        Event::Held {
+            task,
+            error: &error_msg,
+        }
+    } else {
+        Event::Dead {
+            task,
+            error: &error_msg,
+        }
+    });
     Done::Finish(Finish {
         id: row.id,
         token,
         status: status.as_i32(),
         execute_time: PARKED,
-        error_msg: truncate(&msg, MAX_MESSAGE_BYTES),
+        error_msg,
         fallback_error_msg: fallback_msg,
         attempts_delta: 0,
+        duration_ms: None,
         now: now_ms(),
     })
 }
@@ -317,24 +363,56 @@ fn alert_if(
         fallback_failed: fallback.is_some(),
     };
     match expr.eval(&vars) {
-        Ok(true) => cfg.alerts.send(Alert {
-            id: row.id,
-            task_id: row.task_id.clone(),
-            signature: row.method_sign_name.clone(),
-            shard_key: row.shard_key,
-            execute_times: row.execute_times,
-            max_attempts: row.max_attempts,
-            status,
-            error_msg: f.error_msg.clone(),
-            fallback_error_msg: fallback.map(|e| e.message().to_string()),
-            expression: source.clone(),
-            alerter: row.alert_action_bean_name.clone(),
-        }),
+        Ok(true) => {
+            cfg.events.emit(Event::AlertFired(info(row)));
+            cfg.alerts.send(Alert {
+                id: row.id,
+                task_id: row.task_id.clone(),
+                signature: row.method_sign_name.clone(),
+                shard_key: row.shard_key,
+                execute_times: row.execute_times,
+                max_attempts: row.max_attempts,
+                status,
+                error_msg: f.error_msg.clone(),
+                fallback_error_msg: fallback.map(|e| e.message().to_string()),
+                expression: source.clone(),
+                alerter: row.alert_action_bean_name.clone(),
+            })
+        }
         Ok(false) => {}
         Err(e) => log::warn!(
             "tend: the alert expression `{source}` of task {} failed to evaluate: {e}",
             row.id
         ),
+    }
+}
+
+/// A successful attempt: the row is deleted, or kept as `Succeeded` when the pool keeps
+/// completed rows.
+fn completed(cfg: &Config, row: &TaskRow, token: i64, duration: Duration) -> Done {
+    if cfg.keep_completed.is_none() {
+        return Done::Complete { id: row.id, token };
+    }
+    Done::Finish(Finish {
+        id: row.id,
+        token,
+        status: TaskStatus::Succeeded.as_i32(),
+        execute_time: PARKED,
+        error_msg: row.error_msg.clone(),
+        fallback_error_msg: row.fallback_error_msg.clone(),
+        attempts_delta: 0,
+        duration_ms: Some(duration.as_millis().min(i64::MAX as u128) as i64),
+        now: now_ms(),
+    })
+}
+
+/// The event view of a row.
+pub(crate) fn info(row: &TaskRow) -> TaskInfo<'_> {
+    TaskInfo {
+        id: row.id,
+        signature: &row.method_sign_name,
+        shard_key: row.shard_key,
+        attempt: row.execute_times,
     }
 }
 

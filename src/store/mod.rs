@@ -13,12 +13,16 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::schema::consistency_task;
 
+#[cfg(test)]
+mod conformance;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
 mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(test)]
+mod testdb;
 
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSetup;
@@ -63,6 +67,18 @@ pub struct TaskRow {
     pub lease_expires_at: Option<i64>,
     pub gmt_create: i64,
     pub gmt_modified: i64,
+    pub duration_ms: Option<i64>,
+}
+
+/// A claimed row (the field is `task` because the derive uses the name `row` itself), with the
+/// status it had before the claim (1 = its previous lease expired:
+/// the worker that held it crashed or hung).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    #[diesel(embed)]
+    pub task: TaskRow,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub prev_status: i32,
 }
 
 /// A row to insert.
@@ -131,6 +147,7 @@ impl NewRow {
             lease_expires_at: self.lease_expires_at,
             gmt_create: self.gmt_create,
             gmt_modified: self.gmt_modified,
+            duration_ms: None,
         }
     }
 }
@@ -163,6 +180,8 @@ pub struct Finish {
     pub fallback_error_msg: Option<String>,
     /// How much to add to `execute_times` (-1 when a claimed task is released unstarted).
     pub attempts_delta: i32,
+    /// How long the attempt ran (written for kept completed rows).
+    pub duration_ms: Option<i64>,
     pub now: i64,
 }
 
@@ -178,14 +197,16 @@ pub(crate) mod ops {
         fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>>;
         /// Inserts rows in one statement where the backend allows; returns how many were new.
         fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize>;
-        /// Leases up to `limit` due rows and returns them as updated.
-        fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>>;
+        /// Leases up to `limit` due rows and returns them as updated, with their previous status.
+        fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>>;
         /// Deletes completed rows still held under `token`; returns how many.
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize>;
         /// Applies fenced updates in one transaction; returns the ids whose lease was still held.
         fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
         /// Pushes the lease expiry of running rows held under `token`.
         fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize>;
+        /// Deletes up to `limit` kept completed rows last modified before `before`.
+        fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize>;
         /// Reads one row.
         fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
         /// Fails with the database's error if the table or a column is missing.
@@ -228,6 +249,7 @@ macro_rules! common_ops {
                         t::lease_owner.eq(None::<String>),
                         t::lease_expires_at.eq(None::<i64>),
                         t::gmt_modified.eq(r.now),
+                        t::duration_ms.eq(r.duration_ms),
                     ))
                     .execute(conn)?;
                     if n > 0 {
@@ -250,6 +272,27 @@ macro_rules! common_ops {
                 t::lease_expires_at.eq(until),
                 t::gmt_modified.eq(now),
             ))
+            .execute(self)
+        }
+
+        fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
+            use $crate::schema::consistency_task::dsl as t;
+            let done = $crate::TaskStatus::Succeeded.as_i32();
+            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select.
+            let ids: Vec<i64> = t::consistency_task
+                .filter(t::task_status.eq(done))
+                .filter(t::gmt_modified.lt(before))
+                .select(t::id)
+                .limit(limit)
+                .load(self)?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            diesel::delete(
+                t::consistency_task
+                    .filter(t::id.eq_any(&ids))
+                    .filter(t::task_status.eq(done)),
+            )
             .execute(self)
         }
 
@@ -288,7 +331,7 @@ where
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
         (**self).insert_many(rows)
     }
-    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         (**self).claim(c)
     }
     fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
@@ -299,6 +342,9 @@ where
     }
     fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
         (**self).extend(token, ids, until, now)
+    }
+    fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
+        (**self).purge_completed(before, limit)
     }
     fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>> {
         (**self).find(id)

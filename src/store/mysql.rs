@@ -7,7 +7,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::{ops::Ops, Claim, NewRow, TaskRow};
+use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
@@ -57,7 +57,7 @@ impl Ops for MysqlConnection {
             .execute(self)
     }
 
-    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         self.transaction(|conn| {
             let due = t::consistency_task
                 .filter(t::execute_time.le(c.now))
@@ -65,7 +65,7 @@ impl Ops for MysqlConnection {
                 .order(t::execute_time)
                 .limit(c.limit)
                 .select(TaskRow::as_select());
-            let mut rows: Vec<TaskRow> = match c.ids {
+            let rows: Vec<TaskRow> = match c.ids {
                 None => due.for_update().skip_locked().load(conn)?,
                 Some(ids) => due
                     .filter(t::id.eq_any(ids))
@@ -74,7 +74,7 @@ impl Ops for MysqlConnection {
                     .load(conn)?,
             };
             if rows.is_empty() {
-                return Ok(rows);
+                return Ok(Vec::new());
             }
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
@@ -88,16 +88,23 @@ impl Ops for MysqlConnection {
                     t::gmt_modified.eq(c.now),
                 ))
                 .execute(conn)?;
-            for r in &mut rows {
-                r.task_status = 1;
-                r.execute_times += 1;
-                r.execute_time = c.lease_until;
-                r.lease_expires_at = Some(c.lease_until);
-                r.lease_token = Some(c.token);
-                r.lease_owner = Some(c.owner.to_string());
-                r.gmt_modified = c.now;
-            }
-            Ok(rows)
+            Ok(rows
+                .into_iter()
+                .map(|mut r| {
+                    let prev_status = r.task_status;
+                    r.task_status = 1;
+                    r.execute_times += 1;
+                    r.execute_time = c.lease_until;
+                    r.lease_expires_at = Some(c.lease_until);
+                    r.lease_token = Some(c.token);
+                    r.lease_owner = Some(c.owner.to_string());
+                    r.gmt_modified = c.now;
+                    Claimed {
+                        task: r,
+                        prev_status,
+                    }
+                })
+                .collect())
         })
     }
 

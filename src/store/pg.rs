@@ -6,17 +6,20 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::{ops::Ops, Claim, NewRow, TaskRow};
+use super::{ops::Ops, Claim, Claimed, NewRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-const CLAIM_SET: &str = "UPDATE consistency_task SET task_status = 1, \
-     execute_times = execute_times + 1, execute_time = $1, lease_expires_at = $1, \
+// The sub-select locks the due rows (skipping rows other claimers hold) and carries their
+// previous status out, so a reclaim after an expired lease is visible to the caller.
+const CLAIM_SET: &str = "UPDATE consistency_task AS t SET task_status = 1, \
+     execute_times = t.execute_times + 1, execute_time = $1, lease_expires_at = $1, \
      lease_token = $2, lease_owner = $3, gmt_modified = $4 \
-     WHERE id IN (SELECT id FROM consistency_task \
+     FROM (SELECT id, task_status AS prev_status FROM consistency_task \
      WHERE execute_time <= $4 AND task_status IN (0, 1, 2)";
-const CLAIM_TAIL: &str = " ORDER BY execute_time LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING *";
+const CLAIM_TAIL: &str = " ORDER BY execute_time LIMIT $5 FOR UPDATE SKIP LOCKED) AS s \
+     WHERE t.id = s.id RETURNING t.*, s.prev_status";
 
 impl Ops for PgConnection {
     fn backend(&self) -> &'static str {
@@ -39,7 +42,7 @@ impl Ops for PgConnection {
             .execute(self)
     }
 
-    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         let base = |sql: String| {
             diesel::sql_query(sql)
                 .bind::<BigInt, _>(c.lease_until)

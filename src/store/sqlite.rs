@@ -6,7 +6,7 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::{ops::Ops, Claim, NewRow, TaskRow};
+use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -32,22 +32,24 @@ impl Ops for SqliteConnection {
             .execute(self)
     }
 
-    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<TaskRow>> {
+    fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         self.immediate_transaction(|conn| {
             let due = t::consistency_task
                 .filter(t::execute_time.le(c.now))
                 .filter(t::task_status.eq_any([0, 1, 2]))
                 .order(t::execute_time)
                 .limit(c.limit)
-                .select(t::id);
-            let ids: Vec<i64> = match c.ids {
+                .select((t::id, t::task_status));
+            let prev: Vec<(i64, i32)> = match c.ids {
                 None => due.load(conn)?,
                 Some(ids) => due.filter(t::id.eq_any(ids)).load(conn)?,
             };
-            if ids.is_empty() {
+            if prev.is_empty() {
                 return Ok(Vec::new());
             }
-            diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
+            let ids: Vec<i64> = prev.iter().map(|p| p.0).collect();
+            let prev: std::collections::HashMap<i64, i32> = prev.into_iter().collect();
+            let rows: Vec<TaskRow> = diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
                 .set((
                     t::task_status.eq(1),
                     t::execute_times.eq(t::execute_times + 1),
@@ -58,7 +60,14 @@ impl Ops for SqliteConnection {
                     t::gmt_modified.eq(c.now),
                 ))
                 .returning(TaskRow::as_returning())
-                .get_results(conn)
+                .get_results(conn)?;
+            Ok(rows
+                .into_iter()
+                .map(|task| Claimed {
+                    prev_status: prev.get(&task.id).copied().unwrap_or(0),
+                    task,
+                })
+                .collect())
         })
     }
 

@@ -1,0 +1,143 @@
+//! Events: what happens to tasks, for metrics and tracing. Implement [`Events`] (or pass a
+//! closure) to feed Prometheus, OpenTelemetry or a log without changing tend.
+
+use std::time::Duration;
+
+/// Which task an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskInfo<'a> {
+    /// The row id.
+    pub id: i64,
+    /// The signature.
+    pub signature: &'a str,
+    /// The shard key.
+    pub shard_key: i64,
+    /// Attempts so far, the current one included (`execute_times`).
+    pub attempt: i32,
+}
+
+/// One thing that happened to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// Written through an [`Outbox`](crate::Outbox) and committed (plain
+    /// [`enqueue`](crate::enqueue) calls have no pool to report to).
+    Enqueued(TaskInfo<'a>),
+    /// Leased by a worker pool.
+    Claimed(TaskInfo<'a>),
+    /// Claimed again because the lease of its previous attempt expired (that worker crashed,
+    /// was killed, or hung).
+    LeaseExpired(TaskInfo<'a>),
+    /// A worker started running it.
+    Started(TaskInfo<'a>),
+    /// The attempt succeeded.
+    Succeeded {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// How long the attempt ran.
+        duration: Duration,
+    },
+    /// The attempt failed (an error or a panic).
+    Failed {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// The handler's message.
+        error: &'a str,
+        /// How long the attempt ran.
+        duration: Duration,
+    },
+    /// After a failure, the next attempt is scheduled.
+    Retried {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// When the next attempt is due (epoch ms).
+        next_attempt_at_ms: i64,
+    },
+    /// The fallback ran and succeeded: the task is complete.
+    FallbackSucceeded(TaskInfo<'a>),
+    /// The fallback ran and failed.
+    FallbackFailed {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// The fallback's message.
+        error: &'a str,
+    },
+    /// The alert expression held and an alert was queued.
+    AlertFired(TaskInfo<'a>),
+    /// Out of attempts, or given up: kept as dead.
+    Dead {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// The stored message.
+        error: &'a str,
+    },
+    /// This deployment cannot run it (unknown signature, undecodable payload): kept as held.
+    Held {
+        /// The task.
+        task: TaskInfo<'a>,
+        /// The stored message.
+        error: &'a str,
+    },
+    /// Outcomes that were not written because another worker had taken the lease over.
+    OutcomesRefused {
+        /// How many.
+        count: usize,
+    },
+}
+
+/// Receives [`Event`]s. Called on tend's threads: keep it quick (increment a counter, record
+/// a histogram) and never block. A panic in it is not caught.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use tend::Event;
+/// let succeeded = Arc::new(AtomicU64::new(0));
+/// let counter = succeeded.clone();
+/// let events = move |e: &Event<'_>| {
+///     if let Event::Succeeded { .. } = e {
+///         counter.fetch_add(1, Ordering::Relaxed);
+///     }
+/// };
+/// # fn takes(_: impl tend::Events) {}
+/// takes(events); // e.g. WorkerPool::builder(pool, registry).events(events)
+/// ```
+pub trait Events: Send + Sync + 'static {
+    /// Called for every event. Defaults to doing nothing.
+    fn event(&self, event: &Event<'_>) {
+        let _ = event;
+    }
+}
+
+impl<F: Fn(&Event<'_>) + Send + Sync + 'static> Events for F {
+    fn event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+/// Ignores every event (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+impl Events for NoEvents {}
+
+/// Logs every event through `log` (target `tend::events`): failures at warn, the rest at debug.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogEvents;
+
+impl Events for LogEvents {
+    fn event(&self, event: &Event<'_>) {
+        match event {
+            Event::Failed { .. }
+            | Event::FallbackFailed { .. }
+            | Event::Dead { .. }
+            | Event::Held { .. }
+            | Event::LeaseExpired(_)
+            | Event::AlertFired(_)
+            | Event::OutcomesRefused { .. } => {
+                log::warn!(target: "tend::events", "{event:?}")
+            }
+            _ => log::debug!(target: "tend::events", "{event:?}"),
+        }
+    }
+}
