@@ -14,6 +14,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,14 @@ use tend::{Registry, Task, TaskContext, TaskError, TaskOptions, TaskStatus, Work
 /// The order whose task fails on its first attempt, to show a retry.
 const FLAKY_ORDER: i64 = 2;
 
+/// The base of the retry schedule. tend's default is 60 s; 1 s keeps the demo short.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long the example waits for the queue to drain before it calls the run a failure.
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every attempt the handler saw, as (order, attempt, succeeded), for the summary at the end.
+static ATTEMPTS: Mutex<Vec<(i64, u32, bool)>> = Mutex::new(Vec::new());
 
 diesel::table! {
     /// The business table: what your service already has.
@@ -60,14 +67,19 @@ impl Task for SendPaymentTimeout {
 
     fn options() -> TaskOptions {
         // The retry schedule is the original framework's: after the k-th failed attempt wait
-        // k × execute_interval. The default interval is 60 s; 1 s keeps the demo short.
-        TaskOptions::new().execute_interval(Duration::from_secs(1))
+        // k × execute_interval.
+        TaskOptions::new().execute_interval(RETRY_INTERVAL)
     }
 
     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
         let me = thread::current();
         let worker = me.name().unwrap_or("worker");
-        if self.order_id == FLAKY_ORDER && ctx.attempt() == 1 {
+        let fail = self.order_id == FLAKY_ORDER && ctx.attempt() == 1;
+        ATTEMPTS
+            .lock()
+            .expect("attempts lock")
+            .push((self.order_id, ctx.attempt(), !fail));
+        if fail {
             println!(
                 "  [{worker}] order {}: attempt {} of {}: the payment service timed out \
                  (simulated); returning an error so tend retries",
@@ -255,7 +267,7 @@ fn run() -> Result<(), Box<dyn StdError>> {
             {
                 println!(
                     "   task #{task_id} (order {}) is `failed` after attempt {attempts}: \
-                     \"{error_msg}\"; tend retries it in {attempts} × 1 s",
+                     \"{error_msg}\"; tend retries it in {attempts} × {RETRY_INTERVAL:?}",
                     task_of[task_id]
                 );
             }
@@ -294,6 +306,37 @@ fn run() -> Result<(), Box<dyn StdError>> {
     );
     if !report.all_joined() {
         return Err("the pool did not shut down cleanly".into());
+    }
+
+    println!("7. What ran");
+    let attempts = ATTEMPTS.lock().expect("attempts lock").clone();
+    for order_id in [1, FLAKY_ORDER, 3] {
+        let runs: Vec<String> = attempts
+            .iter()
+            .filter(|a| a.0 == order_id)
+            .map(|&(_, attempt, ok)| {
+                format!(
+                    "attempt {attempt} {}",
+                    if ok { "succeeded" } else { "failed" }
+                )
+            })
+            .collect();
+        if runs.is_empty() {
+            println!("   order {order_id}: never ran (its transaction rolled back)");
+        } else {
+            println!("   order {order_id}: {}", runs.join(", "));
+        }
+    }
+    let mut expected = vec![
+        (1, 1, true),
+        (FLAKY_ORDER, 1, false),
+        (FLAKY_ORDER, 2, true),
+    ];
+    let mut seen = attempts;
+    expected.sort_unstable();
+    seen.sort_unstable();
+    if seen != expected {
+        return Err(format!("expected the attempts {expected:?}, saw {seen:?}").into());
     }
     println!(
         "Done. The database is left at {} for you to look at.",
