@@ -109,7 +109,7 @@ impl NewTask {
             payload,
             opts: T::options(),
             idempotency_key: None,
-            shard_key: 0,
+            shard_key: crate::shard::next_shard_key(),
         })
     }
 
@@ -165,7 +165,9 @@ impl NewTask {
         self.idempotency_key = Some(key.into());
         self
     }
-    /// The task's shard key. Defaults to 0.
+    /// The task's shard key: with [`Shards`](crate::Shards), the key that routes to the database
+    /// you enqueue on (for example your customer id, the key your business rows are sharded
+    /// by). Defaults to a fresh key from [`next_shard_key`](crate::next_shard_key).
     pub fn shard_key(mut self, key: i64) -> Self {
         self.shard_key = key;
         self

@@ -82,15 +82,21 @@
 //! * `alert`: [`Alerter`], [`Alert`] and the alert thread.
 //! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
 //! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
+//! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
+//! * `admin` and `cli` (feature `cli`): the operator queries and the `tend` command line.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("tend needs at least one backend feature: sqlite, postgres or mysql");
 
+#[cfg(feature = "cli")]
+mod admin;
 mod alert;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod enqueue;
 mod error;
 mod events;
@@ -100,6 +106,7 @@ mod pool;
 mod registry;
 mod retry;
 mod schema;
+mod shard;
 mod status;
 mod store;
 mod task;
@@ -115,6 +122,10 @@ pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
 pub use crate::registry::Registry;
 pub use crate::retry::RetryPolicy;
+pub use crate::shard::{
+    next_shard_key, set_shard_key_generator, ModuloRouter, Router, ShardKeyGenerator, Shards,
+    Snowflake,
+};
 pub use crate::status::TaskStatus;
 #[cfg(feature = "sqlite")]
 pub use crate::store::SqliteSetup;

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 use diesel::connection::{Connection, TransactionManager};
-use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use diesel::r2d2::R2D2Connection;
 
 use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
 use crate::events::{Event, TaskInfo};
 use crate::pool::{random_token, run_one, Config, Done};
+use crate::shard::Shards;
 use crate::status::TaskStatus;
 use crate::store::{now_ms, StoreConnection, TaskRow};
 use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
@@ -60,15 +61,16 @@ use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
 /// # drop(conn); handle.shutdown(); drop(pool); let _ = std::fs::remove_file(&path);
 /// ```
 pub struct Outbox<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
+    shards: Shards<C>,
     cfg: Arc<Config>,
-    dispatch: Sender<i64>,
+    /// One hand-off queue per shard.
+    dispatch: Vec<Sender<i64>>,
 }
 
 impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
     fn clone(&self) -> Self {
         Outbox {
-            pool: self.pool.clone(),
+            shards: self.shards.clone(),
             cfg: self.cfg.clone(),
             dispatch: self.dispatch.clone(),
         }
@@ -78,7 +80,10 @@ impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
 impl<C: R2D2Connection + 'static> fmt::Debug for Outbox<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbox")
-            .field("queued_hand_offs", &self.dispatch.len())
+            .field(
+                "queued_hand_offs",
+                &self.dispatch.iter().map(Sender::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -151,9 +156,10 @@ impl SyncOutcome {
 /// Collects what a transaction enqueued, for after its commit.
 pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
     outbox: &'a Outbox<C>,
+    /// Right-now async tasks to hand over after the commit: id, shard key.
+    hand_off: Vec<(i64, i64)>,
     /// Every row inserted in the transaction: id, signature, shard key (for events).
     inserted: Vec<(i64, &'static str, i64)>,
-    hand_off: Vec<i64>,
     sync: Vec<TaskRow>,
     done: Vec<SyncOutcome>,
 }
@@ -172,12 +178,12 @@ where
     C: R2D2Connection + StoreConnection + Send + 'static,
 {
     pub(crate) fn new(
-        pool: Pool<ConnectionManager<C>>,
+        shards: Shards<C>,
         cfg: Arc<Config>,
-        dispatch: Sender<i64>,
+        dispatch: Vec<Sender<i64>>,
     ) -> Outbox<C> {
         Outbox {
-            pool,
+            shards,
             cfg,
             dispatch,
         }
@@ -220,8 +226,8 @@ where
         let value = conn.transaction(|c| f(c, &mut tx))?;
         // Committed: from here on nothing may fail the caller.
         tx.report_enqueued();
-        for id in tx.hand_off.drain(..) {
-            self.hand_off(id);
+        for (id, key) in tx.hand_off.drain(..) {
+            self.hand_off(id, key);
         }
         let mut sync = std::mem::take(&mut tx.done);
         for row in tx.sync.drain(..) {
@@ -260,9 +266,10 @@ where
         })
     }
 
-    /// Hands a committed right-now task to the pool; never blocks and never fails.
-    fn hand_off(&self, id: i64) {
-        match self.dispatch.try_send(id) {
+    /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
+    /// to; never blocks and never fails.
+    fn hand_off(&self, id: i64, shard_key: i64) {
+        match self.dispatch[self.shards.index_for(shard_key)].try_send(id) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 log::debug!("tend: hand-off queue full; task {id} waits for the next poll")
@@ -336,10 +343,11 @@ where
         if task.options().transaction_way == TransactionWay::WithoutTransaction {
             return self.detached(task);
         }
+        let key = task.get_shard_key();
         let (enqueued, row) = self.insert(conn, task)?;
         match (enqueued, row) {
             (Enqueued::Inserted(_), Some(row)) => self.sync.push(row),
-            (Enqueued::Inserted(id), None) => self.hand_off.push(id),
+            (Enqueued::Inserted(id), None) => self.hand_off.push((id, key)),
             _ => {}
         }
         Ok(enqueued)
@@ -358,14 +366,15 @@ where
 
     /// Writes a task in its own transaction, then hands it over or runs it at once.
     fn detached(&mut self, task: NewTask) -> Result<Enqueued, Error> {
-        let mut conn = self.outbox.pool.get()?;
+        let key = task.get_shard_key();
+        let mut conn = self.outbox.shards.get(key)?;
         let (enqueued, row) = retry_insert(self, &mut conn, task)?;
         match (enqueued, row) {
             (Enqueued::Inserted(_), Some(row)) => {
                 let outcome = self.outbox.run_sync(&mut conn, row);
                 self.done.push(outcome);
             }
-            (Enqueued::Inserted(id), None) => self.outbox.hand_off(id),
+            (Enqueued::Inserted(id), None) => self.outbox.hand_off(id, key),
             _ => {}
         }
         Ok(enqueued)

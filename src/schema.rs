@@ -64,3 +64,17 @@ diesel::table! {
         duration_ms -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    /// Live worker processes, for shard affinity.
+    tend_node (node_id) {
+        /// 0-1023; also the process's snowflake node id.
+        node_id -> Integer,
+        /// The pool's owner name (unique per process).
+        owner -> Text,
+        /// Last heartbeat (epoch ms).
+        heartbeat_at -> BigInt,
+        /// When the process registered (epoch ms).
+        started_at -> BigInt,
+    }
+}

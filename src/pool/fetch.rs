@@ -9,13 +9,14 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
 use super::complete::{Backoff, Conn};
 use super::run::random_token;
-use super::{Config, Lease, Shared};
+use super::{Config, Job, Lease, Shared};
 use crate::events::{Event, TaskInfo};
-use crate::store::{now_ms, Claim, Claimed, StoreConnection};
+use crate::store::{now_ms, Claim, StoreConnection};
 use crate::TaskStatus;
 
 pub(super) struct Channels {
-    pub jobs: Sender<Claimed>,
+    pub shard: usize,
+    pub jobs: Sender<Job>,
     pub stop: Receiver<()>,
     pub wake: Receiver<()>,
     pub freed: Receiver<()>,
@@ -29,7 +30,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
     ch: Channels,
 ) {
     let mut conn = Conn::new(pool);
-    let capacity = cfg.threads + cfg.batch_size;
+    let capacity = shared.capacity;
     // Claim only once a useful batch fits, so that fast tasks do not cost a claim each.
     let low_water = (cfg.batch_size / 2).max(1).min(capacity);
     let mut backoff = Backoff::default();
@@ -42,6 +43,22 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         let inflight = shared.inflight.lock().expect("inflight lock").len();
         let free = capacity.saturating_sub(inflight);
         let full = free == 0 || (free < low_water && inflight > 0 && handed.is_empty());
+        // With shard affinity, a shard given to other processes is only claimed from for
+        // this process's own hand-offs.
+        let idle = handed.is_empty() && !shared.assigned.load(Ordering::Relaxed);
+        if idle {
+            select! {
+                recv(ch.stop) -> _ => return,
+                recv(ch.wake) -> _ => {},
+                recv(ch.dispatch) -> id => {
+                    if let Ok(id) = id {
+                        handed.push(id);
+                    }
+                },
+                recv(after(cfg.poll_interval)) -> _ => {},
+            }
+            continue;
+        }
         if full {
             select! {
                 recv(ch.stop) -> _ => return,
@@ -93,7 +110,10 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                         );
                         cfg.events.emit(Event::LeaseExpired(info));
                     }
-                    let _ = ch.jobs.send(r);
+                    let _ = ch.jobs.send(Job {
+                        shard: ch.shard,
+                        claimed: r,
+                    });
                 }
                 if targeted || n == limit {
                     continue; // more may be due or handed over
@@ -101,7 +121,10 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             }
             Err(e) => {
                 let wait = backoff.next();
-                log::warn!("tend: claiming tasks failed ({e}); retrying in {wait:?}");
+                log::warn!(
+                    "tend: claiming tasks from shard {} failed ({e}); retrying in {wait:?}",
+                    ch.shard
+                );
                 // Handed-over ids stay due in the table; the poll picks them up.
                 select! {
                     recv(ch.stop) -> _ => return,

@@ -7,6 +7,7 @@
 
 mod complete;
 mod fetch;
+mod membership;
 mod run;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use crate::error::Error;
 use crate::events::{Event, Events, NoEvents};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::shard::Shards;
 use crate::store::{Claimed, StoreConnection};
 
 pub(crate) use run::{random_token, run_one, Done};
@@ -50,7 +52,7 @@ const DISPATCH_QUEUE: usize = 16 * 1024;
 /// assert_eq!(err.to_string(), "invalid setting `threads`: must be at least 1");
 /// ```
 pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
+    shards: Shards<C>,
     registry: Registry,
     threads: usize,
     batch_size: usize,
@@ -61,6 +63,7 @@ pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
     owner: Option<String>,
     events: Arc<dyn Events>,
     keep_completed: Option<Duration>,
+    affinity: bool,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
@@ -139,6 +142,18 @@ where
         self
     }
 
+    /// Shard affinity, to cut lock contention when many processes drain several databases:
+    /// processes register in the `tend_node` table (on shard 0) with heartbeats, and the live
+    /// ones split the shards among themselves by rendezvous hashing, so each database is polled
+    /// by about processes ÷ shards of them. A process that stops heartbeating loses its shards
+    /// within one lease. Correctness never depends on it: leases and `SKIP LOCKED` keep each
+    /// task exclusive while membership changes. Defaults to off (every process polls every
+    /// shard).
+    pub fn shard_affinity(mut self, on: bool) -> Self {
+        self.affinity = on;
+        self
+    }
+
     /// The name written into `lease_owner`. Defaults to `host/pid/random`.
     pub fn owner(mut self, name: impl Into<String>) -> Self {
         self.owner = Some(name.into());
@@ -199,9 +214,11 @@ where
             None => default_owner(),
         };
         let (alerts, alerts_rx) = AlertSink::new();
-        let (dispatch_tx, dispatch_rx) = bounded(DISPATCH_QUEUE);
+        let (dispatch_tx, dispatch_rx) = (0..self.shards.len())
+            .map(|_| bounded(DISPATCH_QUEUE))
+            .unzip();
         Ok(WorkerPool {
-            pool: self.pool,
+            shards: self.shards,
             dispatch_tx,
             dispatch_rx,
             alerts_rx,
@@ -209,6 +226,7 @@ where
                 alerts,
                 events: EventSink(self.events),
                 keep_completed: self.keep_completed,
+                affinity: self.affinity,
                 registry: self.registry,
                 threads: self.threads,
                 batch_size: self.batch_size,
@@ -255,16 +273,17 @@ where
 /// # drop(pool); let _ = std::fs::remove_file(&path);
 /// ```
 pub struct WorkerPool<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
+    shards: Shards<C>,
     cfg: Arc<Config>,
-    dispatch_tx: Sender<i64>,
-    dispatch_rx: Receiver<i64>,
+    dispatch_tx: Vec<Sender<i64>>,
+    dispatch_rx: Vec<Receiver<i64>>,
     alerts_rx: Receiver<Alert>,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerPool")
+            .field("shards", &self.shards)
             .field("cfg", &self.cfg)
             .finish()
     }
@@ -300,6 +319,14 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) owner: String,
+    pub(crate) affinity: bool,
+}
+
+/// A claimed task and the shard it came from.
+#[derive(Debug)]
+pub(crate) struct Job {
+    shard: usize,
+    claimed: Claimed,
 }
 
 impl<C> WorkerPool<C>
@@ -312,8 +339,16 @@ where
     /// use the database take their own. Turning off r2d2's `test_on_check_out` saves a round
     /// trip per checkout.
     pub fn builder(pool: Pool<ConnectionManager<C>>, registry: Registry) -> WorkerPoolBuilder<C> {
+        let shards = Shards::new(vec![pool]).expect("one pool is a valid shard set");
+        WorkerPool::sharded(shards, registry)
+    }
+
+    /// A builder over several databases: one pool drains them all, fairly (each shard gets an
+    /// equal share of the pool's capacity, so a busy shard cannot starve another), and a shard
+    /// whose database is down is retried with backoff while the others keep running.
+    pub fn sharded(shards: Shards<C>, registry: Registry) -> WorkerPoolBuilder<C> {
         WorkerPoolBuilder {
-            pool,
+            shards,
             registry,
             threads: 4,
             batch_size: 100,
@@ -324,30 +359,26 @@ where
             owner: None,
             events: Arc::new(NoEvents),
             keep_completed: None,
+            affinity: false,
         }
     }
 
-    /// Checks the schema and starts the threads.
+    /// Checks the schema of every shard and starts the threads.
     ///
     /// # Errors
     /// [`ErrorKind::NotMigrated`](crate::ErrorKind::NotMigrated) when tend's table is missing,
-    /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had.
+    /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had (a shard that
+    /// is down at start is an error; one that goes down later is retried).
     pub fn start(self) -> Result<PoolHandle, Error> {
-        {
-            let mut conn = self.pool.get()?;
+        for p in self.shards.pools() {
+            let mut conn = p.get()?;
             crate::store::check_schema(&mut conn)?;
         }
         let cfg = self.cfg;
-        let (jobs_tx, jobs_rx) = unbounded::<Claimed>();
-        let (done_tx, done_rx) = unbounded::<Done>();
+        let n = self.shards.len();
+        let (jobs_tx, jobs_rx) = unbounded::<Job>();
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let (wake_tx, wake_rx) = bounded::<()>(1);
-        let (freed_tx, freed_rx) = bounded::<()>(1);
         let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
-        let shared = Arc::new(Shared {
-            inflight: Mutex::new(HashMap::new()),
-            stopping: AtomicBool::new(false),
-        });
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             thread::Builder::new()
                 .name(name)
@@ -355,50 +386,78 @@ where
                 .expect("spawning a tend thread")
         };
         let alert_thread = spawn_alert_thread(cfg.registry.clone(), self.alerts_rx);
-        let fetcher = {
-            let (pool, cfg, shared) = (self.pool.clone(), cfg.clone(), shared.clone());
+        // Each shard gets an equal share of the capacity (at least one task).
+        let share = (cfg.threads + cfg.batch_size).div_ceil(n).max(1);
+        let mut shared = Vec::with_capacity(n);
+        let mut done_txs = Vec::with_capacity(n);
+        let mut wake_txs = Vec::with_capacity(n);
+        let mut fetchers = Vec::with_capacity(n);
+        let mut completers = Vec::with_capacity(n);
+        for (i, dispatch) in self.dispatch_rx.into_iter().enumerate() {
+            let sh = Arc::new(Shared {
+                inflight: Mutex::new(HashMap::new()),
+                stopping: AtomicBool::new(false),
+                assigned: AtomicBool::new(true),
+                capacity: share,
+            });
+            let (done_tx, done_rx) = unbounded::<Done>();
+            let (wake_tx, wake_rx) = bounded::<()>(1);
+            let (freed_tx, freed_rx) = bounded::<()>(1);
+            let pool = self.shards.pools()[i].clone();
             let ch = fetch::Channels {
+                shard: i,
                 jobs: jobs_tx.clone(),
                 stop: stop_rx.clone(),
                 wake: wake_rx,
                 freed: freed_rx,
-                dispatch: self.dispatch_rx,
+                dispatch,
             };
-            spawn(
-                "tend-fetcher".into(),
-                Box::new(move || fetch::fetcher(pool, cfg, shared, ch)),
-            )
+            let (p, c, s) = (pool.clone(), cfg.clone(), sh.clone());
+            fetchers.push(spawn(
+                format!("tend-fetcher-{i}"),
+                Box::new(move || fetch::fetcher(p, c, s, ch)),
+            ));
+            let (c, s, stop) = (cfg.clone(), sh.clone(), completer_stop_rx.clone());
+            completers.push(spawn(
+                format!("tend-completer-{i}"),
+                Box::new(move || complete::completer(pool, c, s, done_rx, stop, freed_tx)),
+            ));
+            shared.push(sh);
+            done_txs.push(done_tx);
+            wake_txs.push(wake_tx);
+        }
+        let membership = if cfg.affinity {
+            Some(membership::start(
+                self.shards.pools()[0].clone(),
+                cfg.clone(),
+                shared.clone(),
+                stop_rx.clone(),
+            )?)
+        } else {
+            None
         };
         let mut workers = Vec::new();
         for i in 0..cfg.threads {
-            let (cfg, shared, stop_rx, jobs_rx, done_tx) = (
+            let (cfg, shared, stop_rx, jobs_rx, done_txs) = (
                 cfg.clone(),
                 shared.clone(),
                 stop_rx.clone(),
                 jobs_rx.clone(),
-                done_tx.clone(),
+                done_txs.clone(),
             );
             let (finished_tx, finished_rx) = bounded::<()>(1);
             let h = spawn(
                 format!("tend-worker-{i}"),
                 Box::new(move || {
-                    run::worker(cfg, shared, jobs_rx, done_tx, stop_rx);
+                    run::worker(cfg, shared, jobs_rx, done_txs, stop_rx);
                     let _ = finished_tx.send(());
                 }),
             );
             workers.push((h, finished_rx));
         }
-        let completer = {
-            let (pool, cfg, shared) = (self.pool.clone(), cfg.clone(), shared.clone());
-            spawn(
-                "tend-completer".into(),
-                Box::new(move || {
-                    complete::completer(pool, cfg, shared, done_rx, completer_stop_rx, freed_tx)
-                }),
-            )
-        };
         log::info!(
-            "tend: pool started ({} threads, batch {}, poll every {:?}, lease {:?}, owner {})",
+            "tend: pool started ({} threads, {n} shard(s), batch {}, poll every {:?}, lease {:?}, \
+             owner {})",
             cfg.threads,
             cfg.batch_size,
             cfg.poll_interval,
@@ -410,13 +469,14 @@ where
                 cfg,
                 shared,
                 stop_tx,
-                wake_tx,
+                wake_txs,
                 completer_stop_tx,
-                done_tx,
+                done_txs,
                 jobs_rx,
                 jobs_tx,
-                fetcher,
-                completer,
+                fetchers,
+                completers,
+                membership,
                 alert_thread,
                 workers,
             }),
@@ -429,7 +489,7 @@ where
     /// outlives the pool (tasks then wait for the next pool's poll).
     pub fn outbox(&self) -> Outbox<C> {
         Outbox::new(
-            self.pool.clone(),
+            self.shards.clone(),
             self.cfg.clone(),
             self.dispatch_tx.clone(),
         )
@@ -452,15 +512,16 @@ impl fmt::Debug for PoolHandle {
 
 struct Running {
     cfg: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Vec<Arc<Shared>>,
     stop_tx: Sender<()>,
-    wake_tx: Sender<()>,
+    wake_txs: Vec<Sender<()>>,
     completer_stop_tx: Sender<()>,
-    done_tx: Sender<Done>,
-    jobs_rx: Receiver<Claimed>,
-    jobs_tx: Sender<Claimed>,
-    fetcher: JoinHandle<()>,
-    completer: JoinHandle<()>,
+    done_txs: Vec<Sender<Done>>,
+    jobs_rx: Receiver<Job>,
+    jobs_tx: Sender<Job>,
+    fetchers: Vec<JoinHandle<()>>,
+    completers: Vec<JoinHandle<()>>,
+    membership: Option<JoinHandle<()>>,
     alert_thread: JoinHandle<()>,
     workers: Vec<(JoinHandle<()>, Receiver<()>)>,
 }
@@ -484,10 +545,13 @@ impl ShutdownReport {
 
 impl PoolHandle {
     /// Makes the pool look for due tasks now instead of at its next poll: call it after
-    /// committing a transaction that enqueued right-now tasks.
+    /// committing a transaction that enqueued right-now tasks without an
+    /// [`Outbox`](crate::Outbox) (which hands them over by itself).
     pub fn wake(&self) {
         if let Some(r) = &self.running {
-            let _ = r.wake_tx.try_send(());
+            for w in &r.wake_txs {
+                let _ = w.try_send(());
+            }
         }
     }
 
@@ -509,10 +573,17 @@ impl PoolHandle {
                 abandoned: 0,
             };
         };
-        r.shared.stopping.store(true, Ordering::SeqCst);
+        for sh in &r.shared {
+            sh.stopping.store(true, Ordering::SeqCst);
+        }
         let deadline = Instant::now() + r.cfg.shutdown_timeout;
-        drop(r.stop_tx); // wakes the fetcher and idle workers
-        let _ = r.fetcher.join(); // no claim after this point
+        drop(r.stop_tx); // wakes the fetchers, the membership thread and idle workers
+        for h in r.fetchers {
+            let _ = h.join(); // no claim after this point
+        }
+        if let Some(m) = r.membership {
+            let _ = m.join();
+        }
         let mut abandoned = 0;
         for (h, finished) in r.workers {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -525,13 +596,15 @@ impl PoolHandle {
         // Tasks claimed but never started go back, attempt not counted.
         drop(r.jobs_tx);
         let mut released = 0;
-        for c in r.jobs_rx.try_iter() {
+        for job in r.jobs_rx.try_iter() {
             released += 1;
-            let _ = r.done_tx.send(Done::release(c.task));
+            let _ = r.done_txs[job.shard].send(Done::release(job.claimed.task));
         }
-        drop(r.done_tx);
-        drop(r.completer_stop_tx); // the completer writes what it has, then exits
-        let _ = r.completer.join();
+        drop(r.done_txs);
+        drop(r.completer_stop_tx); // the completers write what they have, then exit
+        for h in r.completers {
+            let _ = h.join();
+        }
         // The alert thread ends once the workers' and outboxes' senders are gone; outboxes may
         // outlive the pool, so it is not joined (it holds no lease and no connection).
         drop(r.alert_thread);
@@ -555,10 +628,16 @@ impl Drop for PoolHandle {
     }
 }
 
+/// What one shard's threads share.
 pub(crate) struct Shared {
     /// Claimed tasks whose outcome is not yet written: id → lease.
     inflight: Mutex<HashMap<i64, Lease>>,
     stopping: AtomicBool,
+    /// Whether this process polls the shard (shard affinity may give it to other processes;
+    /// hand-offs from this process's outbox are claimed regardless).
+    assigned: AtomicBool,
+    /// Most tasks of this shard claimed and not yet written back.
+    capacity: usize,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::{Config, Shared};
+use super::{Config, Job, Shared};
 use crate::alert::Alert;
 use crate::enqueue::truncate;
 use crate::events::{Event, TaskInfo};
 use crate::expr::{AlertVars, Expr};
 use crate::registry::Attempt;
 use crate::status::{TaskStatus, PARKED};
-use crate::store::{now_ms, Claimed, Finish, StoreConnection, TaskRow};
+use crate::store::{now_ms, Finish, StoreConnection, TaskRow};
 use crate::task::{Action, TaskContext, TaskError, TaskOptions};
 
 /// The longest message stored in `error_msg` / `fallback_error_msg` (64 KiB).
@@ -71,16 +71,18 @@ impl Done {
 
 pub(super) fn worker(
     cfg: Arc<Config>,
-    shared: Arc<Shared>,
-    jobs: Receiver<Claimed>,
-    done: Sender<Done>,
+    shared: Vec<Arc<Shared>>,
+    jobs: Receiver<Job>,
+    done: Vec<Sender<Done>>,
     stop: Receiver<()>,
 ) {
     loop {
-        let row = select! {
+        let job = select! {
             recv(stop) -> _ => return,
-            recv(jobs) -> r => match r { Ok(r) => r.task, Err(_) => return },
+            recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
         };
+        let (shared, done) = (&shared[job.shard], &done[job.shard]);
+        let row = job.claimed.task;
         if shared.stopping.load(Ordering::SeqCst) {
             let _ = done.send(Done::release(row));
             return;

@@ -207,6 +207,21 @@ pub(crate) mod ops {
         fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize>;
         /// Deletes up to `limit` kept completed rows last modified before `before`.
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize>;
+        /// Takes node slot `node_id` for `owner` if it is free or its holder stopped
+        /// heartbeating before `stale_before`; returns whether it is now ours.
+        fn node_claim(
+            &mut self,
+            node_id: i32,
+            owner: &str,
+            now: i64,
+            stale_before: i64,
+        ) -> QueryResult<bool>;
+        /// Refreshes our heartbeat; false when the slot is no longer ours.
+        fn node_heartbeat(&mut self, node_id: i32, owner: &str, now: i64) -> QueryResult<bool>;
+        /// Node ids whose heartbeat is at or after `since`.
+        fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>>;
+        /// Gives our slot back.
+        fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize>;
         /// Reads one row.
         fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
         /// Fails with the database's error if the table or a column is missing.
@@ -296,6 +311,86 @@ macro_rules! common_ops {
             .execute(self)
         }
 
+        fn node_claim(
+            &mut self,
+            node_id: i32,
+            owner: &str,
+            now: i64,
+            stale_before: i64,
+        ) -> QueryResult<bool> {
+            use $crate::schema::tend_node::dsl as n;
+            let taken = diesel::update(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::heartbeat_at.lt(stale_before)),
+            )
+            .set((
+                n::owner.eq(owner),
+                n::heartbeat_at.eq(now),
+                n::started_at.eq(now),
+            ))
+            .execute(self)?;
+            if taken == 1 {
+                return Ok(true);
+            }
+            // Free slot: insert; a unique violation means another process was faster (a plain
+            // statement, so no transaction is left aborted on PostgreSQL).
+            let exists: i64 = n::tend_node
+                .filter(n::node_id.eq(node_id))
+                .count()
+                .get_result(self)?;
+            if exists > 0 {
+                return Ok(false);
+            }
+            match diesel::insert_into(n::tend_node)
+                .values((
+                    n::node_id.eq(node_id),
+                    n::owner.eq(owner),
+                    n::heartbeat_at.eq(now),
+                    n::started_at.eq(now),
+                ))
+                .execute(self)
+            {
+                Ok(_) => Ok(true),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+
+        fn node_heartbeat(&mut self, node_id: i32, owner: &str, now: i64) -> QueryResult<bool> {
+            use $crate::schema::tend_node::dsl as n;
+            diesel::update(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::owner.eq(owner)),
+            )
+            .set(n::heartbeat_at.eq(now))
+            .execute(self)
+            .map(|k| k == 1)
+        }
+
+        fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>> {
+            use $crate::schema::tend_node::dsl as n;
+            n::tend_node
+                .filter(n::heartbeat_at.ge(since))
+                .select(n::node_id)
+                .order(n::node_id)
+                .load(self)
+        }
+
+        fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize> {
+            use $crate::schema::tend_node::dsl as n;
+            diesel::delete(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::owner.eq(owner)),
+            )
+            .execute(self)
+        }
+
         fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::TaskRow>> {
             use $crate::schema::consistency_task::dsl as t;
             t::consistency_task
@@ -345,6 +440,24 @@ where
     }
     fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
         (**self).purge_completed(before, limit)
+    }
+    fn node_claim(
+        &mut self,
+        node_id: i32,
+        owner: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> QueryResult<bool> {
+        (**self).node_claim(node_id, owner, now, stale_before)
+    }
+    fn node_heartbeat(&mut self, node_id: i32, owner: &str, now: i64) -> QueryResult<bool> {
+        (**self).node_heartbeat(node_id, owner, now)
+    }
+    fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>> {
+        (**self).node_live(since)
+    }
+    fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize> {
+        (**self).node_leave(node_id, owner)
     }
     fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>> {
         (**self).find(id)

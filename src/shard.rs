@@ -1,0 +1,343 @@
+//! Shards: task tables in several databases, a router from shard key to database, and shard
+//! key generation.
+//!
+//! A service that shards its business rows by a key enqueues each task with the same key, on
+//! the connection of the same database, inside the same transaction: the outbox guarantee
+//! holds per shard. One [`WorkerPool`](crate::WorkerPool) drains every shard.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
+
+use crate::error::Error;
+use crate::store::StoreConnection;
+
+/// Maps a shard key to one of `shards` databases.
+pub trait Router: Send + Sync + 'static {
+    /// The index, in `0..shards`, of the database for `shard_key`.
+    fn route(&self, shard_key: i64, shards: usize) -> usize;
+}
+
+/// `shard_key mod shards` (Euclidean, so negative keys work): the default, and the seed's
+/// ShardingSphere rule `ds$->{shard_key % 2}`.
+///
+/// ```
+/// use tend::{ModuloRouter, Router};
+/// assert_eq!(ModuloRouter.route(7, 2), 1);
+/// assert_eq!(ModuloRouter.route(-7, 2), 1);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModuloRouter;
+
+impl Router for ModuloRouter {
+    fn route(&self, shard_key: i64, shards: usize) -> usize {
+        shard_key.rem_euclid(shards.max(1) as i64) as usize
+    }
+}
+
+impl<F: Fn(i64, usize) -> usize + Send + Sync + 'static> Router for F {
+    fn route(&self, shard_key: i64, shards: usize) -> usize {
+        self(shard_key, shards)
+    }
+}
+
+/// Several databases, each with its own r2d2 pool and its own migrated `consistency_task`
+/// table, and the router between them.
+///
+/// ```
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// let dir = std::env::temp_dir();
+/// let pools = (0..2)
+///     .map(|i| {
+///         let path = dir.join(format!("tend-shard-doc-{}-{i}.db", std::process::id()));
+///         Pool::builder()
+///             .connection_customizer(Box::new(tend::SqliteSetup::new()))
+///             .build(ConnectionManager::<SqliteConnection>::new(path.to_str().unwrap()))
+///             .unwrap()
+///     })
+///     .collect();
+/// let shards = tend::Shards::new(pools).unwrap();
+/// shards.migrate_all().unwrap();
+/// assert_eq!(shards.index_for(42), 0);
+/// assert_eq!(shards.index_for(43), 1);
+/// let mut conn = shards.get(43).unwrap(); // the database that holds key 43's rows
+/// # drop(conn); for i in 0..2 { let _ = std::fs::remove_file(dir.join(format!("tend-shard-doc-{}-{i}.db", std::process::id()))); }
+/// ```
+pub struct Shards<C: R2D2Connection + 'static> {
+    pools: Vec<Pool<ConnectionManager<C>>>,
+    router: Arc<dyn Router>,
+}
+
+impl<C: R2D2Connection + 'static> Clone for Shards<C> {
+    fn clone(&self) -> Self {
+        Shards {
+            pools: self.pools.clone(),
+            router: self.router.clone(),
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for Shards<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shards")
+            .field("len", &self.pools.len())
+            .finish()
+    }
+}
+
+impl<C> Shards<C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    /// Shards over `pools`, in order (shard `i` is `pools[i]`), routed by [`ModuloRouter`].
+    ///
+    /// # Errors
+    /// No pools, or more than 1024.
+    pub fn new(pools: Vec<Pool<ConnectionManager<C>>>) -> Result<Shards<C>, Error> {
+        if pools.is_empty() || pools.len() > 1024 {
+            return Err(Error::invalid_setting(
+                "shards",
+                format!("need 1 to 1024 databases, got {}", pools.len()),
+            ));
+        }
+        Ok(Shards {
+            pools,
+            router: Arc::new(ModuloRouter),
+        })
+    }
+
+    /// Routes with `router` instead of [`ModuloRouter`]. An index it returns out of range is
+    /// clamped to the last shard and logged.
+    pub fn router(mut self, router: impl Router) -> Shards<C> {
+        self.router = Arc::new(router);
+        self
+    }
+
+    /// How many databases.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Always false: there is at least one database.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The index of the database for `shard_key`.
+    pub fn index_for(&self, shard_key: i64) -> usize {
+        let i = self.router.route(shard_key, self.pools.len());
+        if i >= self.pools.len() {
+            log::error!(
+                "tend: the router sent shard key {shard_key} to shard {i} of {}; using the last",
+                self.pools.len()
+            );
+            return self.pools.len() - 1;
+        }
+        i
+    }
+
+    /// The pool of the database for `shard_key`.
+    pub fn pool_for(&self, shard_key: i64) -> &Pool<ConnectionManager<C>> {
+        &self.pools[self.index_for(shard_key)]
+    }
+
+    /// A connection to the database for `shard_key`: write the business rows and enqueue the
+    /// task (with the same key) on it, in one transaction.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had.
+    pub fn get(&self, shard_key: i64) -> Result<PooledConnection<ConnectionManager<C>>, Error> {
+        Ok(self.pool_for(shard_key).get()?)
+    }
+
+    /// Every pool, in shard order.
+    pub fn pools(&self) -> &[Pool<ConnectionManager<C>>] {
+        &self.pools
+    }
+
+    /// Runs tend's migrations on every shard.
+    ///
+    /// # Errors
+    /// The first shard that fails, with its index in the message.
+    pub fn migrate_all(&self) -> Result<(), Error> {
+        for (i, p) in self.pools.iter().enumerate() {
+            let mut conn = p.get()?;
+            crate::migrate(&mut conn)
+                .map_err(|e| Error::new(crate::ErrorKind::Migration(format!("shard {i}: {e}"))))?;
+        }
+        Ok(())
+    }
+}
+
+/// Produces shard keys for tasks enqueued without one.
+pub trait ShardKeyGenerator: Send + Sync + 'static {
+    /// A new key.
+    fn next_key(&self) -> i64;
+}
+
+/// Snowflake-style keys: 41 bits of milliseconds since 2024-01-01, a 10-bit node id and a
+/// 12-bit sequence, so keys are unique across processes with distinct node ids and roughly
+/// time-ordered. (The original used the same layout with a 2016 epoch.)
+///
+/// The node id comes from configuration (`TEND_NODE_ID`, 0-1023, read by
+/// [`Snowflake::from_env`], the default generator) or, when the pool's shard affinity is on,
+/// from the node registry, which hands each live process a distinct id. Without either, the id
+/// is random: keys from two processes may then collide with a probability of 1/1024 per pair of
+/// processes and millisecond — harmless for routing, which is all tend uses keys for.
+///
+/// ```
+/// use tend::{ShardKeyGenerator, Snowflake};
+/// let g = Snowflake::new(7).unwrap();
+/// let (a, b) = (g.next_key(), g.next_key());
+/// assert!(b > a);
+/// assert_eq!(Snowflake::node_of(a), 7);
+/// ```
+#[derive(Debug)]
+pub struct Snowflake {
+    node: AtomicU16,
+    state: Mutex<(i64, i64)>,
+}
+
+/// 2024-01-01T00:00:00Z in epoch milliseconds.
+const SNOWFLAKE_EPOCH_MS: i64 = 1_704_067_200_000;
+
+impl Snowflake {
+    /// A generator for node `node_id` (0-1023).
+    ///
+    /// # Errors
+    /// A node id over 1023.
+    pub fn new(node_id: u16) -> Result<Snowflake, Error> {
+        if node_id > 1023 {
+            return Err(Error::invalid_setting(
+                "node_id",
+                format!("must be 0 to 1023, got {node_id}"),
+            ));
+        }
+        Ok(Snowflake {
+            node: AtomicU16::new(node_id),
+            state: Mutex::new((0, 0)),
+        })
+    }
+
+    /// Node id from `TEND_NODE_ID`, else a random one (see the type's docs).
+    pub fn from_env() -> Snowflake {
+        let configured = std::env::var("TEND_NODE_ID")
+            .ok()
+            .and_then(|v| v.trim().parse::<u16>().ok())
+            .filter(|n| *n <= 1023);
+        let node = configured.unwrap_or_else(|| (crate::pool::random_token() & 1023) as u16);
+        Snowflake {
+            node: AtomicU16::new(node),
+            state: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Changes the node id (the node registry does this when it assigns one).
+    pub fn set_node_id(&self, node_id: u16) {
+        self.node.store(node_id & 1023, Ordering::Relaxed);
+    }
+
+    /// The node id part of a key.
+    pub fn node_of(key: i64) -> u16 {
+        ((key >> 12) & 1023) as u16
+    }
+}
+
+impl ShardKeyGenerator for Snowflake {
+    fn next_key(&self) -> i64 {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::store::now_ms() - SNOWFLAKE_EPOCH_MS;
+        // A clock that steps back keeps using the last millisecond, so keys never repeat.
+        let ms = now.max(st.0);
+        if ms == st.0 {
+            st.1 += 1;
+            if st.1 > 4095 {
+                // Sequence exhausted within a millisecond: borrow the next one.
+                st.0 += 1;
+                st.1 = 0;
+            }
+        } else {
+            st.0 = ms;
+            st.1 = 0;
+        }
+        let node = i64::from(self.node.load(Ordering::Relaxed));
+        ((st.0 & ((1 << 41) - 1)) << 22) | (node << 12) | st.1
+    }
+}
+
+static GENERATOR: OnceLock<Box<dyn ShardKeyGenerator>> = OnceLock::new();
+static DEFAULT_SNOWFLAKE: OnceLock<Arc<Snowflake>> = OnceLock::new();
+
+/// Installs the process's shard key generator, used for tasks enqueued without a key. Call it
+/// once at startup, before the first enqueue.
+///
+/// # Errors
+/// A generator was already installed or already used.
+pub fn set_shard_key_generator(g: impl ShardKeyGenerator) -> Result<(), Error> {
+    GENERATOR.set(Box::new(g)).map_err(|_| {
+        Error::invalid_setting(
+            "shard_key_generator",
+            "a generator is already installed (set it once, before the first enqueue)",
+        )
+    })
+}
+
+/// The default generator's [`Snowflake`], shared with the node registry.
+pub(crate) fn default_snowflake() -> &'static Arc<Snowflake> {
+    DEFAULT_SNOWFLAKE.get_or_init(|| Arc::new(Snowflake::from_env()))
+}
+
+struct SharedSnowflake(Arc<Snowflake>);
+
+impl ShardKeyGenerator for SharedSnowflake {
+    fn next_key(&self) -> i64 {
+        self.0.next_key()
+    }
+}
+
+/// A new shard key from the process's generator (a [`Snowflake`] unless
+/// [`set_shard_key_generator`] installed another).
+///
+/// ```
+/// let a = tend::next_shard_key();
+/// let b = tend::next_shard_key();
+/// assert_ne!(a, b);
+/// ```
+pub fn next_shard_key() -> i64 {
+    GENERATOR
+        .get_or_init(|| Box::new(SharedSnowflake(default_snowflake().clone())))
+        .next_key()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snowflake_keys_are_unique_ordered_and_carry_the_node() {
+        let g = Snowflake::new(1023).unwrap();
+        let keys: Vec<i64> = (0..20_000).map(|_| g.next_key()).collect();
+        assert!(keys.windows(2).all(|w| w[1] > w[0]));
+        assert!(keys
+            .iter()
+            .all(|k| Snowflake::node_of(*k) == 1023 && *k > 0));
+        assert!(Snowflake::new(1024).is_err());
+    }
+
+    #[test]
+    fn different_nodes_never_collide() {
+        let (a, b) = (Snowflake::new(1).unwrap(), Snowflake::new(2).unwrap());
+        let ka: std::collections::HashSet<i64> = (0..5000).map(|_| a.next_key()).collect();
+        assert!((0..5000).all(|_| !ka.contains(&b.next_key())));
+    }
+
+    #[test]
+    fn modulo_routes_negative_keys_into_range() {
+        for k in [-5i64, -1, 0, 1, 5, i64::MIN, i64::MAX] {
+            assert!(ModuloRouter.route(k, 3) < 3);
+        }
+    }
+}
