@@ -138,7 +138,7 @@ pub(crate) fn spawn_alert_thread(registry: Registry, rx: Receiver<Alert>) -> Joi
         .expect("spawning the tend alert thread")
 }
 
-fn deliver(registry: &Registry, alert: &Alert) {
+pub(crate) fn deliver(registry: &Registry, alert: &Alert) {
     log::warn!(
         "tend: ALERT task {} ({}) attempt {}/{} is {}: `{}` fired; error: {}",
         alert.id,

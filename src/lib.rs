@@ -67,6 +67,8 @@
 //! * `mysql`: [`MysqlConnection`](diesel::MysqlConnection) for MySQL 8 and MariaDB 10.6+
 //!   (needs libmysqlclient).
 //!
+//! * `testing`: the [`testing`] module, a test kit for your own tests.
+//!
 //! Every feature works with r2d2 pooled connections of its connection type too.
 //!
 //! # Layout
@@ -85,6 +87,8 @@
 //! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
+//! * `testing` (feature `testing`): a test kit for applications: assert enqueued tasks, run
+//!   them in the test's thread, control the clock.
 //! * `admin` and `cli` (feature `cli`): the operator queries and the `tend` command line.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -110,6 +114,8 @@ mod shard;
 mod status;
 mod store;
 mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use crate::alert::{Alert, Alerter};
 pub use crate::enqueue::{

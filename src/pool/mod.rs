@@ -12,7 +12,7 @@ mod run;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -227,6 +227,7 @@ where
                 events: EventSink(self.events),
                 keep_completed: self.keep_completed,
                 affinity: self.affinity,
+                clock_offset_ms: Arc::new(AtomicI64::new(0)),
                 registry: self.registry,
                 threads: self.threads,
                 batch_size: self.batch_size,
@@ -294,6 +295,10 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
 pub(crate) struct EventSink(Arc<dyn Events>);
 
 impl EventSink {
+    pub(crate) fn none() -> EventSink {
+        EventSink(Arc::new(NoEvents))
+    }
+
     pub(crate) fn emit(&self, e: Event<'_>) {
         self.0.event(&e);
     }
@@ -320,6 +325,15 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) owner: String,
     pub(crate) affinity: bool,
+    /// Added to the system clock: zero, except under the test kit's clock.
+    pub(crate) clock_offset_ms: Arc<AtomicI64>,
+}
+
+impl Config {
+    /// The pool's clock, in epoch milliseconds.
+    pub(crate) fn now_ms(&self) -> i64 {
+        crate::store::now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// A claimed task and the shard it came from.

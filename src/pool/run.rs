@@ -259,7 +259,7 @@ fn failed(
             random_token() as u64,
         ),
     };
-    let now = now_ms();
+    let now = cfg.now_ms();
     log::warn!(
         "tend: task {} ({}) failed on attempt {}/{}: {msg}; next attempt in {wait:?}",
         row.id,
@@ -321,7 +321,7 @@ fn park(
         fallback_error_msg: fallback_msg,
         attempts_delta: 0,
         duration_ms: None,
-        now: now_ms(),
+        now: cfg.now_ms(),
     })
 }
 
@@ -404,7 +404,7 @@ fn completed(cfg: &Config, row: &TaskRow, token: i64, duration: Duration) -> Don
         fallback_error_msg: row.fallback_error_msg.clone(),
         attempts_delta: 0,
         duration_ms: Some(duration.as_millis().min(i64::MAX as u128) as i64),
-        now: now_ms(),
+        now: cfg.now_ms(),
     })
 }
 

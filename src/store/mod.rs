@@ -222,6 +222,8 @@ pub(crate) mod ops {
         fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>>;
         /// Gives our slot back.
         fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize>;
+        /// Every row with this signature, oldest first (the test kit's view).
+        fn by_signature(&mut self, signature: &str) -> QueryResult<Vec<TaskRow>>;
         /// Reads one row.
         fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
         /// Fails with the database's error if the table or a column is missing.
@@ -391,6 +393,15 @@ macro_rules! common_ops {
             .execute(self)
         }
 
+        fn by_signature(&mut self, signature: &str) -> QueryResult<Vec<$crate::store::TaskRow>> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .filter(t::method_sign_name.eq(signature))
+                .order(t::id)
+                .select($crate::store::TaskRow::as_select())
+                .load(self)
+        }
+
         fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::TaskRow>> {
             use $crate::schema::consistency_task::dsl as t;
             t::consistency_task
@@ -458,6 +469,9 @@ where
     }
     fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize> {
         (**self).node_leave(node_id, owner)
+    }
+    fn by_signature(&mut self, signature: &str) -> QueryResult<Vec<TaskRow>> {
+        (**self).by_signature(signature)
     }
     fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>> {
         (**self).find(id)

@@ -1,0 +1,234 @@
+//! A test kit for applications that use tend (feature `testing`), the way `rivertest` serves
+//! River users: assert what a transaction enqueued, run tasks synchronously in the test's
+//! thread, and move a clock the test controls to reach delays and retries.
+//!
+//! ```
+//! use diesel::{Connection, SqliteConnection};
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//! use tend::testing::{assert_enqueued, TestWorker};
+//! use tend::{Registry, Task, TaskContext, TaskError};
+//!
+//! #[derive(Serialize, Deserialize, PartialEq, Debug)]
+//! struct Ship { order_id: i64 }
+//! impl Task for Ship {
+//!     const SIGNATURE: &'static str = "orders.ship";
+//!     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+//!         if ctx.attempt() == 1 { Err(TaskError::new("carrier down")) } else { Ok(()) }
+//!     }
+//! }
+//!
+//! let mut conn = SqliteConnection::establish(":memory:").unwrap();
+//! tend::migrate(&mut conn).unwrap();
+//! conn.transaction(|conn| tend::enqueue(conn, &Ship { order_id: 9 })).unwrap();
+//! let ship: Ship = assert_enqueued(&mut conn, |s: &Ship| s.order_id == 9);
+//! assert_eq!(ship, Ship { order_id: 9 });
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<Ship>().unwrap();
+//! let worker = TestWorker::new(registry);
+//! let first = worker.drain(&mut conn).unwrap();
+//! assert_eq!((first.succeeded, first.failed), (0, 1));
+//! worker.advance(Duration::from_secs(60)); // the linear schedule's first wait
+//! let second = worker.drain(&mut conn).unwrap();
+//! assert_eq!(second.succeeded, 1);
+//! ```
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::alert::{deliver, Alert, AlertSink};
+use crate::error::Error;
+use crate::pool::{random_token, run_one, Config, Done, EventSink};
+use crate::registry::{decode, Registry};
+use crate::status::TaskStatus;
+use crate::store::{Claim, StoreConnection, TaskRow};
+use crate::task::Task;
+
+/// Finds the enqueued tasks of type `T` on `conn` (inside the test's transaction if there is
+/// one) and returns the first one `matches` accepts.
+///
+/// # Panics
+/// When none matches, listing what was enqueued, so the failure explains itself.
+pub fn assert_enqueued<T: Task, C: StoreConnection>(
+    conn: &mut C,
+    matches: impl Fn(&T) -> bool,
+) -> T {
+    let rows = enqueued_rows(conn, T::SIGNATURE);
+    let mut seen = Vec::new();
+    for row in &rows {
+        match decode::<T>(&row.task_parameter) {
+            Ok(task) if matches(&task) => return task,
+            Ok(_) => seen.push(format!("task {} (did not match)", row.id)),
+            Err(e) => seen.push(format!("task {} (does not decode: {e})", row.id)),
+        }
+    }
+    panic!(
+        "no enqueued `{}` task matched; {} row(s) with that signature: {seen:?}",
+        T::SIGNATURE,
+        rows.len()
+    );
+}
+
+fn enqueued_rows<C: StoreConnection>(conn: &mut C, signature: &str) -> Vec<TaskRow> {
+    conn.by_signature(signature)
+        .unwrap_or_else(|e| panic!("reading enqueued tasks failed: {e}"))
+}
+
+/// Runs tasks synchronously in the calling thread, with a clock the test moves.
+///
+/// The clock starts at the real time; [`advance`](Self::advance) moves it forward, so that
+/// scheduled tasks and retries become due without waiting. Alerts are delivered inline to the
+/// registry's alerters.
+pub struct TestWorker {
+    cfg: Config,
+    alerts: Receiver<Alert>,
+}
+
+impl std::fmt::Debug for TestWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestWorker")
+            .field("now_ms", &self.now_ms())
+            .finish()
+    }
+}
+
+/// What [`TestWorker::drain`] ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Completed (deleted, or kept as succeeded).
+    pub succeeded: usize,
+    /// Failed and scheduled for a retry.
+    pub failed: usize,
+    /// Dead: out of attempts or given up.
+    pub dead: usize,
+    /// Held: unknown signature or undecodable payload.
+    pub held: usize,
+}
+
+impl TestWorker {
+    /// A worker for the task types in `registry`, with the pool's default lease (30 s).
+    pub fn new(registry: Registry) -> TestWorker {
+        let (alerts, rx) = AlertSink::new();
+        TestWorker {
+            cfg: Config {
+                registry,
+                alerts,
+                events: EventSink::none(),
+                keep_completed: None,
+                threads: 1,
+                batch_size: 100,
+                poll_interval: Duration::from_secs(1),
+                lease: Duration::from_secs(30),
+                task_timeout: Duration::from_secs(15 * 60),
+                shutdown_timeout: Duration::from_secs(30),
+                owner: "tend-test-worker".into(),
+                affinity: false,
+                clock_offset_ms: Arc::new(AtomicI64::new(0)),
+            },
+            alerts: rx,
+        }
+    }
+
+    /// Moves the test clock forward.
+    pub fn advance(&self, d: Duration) {
+        self.cfg.clock_offset_ms.fetch_add(
+            d.as_millis().min(i64::MAX as u128) as i64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The test clock, in epoch milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.cfg.now_ms()
+    }
+
+    /// Runs every task due at the test clock, repeatedly, until none is due (tasks a run makes
+    /// due again at once count again). Retries are scheduled on the test clock: advance it by
+    /// their wait to reach them.
+    ///
+    /// # Errors
+    /// A database error.
+    pub fn drain<C: StoreConnection>(&self, conn: &mut C) -> Result<Drained, Error> {
+        let mut out = Drained::default();
+        // Bounded, so a task that keeps making itself due cannot hang the test.
+        for _ in 0..10_000 {
+            let batch = self.claim(conn, None)?;
+            if batch.is_empty() {
+                break;
+            }
+            for row in batch {
+                self.run_row(conn, row, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the task with this id now, if it is due at the test clock.
+    ///
+    /// # Errors
+    /// A database error, or [`ErrorKind::InvalidSetting`](crate::ErrorKind) naming the id when
+    /// no such task is due (missing, parked, running, or due later: advance the clock).
+    pub fn run<C: StoreConnection>(&self, conn: &mut C, id: i64) -> Result<Drained, Error> {
+        let mut out = Drained::default();
+        let mut rows = self.claim(conn, Some(&[id]))?;
+        let Some(row) = rows.pop() else {
+            return Err(Error::invalid_setting(
+                "id",
+                format!("task {id} is not due at the test clock (missing, parked, running or due later)"),
+            ));
+        };
+        self.run_row(conn, row, &mut out)?;
+        Ok(out)
+    }
+
+    fn claim<C: StoreConnection>(
+        &self,
+        conn: &mut C,
+        ids: Option<&[i64]>,
+    ) -> Result<Vec<TaskRow>, Error> {
+        let now = self.now_ms();
+        let claim = Claim {
+            now,
+            lease_until: now + self.cfg.lease.as_millis() as i64,
+            token: random_token(),
+            owner: &self.cfg.owner,
+            limit: 100,
+            ids,
+        };
+        let backend = conn.backend();
+        Ok(conn
+            .claim(&claim)
+            .map_err(|e| Error::from_db(backend, e))?
+            .into_iter()
+            .map(|c| c.task)
+            .collect())
+    }
+
+    fn run_row<C: StoreConnection>(
+        &self,
+        conn: &mut C,
+        row: TaskRow,
+        out: &mut Drained,
+    ) -> Result<(), Error> {
+        let done = run_one(&self.cfg, row);
+        let backend = conn.backend();
+        done.write(conn).map_err(|e| Error::from_db(backend, e))?;
+        match &done {
+            Done::Complete { .. } => out.succeeded += 1,
+            Done::Finish(f) => match TaskStatus::from_i32(f.status) {
+                Some(TaskStatus::Succeeded) => out.succeeded += 1,
+                Some(TaskStatus::Dead) => out.dead += 1,
+                Some(TaskStatus::Held) => out.held += 1,
+                _ => out.failed += 1,
+            },
+        }
+        for alert in self.alerts.try_iter() {
+            deliver(&self.cfg.registry, &alert);
+        }
+        Ok(())
+    }
+}
