@@ -295,6 +295,7 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
 pub(crate) struct EventSink(Arc<dyn Events>);
 
 impl EventSink {
+    #[cfg(feature = "testing")]
     pub(crate) fn none() -> EventSink {
         EventSink(Arc::new(NoEvents))
     }
