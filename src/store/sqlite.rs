@@ -26,6 +26,11 @@ impl Ops for SqliteConnection {
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
+        // diesel sends nothing for no rows but still reports SQLite's change count of the
+        // previous statement.
+        if rows.is_empty() {
+            return Ok(0);
+        }
         diesel::insert_into(t::consistency_task)
             .values(rows)
             .on_conflict_do_nothing()
