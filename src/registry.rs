@@ -160,6 +160,9 @@ pub(crate) trait Handler: Send + Sync {
         ctx: &TaskContext,
         fallback_due: &dyn Fn(&TaskError) -> bool,
     ) -> Attempt;
+    /// Decodes a payload into JSON for operators (`tend tasks show`).
+    #[cfg(feature = "cli")]
+    fn describe(&self, payload: &[u8]) -> Result<serde_json::Value, String>;
 }
 
 struct Typed<T> {
@@ -178,6 +181,12 @@ impl<T: Task> Handler for Typed<T> {
 
     fn version(&self) -> i32 {
         T::VERSION
+    }
+
+    #[cfg(feature = "cli")]
+    fn describe(&self, payload: &[u8]) -> Result<serde_json::Value, String> {
+        let task = decode::<T>(payload)?;
+        serde_json::to_value(&task).map_err(|e| e.to_string())
     }
 
     fn run(
