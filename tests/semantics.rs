@@ -3,7 +3,6 @@
 //! keys, events, kept completed rows and the test kit.
 
 #[path = "../src/store/testdb.rs"]
-#[allow(dead_code)]
 mod testdb;
 
 use std::collections::BTreeMap;
