@@ -16,7 +16,7 @@ use diesel::r2d2::R2D2Connection;
 use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
 use crate::events::{Event, TaskInfo};
-use crate::pool::{random_token, run_one, Config, Done};
+use crate::pool::{random_token, run_one, Config, Done, Lanes};
 use crate::shard::Shards;
 use crate::status::TaskStatus;
 use crate::store::{now_ms, StoreConnection, TaskRow};
@@ -63,8 +63,7 @@ use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
 pub struct Outbox<C: R2D2Connection + 'static> {
     shards: Shards<C>,
     cfg: Arc<Config>,
-    /// One hand-off queue per shard.
-    dispatch: Vec<Sender<i64>>,
+    lanes: Lanes,
 }
 
 impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
@@ -72,7 +71,7 @@ impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
         Outbox {
             shards: self.shards.clone(),
             cfg: self.cfg.clone(),
-            dispatch: self.dispatch.clone(),
+            lanes: self.lanes.clone(),
         }
     }
 }
@@ -82,7 +81,7 @@ impl<C: R2D2Connection + 'static> fmt::Debug for Outbox<C> {
         f.debug_struct("Outbox")
             .field(
                 "queued_hand_offs",
-                &self.dispatch.iter().map(Sender::len).sum::<usize>(),
+                &self.lanes.dispatch.iter().map(Sender::len).sum::<usize>(),
             )
             .finish()
     }
@@ -158,6 +157,8 @@ pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
     outbox: &'a Outbox<C>,
     /// Right-now async tasks to hand over after the commit: id, shard key.
     hand_off: Vec<(i64, i64)>,
+    /// Right-now async tasks leased to the pool at insert: shard, row.
+    pool_leased: Vec<(usize, TaskRow)>,
     /// Every row inserted in the transaction: id, signature, shard key (for events).
     inserted: Vec<(i64, &'static str, i64)>,
     sync: Vec<TaskRow>,
@@ -177,16 +178,8 @@ impl<C> Outbox<C>
 where
     C: R2D2Connection + StoreConnection + Send + 'static,
 {
-    pub(crate) fn new(
-        shards: Shards<C>,
-        cfg: Arc<Config>,
-        dispatch: Vec<Sender<i64>>,
-    ) -> Outbox<C> {
-        Outbox {
-            shards,
-            cfg,
-            dispatch,
-        }
+    pub(crate) fn new(shards: Shards<C>, cfg: Arc<Config>, lanes: Lanes) -> Outbox<C> {
+        Outbox { shards, cfg, lanes }
     }
 
     /// Runs `f` in a transaction on `conn`; `f` writes business rows on the connection and
@@ -220,12 +213,16 @@ where
             outbox: self,
             inserted: Vec::new(),
             hand_off: Vec::new(),
+            pool_leased: Vec::new(),
             sync: Vec::new(),
             done: Vec::new(),
         };
         let value = conn.transaction(|c| f(c, &mut tx))?;
         // Committed: from here on nothing may fail the caller.
         tx.report_enqueued();
+        for (shard, row) in tx.pool_leased.drain(..) {
+            self.give_to_pool(shard, row);
+        }
         for (id, key) in tx.hand_off.drain(..) {
             self.hand_off(id, key);
         }
@@ -255,6 +252,7 @@ where
             outbox: self,
             inserted: Vec::new(),
             hand_off: Vec::new(),
+            pool_leased: Vec::new(),
             sync: Vec::new(),
             done: Vec::new(),
         };
@@ -269,13 +267,21 @@ where
     /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
     /// to; never blocks and never fails.
     fn hand_off(&self, id: i64, shard_key: i64) {
-        match self.dispatch[self.shards.index_for(shard_key)].try_send(id) {
+        match self.lanes.dispatch[self.shards.index_for(shard_key)].try_send(id) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 log::debug!("tend: hand-off queue full; task {id} waits for the next poll")
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// Gives a committed task leased to the pool at insert straight to a worker.
+    fn give_to_pool(&self, shard: usize, row: TaskRow) {
+        self.cfg
+            .events
+            .emit(Event::Claimed(crate::pool::info(&row)));
+        self.lanes.push_leased(shard, row);
     }
 
     /// Runs a sync task (already leased by its insert) and writes its outcome.
@@ -344,13 +350,24 @@ where
             return self.detached(task);
         }
         let key = task.get_shard_key();
-        let (enqueued, row) = self.insert(conn, task)?;
-        match (enqueued, row) {
-            (Enqueued::Inserted(_), Some(row)) => self.sync.push(row),
-            (Enqueued::Inserted(id), None) => self.hand_off.push((id, key)),
-            _ => {}
-        }
-        Ok(enqueued)
+        Ok(match self.insert(conn, task)? {
+            Placed::Duplicate => Enqueued::Duplicate,
+            Placed::Due(id) => {
+                self.hand_off.push((id, key));
+                Enqueued::Inserted(id)
+            }
+            Placed::Sync(row) => {
+                let id = row.id;
+                self.sync.push(row);
+                Enqueued::Inserted(id)
+            }
+            Placed::PoolLeased(shard, row) => {
+                let id = row.id;
+                self.pool_leased.push((shard, row));
+                Enqueued::Inserted(id)
+            }
+            Placed::Scheduled(id) => Enqueued::Inserted(id),
+        })
     }
 
     fn report_enqueued(&mut self) {
@@ -368,50 +385,86 @@ where
     fn detached(&mut self, task: NewTask) -> Result<Enqueued, Error> {
         let key = task.get_shard_key();
         let mut conn = self.outbox.shards.get(key)?;
-        let (enqueued, row) = retry_insert(self, &mut conn, task)?;
-        match (enqueued, row) {
-            (Enqueued::Inserted(_), Some(row)) => {
+        Ok(match retry_insert(self, &mut conn, task)? {
+            Placed::Duplicate => Enqueued::Duplicate,
+            Placed::Due(id) => {
+                self.outbox.hand_off(id, key);
+                Enqueued::Inserted(id)
+            }
+            Placed::Sync(row) => {
+                let id = row.id;
                 let outcome = self.outbox.run_sync(&mut conn, row);
                 self.done.push(outcome);
+                Enqueued::Inserted(id)
             }
-            (Enqueued::Inserted(id), None) => self.outbox.hand_off(id, key),
-            _ => {}
-        }
-        Ok(enqueued)
+            Placed::PoolLeased(shard, row) => {
+                let id = row.id;
+                self.outbox.give_to_pool(shard, row);
+                Enqueued::Inserted(id)
+            }
+            Placed::Scheduled(id) => Enqueued::Inserted(id),
+        })
     }
 
-    /// Inserts the row; a right-now sync task is inserted already leased to this caller, so
-    /// the pool's poll cannot run it at the same time (if the caller dies, the lease lapses
-    /// and the pool runs it).
-    fn insert<S: StoreConnection>(
-        &mut self,
-        conn: &mut S,
-        task: NewTask,
-    ) -> Result<(Enqueued, Option<TaskRow>), Error> {
+    /// Inserts the row, leased at insert time where that saves a round trip later:
+    /// - a right-now sync task is leased to this caller, so the pool's poll cannot run it at
+    ///   the same time (if the caller dies, the lease lapses and the pool runs it);
+    /// - a right-now async task is leased to the pool when the pool runs and has room, and
+    ///   handed to a worker right after the commit without a claim;
+    /// - otherwise a right-now task is due at once and handed over by id.
+    fn insert<S: StoreConnection>(&mut self, conn: &mut S, task: NewTask) -> Result<Placed, Error> {
         let (signature, shard_key) = (task.signature(), task.get_shard_key());
         let opts = task.options();
-        let sync = opts.execute_way == ExecuteWay::RightNow && opts.thread_way == ThreadWay::Sync;
+        let right_now = opts.execute_way == ExecuteWay::RightNow;
+        let sync = right_now && opts.thread_way == ThreadWay::Sync;
+        let shard = self.outbox.shards.index_for(shard_key);
+        let to_pool = right_now && !sync && self.outbox.lanes.has_room(shard);
         let now = now_ms();
         let mut row = task.into_row(now)?;
-        if sync {
-            let until = now + self.outbox.cfg.lease.as_millis() as i64;
+        if sync || to_pool {
+            let cfg = &self.outbox.cfg;
+            let until = now + cfg.lease.as_millis() as i64;
             row.task_status = TaskStatus::Running.as_i32();
             row.execute_times = 1;
             row.execute_time = until;
             row.lease_expires_at = Some(until);
             row.lease_token = Some(random_token());
-            row.lease_owner = Some(format!("{} (sync caller)", self.outbox.cfg.owner));
+            row.lease_owner = Some(if sync {
+                format!("{} (sync caller)", cfg.owner)
+            } else {
+                cfg.owner.clone()
+            });
         }
         let backend = conn.backend();
         let id = match conn.insert_one(&row) {
             Ok(Some(id)) => id,
-            Ok(None) => return Ok((Enqueued::Duplicate, None)),
+            Ok(None) => return Ok(Placed::Duplicate),
             Err(e) => return Err(Error::from_db(backend, e)),
         };
         self.inserted.push((id, signature, shard_key));
-        let leased = sync.then(|| row.into_task_row(id));
-        Ok((Enqueued::Inserted(id), leased))
+        Ok(if sync {
+            Placed::Sync(row.into_task_row(id))
+        } else if to_pool {
+            Placed::PoolLeased(shard, row.into_task_row(id))
+        } else if right_now {
+            Placed::Due(id)
+        } else {
+            Placed::Scheduled(id)
+        })
     }
+}
+
+/// Where an inserted row stands.
+enum Placed {
+    Duplicate,
+    /// Due now, unleased: hand over its id.
+    Due(i64),
+    /// Due later.
+    Scheduled(i64),
+    /// Leased to the caller: run it in this thread.
+    Sync(TaskRow),
+    /// Leased to the pool (shard index): give it to a worker.
+    PoolLeased(usize, TaskRow),
 }
 
 /// [`OutboxTx::insert`] outside any caller transaction, where retrying lock conflicts is ours
@@ -420,7 +473,7 @@ fn retry_insert<C, S>(
     tx: &mut OutboxTx<'_, C>,
     conn: &mut S,
     task: NewTask,
-) -> Result<(Enqueued, Option<TaskRow>), Error>
+) -> Result<Placed, Error>
 where
     C: R2D2Connection + StoreConnection + Send + 'static,
     S: StoreConnection,

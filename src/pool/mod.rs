@@ -27,9 +27,10 @@ use crate::events::{Event, Events, NoEvents};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
 use crate::shard::Shards;
-use crate::store::{Claimed, StoreConnection};
+use crate::status::TaskStatus;
+use crate::store::{Claimed, StoreConnection, TaskRow};
 
-pub(crate) use run::{random_token, run_one, Done};
+pub(crate) use run::{info, random_token, run_one, Done};
 
 /// How many right-now task ids the outbox may hand over before the pool has claimed them;
 /// beyond that a hand-off is skipped and the task waits for the next poll.
@@ -214,13 +215,31 @@ where
             None => default_owner(),
         };
         let (alerts, alerts_rx) = AlertSink::new();
-        let (dispatch_tx, dispatch_rx) = (0..self.shards.len())
-            .map(|_| bounded(DISPATCH_QUEUE))
-            .unzip();
+        let n = self.shards.len();
+        let (dispatch, dispatch_rx) = (0..n).map(|_| bounded(DISPATCH_QUEUE)).unzip();
+        // Each shard gets an equal share of the capacity (at least one task).
+        let share = (self.threads + self.batch_size).div_ceil(n).max(1);
+        let shared = (0..n)
+            .map(|_| {
+                Arc::new(Shared {
+                    inflight: Mutex::new(HashMap::new()),
+                    stopping: AtomicBool::new(false),
+                    assigned: AtomicBool::new(true),
+                    capacity: share,
+                })
+            })
+            .collect();
+        let (jobs, jobs_rx) = unbounded::<Job>();
         Ok(WorkerPool {
             shards: self.shards,
-            dispatch_tx,
+            lanes: Lanes {
+                dispatch,
+                shared,
+                jobs,
+                running: Arc::new(AtomicBool::new(false)),
+            },
             dispatch_rx,
+            jobs_rx,
             alerts_rx,
             cfg: Arc::new(Config {
                 alerts,
@@ -276,8 +295,9 @@ where
 pub struct WorkerPool<C: R2D2Connection + 'static> {
     shards: Shards<C>,
     cfg: Arc<Config>,
-    dispatch_tx: Vec<Sender<i64>>,
+    lanes: Lanes,
     dispatch_rx: Vec<Receiver<i64>>,
+    jobs_rx: Receiver<Job>,
     alerts_rx: Receiver<Alert>,
 }
 
@@ -344,6 +364,59 @@ pub(crate) struct Job {
     claimed: Claimed,
 }
 
+/// How an outbox reaches its pool: per-shard hand-off queues and state, the pool's job queue,
+/// and whether the pool runs.
+#[derive(Clone)]
+pub(crate) struct Lanes {
+    /// Ids of committed right-now tasks, per shard, for a targeted claim.
+    pub(crate) dispatch: Vec<Sender<i64>>,
+    shared: Vec<Arc<Shared>>,
+    jobs: Sender<Job>,
+    running: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Lanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lanes")
+            .field("shards", &self.dispatch.len())
+            .field("running", &self.running.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Lanes {
+    /// Whether shard `i`'s pool runs and has room for a task leased to it at insert time.
+    pub(crate) fn has_room(&self, i: usize) -> bool {
+        self.running.load(Ordering::SeqCst)
+            && self.shared[i].inflight.lock().expect("inflight lock").len()
+                < self.shared[i].capacity
+    }
+
+    /// Gives a committed task that was inserted already leased to this pool straight to a
+    /// worker: no claim round trip. Its lease is renewed like any claimed task's; if the pool
+    /// stopped meanwhile, the lease lapses and another pool runs it.
+    pub(crate) fn push_leased(&self, i: usize, row: TaskRow) {
+        let token = row.lease_token.unwrap_or_default();
+        self.shared[i]
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .insert(row.id, Lease::new(token));
+        let job = Job {
+            shard: i,
+            claimed: Claimed {
+                task: row,
+                prev_status: TaskStatus::Pending.as_i32(),
+            },
+        };
+        if self.jobs.send(job).is_err() {
+            log::debug!(
+                "tend: the pool has stopped; a pre-leased task waits for its lease to lapse"
+            );
+        }
+    }
+}
+
 impl<C> WorkerPool<C>
 where
     C: R2D2Connection + StoreConnection + Send + 'static,
@@ -390,8 +463,8 @@ where
             crate::store::check_schema(&mut conn)?;
         }
         let cfg = self.cfg;
-        let n = self.shards.len();
-        let (jobs_tx, jobs_rx) = unbounded::<Job>();
+        let lanes = self.lanes;
+        let (jobs_tx, jobs_rx) = (lanes.jobs.clone(), self.jobs_rx);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -401,20 +474,14 @@ where
                 .expect("spawning a tend thread")
         };
         let alert_thread = spawn_alert_thread(cfg.registry.clone(), self.alerts_rx);
-        // Each shard gets an equal share of the capacity (at least one task).
-        let share = (cfg.threads + cfg.batch_size).div_ceil(n).max(1);
-        let mut shared = Vec::with_capacity(n);
+        let n = self.shards.len();
+        let shared = lanes.shared.clone();
         let mut done_txs = Vec::with_capacity(n);
         let mut wake_txs = Vec::with_capacity(n);
         let mut fetchers = Vec::with_capacity(n);
         let mut completers = Vec::with_capacity(n);
         for (i, dispatch) in self.dispatch_rx.into_iter().enumerate() {
-            let sh = Arc::new(Shared {
-                inflight: Mutex::new(HashMap::new()),
-                stopping: AtomicBool::new(false),
-                assigned: AtomicBool::new(true),
-                capacity: share,
-            });
+            let sh = shared[i].clone();
             let (done_tx, done_rx) = unbounded::<Done>();
             let (wake_tx, wake_rx) = bounded::<()>(1);
             let (freed_tx, freed_rx) = bounded::<()>(1);
@@ -437,7 +504,6 @@ where
                 format!("tend-completer-{i}"),
                 Box::new(move || complete::completer(pool, c, s, done_rx, stop, freed_tx)),
             ));
-            shared.push(sh);
             done_txs.push(done_tx);
             wake_txs.push(wake_tx);
         }
@@ -479,8 +545,10 @@ where
             cfg.lease,
             cfg.owner
         );
+        lanes.running.store(true, Ordering::SeqCst);
         Ok(PoolHandle {
             running: Some(Running {
+                running_flag: lanes.running.clone(),
                 cfg,
                 shared,
                 stop_tx,
@@ -503,11 +571,7 @@ where
     /// tasks on their own. Take it before [`start`](Self::start); it can be cloned freely and
     /// outlives the pool (tasks then wait for the next pool's poll).
     pub fn outbox(&self) -> Outbox<C> {
-        Outbox::new(
-            self.shards.clone(),
-            self.cfg.clone(),
-            self.dispatch_tx.clone(),
-        )
+        Outbox::new(self.shards.clone(), self.cfg.clone(), self.lanes.clone())
     }
 }
 
@@ -526,6 +590,7 @@ impl fmt::Debug for PoolHandle {
 }
 
 struct Running {
+    running_flag: Arc<AtomicBool>,
     cfg: Arc<Config>,
     shared: Vec<Arc<Shared>>,
     stop_tx: Sender<()>,
@@ -588,6 +653,7 @@ impl PoolHandle {
                 abandoned: 0,
             };
         };
+        r.running_flag.store(false, Ordering::SeqCst); // outboxes stop pre-leasing
         for sh in &r.shared {
             sh.stopping.store(true, Ordering::SeqCst);
         }
