@@ -880,13 +880,12 @@ fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<(), Fail> {
         match (&st.oldest_due, lag_ms) {
             (Some(o), Some(lag)) => writeln!(
                 io.out,
-                "due now: {}; oldest: task {} ({}), due since {}, lag {} ({:.1}s)",
+                "due now: {}; oldest: task {} ({}), due since {}, lag {}",
                 tasks(st.due_now),
                 o.id,
                 o.signature,
                 fmt_time(o.execute_time),
-                fmt_span(lag),
-                lag as f64 / 1000.0
+                fmt_span(lag)
             )?,
             _ => writeln!(io.out, "due now: none (no lag)")?,
         }

@@ -1,0 +1,1149 @@
+//! End-to-end tests of the `tend` binary, run as a process: its output and exit codes for
+//! every command and every error case, against real databases.
+//!
+//! SQLite always (temp files). PostgreSQL and MariaDB/MySQL when `TEND_PG_URL` /
+//! `TEND_MYSQL_URL` name a server: each test creates its own database there
+//! (`tend_cli_<pid>_<n>`) and drops it afterwards. Without a URL those tests print a loud
+//! SKIPPED line, or fail when `TEND_REQUIRE_DBS=1`. Rows are seeded through the library
+//! (`tend::migrate`, `tend::enqueue`) and raw SQL turns them dead, held, running, …; every
+//! change the CLI makes is checked by reading the row back with `tend tasks show --json`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use diesel::Connection;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tend::{NewTask, Task, TaskContext, TaskError};
+
+const PARKED: i64 = i64::MAX;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Serialize, Deserialize)]
+struct Ship {
+    order_id: i64,
+}
+
+impl Task for Ship {
+    const SIGNATURE: &'static str = "orders.ship";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Refund {
+    order_id: i64,
+    cents: u64,
+}
+
+impl Task for Refund {
+    const SIGNATURE: &'static str = "payments.refund";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Bulk {
+    n: u32,
+}
+
+impl Task for Bulk {
+    const SIGNATURE: &'static str = "reports.bulk";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+/// What one run of `tend` did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+    #[track_caller]
+    fn fails(self, code: i32, needle: &str) -> Run {
+        assert_eq!(self.code, code, "expected exit code {code}: {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+    #[track_caller]
+    fn says(self, needle: &str) -> Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+    /// The ids in the first column of a `tasks list` table.
+    fn ids(&self) -> Vec<i64> {
+        self.stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// Runs `tend` with `args`, without `DATABASE_URL` unless `env` sets it.
+fn tend_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tend"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the tend binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn tend(args: &[&str]) -> Run {
+    tend_env(args, &[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// A database of its own for one test, dropped (or deleted) afterwards.
+struct TestDb {
+    backend: Backend,
+    url: String,
+    /// The server URL it was created from (to drop it), or `None` for a SQLite file.
+    server: Option<String>,
+    name: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_db_name(url: &str, name: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = base[start..].find('/').map_or(base.len(), |i| start + i);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+impl TestDb {
+    /// A fresh empty database, or `None` (after a SKIPPED line) when the backend is not
+    /// configured.
+    fn new(backend: Backend) -> Option<TestDb> {
+        let (var, feature_on) = match backend {
+            Backend::Sqlite => {
+                let name = unique("tend-cli");
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                return Some(TestDb {
+                    backend,
+                    url: path.to_str().unwrap().to_string(),
+                    server: None,
+                    name,
+                });
+            }
+            Backend::Postgres => ("TEND_PG_URL", cfg!(feature = "postgres")),
+            Backend::Mysql => ("TEND_MYSQL_URL", cfg!(feature = "mysql")),
+        };
+        let require = std::env::var("TEND_REQUIRE_DBS").is_ok_and(|v| v == "1");
+        if !feature_on {
+            eprintln!(
+                "\n*** SKIPPED: {backend:?} CLI test: tend was built without its feature ***\n"
+            );
+            return None;
+        }
+        let Ok(server) = std::env::var(var) else {
+            assert!(!require, "TEND_REQUIRE_DBS=1 but {var} is not set");
+            eprintln!("\n*** SKIPPED: {backend:?} CLI test: set {var} to run it ***\n");
+            return None;
+        };
+        let name = unique("tend_cli");
+        admin_sql(backend, &server, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
+            panic!("cannot create a {backend:?} test database with {var}: {e}")
+        });
+        Some(TestDb {
+            backend,
+            url: with_db_name(&server, &name),
+            server: Some(server),
+            name,
+        })
+    }
+
+    /// Runs `tend --database-url <this> args…`.
+    fn tend(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--database-url", self.url.as_str()];
+        all.extend_from_slice(args);
+        tend(&all)
+    }
+
+    /// Migrates through the library and runs `f` on a connection.
+    fn with_conn<R>(&self, f: impl FnOnce(&mut dyn Seed) -> R) -> R {
+        match self.backend {
+            Backend::Sqlite => {
+                #[cfg(feature = "sqlite")]
+                {
+                    let mut c = diesel::SqliteConnection::establish(&self.url).unwrap();
+                    f(&mut c)
+                }
+                #[cfg(not(feature = "sqlite"))]
+                unreachable!("SQLite tests are compiled only with the sqlite feature")
+            }
+            Backend::Postgres => {
+                #[cfg(feature = "postgres")]
+                {
+                    let mut c = diesel::PgConnection::establish(&self.url).unwrap();
+                    f(&mut c)
+                }
+                #[cfg(not(feature = "postgres"))]
+                unreachable!("skipped without the postgres feature")
+            }
+            Backend::Mysql => {
+                #[cfg(feature = "mysql")]
+                {
+                    let mut c = diesel::MysqlConnection::establish(&self.url).unwrap();
+                    f(&mut c)
+                }
+                #[cfg(not(feature = "mysql"))]
+                unreachable!("skipped without the mysql feature")
+            }
+        }
+    }
+
+    fn sql(&self, sql: &str) {
+        self.with_conn(|c| c.sql(sql));
+    }
+
+    /// The row as `tend tasks show --json` reports it, or `None` when the id is unknown.
+    fn row(&self, id: i64) -> Option<Value> {
+        let r = self.tend(&["tasks", "show", &id.to_string(), "--json"]);
+        if r.code == 1 && r.stderr.contains("no task with id") {
+            return None;
+        }
+        Some(r.ok().json()[0]["task"].clone())
+    }
+
+    fn status(&self, id: i64) -> String {
+        let row = self.row(id).unwrap_or_else(|| panic!("task {id} is gone"));
+        row["status"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.server {
+            None => {
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", self.url));
+                }
+            }
+            Some(server) => {
+                // FORCE: a backend of a CLI process that just exited may not be gone yet.
+                let force = if self.backend == Backend::Postgres {
+                    " WITH (FORCE)"
+                } else {
+                    ""
+                };
+                let sql = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
+                if let Err(e) = admin_sql(self.backend, server, &sql) {
+                    eprintln!("warning: could not drop test database {}: {e}", self.name);
+                }
+            }
+        }
+    }
+}
+
+/// Runs a statement on the server database (to create or drop a test database).
+fn admin_sql(backend: Backend, server: &str, sql: &str) -> Result<(), String> {
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    fn run<C: Connection>(server: &str, sql: &str) -> Result<(), String> {
+        let mut c = C::establish(server).map_err(|e| e.to_string())?;
+        c.batch_execute(sql).map_err(|e| e.to_string())
+    }
+    match backend {
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => run::<diesel::PgConnection>(server, sql),
+        #[cfg(feature = "mysql")]
+        Backend::Mysql => run::<diesel::MysqlConnection>(server, sql),
+        #[allow(unreachable_patterns)] // SQLite has no server; others are skipped without features
+        _ => unreachable!("{backend:?} has no server here ({server}, {sql})"),
+    }
+}
+
+/// What the tests do on a connection of any backend.
+trait Seed {
+    fn migrate(&mut self);
+    fn enqueue(&mut self, task: NewTask) -> i64;
+    fn sql(&mut self, sql: &str);
+}
+
+impl<C> Seed for C
+where
+    C: Connection + tend::StoreConnection,
+{
+    fn migrate(&mut self) {
+        tend::migrate(self).unwrap();
+    }
+    fn enqueue(&mut self, task: NewTask) -> i64 {
+        tend::enqueue_new(self, task).unwrap().id().unwrap()
+    }
+    fn sql(&mut self, sql: &str) {
+        self.batch_execute(sql).unwrap();
+    }
+}
+
+/// The seeded rows, one per interesting state.
+struct Seeded {
+    pending: i64,
+    /// Out of attempts (3 of 3), last modified 10 days ago.
+    dead_old: i64,
+    held: i64,
+    /// Failed once, retry due in an hour.
+    failed: i64,
+    /// A refund on shard 7, leased by host-1.
+    running: i64,
+    /// Kept after success, 10 days ago.
+    done_old: i64,
+    /// Gave up just now.
+    dead_new: i64,
+}
+
+impl Seeded {
+    fn all(&self) -> Vec<i64> {
+        vec![
+            self.pending,
+            self.dead_old,
+            self.held,
+            self.failed,
+            self.running,
+            self.done_old,
+            self.dead_new,
+        ]
+    }
+}
+
+fn seed(db: &TestDb) -> Seeded {
+    db.with_conn(|c| {
+        c.migrate();
+        let now = now_ms();
+        let old = now - 10 * DAY_MS;
+        let ship = |n| NewTask::new(&Ship { order_id: n }).unwrap();
+        let s = Seeded {
+            pending: c.enqueue(ship(1)),
+            dead_old: c.enqueue(ship(2)),
+            held: c.enqueue(ship(3)),
+            failed: c.enqueue(ship(4)),
+            running: c.enqueue(
+                NewTask::new(&Refund {
+                    order_id: 5,
+                    cents: 1250,
+                })
+                .unwrap()
+                .shard_key(7),
+            ),
+            done_old: c.enqueue(ship(6)),
+            dead_new: c.enqueue(ship(7).max_attempts(25)),
+        };
+        let set = |c: &mut dyn Seed, id: i64, sets: String| {
+            c.sql(&format!("UPDATE consistency_task SET {sets} WHERE id = {id}"))
+        };
+        set(c, s.dead_old, format!("task_status = 4, execute_time = {PARKED}, execute_times = 3, max_attempts = 3, error_msg = 'out of attempts: boom', gmt_modified = {old}"));
+        set(c, s.held, format!("task_status = 5, execute_time = {PARKED}, execute_times = 1, error_msg = 'no task type is registered for signature'"));
+        set(c, s.failed, format!("task_status = 2, execute_times = 1, execute_time = {}, error_msg = 'timeout talking to the carrier'", now + 3_600_000));
+        set(c, s.running, format!("task_status = 1, execute_times = 1, execute_time = {0}, lease_expires_at = {0}, lease_token = 99, lease_owner = 'host-1'", now + 60_000));
+        set(c, s.done_old, format!("task_status = 3, execute_time = {PARKED}, execute_times = 1, gmt_modified = {old}"));
+        set(c, s.dead_new, format!("task_status = 4, execute_time = {PARKED}, execute_times = 25, error_msg = 'the handler gave up: card declined'"));
+        s
+    })
+}
+
+/// A time in RFC 3339 long before any seeded row (the parser's own tests cover the format).
+const Y2000: &str = "2000-01-01T00:00:00Z";
+
+// ---------------------------------------------------------------------------------------------
+// The scenarios, run against every backend
+
+/// A database that was never migrated: every command but `migrate` says how to fix it.
+fn unmigrated(db: &TestDb) {
+    if db.backend == Backend::Sqlite {
+        // An existing file without tend's table (a missing file is another error).
+        db.with_conn(|c| c.sql("CREATE TABLE unrelated (id INTEGER)"));
+    }
+    for args in [
+        &["stats"][..],
+        &["tasks", "list"],
+        &["tasks", "show", "1"],
+        &["tasks", "retry", "--all"],
+        &["purge", "--older-than", "7d"],
+    ] {
+        db.tend(args)
+            .fails(1, "consistency_task")
+            .fails(1, "tend migrate --database-url");
+    }
+    db.tend(&["migrate"]).ok().says("migrated").says(&db.url);
+    db.tend(&["migrate"]).ok().says("migrated");
+    db.tend(&["stats"]).ok().says("total");
+    db.tend(&["tasks", "list"]).ok().says("no tasks match");
+}
+
+/// list, show and stats, with every filter and both output formats.
+fn inspect(db: &TestDb) {
+    let s = seed(db);
+    let now = now_ms();
+
+    let all = db.tend(&["tasks", "list"]).ok();
+    assert_eq!(all.ids(), s.all());
+    let header = all.stdout.lines().next().unwrap();
+    for col in [
+        "ID",
+        "STATUS",
+        "SIGNATURE",
+        "SHARD",
+        "ATTEMPTS",
+        "DUE",
+        "MODIFIED",
+        "ERROR",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let dead_line = all
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{} ", s.dead_old)))
+        .unwrap();
+    assert!(
+        dead_line.contains("dead") && dead_line.contains("never"),
+        "{dead_line}"
+    );
+    assert!(dead_line.contains("3/3") && dead_line.contains("out of attempts: boom"));
+
+    let ids = |args: &[&str]| {
+        let mut a = vec!["tasks", "list"];
+        a.extend_from_slice(args);
+        db.tend(&a).ok().ids()
+    };
+    assert_eq!(ids(&["--status", "dead"]), [s.dead_old, s.dead_new]);
+    assert_eq!(
+        ids(&["--status", "dead,held"]),
+        [s.dead_old, s.held, s.dead_new]
+    );
+    assert_eq!(
+        ids(&["--status", "dead", "--status", "held"]),
+        [s.dead_old, s.held, s.dead_new]
+    );
+    assert_eq!(ids(&["--status", "1"]), [s.running]);
+    assert_eq!(ids(&["--signature", "payments.refund"]), [s.running]);
+    assert_eq!(ids(&["--shard-key", "7"]), [s.running]);
+    assert_eq!(
+        ids(&["--shard-key", "7", "--status", "dead"]),
+        Vec::<i64>::new()
+    );
+    let soon = (now + 5_000).to_string();
+    assert_eq!(ids(&["--due-before", &soon]), [s.pending]);
+    assert_eq!(
+        ids(&["--due-after", Y2000]),
+        [s.pending, s.failed, s.running]
+    );
+    let later = (now + 1_800_000).to_string();
+    assert_eq!(ids(&["--due-after", &later]), [s.failed]);
+    db.tend(&["tasks", "list", "--due-before", Y2000])
+        .ok()
+        .says("no tasks match");
+
+    // Paging: by cursor and by offset.
+    let page1 = db.tend(&["tasks", "list", "--limit", "3"]).ok();
+    assert_eq!(page1.ids(), s.all()[..3]);
+    let cursor = s.all()[2].to_string();
+    assert!(
+        page1.stderr.contains(&format!("--after-id {cursor}")),
+        "{page1:#?}"
+    );
+    let page2 = db.tend(&["tasks", "list", "--limit", "3", "--after-id", &cursor]);
+    assert_eq!(page2.ok().ids(), s.all()[3..6]);
+    assert_eq!(ids(&["--offset", "6"]), s.all()[6..]);
+    db.tend(&["tasks", "list", "--limit", "0"])
+        .fails(2, "--limit");
+
+    // JSON.
+    let doc = db.tend(&["tasks", "list", "--json"]).ok().json();
+    let tasks = doc[0]["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 7);
+    assert_eq!(doc[0]["next_after_id"], Value::Null);
+    let dead = tasks.iter().find(|t| t["id"] == s.dead_old).unwrap();
+    assert_eq!(dead["status"], "dead");
+    assert_eq!(dead["task_status"], 4);
+    assert_eq!(dead["execute_time"], Value::Null);
+    assert_eq!(dead["signature"], "orders.ship");
+    assert_eq!(dead["error_msg"], "out of attempts: boom");
+    let running = tasks.iter().find(|t| t["id"] == s.running).unwrap();
+    assert_eq!(running["lease_owner"], "host-1");
+    assert_eq!(running["shard_key"], 7);
+
+    // show: every column, the payload undecodable by the plain binary.
+    let shown = db.tend(&["tasks", "show", &s.dead_old.to_string()]).ok();
+    for col in [
+        "id",
+        "task_id",
+        "idempotency_key",
+        "task_status",
+        "execute_times",
+        "max_attempts",
+        "execute_time",
+        "parameter_types",
+        "method_name",
+        "method_sign_name",
+        "execute_interval_sec",
+        "delay_time",
+        "task_parameter",
+        "payload_version",
+        "execute_way",
+        "thread_way",
+        "transaction_way",
+        "error_msg",
+        "alert_expression",
+        "alert_action_bean_name",
+        "fallback_class_name",
+        "fallback_error_msg",
+        "shard_key",
+        "lease_token",
+        "lease_owner",
+        "lease_expires_at",
+        "gmt_create",
+        "gmt_modified",
+        "duration_ms",
+    ] {
+        assert!(
+            shown
+                .stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{col} "))),
+            "show lacks column {col}: {}",
+            shown.stdout
+        );
+    }
+    let shown = shown
+        .says("4 (dead)")
+        .says("never")
+        .says("out of attempts: boom")
+        .says("bytes, signature orders.ship, not decodable by this binary>");
+    assert!(!shown.stdout.contains("payload:"), "{}", shown.stdout);
+    db.tend(&["tasks", "show", &s.running.to_string()])
+        .ok()
+        .says("host-1")
+        .says("payments.refund");
+    let row = db.row(s.dead_old).unwrap();
+    assert_eq!(row["execute_time"], Value::Null);
+    assert_eq!(row["max_attempts"], 3);
+    assert_eq!(row["task_parameter"]["decoded"], Value::Null);
+    assert!(row["task_parameter"]["bytes"].as_u64().unwrap() > 0);
+    assert!(row["task_parameter"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("not decodable by this binary"));
+
+    // stats, as a table and as JSON.
+    let st = db.tend(&["stats"]).ok();
+    for needle in [
+        "STATUS",
+        "dead",
+        "total",
+        "SIGNATURE",
+        "orders.ship",
+        "payments.refund",
+    ] {
+        assert!(st.stdout.contains(needle), "{needle}: {}", st.stdout);
+    }
+    let st = st.says(&format!("due now: 1 task; oldest: task {}", s.pending));
+    let dead_line = st.stdout.lines().find(|l| l.starts_with("dead ")).unwrap();
+    assert!(dead_line.ends_with(" 2"), "{dead_line}");
+    let doc = db.tend(&["stats", "--json"]).ok().json();
+    let d = &doc[0];
+    assert_eq!(d["total"], 7);
+    for (k, v) in [
+        ("pending", 1),
+        ("running", 1),
+        ("failed", 1),
+        ("succeeded", 1),
+        ("dead", 2),
+        ("held", 1),
+    ] {
+        assert_eq!(d["by_status"][k], v, "{k}: {d:#}");
+    }
+    let sigs = d["by_signature"].as_array().unwrap();
+    assert_eq!(sigs[0]["signature"], "orders.ship");
+    assert_eq!(sigs[0]["total"], 6);
+    assert_eq!(sigs[0]["dead"], 2);
+    assert_eq!(sigs[1]["signature"], "payments.refund");
+    assert_eq!(sigs[1]["running"], 1);
+    assert_eq!(d["due_now"], 1);
+    assert_eq!(d["oldest_due"]["id"], s.pending);
+    assert!(d["oldest_due"]["lag_seconds"].as_f64().unwrap() >= 0.0);
+
+    // Bad input.
+    db.tend(&["tasks", "show", "999999"])
+        .fails(1, "no task with id 999999");
+    db.tend(&["tasks", "list", "--status", "zombie"])
+        .fails(2, "unknown status `zombie`");
+    db.tend(&["tasks", "list", "--due-before", "yesterday"])
+        .fails(2, "is not a time");
+    db.tend(&["tasks", "list", "--due-after", "2026-13-01T00:00:00Z"])
+        .fails(2, "RFC 3339");
+    db.tend(&["tasks", "list", "--shard-key", "seven"])
+        .fails(2, "--shard-key");
+    db.tend(&["tasks", "show", "abc"]).fails(2, "invalid value");
+}
+
+/// retry, cancel and delete: targets, refusals, dry runs, and what they write.
+fn changes(db: &TestDb) {
+    let s = seed(db);
+    let id = |n: i64| n.to_string();
+
+    // Nothing destructive without a target.
+    for cmd in ["retry", "cancel", "delete"] {
+        db.tend(&["tasks", cmd])
+            .fails(2, "needs a task ID, a filter")
+            .fails(2, "nothing was changed");
+    }
+
+    // retry
+    db.tend(&["tasks", "retry", &id(s.pending)])
+        .fails(1, &format!("task {} is pending", s.pending));
+    db.tend(&["tasks", "retry", &id(s.running)])
+        .fails(1, "applies to failed, dead, held tasks");
+    db.tend(&["tasks", "retry", "999999"])
+        .fails(1, "no task with id 999999");
+    db.tend(&["tasks", "retry", "--status", "pending"])
+        .fails(2, "not pending");
+    db.tend(&["tasks", "retry", "--status", "dead", "--dry-run"])
+        .ok()
+        .says(&format!(
+            "would retry 2 tasks: {}, {}",
+            s.dead_old, s.dead_new
+        ))
+        .says("dry run: nothing was changed");
+    assert_eq!(db.status(s.dead_old), "dead");
+
+    let t0 = now_ms();
+    db.tend(&["tasks", "retry", &id(s.dead_old)])
+        .ok()
+        .says(&format!("retrying 1 task: {}", s.dead_old))
+        .says("retried 1 task");
+    let row = db.row(s.dead_old).unwrap();
+    assert_eq!(row["status"], "failed");
+    // Kept attempts, lowered to allow exactly one more (3 of 3 -> 2 of 3).
+    assert_eq!(row["execute_times"], 2);
+    let due = row["execute_time"].as_i64().unwrap();
+    assert!(due >= t0 - 1000 && due <= now_ms(), "{row:#}");
+    assert_eq!(row["lease_token"], Value::Null);
+    assert_eq!(
+        row["error_msg"], "out of attempts: boom",
+        "the last error stays"
+    );
+
+    db.tend(&["tasks", "retry", &id(s.held), "--reset-attempts"])
+        .ok()
+        .says("retried 1 task");
+    let row = db.row(s.held).unwrap();
+    assert_eq!(row["status"], "pending");
+    assert_eq!(row["execute_times"], 0);
+    assert!(row["execute_time"].as_i64().unwrap() <= now_ms());
+
+    // By filter: the failed task (due in an hour) becomes due now; dead_new too.
+    db.tend(&[
+        "tasks",
+        "retry",
+        "--signature",
+        "orders.ship",
+        "--status",
+        "failed,dead",
+    ])
+    .ok()
+    .says("retried 3 tasks");
+    assert_eq!(db.status(s.dead_new), "failed");
+    assert_eq!(db.row(s.dead_new).unwrap()["execute_times"], 24);
+    assert!(db.row(s.failed).unwrap()["execute_time"].as_i64().unwrap() <= now_ms());
+    db.tend(&["tasks", "retry", "--all"])
+        .ok()
+        .says("retried 3 tasks");
+    db.tend(&["tasks", "retry", "--status", "dead"])
+        .ok()
+        .says("no tasks to retry");
+
+    // cancel
+    db.tend(&["tasks", "cancel", &id(s.running)])
+        .fails(1, "is running; pass --force");
+    db.tend(&["tasks", "cancel", "--signature", "payments.refund"])
+        .ok()
+        .says("leaving 1 task alone: running (pass --force")
+        .says("no tasks to cancel");
+    assert_eq!(db.status(s.running), "running");
+    db.tend(&["tasks", "cancel", &id(s.running), "--force", "--dry-run"])
+        .ok()
+        .says(&format!("would cancel 1 task: {}", s.running));
+    assert_eq!(db.status(s.running), "running");
+    db.tend(&["tasks", "cancel", &id(s.running), "--force"])
+        .ok()
+        .says("cancelled 1 task");
+    let row = db.row(s.running).unwrap();
+    assert_eq!(row["status"], "dead");
+    assert_eq!(row["execute_time"], Value::Null);
+    assert_eq!(row["lease_token"], Value::Null);
+    assert_eq!(row["lease_owner"], Value::Null);
+    assert!(row["error_msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("cancelled by an operator at "));
+    db.tend(&["tasks", "cancel", &id(s.pending)])
+        .ok()
+        .says("cancelled 1 task");
+    assert_eq!(db.status(s.pending), "dead");
+    db.tend(&["tasks", "cancel", &id(s.pending)])
+        .fails(1, "is dead");
+    db.tend(&["tasks", "cancel", "--status", "succeeded"])
+        .fails(2, "not succeeded");
+
+    // delete
+    db.sql(&format!(
+        "UPDATE consistency_task SET task_status = 1, lease_token = 7 WHERE id = {}",
+        s.failed
+    ));
+    db.tend(&["tasks", "delete", &id(s.failed)])
+        .fails(1, "is running; pass --force");
+    db.tend(&["tasks", "delete", "--status", "running"])
+        .fails(2, "not running");
+    let dry = db
+        .tend(&["tasks", "delete", "--all", "--dry-run"])
+        .ok()
+        .says("leaving 1 task alone: running")
+        .says("would delete 6 tasks");
+    assert!(!dry.stdout.contains(&format!(" {},", s.failed)), "{dry:#?}");
+    assert_eq!(db.tend(&["tasks", "list"]).ok().ids().len(), 7);
+    db.tend(&["tasks", "delete", &id(s.done_old)])
+        .ok()
+        .says(&format!("deleting 1 task: {}", s.done_old))
+        .says("deleted 1 task");
+    assert!(db.row(s.done_old).is_none());
+    db.tend(&["tasks", "delete", &id(s.done_old)])
+        .fails(1, "no task with id");
+    db.tend(&["tasks", "delete", "--status", "running", "--force"])
+        .ok()
+        .says("deleted 1 task");
+    assert!(db.row(s.failed).is_none());
+    db.tend(&["tasks", "delete", "--all"])
+        .ok()
+        .says("deleted 5 tasks");
+    db.tend(&["tasks", "list"]).ok().says("no tasks match");
+}
+
+/// purge: old dead and kept completed rows, in batches, with progress and a dry run.
+fn purge(db: &TestDb) {
+    let s = seed(db);
+    let old = now_ms() - 10 * DAY_MS;
+    db.with_conn(|c| {
+        for n in 0..25 {
+            c.enqueue(NewTask::new(&Bulk { n }).unwrap());
+        }
+        c.sql(&format!(
+            "UPDATE consistency_task SET task_status = 4, execute_time = {PARKED}, \
+             gmt_modified = {old} WHERE method_sign_name = 'reports.bulk'"
+        ));
+    });
+
+    db.tend(&["purge"]).fails(2, "--older-than");
+    db.tend(&["purge", "--older-than", "7x"])
+        .fails(2, "is not a duration");
+    db.tend(&["purge", "--older-than", "7d", "--status", "pending"])
+        .fails(2, "invalid value 'pending'");
+    db.tend(&["purge", "--older-than", "7d", "--batch", "0"])
+        .fails(2, "--batch");
+
+    db.tend(&["purge", "--older-than", "7d", "--dry-run"])
+        .ok()
+        .says("would purge 27 tasks (succeeded or dead tasks last modified before ")
+        .says("dry run: nothing was changed");
+    assert_eq!(db.tend(&["stats", "--json"]).ok().json()[0]["total"], 32);
+
+    db.tend(&["purge", "--older-than", "7d", "--status", "succeeded"])
+        .ok()
+        .says("purging 1 task (succeeded tasks last modified before")
+        .says(&format!(": {}", s.done_old))
+        .says("purged 1 task in 1 batch of at most 1000");
+    assert!(db.row(s.done_old).is_none());
+
+    let r = db
+        .tend(&["purge", "--older-than", "7d", "--batch", "10"])
+        .ok()
+        .says("purging 26 tasks")
+        .says("purged 26 tasks in 3 batches of at most 10");
+    assert!(r.stderr.contains("purged 10 of ~26"), "{r:#?}");
+    assert!(r.stderr.contains("purged 26 of ~26"), "{r:#?}");
+    assert!(db.row(s.dead_old).is_none());
+    // Recent dead tasks and everything unfinished stay.
+    assert_eq!(db.status(s.dead_new), "dead");
+    assert_eq!(db.tend(&["stats", "--json"]).ok().json()[0]["total"], 5);
+
+    db.tend(&["purge", "--older-than", "7d"])
+        .ok()
+        .says("nothing to purge");
+    db.tend(&[
+        "purge",
+        "--older-than",
+        "0s",
+        "--signature",
+        "orders.ship",
+        "--status",
+        "dead",
+    ])
+    .ok()
+    .says("purged 1 task");
+    assert!(db.row(s.dead_new).is_none());
+}
+
+macro_rules! per_backend {
+    ($($scenario:ident),*) => {$(
+        mod $scenario {
+            use super::*;
+
+            #[cfg(feature = "sqlite")]
+            #[test]
+            fn sqlite() {
+                run(Backend::Sqlite, super::$scenario);
+            }
+
+            #[test]
+            fn postgres() {
+                run(Backend::Postgres, super::$scenario);
+            }
+
+            #[test]
+            fn mysql() {
+                run(Backend::Mysql, super::$scenario);
+            }
+        }
+    )*};
+}
+
+fn run(backend: Backend, scenario: fn(&TestDb)) {
+    if let Some(db) = TestDb::new(backend) {
+        scenario(&db);
+    }
+}
+
+per_backend!(unmigrated, inspect, changes, purge);
+
+// ---------------------------------------------------------------------------------------------
+// Backend-independent errors, the URL handling, several shards, help
+
+#[test]
+fn passwords_never_appear_when_a_server_is_unreachable() {
+    for (url, shown) in [
+        (
+            "mysql://root:secret@127.0.0.1:1/x",
+            "mysql://root:***@127.0.0.1:1/x",
+        ),
+        (
+            "postgres://app:secret@127.0.0.1:1/x",
+            "postgres://app:***@127.0.0.1:1/x",
+        ),
+        (
+            "postgresql://app@127.0.0.1:1/x?password=secret",
+            "postgresql://app@127.0.0.1:1/x?password=***",
+        ),
+    ] {
+        for args in [&["stats"][..], &["migrate"], &["tasks", "retry", "--all"]] {
+            let mut all = vec!["--database-url", url];
+            all.extend_from_slice(args);
+            let r = tend(&all).fails(1, shown);
+            assert!(!r.stderr.contains("secret"), "{r:#?}");
+            assert!(!r.stdout.contains("secret"), "{r:#?}");
+            // Either the driver's refusal or, in a build without the backend, which one.
+            assert!(
+                r.stderr.contains("cannot connect to") || r.stderr.contains("built without"),
+                "{r:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_password_is_not_echoed() {
+    #[cfg(feature = "mysql")]
+    if let Ok(server) = std::env::var("TEND_MYSQL_URL") {
+        let (head, rest) = server.split_at(server.find("://").unwrap() + 3);
+        let host = rest.rsplit('@').next().unwrap();
+        let url = format!("{head}root:Wr0ngPassw0rd@{host}");
+        let r = tend(&["stats", "--database-url", &url]).fails(1, "root:***@");
+        assert!(!r.stderr.contains("Wr0ngPassw0rd"), "{r:#?}");
+    }
+    #[cfg(feature = "postgres")]
+    if let Ok(server) = std::env::var("TEND_PG_URL") {
+        // A trust setup accepts any password: whether this works or not, it is never shown.
+        let (head, rest) = server.split_at(server.find("://").unwrap() + 3);
+        let host = rest.rsplit('@').next().unwrap();
+        let url = format!("{head}postgres:Wr0ngPassw0rd@{host}");
+        let r = tend(&["stats", "--json", "--database-url", &url]);
+        assert!(!r.stderr.contains("Wr0ngPassw0rd") && !r.stdout.contains("Wr0ngPassw0rd"));
+        assert!(
+            r.stdout.contains("postgres:***@") || r.stderr.contains("postgres:***@"),
+            "{r:#?}"
+        );
+    }
+}
+
+#[test]
+fn no_database_is_a_usage_error() {
+    tend(&["stats"]).fails(2, "pass --database-url URL");
+    tend(&["tasks", "list"]).fails(2, "or set DATABASE_URL");
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn database_url_comes_from_the_environment() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    tend_env(&["migrate"], &[("DATABASE_URL", &db.url)])
+        .ok()
+        .says("migrated");
+    let sqlite_url = format!("sqlite://{}", db.url);
+    tend_env(&["stats"], &[("DATABASE_URL", &sqlite_url)])
+        .ok()
+        .says("total");
+    // --database-url wins over the environment.
+    tend_env(
+        &["stats", "--database-url", &db.url],
+        &[("DATABASE_URL", "/nonexistent/dir/x.db")],
+    )
+    .ok();
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_missing_sqlite_file_is_not_created() {
+    let path = std::env::temp_dir().join(unique("tend-cli-missing") + ".db");
+    let p = path.to_str().unwrap();
+    tend(&["stats", "--database-url", p])
+        .fails(1, "does not exist")
+        .fails(1, "tend migrate --database-url");
+    assert!(!path.exists());
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn several_shards_are_reported_separately() {
+    let a = TestDb::new(Backend::Sqlite).unwrap();
+    let b = TestDb::new(Backend::Sqlite).unwrap();
+    let sa = seed(&a);
+    b.with_conn(|c| {
+        c.migrate();
+        c.enqueue(NewTask::new(&Ship { order_id: 100 }).unwrap());
+    });
+    let both = |args: &[&str]| {
+        let mut all = vec!["--database-url", &a.url, "--database-url", &b.url];
+        all.extend_from_slice(args);
+        tend(&all)
+    };
+    both(&["migrate"]).ok().says(&a.url).says(&b.url);
+    let list = both(&["tasks", "list"]).ok();
+    let ha = list
+        .stdout
+        .find(&format!("== {} (sqlite) ==", a.url))
+        .unwrap();
+    let hb = list
+        .stdout
+        .find(&format!("== {} (sqlite) ==", b.url))
+        .unwrap();
+    assert!(ha < hb);
+    let doc = both(&["stats", "--json"]).ok().json();
+    assert_eq!(doc.as_array().unwrap().len(), 2);
+    assert_eq!(doc[0]["total"], 7);
+    assert_eq!(doc[1]["total"], 1);
+    assert_eq!(doc[1]["database"], b.url.as_str());
+    let doc = both(&["tasks", "list", "--json"]).ok().json();
+    assert_eq!(doc[1]["tasks"][0]["id"], 1);
+
+    // Id 1 exists in both: show shows both, a change refuses to guess.
+    let show = both(&["tasks", "show", "1", "--json"]).ok().json();
+    assert_eq!(show.as_array().unwrap().len(), 2);
+    both(&["tasks", "cancel", "1"]).fails(1, "exists in 2 databases");
+    // An id only one shard has is changed there.
+    both(&["tasks", "retry", &sa.dead_old.to_string()])
+        .ok()
+        .says("retried 1 task");
+    // A filter applies to every shard, each reported.
+    let r = both(&["tasks", "cancel", "--signature", "orders.ship", "--dry-run"]).ok();
+    assert!(r.stdout.contains("would cancel 4 tasks"), "{r:#?}");
+    assert!(r.stdout.contains("would cancel 1 task: 1"), "{r:#?}");
+    // One bad shard stops everything before any change.
+    let r = tend(&[
+        "--database-url",
+        &a.url,
+        "--database-url",
+        "mysql://root:secret@127.0.0.1:1/x",
+        "tasks",
+        "delete",
+        "--all",
+    ]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(!r.stderr.contains("secret"));
+    assert_eq!(a.tend(&["stats", "--json"]).ok().json()[0]["total"], 7);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &[][..],
+        &["migrate"],
+        &["tasks"],
+        &["tasks", "list"],
+        &["tasks", "show"],
+        &["tasks", "retry"],
+        &["tasks", "cancel"],
+        &["tasks", "delete"],
+        &["purge"],
+        &["stats"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let r = tend(&args).ok().says("Usage: tend");
+        assert!(r.stdout.lines().count() > 5, "{r:#?}");
+    }
+    tend(&["tasks", "retry", "--help"])
+        .ok()
+        .says("--reset-attempts")
+        .says("--dry-run");
+    tend(&["purge", "--help"])
+        .ok()
+        .says("--older-than")
+        .says("--batch");
+    tend(&["--version"]).ok().says("tend ");
+    tend(&["frobnicate"]).fails(2, "unrecognized subcommand");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An application's own build of the CLI: `tend::cli::run_from` with its registry
+
+/// The child side of `run_from_decodes_payloads_with_the_applications_registry`: runs the CLI
+/// in-process with a registry that knows `Ship`, on the arguments in `TEND_CLI_CHILD_ARGS`.
+#[test]
+#[ignore = "run as a child process by run_from_decodes_payloads_with_the_applications_registry"]
+fn run_from_child() {
+    let Ok(args) = std::env::var("TEND_CLI_CHILD_ARGS") else {
+        return;
+    };
+    let mut registry = tend::Registry::new();
+    registry.register::<Ship>().unwrap();
+    let args = std::iter::once("my-service-admin").chain(args.split('\u{1f}'));
+    let code = tend::cli::run_from(args, registry);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn run_from_decodes_payloads_with_the_applications_registry() {
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let s = seed(&db);
+    db.sql(&format!(
+        "UPDATE consistency_task SET task_parameter = X'FFFFFFFFFF' WHERE id = {}",
+        s.held
+    ));
+    let child = |args: &[&str]| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "run_from_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--quiet",
+            ])
+            .env("TEND_CLI_CHILD_ARGS", args.join("\u{1f}"))
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let id = |n: i64| n.to_string();
+
+    let r = child(&["tasks", "show", &id(s.pending), "--database-url", &db.url]).ok();
+    let r = r
+        .says("bytes, decoded below")
+        .says("payload:\n{\n  \"order_id\": 1\n}");
+    assert!(!r.stdout.contains("not decodable"), "{r:#?}");
+
+    let r = child(&[
+        "tasks",
+        "show",
+        &id(s.pending),
+        "--json",
+        "--database-url",
+        &db.url,
+    ])
+    .ok();
+    let start = r.stdout.find('[').unwrap();
+    let end = r.stdout.rfind(']').unwrap();
+    let doc: Value = serde_json::from_str(&r.stdout[start..=end]).unwrap();
+    assert_eq!(doc[0]["task"]["task_parameter"]["decoded"]["order_id"], 1);
+    assert_eq!(doc[0]["task"]["task_parameter"]["note"], Value::Null);
+
+    // A type this registry lacks, and bytes that do not decode as the registered type.
+    child(&["tasks", "show", &id(s.running), "--database-url", &db.url])
+        .ok()
+        .says("signature payments.refund, not decodable by this binary>");
+    child(&["tasks", "show", &id(s.held), "--database-url", &db.url])
+        .ok()
+        .says("5 bytes, signature orders.ship, does not decode as");
+    let r = child(&["tasks", "show", "999999", "--database-url", &db.url]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("no task with id 999999"), "{r:#?}");
+}
