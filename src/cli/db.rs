@@ -59,7 +59,14 @@ impl Database {
         let lower = url.to_ascii_lowercase();
         let (backend, target) =
             if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-                (Backend::Postgres, url.to_string())
+                // libpq waits forever for a host that drops packets; an operator wants an answer.
+                let target = if lower.contains("connect_timeout=") {
+                    url.to_string()
+                } else {
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    format!("{url}{sep}connect_timeout=10")
+                };
+                (Backend::Postgres, target)
             } else if lower.starts_with("mysql://") {
                 (Backend::Mysql, url.to_string())
             } else if lower.starts_with("mariadb://") {
@@ -271,7 +278,18 @@ mod tests {
         }
         let pg = Database::parse("postgresql://u:pw@h/db");
         match pg {
-            Ok(db) => assert_eq!(db.backend, Backend::Postgres),
+            Ok(db) => {
+                assert_eq!(db.backend, Backend::Postgres);
+                assert_eq!(db.target, "postgresql://u:pw@h/db?connect_timeout=10");
+                assert_eq!(db.shown, "postgresql://u:***@h/db");
+                let db = Database::parse("postgres://h/db?sslmode=disable").unwrap();
+                assert_eq!(
+                    db.target,
+                    "postgres://h/db?sslmode=disable&connect_timeout=10"
+                );
+                let db = Database::parse("postgres://h/db?connect_timeout=3").unwrap();
+                assert_eq!(db.target, "postgres://h/db?connect_timeout=3");
+            }
             Err(e) => {
                 assert!(e.contains("built without PostgreSQL support"), "{e}");
                 assert!(e.contains("u:***@h") && !e.contains("pw"), "{e}");
