@@ -100,6 +100,7 @@ fn sqlite_db() -> Option<Db<diesel::SqliteConnection>> {
     })
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn server_db<C: Conn + diesel::Connection>(server: testdb::Server) -> Option<Db<C>> {
     let db = testdb::ServerDb::create(server, "semantics")?;
     let pool = Pool::builder()
