@@ -63,6 +63,29 @@ macro_rules! per_backend {
 
 per_backend!(routing, shard_outage, affinity);
 
+/// Known failures, kept runnable: `cargo test --all-features --test shards -- --ignored
+/// affinity_balance`. Un-ignore once `membership::assignment` balances the shards.
+mod affinity_balance {
+    #[cfg(feature = "postgres")]
+    #[test]
+    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
+    fn pg() {
+        super::affinity_balance::<diesel::PgConnection>();
+    }
+    #[cfg(feature = "mysql")]
+    #[test]
+    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
+    fn mysql() {
+        super::affinity_balance::<diesel::MysqlConnection>();
+    }
+    #[cfg(feature = "sqlite")]
+    #[test]
+    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
+    fn sqlite() {
+        super::affinity_balance::<diesel::SqliteConnection>();
+    }
+}
+
 const ORDERS: &str = "CREATE TABLE tend_orders (k BIGINT PRIMARY KEY)";
 
 /// Two fresh databases, or `None` when the backend is skipped.
@@ -453,5 +476,52 @@ fn affinity<C: TestConn>() {
     assert!(
         worst_ms <= bound.as_millis() as i64,
         "a task of the killed process ran {worst_ms} ms after the kill (bound {bound:?})"
+    );
+}
+
+// ---------------------------------------------------------------------- affinity balance
+
+/// Two processes with shard affinity over two databases should split them, one each: "the
+/// live set splits the logical shards among themselves". Today the rendezvous weights of node
+/// slots 0 and 1 put both shards on node 0 (`r = ceil(2/2) = 1` poller per shard, and node 0
+/// outranks node 1 on both), so one process drains everything and the other idles; with three
+/// processes node 1 idles the same way. Correctness is unaffected (leases keep tasks exclusive).
+fn affinity_balance<C: TestConn>() {
+    let Some(dbs) = two::<C>() else { return };
+    let _g = heavy();
+    let b = C::BACKEND.name();
+    let pools: Vec<_> = dbs.iter().map(|d| support::migrated::<C>(d, 2)).collect();
+    let log = RunLog::create(&format!("balance-{b}"));
+    let mut cfg = ChildCfg::new(C::BACKEND, dbs.iter().map(|d| d.url.clone()).collect());
+    cfg.affinity = true;
+    cfg.poll = Duration::from_millis(100);
+    // Both register before there is anything to claim.
+    let children: Vec<ChildWorker> = (0..2).map(|_| ChildWorker::spawn(&cfg, &log)).collect();
+    let keys: Vec<i64> = (1..=400).collect();
+    for (i, p) in pools.iter().enumerate() {
+        let mine: Vec<i64> = keys.iter().copied().filter(|k| k % 2 == i as i64).collect();
+        support::enqueue_work(&mut *p.get().unwrap(), &mine, 5, log.id);
+    }
+    wait_for("both databases to drain", Duration::from_secs(120), || {
+        pools
+            .iter()
+            .all(|p| task_count(&mut *p.get().unwrap()) == 0)
+    });
+    let pids: Vec<u32> = children.iter().map(|c| c.pid).collect();
+    for c in children {
+        c.stop();
+    }
+    let parsed = log.read();
+    let runs: Vec<usize> = pids
+        .iter()
+        .map(|p| parsed.runs.iter().filter(|r| r.pid == *p).count())
+        .collect();
+    figures(format!(
+        "SHARDS affinity_balance backend={b} databases=2 processes=2 runs_per_process={runs:?}"
+    ));
+    verify::check(&parsed, &keys, &[]).assert_sound("affinity balance");
+    assert!(
+        runs.iter().all(|n| *n > 0),
+        "one of two processes with shard affinity got no shard: runs per process {runs:?}"
     );
 }
