@@ -6,6 +6,9 @@
 //! the run log (`support::runlog`), an append-only file the handlers write, never from tend's
 //! own bookkeeping. Seeds are printed and can be replayed with `TEND_FAULTS_SEED`.
 //!
+//! `TEND_FAULTS_QUICK=1` scales every scenario down (e.g. on a loaded laptop); the figures
+//! lines say what was used.
+//!
 //! Run: `TEND_PG_URL=postgres://postgres@127.0.0.1:5432/test
 //! TEND_MYSQL_URL=mysql://root@127.0.0.1:3306/test TEND_REQUIRE_DBS=1
 //! cargo test --all-features --test faults`.
@@ -165,9 +168,10 @@ fn outage<C: TestConn>() {
     let mut cfg = ChildCfg::new(C::BACKEND, vec![url]);
     cfg.lease = Duration::from_secs(3);
     cfg.poll = Duration::from_millis(500);
-    // r2d2 retries a failed connect after a backoff capped at half this timeout; a service
-    // that wants to be back within 2 s of its database must keep it at 2 s or less.
-    cfg.conn_timeout = Duration::from_secs(2);
+    // r2d2 retries a failed connect after a backoff capped at half its checkout timeout (15 s
+    // with its default of 30 s): a service that wants to be back within 2 s of its database
+    // keeps it short. 1 s here: tend's own backoff (at most 1 s) plus r2d2's (0.5 s).
+    cfg.conn_timeout = Duration::from_secs(1);
     cfg.busy = Duration::from_millis(100);
     let child = ChildWorker::spawn(&cfg, &log);
     wait_for("a quarter of the tasks", Duration::from_secs(60), || {

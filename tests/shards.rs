@@ -269,7 +269,7 @@ fn shard_outage<C: TestConn>() {
     let (mut cutter, url1) = Cutter::new(&dbs[1]);
     // What the service's pool uses: shard 1 through the cutter, a short checkout timeout
     // (r2d2's reconnect backoff is capped at half of it) and, on SQLite, a short busy timeout.
-    let timeout = Duration::from_secs(2);
+    let timeout = Duration::from_secs(1);
     let busy = Duration::from_millis(100);
     let pools = vec![
         support::pool_with::<C>(&dbs[0].url, 4, timeout, busy),
@@ -309,6 +309,13 @@ fn shard_outage<C: TestConn>() {
     let ran1 = parsed.runs.iter().filter(|r| r.key % 2 == 1).count();
     assert_eq!(ran1, 0, "shard 1 ran tasks while cut off");
     assert_eq!(task_count(&mut *direct[1].get().unwrap()), n);
+    // Keep shard 1 down for a while longer (a fault window, not a synchronisation), so that
+    // its fetcher is deep in its backoff when the database comes back.
+    let window = Duration::from_secs(if quick() { 2 } else { 5 });
+    std::thread::sleep(window.saturating_sub(down_at.elapsed()));
+    let down_ms = down_at.elapsed().as_millis();
+    let ran1 = log.read().runs.iter().filter(|r| r.key % 2 == 1).count();
+    assert_eq!(ran1, 0, "shard 1 ran tasks while cut off");
     cutter.up();
     let up_at = now_us();
     let up = Instant::now();
@@ -332,7 +339,8 @@ fn shard_outage<C: TestConn>() {
     let report = verify::check(&parsed, &keys, &[]);
     figures(format!(
         "SHARDS outage backend={b} databases=2 tasks_per_shard={n} cut_off=shard1 via={} \
-         shard0_drained_while_down_ms={shard0_ms} shard1_recovery_ms={recovery_ms} \
+         shard0_drained_while_down_ms={shard0_ms} shard1_down_ms={down_ms} \
+         shard1_recovery_ms={recovery_ms} \
          shard1_drained_ms={shard1_ms} duplicates={} lost={}",
         if C::BACKEND == Backend::Sqlite {
             "exclusive lock"
