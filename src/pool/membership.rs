@@ -150,19 +150,57 @@ impl<C: R2D2Connection + StoreConnection + 'static> Membership<C> {
     }
 }
 
-/// Which of `shards` this node polls: each shard goes to the `r` live nodes with the highest
-/// rendezvous weight, `r = ceil(live / shards)`, so every shard has a poller and load spreads.
+/// Which of `shards` this node polls. Each shard goes to `r = ceil(live / shards)` live nodes,
+/// so every shard has a poller: rendezvous hashing with bounded loads (Mirrokni, Thorup and
+/// Zadimoghaddam's consistent hashing with bounded loads, applied to highest-random-weight
+/// ranking): shards are visited in order, and each takes the highest-ranked nodes still below
+/// their share of the `shards × r` slots (`floor`, or `floor + 1` for the first few to get
+/// there). Every process computes the same answer from the same live set, loads differ by at
+/// most one, and a membership change moves few shards.
 pub(super) fn assignment(node: i32, live: &[i32], shards: usize) -> Vec<bool> {
     let mut live: Vec<i32> = live.to_vec();
     if !live.contains(&node) {
         live.push(node);
     }
+    live.sort_unstable();
+    live.dedup();
     let r = live.len().div_ceil(shards).max(1);
+    let slots = shards * r;
+    let (base, extra) = (slots / live.len(), slots % live.len());
+    let mut load = vec![0usize; live.len()];
+    let mut above_base = 0;
     (0..shards)
         .map(|d| {
-            let mut ranked: Vec<(u64, i32)> = live.iter().map(|&n| (weight(n, d), n)).collect();
+            let mut ranked: Vec<(u64, usize)> = live
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (weight(n, d), i))
+                .collect();
             ranked.sort_unstable_by(|a, b| b.cmp(a));
-            ranked.iter().take(r).any(|&(_, n)| n == node)
+            let mut chosen: Vec<usize> = Vec::with_capacity(r);
+            for &(_, i) in &ranked {
+                if chosen.len() == r {
+                    break;
+                }
+                if load[i] < base || (load[i] == base && above_base < extra) {
+                    if load[i] == base {
+                        above_base += 1;
+                    }
+                    load[i] += 1;
+                    chosen.push(i);
+                }
+            }
+            // Never leave a shard short of pollers: top up by rank, whatever the loads.
+            for &(_, i) in &ranked {
+                if chosen.len() == r {
+                    break;
+                }
+                if !chosen.contains(&i) {
+                    load[i] += 1;
+                    chosen.push(i);
+                }
+            }
+            chosen.iter().any(|&i| live[i] == node)
         })
         .collect()
 }
@@ -191,6 +229,21 @@ mod tests {
                     let r = (nodes as usize).div_ceil(shards);
                     assert_eq!(pollers, r.max(1), "nodes {nodes} shards {shards} shard {d}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn loads_are_balanced() {
+        for nodes in 1..10 {
+            for shards in 1..10 {
+                let live: Vec<i32> = (0..nodes).map(|n| n * 13 + 1).collect();
+                let loads: Vec<usize> = live
+                    .iter()
+                    .map(|&n| assignment(n, &live, shards).iter().filter(|m| **m).count())
+                    .collect();
+                let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+                assert!(max - min <= 1, "nodes {nodes} shards {shards}: {loads:?}");
             }
         }
     }
