@@ -61,30 +61,7 @@ macro_rules! per_backend {
     )*};
 }
 
-per_backend!(routing, shard_outage, affinity);
-
-/// Known failures, kept runnable: `cargo test --all-features --test shards -- --ignored
-/// affinity_balance`. Un-ignore once `membership::assignment` balances the shards.
-mod affinity_balance {
-    #[cfg(feature = "postgres")]
-    #[test]
-    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
-    fn pg() {
-        super::affinity_balance::<diesel::PgConnection>();
-    }
-    #[cfg(feature = "mysql")]
-    #[test]
-    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
-    fn mysql() {
-        super::affinity_balance::<diesel::MysqlConnection>();
-    }
-    #[cfg(feature = "sqlite")]
-    #[test]
-    #[ignore = "fails: rendezvous gives both shards to one of two processes (see the test)"]
-    fn sqlite() {
-        super::affinity_balance::<diesel::SqliteConnection>();
-    }
-}
+per_backend!(routing, shard_outage, affinity, affinity_balance);
 
 const ORDERS: &str = "CREATE TABLE tend_orders (k BIGINT PRIMARY KEY)";
 
@@ -489,11 +466,10 @@ fn affinity<C: TestConn>() {
 
 // ---------------------------------------------------------------------- affinity balance
 
-/// Two processes with shard affinity over two databases should split them, one each: "the
-/// live set splits the logical shards among themselves". Today the rendezvous weights of node
-/// slots 0 and 1 put both shards on node 0 (`r = ceil(2/2) = 1` poller per shard, and node 0
-/// outranks node 1 on both), so one process drains everything and the other idles; with three
-/// processes node 1 idles the same way. Correctness is unaffected (leases keep tasks exclusive).
+/// Two processes with shard affinity over two databases split them, one each: "the live set
+/// splits the logical shards among themselves". Plain rendezvous weights put both shards on
+/// node 0 (node 0 outranks node 1 on both); the bounded-load assignment caps each node at its
+/// share.
 fn affinity_balance<C: TestConn>() {
     let Some(dbs) = two::<C>() else { return };
     let _g = heavy();
