@@ -640,7 +640,7 @@ fn poison<C: TestConn>() {
         .unwrap();
     }
     let panics = id(tend::enqueue(&mut *conn, &Panics { n: 1 }).unwrap());
-    let hang_ms = 4000;
+    let hang_ms = 6000;
     let hangs = id(tend::enqueue(
         &mut *conn,
         &Hangs {
