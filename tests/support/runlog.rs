@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::now_us;
 
@@ -28,8 +28,9 @@ pub struct RunLog {
     owner: bool,
 }
 
-fn logs() -> &'static Mutex<HashMap<u32, Arc<RunLog>>> {
-    static LOGS: OnceLock<Mutex<HashMap<u32, Arc<RunLog>>>> = OnceLock::new();
+/// Weak, so that a log is closed (and its file removed) when its test drops it.
+fn logs() -> &'static Mutex<HashMap<u32, Weak<RunLog>>> {
+    static LOGS: OnceLock<Mutex<HashMap<u32, Weak<RunLog>>>> = OnceLock::new();
     LOGS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -37,10 +38,10 @@ fn logs() -> &'static Mutex<HashMap<u32, Arc<RunLog>>> {
 pub fn get(id: u32) -> Arc<RunLog> {
     logs()
         .lock()
-        .unwrap()
+        .unwrap_or_else(|p| p.into_inner())
         .get(&id)
+        .and_then(Weak::upgrade)
         .unwrap_or_else(|| panic!("no run log {id} in process {}", std::process::id()))
-        .clone()
 }
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -75,7 +76,10 @@ impl RunLog {
             runs: AtomicU64::new(0),
             owner,
         });
-        logs().lock().unwrap().insert(id, log.clone());
+        logs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::downgrade(&log));
         log
     }
 
@@ -121,6 +125,11 @@ impl RunLog {
 
 impl Drop for RunLog {
     fn drop(&mut self) {
+        logs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        // Kept when the test failed, to look at.
         if self.owner && !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.path);
         }
