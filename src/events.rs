@@ -30,7 +30,9 @@ pub enum Event<'a> {
     LeaseExpired(TaskInfo<'a>),
     /// A worker started running it.
     Started(TaskInfo<'a>),
-    /// The attempt succeeded.
+    /// The attempt succeeded. Its completion can still be refused if another worker took the
+    /// lease over meanwhile: then [`Event::OutcomesRefused`] follows and the row's state is
+    /// the other worker's.
     Succeeded {
         /// The task.
         task: TaskInfo<'a>,

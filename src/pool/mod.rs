@@ -423,9 +423,11 @@ where
 {
     /// A builder over an r2d2 pool of the backend's connections and a registry of task types.
     ///
-    /// The pool takes up to 2 connections at once (one to claim, one to complete); tasks that
-    /// use the database take their own. Turning off r2d2's `test_on_check_out` saves a round
-    /// trip per checkout.
+    /// The pool takes up to 2 connections per shard (one to claim, one to complete); tasks
+    /// that use the database take their own. Turning off r2d2's `test_on_check_out` saves a
+    /// round trip per checkout. Build the r2d2 pool with a short `connection_timeout` (1-2 s):
+    /// after an outage r2d2 retries its connects with a backoff capped at half of it (15 s with
+    /// its 30 s default), which bounds how fast the pool resumes.
     pub fn builder(pool: Pool<ConnectionManager<C>>, registry: Registry) -> WorkerPoolBuilder<C> {
         let shards = Shards::new(vec![pool]).expect("one pool is a valid shard set");
         WorkerPool::sharded(shards, registry)
