@@ -70,6 +70,7 @@ impl<const POOL: u8, const FIXED: bool> Task for Job<POOL, FIXED> {
     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
         let run = common::run(self.run);
         let (start, start_ms) = (Instant::now(), now_ms());
+        run.start(self.n);
         let outcome = match &self.act {
             Act::Succeed => Some(Ok(())),
             Act::Fail => Some(Err(TaskError::new(format!("boom {}", ctx.attempt())))),
@@ -802,9 +803,10 @@ fn shutdown_releases_claimed_but_unstarted_tasks<C: DbConn>() {
         .unwrap()
         .start()
         .unwrap();
-    wait_row(&db, blocker, "the blocker to be claimed", |r| {
-        r.task_status == 1
+    wait_for("the blocker to start", PATIENCE, || {
+        rec.has_started(0).then_some(())
     });
+    assert_eq!(db.row(blocker).unwrap().task_status, 1);
     let tasks = (1..20).map(|n| NewTask::new(&job(run, n, Act::Succeed)).unwrap());
     tend::enqueue_many(&mut db.pooled(), tasks).unwrap();
     handle.wake();
@@ -861,9 +863,10 @@ fn shutdown_abandons_a_stuck_task_which_runs_again_later<C: DbConn>() {
         .unwrap()
         .start()
         .unwrap();
-    wait_row(&db, stuck, "the stuck task to be claimed", |r| {
-        r.task_status == 1
+    wait_for("the stuck task to start", PATIENCE, || {
+        rec.has_started(0).then_some(())
     });
+    assert_eq!(db.row(stuck).unwrap().task_status, 1);
     let tasks = (1..20).map(|n| NewTask::new(&job(run, n, Act::Succeed)).unwrap());
     tend::enqueue_many(&mut db.pooled(), tasks).unwrap();
     handle.wake();

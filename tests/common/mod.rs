@@ -402,12 +402,22 @@ pub struct Ran {
 /// One test's record of executions, and a gate its handlers can wait on.
 #[derive(Default)]
 pub struct Run {
+    started: Mutex<Vec<u64>>,
     ran: Mutex<Vec<Ran>>,
     gate: Mutex<bool>,
     opened: Condvar,
 }
 
 impl Run {
+    /// Notes that task `n` entered its handler (before it blocks or fails).
+    pub fn start(&self, n: u64) {
+        self.started.lock().unwrap().push(n);
+    }
+
+    pub fn has_started(&self, n: u64) -> bool {
+        self.started.lock().unwrap().contains(&n)
+    }
+
     pub fn record(&self, r: Ran) {
         self.ran.lock().unwrap().push(r);
     }
