@@ -87,7 +87,7 @@ impl Task for Drain {
     const SIGNATURE: &'static str = "crash.drain";
     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
         let start = now_ms();
-        thread::sleep(Duration::from_millis(2));
+        thread::sleep(Duration::from_millis(5));
         child().mark_span("ran", self.n as i64, start, now_ms());
         Ok(())
     }
@@ -257,6 +257,11 @@ fn child_main<C: DbConn>() {
             );
         }
         "drain" => {
+            // Both children start draining together, when the test says go.
+            child().mark("ready", 0, now_ms());
+            wait_for("the go", PATIENCE, || {
+                child().has_mark("go", 0).then_some(())
+            });
             registry.register::<Drain>().unwrap();
             // A normal lease: this is about two healthy processes, not about expiry.
             let handle = builder(registry)
@@ -564,6 +569,20 @@ fn two_processes_never_run_a_task_twice<C: DbConn>() {
         ChildProc::spawn(&db, "drain", &format!("child-a-{b}")),
         ChildProc::spawn(&db, "drain", &format!("child-b-{b}")),
     ];
+    wait_for("both children to be ready", PATIENCE, || {
+        for p in &mut procs {
+            p.assert_running();
+        }
+        (db.marks("ready").len() == 2).then_some(())
+    });
+    let go = Mark {
+        label: "go".into(),
+        task: 0,
+        pid: 0,
+        at_ms: now_ms(),
+        end_ms: now_ms(),
+    };
+    C::put_mark(&mut db.pooled(), &go);
     for p in &mut procs {
         let status = p.wait_exit();
         assert!(status.success(), "child: {status}\n{}", p.output());
