@@ -294,11 +294,8 @@ struct ChildProc {
 
 impl ChildProc {
     fn spawn<C: DbConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
-        let log = std::env::temp_dir().join(format!(
-            "tend-crash-{}-{owner}-{}.log",
-            std::process::id(),
-            C::BACKEND.name()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("tend-crash-{}-{owner}.log", std::process::id()));
         let out = File::create(&log).expect("child log file");
         let child = Command::new(std::env::current_exe().expect("the test binary"))
             .args(["child_process", "--exact", "--ignored", "--nocapture"])
@@ -357,11 +354,10 @@ impl Drop for ChildProc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if !thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        } else {
+        if thread::panicking() {
             eprintln!("child output:\n{}", self.output());
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
