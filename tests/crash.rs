@@ -127,10 +127,13 @@ impl<const LATE: bool> Task for Resume<LATE> {
 // ---------------------------------------------------------------------------------------------
 // The child process.
 
+/// Whether a mark with this label exists for this task.
+type HasMark = Box<dyn Fn(&str, i64) -> bool + Send + Sync>;
+
 /// What a child's handlers use: its database, through plain connections of their own.
 struct ChildCtx {
     put: Box<dyn Fn(&Mark) + Send + Sync>,
-    has: Box<dyn Fn(&str, i64) -> bool + Send + Sync>,
+    has: HasMark,
     finished: AtomicUsize,
 }
 
