@@ -12,6 +12,28 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use crate::registry::{panic_message, Registry};
 
 /// A task's state when its alert expression fired.
+///
+/// An [`Alerter`] receives it; a closure is one:
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("alert");
+/// use std::{sync::mpsc, time::Duration};
+/// use tend::{Alert, NewTask, Registry, TaskStatus, WorkerPool};
+/// let (tx, rx) = mpsc::channel();
+/// let mut registry = Registry::new();
+/// registry.alerter("pager", move |a: &Alert| tx.send(a.clone()).unwrap())?;
+/// registry.register::<AlwaysFails>()?; // every attempt fails with "boom"
+/// let handle = WorkerPool::builder(pool.clone(), registry).build()?.start()?;
+/// let task = NewTask::new(&AlwaysFails)?.alert_expression(Some("executeTimes >= 1"));
+/// tend::enqueue_new(&mut pool.get()?, task.alerter("pager"))?;
+/// handle.wake();
+/// let alert = rx.recv_timeout(Duration::from_secs(10))?;
+/// assert_eq!((alert.execute_times, alert.status), (1, TaskStatus::Failed));
+/// assert_eq!((alert.error_msg.as_str(), alert.alerter.as_deref()), ("boom", Some("pager")));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Alert {

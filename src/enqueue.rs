@@ -9,9 +9,38 @@ use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
 
 /// The largest encoded task tend stores: 4 MiB. Larger data belongs in your own table, with
 /// its key in the task.
+///
+/// ```
+/// use tend::{ErrorKind, NewTask};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Attachment { bytes: Vec<u8> }
+/// # impl tend::Task for Attachment {
+/// #     const SIGNATURE: &'static str = "mail.attachment";
+/// #     fn execute(&self, _: &tend::TaskContext) -> Result<(), tend::TaskError> { Ok(()) }
+/// # }
+/// // The bytes plus their length prefix are over the limit:
+/// let too_big = Attachment { bytes: vec![0; tend::MAX_PAYLOAD_BYTES] };
+/// let err = NewTask::new(&too_big).unwrap_err();
+/// assert!(matches!(err.kind(), ErrorKind::PayloadTooLarge { .. }));
+/// ```
 pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
 
 /// The longest signature, in bytes (the seed's `method_sign_name` column width).
+///
+/// ```
+/// # use tend::{Task, TaskContext, TaskError};
+/// # const LONG: &str = match std::str::from_utf8(&[b'a'; 201]) { Ok(s) => s, Err(_) => panic!() };
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct TooLong;
+/// # impl Task for TooLong {
+/// #     const SIGNATURE: &'static str = LONG;
+/// #     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+/// # }
+/// use tend::{ErrorKind, NewTask, Registry};
+/// assert_eq!(TooLong::SIGNATURE.len(), tend::MAX_SIGNATURE_BYTES + 1);
+/// let err = Registry::new().register::<TooLong>().unwrap_err();
+/// assert!(matches!(err.kind(), ErrorKind::InvalidSignature { .. }));
+/// assert!(NewTask::new(&TooLong).is_err());
+/// ```
 pub const MAX_SIGNATURE_BYTES: usize = 200;
 
 /// The bincode configuration of every payload. Decoding is limited to [`MAX_PAYLOAD_BYTES`] so
@@ -87,6 +116,24 @@ impl NewTask {
     /// # Errors
     /// An invalid signature, a task that bincode cannot encode, or one larger than
     /// [`MAX_PAYLOAD_BYTES`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use std::time::Duration;
+    /// use tend::{ExecuteWay, NewTask};
+    /// let task = NewTask::new(&Ship { order_id: 42 })?
+    ///     .execute_way(ExecuteWay::Schedule)
+    ///     .delay(Duration::from_secs(30))
+    ///     .max_attempts(3)
+    ///     .shard_key(42);
+    /// assert_eq!(task.signature(), "orders.ship");
+    /// assert_eq!(task.get_shard_key(), 42);
+    /// assert_eq!(task.options().get_max_attempts(), 3);
+    /// assert!(tend::enqueue_new(&mut conn, task)?.id().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn new<T: Task>(task: &T) -> Result<NewTask, Error> {
         validate_signature(T::SIGNATURE)?;
         let payload = bincode::serde::encode_to_vec(task, bincode_config()).map_err(|source| {
@@ -114,46 +161,169 @@ impl NewTask {
     }
 
     /// Overrides [`TaskOptions::delay`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use std::time::Duration;
+    /// use tend::{ExecuteWay, NewTask};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?
+    ///     .execute_way(ExecuteWay::Schedule)
+    ///     .delay(Duration::from_secs(15 * 60)); // due in 15 minutes
+    /// tend::enqueue_new(&mut conn, task)?;
+    /// // Delays are stored in whole seconds:
+    /// let odd = NewTask::new(&Ship { order_id: 8 })?.delay(Duration::from_millis(1500));
+    /// assert!(tend::enqueue_new(&mut conn, odd).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn delay(mut self, d: Duration) -> Self {
         self.opts = self.opts.delay(d);
         self
     }
     /// Overrides [`TaskOptions::execute_way`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("newtask-execute-way");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool, registry).build()?.outbox();
+    /// use tend::{ExecuteWay, NewTask, ThreadWay};
+    /// let now = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
+    /// let later = now.clone().execute_way(ExecuteWay::Schedule);
+    /// // The right-now sync task ran in this thread; the scheduled one waits for its delay.
+    /// assert_eq!(outbox.enqueue_new(now)?.sync_outcomes().len(), 1);
+    /// assert!(outbox.enqueue_new(later)?.sync_outcomes().is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn execute_way(mut self, w: ExecuteWay) -> Self {
         self.opts = self.opts.execute_way(w);
         self
     }
     /// Overrides [`TaskOptions::thread_way`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("newtask-thread-way");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool, registry).build()?.outbox();
+    /// use tend::{NewTask, ThreadWay};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
+    /// let committed = outbox.enqueue_new(task)?;
+    /// assert!(committed.sync_outcomes()[0].is_success()); // it ran in this thread
+    /// # Ok(()) }
+    /// ```
     pub fn thread_way(mut self, w: ThreadWay) -> Self {
         self.opts = self.opts.thread_way(w);
         self
     }
     /// Overrides [`TaskOptions::transaction_way`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::{NewTask, TransactionWay};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?
+    ///     .transaction_way(TransactionWay::WithoutTransaction);
+    /// // Only an Outbox writes a task in its own transaction; the plain functions refuse it.
+    /// let err = tend::enqueue_new(&mut conn, task).unwrap_err();
+    /// assert!(err.to_string().contains("Outbox"));
+    /// # Ok(()) }
+    /// ```
     pub fn transaction_way(mut self, w: TransactionWay) -> Self {
         self.opts = self.opts.transaction_way(w);
         self
     }
     /// Overrides [`TaskOptions::execute_interval`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use std::time::Duration;
+    /// use tend::NewTask;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.execute_interval(Duration::from_secs(10));
+    /// assert!(tend::enqueue_new(&mut conn, task)?.id().is_some());
+    /// let zero = NewTask::new(&Ship { order_id: 8 })?.execute_interval(Duration::ZERO);
+    /// assert!(tend::enqueue_new(&mut conn, zero).is_err()); // at least 1 s
+    /// # Ok(()) }
+    /// ```
     pub fn execute_interval(mut self, d: Duration) -> Self {
         self.opts = self.opts.execute_interval(d);
         self
     }
     /// Overrides [`TaskOptions::max_attempts`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::NewTask;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.max_attempts(3);
+    /// assert_eq!(task.options().get_max_attempts(), 3);
+    /// tend::enqueue_new(&mut conn, task)?;
+    /// let never = NewTask::new(&Ship { order_id: 8 })?.max_attempts(0);
+    /// assert!(tend::enqueue_new(&mut conn, never).is_err()); // at least 1
+    /// # Ok(()) }
+    /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.opts = self.opts.max_attempts(n);
         self
     }
     /// Overrides [`TaskOptions::alert_expression`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::{ErrorKind, NewTask};
+    /// let quiet = NewTask::new(&Ship { order_id: 7 })?.alert_expression(None); // never alert
+    /// tend::enqueue_new(&mut conn, quiet)?;
+    /// let typo = NewTask::new(&Ship { order_id: 8 })?.alert_expression(Some("executeTimes >"));
+    /// let err = tend::enqueue_new(&mut conn, typo).unwrap_err();
+    /// assert!(matches!(err.kind(), ErrorKind::InvalidExpression { error, .. } if error.position == 14));
+    /// # Ok(()) }
+    /// ```
     pub fn alert_expression(mut self, e: Option<&str>) -> Self {
         self.opts = self.opts.alert_expression(e);
         self
     }
     /// Overrides [`TaskOptions::alerter`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::NewTask;
+    /// // Names an alerter registered with `Registry::alerter` in the processes that run it.
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.alerter("pager");
+    /// assert!(tend::enqueue_new(&mut conn, task)?.id().is_some());
+    /// let unnamed = NewTask::new(&Ship { order_id: 8 })?.alerter("");
+    /// assert!(tend::enqueue_new(&mut conn, unnamed).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn alerter(mut self, name: impl Into<String>) -> Self {
         self.opts = self.opts.alerter(name);
         self
     }
     /// Overrides [`TaskOptions::task_id`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::NewTask;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.task_id("ship-order-7");
+    /// assert!(tend::enqueue_new(&mut conn, task)?.id().is_some());
+    /// let empty = NewTask::new(&Ship { order_id: 8 })?.task_id("");
+    /// assert!(tend::enqueue_new(&mut conn, empty).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn task_id(mut self, id: impl Into<String>) -> Self {
         self.opts = self.opts.task_id(id);
         self
@@ -161,6 +331,19 @@ impl NewTask {
     /// A unique key: while a row with this key exists, enqueuing it again inserts nothing and
     /// returns [`Enqueued::Duplicate`]. Enforced by a unique index, so concurrent enqueues
     /// cannot race. At most 255 bytes. Defaults to none.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::{Enqueued, NewTask};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.idempotency_key("ship-7");
+    /// assert!(matches!(tend::enqueue_new(&mut conn, task.clone())?, Enqueued::Inserted(_)));
+    /// assert_eq!(tend::enqueue_new(&mut conn, task)?, Enqueued::Duplicate);
+    /// let long = NewTask::new(&Ship { order_id: 8 })?.idempotency_key("k".repeat(256));
+    /// assert!(tend::enqueue_new(&mut conn, long).is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
@@ -168,22 +351,63 @@ impl NewTask {
     /// The task's shard key: with [`Shards`](crate::Shards), the key that routes to the database
     /// you enqueue on (for example your customer id, the key your business rows are sharded
     /// by). Defaults to a fresh key from [`next_shard_key`](crate::next_shard_key).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let customer_id = 1234;
+    /// let task = tend::NewTask::new(&Ship { order_id: 7 })?.shard_key(customer_id);
+    /// assert_eq!(task.get_shard_key(), 1234);
+    /// # Ok(()) }
+    /// ```
     pub fn shard_key(mut self, key: i64) -> Self {
         self.shard_key = key;
         self
     }
 
     /// The task type's signature.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tend::Task;
+    /// let task = tend::NewTask::new(&Ship { order_id: 7 })?;
+    /// assert_eq!(task.signature(), Ship::SIGNATURE);
+    /// # Ok(()) }
+    /// ```
     pub fn signature(&self) -> &'static str {
         self.signature
     }
 
     /// The shard key this task will be stored with.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tend::NewTask;
+    /// // Without `shard_key`, every task gets a fresh key from `tend::next_shard_key`.
+    /// let a = NewTask::new(&Ship { order_id: 7 })?;
+    /// let b = NewTask::new(&Ship { order_id: 7 })?;
+    /// assert_ne!(a.get_shard_key(), b.get_shard_key());
+    /// assert_eq!(a.shard_key(5).get_shard_key(), 5);
+    /// # Ok(()) }
+    /// ```
     pub fn get_shard_key(&self) -> i64 {
         self.shard_key
     }
 
     /// The options this task will be stored with.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tend::{NewTask, RetryPolicy};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?; // Ship keeps the default options
+    /// assert_eq!(task.options().get_max_attempts(), 25);
+    /// assert_eq!(task.options().get_retry_policy(), RetryPolicy::Linear);
+    /// assert_eq!(task.max_attempts(3).options().get_max_attempts(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn options(&self) -> &TaskOptions {
         &self.opts
     }
@@ -269,6 +493,20 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 }
 
 /// What an enqueue did.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut conn = memory_db();
+/// use tend::{Enqueued, NewTask};
+/// let task = NewTask::new(&Ship { order_id: 7 })?.idempotency_key("ship-7");
+/// match tend::enqueue_new(&mut conn, task.clone())? {
+///     Enqueued::Inserted(id) => println!("enqueued task {id}"),
+///     Enqueued::Duplicate => unreachable!("the first enqueue of a key inserts"),
+/// }
+/// assert_eq!(tend::enqueue_new(&mut conn, task)?, Enqueued::Duplicate);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     /// A new row with this id.
@@ -279,6 +517,16 @@ pub enum Enqueued {
 
 impl Enqueued {
     /// The new row's id, if one was inserted.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// let id = tend::enqueue(&mut conn, &Ship { order_id: 7 })?.id();
+    /// assert!(id.is_some());
+    /// assert_eq!(task_count(&mut conn), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn id(self) -> Option<i64> {
         match self {
             Enqueued::Inserted(id) => Some(id),
@@ -286,6 +534,17 @@ impl Enqueued {
         }
     }
     /// Whether the idempotency key already existed.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// let task = tend::NewTask::new(&Ship { order_id: 7 })?.idempotency_key("ship-7");
+    /// assert!(!tend::enqueue_new(&mut conn, task.clone())?.is_duplicate());
+    /// assert!(tend::enqueue_new(&mut conn, task)?.is_duplicate());
+    /// assert_eq!(task_count(&mut conn), 1); // the second enqueue inserted nothing
+    /// # Ok(()) }
+    /// ```
     pub fn is_duplicate(self) -> bool {
         self == Enqueued::Duplicate
     }
@@ -327,6 +586,21 @@ pub fn enqueue<C: StoreConnection, T: Task>(conn: &mut C, task: &T) -> Result<En
 ///
 /// # Errors
 /// As [`enqueue`].
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut conn = memory_db();
+/// use diesel::Connection;
+/// use tend::NewTask;
+/// conn.transaction(|conn| {
+///     // your business rows, then the task with this enqueue's overrides:
+///     let task = NewTask::new(&Ship { order_id: 7 })?.max_attempts(3);
+///     tend::enqueue_new(conn, task)
+/// })?;
+/// assert_eq!(task_count(&mut conn), 1);
+/// # Ok(()) }
+/// ```
 pub fn enqueue_new<C: StoreConnection>(conn: &mut C, task: NewTask) -> Result<Enqueued, Error> {
     task.check_written_here()?;
     let row = task.into_row(now_ms())?;

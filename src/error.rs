@@ -16,6 +16,16 @@ use std::fmt;
 pub struct Error(Box<ErrorKind>);
 
 /// What kind of error happened.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use tend::ErrorKind;
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap(); // not migrated
+/// match tend::check_schema(&mut conn).unwrap_err().kind() {
+///     ErrorKind::NotMigrated { backend, .. } => assert_eq!(*backend, "sqlite"),
+///     other => panic!("unexpected error: {other:?}"),
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -77,27 +87,84 @@ pub enum ErrorKind {
 
 impl Error {
     /// What kind of error this is.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() {
+    /// use tend::{ErrorKind, Registry};
+    /// let mut registry = Registry::new();
+    /// registry.register::<Ship>().unwrap();
+    /// let err = registry.register::<Ship>().unwrap_err();
+    /// assert!(matches!(err.kind(), ErrorKind::DuplicateSignature(s) if s == "orders.ship"));
+    /// # }
+    /// ```
     pub fn kind(&self) -> &ErrorKind {
         &self.0
     }
 
     /// Consumes the error and returns its kind.
+    ///
+    /// ```
+    /// use tend::{ErrorKind, Snowflake};
+    /// let err = Snowflake::new(2000).unwrap_err();
+    /// let ErrorKind::InvalidSetting { name, reason } = err.into_kind() else { unreachable!() };
+    /// assert_eq!(name, "node_id");
+    /// let reason: String = reason; // owned, no clone needed
+    /// assert_eq!(reason, "must be 0 to 1023, got 2000");
+    /// ```
     pub fn into_kind(self) -> ErrorKind {
         *self.0
     }
 
     /// Whether the error means the schema is missing (run the migrations).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel::{Connection, SqliteConnection};
+    /// let mut conn = SqliteConnection::establish(":memory:")?;
+    /// let err = tend::enqueue(&mut conn, &Ship { order_id: 7 }).unwrap_err();
+    /// assert!(err.is_not_migrated()); // and its message says to run `tend::migrate`
+    /// tend::migrate(&mut conn)?;
+    /// assert!(tend::enqueue(&mut conn, &Ship { order_id: 7 }).is_ok());
+    /// # Ok(()) }
+    /// ```
     pub fn is_not_migrated(&self) -> bool {
         matches!(*self.0, ErrorKind::NotMigrated { .. })
     }
 
     /// Whether the error is a lock conflict (deadlock, serialization failure, SQLite busy)
     /// that retrying the whole transaction would resolve.
+    ///
+    /// ```
+    /// use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    /// use tend::Error;
+    /// // PostgreSQL's "could not serialize access", as diesel reports it:
+    /// let info = Box::new(String::from("could not serialize access"));
+    /// let kind = DatabaseErrorKind::SerializationFailure;
+    /// let conflict = Error::from(DieselError::DatabaseError(kind, info));
+    /// assert!(conflict.is_transient()); // run the whole transaction again
+    /// assert!(!Error::invalid_setting("threads", "must be at least 1").is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(&*self.0, ErrorKind::Database(e) if crate::store::is_transient(e))
     }
 
     /// An [`ErrorKind::InvalidSetting`] error.
+    ///
+    /// ```
+    /// use tend::{Error, ErrorKind};
+    /// // A builder of your own on top of tend can report bad settings the same way.
+    /// fn workers(n: usize) -> Result<usize, Error> {
+    ///     if n == 0 {
+    ///         return Err(Error::invalid_setting("workers", "must be at least 1"));
+    ///     }
+    ///     Ok(n)
+    /// }
+    /// let err = workers(0).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `workers`: must be at least 1");
+    /// assert!(matches!(err.kind(), ErrorKind::InvalidSetting { name: "workers", .. }));
+    /// ```
     pub fn invalid_setting(name: &'static str, reason: impl Into<String>) -> Error {
         Error::new(ErrorKind::InvalidSetting {
             name,

@@ -4,6 +4,25 @@
 use std::time::Duration;
 
 /// Which task an event is about.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("task-info");
+/// use std::sync::mpsc;
+/// use tend::{Event, NewTask, Registry, WorkerPool};
+/// let (tx, rx) = mpsc::channel();
+/// let events = move |e: &Event<'_>| {
+///     if let Event::Enqueued(info) = e {
+///         tx.send((info.id, info.signature.to_string(), info.shard_key, info.attempt)).unwrap();
+///     }
+/// };
+/// let outbox = WorkerPool::builder(pool, Registry::new()).events(events).build()?.outbox();
+/// let task = NewTask::new(&Ship { order_id: 7 })?.shard_key(42);
+/// let id = outbox.enqueue_new(task)?.into_value().id().unwrap();
+/// assert_eq!(rx.try_recv()?, (id, "orders.ship".to_string(), 42, 0));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskInfo<'a> {
     /// The row id.
@@ -17,6 +36,25 @@ pub struct TaskInfo<'a> {
 }
 
 /// One thing that happened to a task.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("event");
+/// use std::sync::mpsc;
+/// use tend::{Event, NewTask, Registry, ThreadWay, WorkerPool};
+/// let (tx, rx) = mpsc::channel();
+/// let events = move |e: &Event<'_>| match e {
+///     Event::Failed { task, error, .. } => tx.send(format!("{}: {error}", task.signature)).unwrap(),
+///     _ => {} // the enum is non-exhaustive: new kinds of events may come
+/// };
+/// let mut registry = Registry::new();
+/// registry.register::<AlwaysFails>()?; // every attempt fails with "boom"
+/// let outbox = WorkerPool::builder(pool, registry).events(events).build()?.outbox();
+/// outbox.enqueue_new(NewTask::new(&AlwaysFails)?.thread_way(ThreadWay::Sync))?;
+/// assert_eq!(rx.try_recv()?, "demo.always_fails: boom");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event<'a> {
@@ -118,12 +156,38 @@ impl<F: Fn(&Event<'_>) + Send + Sync + 'static> Events for F {
 }
 
 /// Ignores every event (the default).
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("no-events");
+/// use tend::{NoEvents, Registry, WorkerPool};
+/// // The same as not calling `events` at all.
+/// let workers = WorkerPool::builder(pool, Registry::new()).events(NoEvents).build();
+/// assert!(workers.is_ok());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoEvents;
 
 impl Events for NoEvents {}
 
 /// Logs every event through `log` (target `tend::events`): failures at warn, the rest at debug.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("log-events");
+/// use tend::{LogEvents, Registry, WorkerPool};
+/// // With env_logger, say: RUST_LOG=tend::events=debug
+/// let mut registry = Registry::new();
+/// registry.register::<Ship>()?;
+/// let handle = WorkerPool::builder(pool.clone(), registry).events(LogEvents).build()?.start()?;
+/// tend::enqueue(&mut pool.get()?, &Ship { order_id: 7 })?; // logged as it runs
+/// handle.wake();
+/// assert!(handle.shutdown().all_joined());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogEvents;
 

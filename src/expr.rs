@@ -93,6 +93,18 @@ pub struct Expr {
 }
 
 /// What an expression can read.
+///
+/// ```
+/// use tend::{AlertVars, Expr, TaskStatus};
+/// let vars = AlertVars {
+///     execute_times: 3,
+///     status: TaskStatus::Failed.as_i32().into(),
+///     signature: "orders.ship".into(),
+///     ..AlertVars::default()
+/// };
+/// let e = Expr::parse("signature == 'orders.ship' && status == 2 && executeTimes >= 3").unwrap();
+/// assert_eq!(e.eval(&vars), Ok(true));
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct AlertVars {
     /// The task's row id (`id`).
@@ -116,6 +128,13 @@ pub struct AlertVars {
 }
 
 /// Why an expression was rejected: byte offset (0-based) into the source and a message.
+///
+/// ```
+/// use tend::Expr;
+/// let err = Expr::parse("executeTimes > 1 && fallbackFailed == 1").unwrap_err();
+/// assert_eq!(err.position, 35); // where the `==` is
+/// assert_eq!(err.message, "`==` needs two values of the same type, found bool and int");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExprError {
     /// Byte offset (0-based) into the source where the problem is.
@@ -184,6 +203,12 @@ impl Expr {
     }
 
     /// The source text this expression was parsed from.
+    ///
+    /// ```
+    /// use tend::Expr;
+    /// let e = Expr::parse("executeTimes >= 3").unwrap();
+    /// assert_eq!(e.source(), "executeTimes >= 3");
+    /// ```
     pub fn source(&self) -> &str {
         &self.source
     }

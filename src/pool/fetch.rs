@@ -27,7 +27,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
     pool: Pool<ConnectionManager<C>>,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
-    ch: Channels,
+    mut ch: Channels,
 ) {
     let mut conn = Conn::new(pool);
     let capacity = shared.capacity;
@@ -50,10 +50,11 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             select! {
                 recv(ch.stop) -> _ => return,
                 recv(ch.wake) -> _ => {},
-                recv(ch.dispatch) -> id => {
-                    if let Ok(id) = id {
-                        handed.push(id);
-                    }
+                recv(ch.dispatch) -> id => match id {
+                    Ok(id) => handed.push(id),
+                    // Every outbox is gone: a closed channel is always ready, so stop
+                    // selecting on it or this loop would spin.
+                    Err(_) => ch.dispatch = crossbeam_channel::never(),
                 },
                 recv(after(cfg.poll_interval)) -> _ => {},
             }
@@ -136,11 +137,12 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         select! {
             recv(ch.stop) -> _ => return,
             recv(ch.wake) -> _ => {},
-            recv(ch.dispatch) -> id => {
-                if let Ok(id) = id {
+            recv(ch.dispatch) -> id => match id {
+                Ok(id) => {
                     handed.push(id);
                     handed.extend(ch.dispatch.try_iter().take(cfg.batch_size * 4));
                 }
+                Err(_) => ch.dispatch = crossbeam_channel::never(),
             },
             recv(after(cfg.poll_interval)) -> _ => {},
         }

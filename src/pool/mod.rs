@@ -12,7 +12,7 @@ mod run;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -226,6 +226,7 @@ where
                     stopping: AtomicBool::new(false),
                     assigned: AtomicBool::new(true),
                     capacity: share,
+                    released: AtomicUsize::new(0),
                 })
             })
             .collect();
@@ -683,6 +684,11 @@ impl PoolHandle {
             released += 1;
             let _ = r.done_txs[job.shard].send(Done::release(job.claimed.task));
         }
+        released += r
+            .shared
+            .iter()
+            .map(|sh| sh.released.load(Ordering::SeqCst))
+            .sum::<usize>();
         drop(r.done_txs);
         drop(r.completer_stop_tx); // the completers write what they have, then exit
         for h in r.completers {
@@ -721,6 +727,8 @@ pub(crate) struct Shared {
     assigned: AtomicBool,
     /// Most tasks of this shard claimed and not yet written back.
     capacity: usize,
+    /// Claimed tasks a worker handed back unstarted because the pool was stopping.
+    released: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy)]

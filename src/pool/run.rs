@@ -84,6 +84,7 @@ pub(super) fn worker(
         let (shared, done) = (&shared[job.shard], &done[job.shard]);
         let row = job.claimed.task;
         if shared.stopping.load(Ordering::SeqCst) {
+            shared.released.fetch_add(1, Ordering::SeqCst);
             let _ = done.send(Done::release(row));
             return;
         }
