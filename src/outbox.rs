@@ -58,7 +58,7 @@ use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
 /// assert_eq!(*committed.value(), "order 7 placed");
 /// // Ship is a sync task: it already ran, in this thread, right after the commit.
 /// assert!(committed.sync_outcomes()[0].is_success());
-/// # drop(conn); handle.shutdown(); drop(pool); let _ = std::fs::remove_file(&path);
+/// # drop(conn); handle.shutdown(); drop(outbox); drop(pool); let _ = std::fs::remove_file(&path);
 /// ```
 pub struct Outbox<C: R2D2Connection + 'static> {
     shards: Shards<C>,
@@ -88,6 +88,26 @@ impl<C: R2D2Connection + 'static> fmt::Debug for Outbox<C> {
 }
 
 /// The value a committed [`Outbox::transaction`] returned, and what its sync tasks did.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("committed");
+/// # let mut registry = tend::Registry::new();
+/// # registry.register::<Ship>()?;
+/// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+/// # let mut conn = pool.get()?;
+/// use tend::{NewTask, ThreadWay};
+/// let committed = outbox.transaction(&mut conn, |conn, tx| {
+///     tx.enqueue(conn, &Ship { order_id: 7 })?; // handed to the pool after the commit
+///     let now = NewTask::new(&Ship { order_id: 8 })?.thread_way(ThreadWay::Sync);
+///     tx.enqueue_new(conn, now)?; // run in this thread after the commit
+///     Ok::<_, tend::Error>("two orders shipped")
+/// })?;
+/// assert_eq!(*committed.value(), "two orders shipped");
+/// assert_eq!(committed.sync_outcomes().len(), 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Committed<T> {
     value: T,
@@ -96,20 +116,97 @@ pub struct Committed<T> {
 
 impl<T> Committed<T> {
     /// The closure's value.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("committed-value");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// let committed = outbox.transaction(&mut conn, |conn, tx| {
+    ///     let enqueued = tx.enqueue(conn, &Ship { order_id: 7 })?;
+    ///     Ok::<_, tend::Error>(enqueued.id())
+    /// })?;
+    /// assert!(committed.value().is_some()); // the task's row id
+    /// # Ok(()) }
+    /// ```
     pub fn value(&self) -> &T {
         &self.value
     }
     /// The closure's value, by move.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("committed-into-value");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// let order: String = outbox
+    ///     .transaction(&mut conn, |conn, tx| {
+    ///         tx.enqueue(conn, &Ship { order_id: 7 })?;
+    ///         Ok::<_, tend::Error>(String::from("order 7"))
+    ///     })?
+    ///     .into_value();
+    /// assert_eq!(order, "order 7");
+    /// # Ok(()) }
+    /// ```
     pub fn into_value(self) -> T {
         self.value
     }
     /// The outcome of each sync task, in enqueue order.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("committed-sync-outcomes");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # registry.register::<AlwaysFails>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use tend::{NewTask, ThreadWay};
+    /// let committed = outbox.transaction(&mut conn, |conn, tx| {
+    ///     let ship = NewTask::new(&Ship { order_id: 7 })?;
+    ///     tx.enqueue_new(conn, ship.thread_way(ThreadWay::Sync))?;
+    ///     let fails = NewTask::new(&AlwaysFails)?; // every attempt fails with "boom"
+    ///     tx.enqueue_new(conn, fails.thread_way(ThreadWay::Sync))?;
+    ///     Ok::<_, tend::Error>(())
+    /// })?;
+    /// let succeeded: Vec<bool> = committed.sync_outcomes().iter().map(|o| o.is_success()).collect();
+    /// assert_eq!(succeeded, [true, false]);
+    /// # Ok(()) }
+    /// ```
     pub fn sync_outcomes(&self) -> &[SyncOutcome] {
         &self.sync
     }
 }
 
 /// What a sync task's run in the caller's thread came to.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("sync-outcome");
+/// # let mut registry = tend::Registry::new();
+/// # registry.register::<Ship>()?;
+/// # registry.register::<AlwaysFails>()?;
+/// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+/// # let mut conn = pool.get()?;
+/// use tend::{NewTask, SyncOutcome, TaskStatus, ThreadWay};
+/// let task = NewTask::new(&AlwaysFails)?.thread_way(ThreadWay::Sync); // fails with "boom"
+/// match &outbox.enqueue_new(task)?.sync_outcomes()[0] {
+///     // Recorded: the pool retries it on its schedule.
+///     SyncOutcome::Failed { status, error, .. } => {
+///         assert_eq!((*status, error.as_str()), (TaskStatus::Failed, "boom"));
+///     }
+///     other => panic!("unexpected outcome: {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SyncOutcome {
@@ -139,10 +236,40 @@ pub enum SyncOutcome {
 
 impl SyncOutcome {
     /// Whether the task ran and is complete.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("sync-outcome-is-success");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use tend::{NewTask, ThreadWay};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
+    /// assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// assert_eq!(task_count(&mut conn), 0); // complete, so its row is deleted
+    /// # Ok(()) }
+    /// ```
     pub fn is_success(&self) -> bool {
         matches!(self, SyncOutcome::Succeeded { .. })
     }
     /// The row id.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("sync-outcome-id");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use tend::{NewTask, ThreadWay};
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
+    /// let committed = outbox.enqueue_new(task)?;
+    /// assert_eq!(Some(committed.sync_outcomes()[0].id()), committed.value().id());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> i64 {
         match self {
             SyncOutcome::Succeeded { id }
@@ -153,6 +280,30 @@ impl SyncOutcome {
 }
 
 /// Collects what a transaction enqueued, for after its commit.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("outbox-tx");
+/// # let mut registry = tend::Registry::new();
+/// # registry.register::<Ship>()?;
+/// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+/// # let mut conn = pool.get()?;
+/// use tend::{OutboxTx, StoreConnection};
+/// // Code that enqueues can take the transaction's collector as an argument.
+/// fn place_order<S: StoreConnection>(
+///     conn: &mut S,
+///     tx: &mut OutboxTx<'_, diesel::SqliteConnection>,
+///     order_id: i64,
+/// ) -> Result<(), tend::Error> {
+///     // write the order's rows on `conn`, then:
+///     tx.enqueue(conn, &Ship { order_id })?;
+///     Ok(())
+/// }
+/// outbox.transaction(&mut conn, |conn, tx| place_order(conn, tx, 7))?;
+/// assert_eq!(task_count(&mut conn), 1);
+/// # Ok(()) }
+/// ```
 pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
     outbox: &'a Outbox<C>,
     /// Right-now async tasks to hand over after the commit: id, shard key.
@@ -193,6 +344,24 @@ where
     /// # Errors
     /// `f`'s error, the commit's error, or an [`ErrorKind::InvalidSetting`](crate::ErrorKind)
     /// when `conn` is already inside a transaction (the outbox must see the real commit).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox-transaction");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use diesel::result::Error::RollbackTransaction;
+    /// let rolled_back = outbox.transaction(&mut conn, |conn, tx| {
+    ///     tx.enqueue(conn, &Ship { order_id: 7 })?;
+    ///     Err::<(), tend::Error>(RollbackTransaction.into()) // say, the order was refused
+    /// });
+    /// assert!(rolled_back.is_err());
+    /// assert_eq!(task_count(&mut conn), 0); // the task went with the rollback
+    /// # Ok(()) }
+    /// ```
     pub fn transaction<Conn, T, E, F>(&self, conn: &mut Conn, f: F) -> Result<Committed<T>, E>
     where
         Conn: Connection + StoreConnection,
@@ -239,6 +408,21 @@ where
     ///
     /// # Errors
     /// As [`enqueue`](crate::enqueue), plus [`ErrorKind::Pool`](crate::ErrorKind::Pool).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox-enqueue");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// // No business rows go with it: the outbox writes it in a transaction of its own.
+    /// let committed = outbox.enqueue(&Ship { order_id: 7 })?;
+    /// assert!(committed.value().id().is_some());
+    /// assert_eq!(task_count(&mut conn), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn enqueue<T: Task>(&self, task: &T) -> Result<Committed<Enqueued>, Error> {
         self.enqueue_new(NewTask::new(task)?)
     }
@@ -247,6 +431,22 @@ where
     ///
     /// # Errors
     /// As [`enqueue`](Self::enqueue).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox-enqueue-new");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use tend::NewTask;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.idempotency_key("ship-7");
+    /// assert!(!outbox.enqueue_new(task.clone())?.value().is_duplicate());
+    /// assert!(outbox.enqueue_new(task)?.value().is_duplicate());
+    /// assert_eq!(task_count(&mut conn), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn enqueue_new(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
         let mut tx = OutboxTx {
             outbox: self,
@@ -322,6 +522,23 @@ where
     ///
     /// # Errors
     /// As [`enqueue`](crate::enqueue).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox-tx-enqueue");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// let committed = outbox.transaction(&mut conn, |conn, tx| {
+    ///     // your business rows on `conn`, then:
+    ///     let enqueued = tx.enqueue(conn, &Ship { order_id: 7 })?;
+    ///     Ok::<_, tend::Error>(enqueued)
+    /// })?;
+    /// assert!(committed.value().id().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn enqueue<S: StoreConnection, T: Task>(
         &mut self,
         conn: &mut S,
@@ -341,6 +558,27 @@ where
     ///
     /// # Errors
     /// As [`enqueue`](crate::enqueue).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox-tx-enqueue-new");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// # let mut conn = pool.get()?;
+    /// use diesel::result::Error::RollbackTransaction;
+    /// use tend::{NewTask, TransactionWay};
+    /// let audit = NewTask::new(&Ship { order_id: 7 })?
+    ///     .transaction_way(TransactionWay::WithoutTransaction);
+    /// let rolled_back = outbox.transaction(&mut conn, |conn, tx| {
+    ///     tx.enqueue_new(conn, audit)?; // written at once, in a transaction of its own
+    ///     Err::<(), tend::Error>(RollbackTransaction.into())
+    /// });
+    /// assert!(rolled_back.is_err());
+    /// assert_eq!(task_count(&mut conn), 1); // it survived the rollback
+    /// # Ok(()) }
+    /// ```
     pub fn enqueue_new<S: StoreConnection>(
         &mut self,
         conn: &mut S,

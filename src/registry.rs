@@ -49,6 +49,11 @@ impl fmt::Debug for Registry {
 
 impl Registry {
     /// An empty registry.
+    ///
+    /// ```
+    /// let registry = tend::Registry::new();
+    /// assert!(registry.signatures().is_empty());
+    /// ```
     pub fn new() -> Registry {
         Registry::default()
     }
@@ -59,6 +64,24 @@ impl Registry {
     /// A signature already registered or invalid, invalid options in `T::options()` (an alert
     /// expression that does not parse, with its position), or an alerter name that was not
     /// registered with [`Registry::alerter`] first.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{ErrorKind, Registry, Task, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Noisy;
+    /// impl Task for Noisy {
+    ///     const SIGNATURE: &'static str = "demo.noisy";
+    ///     fn options() -> TaskOptions { TaskOptions::new().alert_expression(Some("executeTimes >")) }
+    /// #   fn execute(&self, _: &tend::TaskContext) -> Result<(), tend::TaskError> { Ok(()) }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut registry = Registry::new();
+    /// registry.register::<Ship>()?.register::<AlwaysFails>()?; // it chains
+    /// // A broken option is caught here, at startup, not when the alert would fire:
+    /// let err = registry.register::<Noisy>().unwrap_err();
+    /// assert!(matches!(err.kind(), ErrorKind::InvalidExpression { error, .. } if error.position == 14));
+    /// # Ok(()) }
+    /// ```
     pub fn register<T: Task>(&mut self) -> Result<&mut Registry, Error> {
         validate_signature(T::SIGNATURE)?;
         let opts = T::options();
@@ -88,6 +111,22 @@ impl Registry {
     ///
     /// # Errors
     /// An empty name, or a name already registered.
+    ///
+    /// ```
+    /// use tend::{Alert, Registry, Task, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions { TaskOptions::new().alerter("pager") }
+    /// #   fn execute(&self, _: &tend::TaskContext) -> Result<(), tend::TaskError> { Ok(()) }
+    /// }
+    /// let mut registry = Registry::new();
+    /// assert!(registry.register::<Charge>().is_err()); // no alerter named "pager" yet
+    /// registry.alerter("pager", |a: &Alert| eprintln!("task {} failed: {}", a.id, a.error_msg))?;
+    /// registry.register::<Charge>()?;
+    /// assert!(registry.alerter("pager", |_: &Alert| {}).is_err()); // names are unique
+    /// # Ok::<(), tend::Error>(())
+    /// ```
     pub fn alerter(
         &mut self,
         name: impl Into<String>,
@@ -115,11 +154,31 @@ impl Registry {
     }
 
     /// Whether a task type is registered under `signature`.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?;
+    /// assert!(registry.contains("orders.ship"));
+    /// // Rows of an unregistered signature are kept as Held, never lost.
+    /// assert!(!registry.contains("orders.cancel"));
+    /// # Ok(()) }
+    /// ```
     pub fn contains(&self, signature: &str) -> bool {
         self.handlers.contains_key(signature)
     }
 
     /// The registered signatures, sorted.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?.register::<AlwaysFails>()?;
+    /// assert_eq!(registry.signatures(), ["demo.always_fails", "orders.ship"]);
+    /// # Ok(()) }
+    /// ```
     pub fn signatures(&self) -> Vec<&'static str> {
         let mut v: Vec<_> = self.handlers.keys().copied().collect();
         v.sort_unstable();

@@ -40,6 +40,18 @@ pub enum RetryPolicy {
 impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1 for the first failure). `random` is
     /// any random number; only the jittered policy uses it.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// use std::hash::BuildHasher;
+    /// use std::time::Duration;
+    /// use tend::RetryPolicy;
+    /// let random = RandomState::new().hash_one(0u8); // any source of random bits
+    /// let policy = RetryPolicy::Exponential { cap: Duration::from_secs(600), jitter: true };
+    /// // The third failure waits 10 s × 2² = 40 s without jitter; with it, 20 to 40 s.
+    /// let wait = policy.delay(3, Duration::from_secs(10), random);
+    /// assert!(wait >= Duration::from_secs(20) && wait <= Duration::from_secs(40));
+    /// ```
     pub fn delay(&self, attempt: u32, interval: Duration, random: u64) -> Duration {
         let attempt = attempt.max(1);
         match *self {

@@ -86,6 +86,18 @@ where
     C: R2D2Connection + StoreConnection + Send + 'static,
 {
     /// Worker threads running tasks. Defaults to 4.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("threads");
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().threads(16).build().is_ok());
+    /// let err = builder().threads(2000).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `threads`: must be at most 1024");
+    /// # Ok(()) }
+    /// ```
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
         self
@@ -93,6 +105,18 @@ where
 
     /// Most tasks claimed by one query. The pool also keeps at most this many claimed tasks
     /// waiting for a free thread. Defaults to 100.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("batch-size");
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().batch_size(500).build().is_ok());
+    /// let err = builder().batch_size(0).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `batch_size`: must be at least 1");
+    /// # Ok(()) }
+    /// ```
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
         self
@@ -100,6 +124,19 @@ where
 
     /// How often an idle pool looks for due tasks; bounds the lateness of scheduled tasks and
     /// retries. Defaults to 1 s (the seed polled every 10 s).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("poll-interval");
+    /// use std::time::Duration;
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().poll_interval(Duration::from_millis(100)).build().is_ok());
+    /// let err = builder().poll_interval(Duration::ZERO).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `poll_interval`: must be greater than zero");
+    /// # Ok(()) }
+    /// ```
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self
@@ -108,6 +145,20 @@ where
     /// How long a claim holds a task before another worker may take it. The pool renews the
     /// leases of its tasks every third of this while they run, so it bounds how long a crashed
     /// process's tasks wait, not how long a task may run. At least 1 s. Defaults to 30 s.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("lease");
+    /// use std::time::Duration;
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// // A crashed process's tasks run elsewhere 10 s later at most:
+    /// assert!(builder().lease(Duration::from_secs(10)).build().is_ok());
+    /// let err = builder().lease(Duration::from_millis(500)).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `lease`: must be at least 1 s");
+    /// # Ok(()) }
+    /// ```
     pub fn lease(mut self, d: Duration) -> Self {
         self.lease = d;
         self
@@ -116,12 +167,57 @@ where
     /// How long one attempt may run before the pool stops renewing its lease; the task is then
     /// claimed again elsewhere (as an attempt) and the late attempt's outcome is refused.
     /// At least the lease. Defaults to 15 minutes.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("task-timeout");
+    /// use std::time::Duration;
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().task_timeout(Duration::from_secs(3600)).build().is_ok());
+    /// // Shorter than the lease (30 s by default):
+    /// let err = builder().task_timeout(Duration::from_secs(10)).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `task_timeout`: must be at least the lease");
+    /// # Ok(()) }
+    /// ```
     pub fn task_timeout(mut self, d: Duration) -> Self {
         self.task_timeout = d;
         self
     }
 
     /// How long [`PoolHandle::shutdown`] waits for running tasks. Defaults to 30 s.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("shutdown-timeout");
+    /// # use std::sync::atomic::{AtomicBool, Ordering};
+    /// # static STARTED: AtomicBool = AtomicBool::new(false);
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Slow;
+    /// # impl tend::Task for Slow {
+    /// #     const SIGNATURE: &'static str = "demo.slow";
+    /// #     fn execute(&self, _: &tend::TaskContext) -> Result<(), tend::TaskError> {
+    /// #         STARTED.store(true, Ordering::SeqCst);
+    /// #         std::thread::sleep(std::time::Duration::from_secs(2));
+    /// #         Ok(())
+    /// #     }
+    /// # }
+    /// use std::time::Duration;
+    /// use tend::{Registry, WorkerPool};
+    /// let mut registry = Registry::new();
+    /// registry.register::<Slow>()?; // each run takes 2 s
+    /// let handle = WorkerPool::builder(pool.clone(), registry)
+    ///     .shutdown_timeout(Duration::from_millis(100))
+    ///     .build()?
+    ///     .start()?;
+    /// tend::enqueue(&mut pool.get()?, &Slow)?;
+    /// handle.wake();
+    /// # assert!(eventually(|| STARTED.load(Ordering::SeqCst)));
+    /// let report = handle.shutdown(); // gives up waiting for Slow after 100 ms
+    /// assert_eq!(report.abandoned, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
         self
@@ -129,6 +225,30 @@ where
 
     /// Receives an [`Event`](crate::Event) for everything that happens to tasks. Defaults to
     /// [`NoEvents`](crate::NoEvents).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("events");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use tend::{Event, NewTask, ThreadWay, WorkerPool};
+    /// let succeeded = Arc::new(AtomicUsize::new(0));
+    /// let counter = succeeded.clone();
+    /// let workers = WorkerPool::builder(pool, registry)
+    ///     .events(move |e: &Event<'_>| {
+    ///         if let Event::Succeeded { .. } = e {
+    ///             counter.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
+    /// workers.outbox().enqueue_new(task)?; // runs it in this thread
+    /// assert_eq!(succeeded.load(Ordering::Relaxed), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn events(mut self, events: impl Events) -> Self {
         self.events = Arc::new(events);
         self
@@ -138,6 +258,24 @@ where
     /// the attempt's duration in `duration_ms`) for `retention` as an audit trail, instead of
     /// deleting them; the pool purges older ones in the background in small batches. At least
     /// 1 s. Defaults to off: success deletes the row, as in the original framework.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("keep-completed");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::time::Duration;
+    /// use tend::{TaskStatus, WorkerPool};
+    /// let week = Duration::from_secs(7 * 24 * 3600);
+    /// let handle = WorkerPool::builder(pool.clone(), registry).keep_completed(week).build()?.start()?;
+    /// let mut conn = pool.get()?;
+    /// let id = tend::enqueue(&mut conn, &Ship { order_id: 7 })?.id().unwrap();
+    /// handle.wake();
+    /// // Once it has run, its row stays for a week as an audit trail:
+    /// assert!(eventually(|| task_status(&mut conn, id) == Some(TaskStatus::Succeeded)));
+    /// # Ok(()) }
+    /// ```
     pub fn keep_completed(mut self, retention: Duration) -> Self {
         self.keep_completed = Some(retention);
         self
@@ -150,12 +288,41 @@ where
     /// within one lease. Correctness never depends on it: leases and `SKIP LOCKED` keep each
     /// task exclusive while membership changes. Defaults to off (every process polls every
     /// shard).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("shard-affinity");
+    /// use diesel::{dsl::sql, sql_types::BigInt, RunQueryDsl};
+    /// use tend::{Registry, WorkerPool};
+    /// let handle = WorkerPool::builder(pool.clone(), Registry::new())
+    ///     .shard_affinity(true)
+    ///     .build()?
+    ///     .start()?;
+    /// // While it runs, the process holds a slot in `tend_node` and heartbeats there.
+    /// let live = sql::<BigInt>("(SELECT COUNT(*) FROM tend_node)");
+    /// assert_eq!(diesel::select(live).get_result::<i64>(&mut pool.get()?)?, 1);
+    /// handle.shutdown();
+    /// # Ok(()) }
+    /// ```
     pub fn shard_affinity(mut self, on: bool) -> Self {
         self.affinity = on;
         self
     }
 
     /// The name written into `lease_owner`. Defaults to `host/pid/random`.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("owner");
+    /// use tend::{Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().owner("billing-worker-1").build().is_ok());
+    /// let err = builder().owner("").build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `owner`: must be 1 to 255 bytes");
+    /// # Ok(()) }
+    /// ```
     pub fn owner(mut self, name: impl Into<String>) -> Self {
         self.owner = Some(name.into());
         self
@@ -167,6 +334,19 @@ where
     /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) naming the first bad
     /// setting: zero threads or batch size, a zero poll interval, a lease under 1 s, a task
     /// timeout shorter than the lease, an empty or over-long owner.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("build");
+    /// use tend::{ErrorKind, Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().build().is_ok()); // the defaults
+    /// // The error names the first bad setting:
+    /// let err = builder().threads(0).batch_size(0).build().unwrap_err();
+    /// assert!(matches!(err.kind(), ErrorKind::InvalidSetting { name: "threads", .. }));
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<WorkerPool<C>, Error> {
         if self.threads == 0 {
             return Err(Error::invalid_setting("threads", "must be at least 1"));
@@ -429,6 +609,26 @@ where
     /// round trip per checkout. Build the r2d2 pool with a short `connection_timeout` (1-2 s):
     /// after an outage r2d2 retries its connects with a backoff capped at half of it (15 s with
     /// its 30 s default), which bounds how fast the pool resumes.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = TempDb::new("worker-pool-builder");
+    /// # let url = db.url();
+    /// use std::time::Duration;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::SqliteConnection;
+    /// let pool = Pool::builder()
+    ///     .connection_timeout(Duration::from_secs(2))
+    ///     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+    ///     .build(ConnectionManager::<SqliteConnection>::new(url))?;
+    /// tend::migrate(&mut pool.get()?)?;
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?;
+    /// let handle = tend::WorkerPool::builder(pool, registry).threads(2).build()?.start()?;
+    /// assert!(handle.shutdown().all_joined());
+    /// # Ok(()) }
+    /// ```
     pub fn builder(pool: Pool<ConnectionManager<C>>, registry: Registry) -> WorkerPoolBuilder<C> {
         let shards = Shards::new(vec![pool]).expect("one pool is a valid shard set");
         WorkerPool::sharded(shards, registry)
@@ -437,6 +637,24 @@ where
     /// A builder over several databases: one pool drains them all, fairly (each shard gets an
     /// equal share of the pool's capacity, so a busy shard cannot starve another), and a shard
     /// whose database is down is retried with backoff while the others keep running.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (first, _db0) = temp_pool("sharded-0");
+    /// # let (second, _db1) = temp_pool("sharded-1");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use tend::{NewTask, Shards, WorkerPool};
+    /// let shards = Shards::new(vec![first, second])?;
+    /// let handle = WorkerPool::sharded(shards.clone(), registry).build()?.start()?;
+    /// // Key 7 routes to the second database; enqueue there, with the key:
+    /// let mut conn = shards.get(7)?;
+    /// tend::enqueue_new(&mut conn, NewTask::new(&Ship { order_id: 7 })?.shard_key(7))?;
+    /// handle.wake();
+    /// assert!(eventually(|| task_count(&mut conn) == 0)); // run and deleted
+    /// # Ok(()) }
+    /// ```
     pub fn sharded(shards: Shards<C>, registry: Registry) -> WorkerPoolBuilder<C> {
         WorkerPoolBuilder {
             shards,
@@ -460,6 +678,23 @@ where
     /// [`ErrorKind::NotMigrated`](crate::ErrorKind::NotMigrated) when tend's table is missing,
     /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had (a shard that
     /// is down at start is an error; one that goes down later is retried).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("start");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::SqliteConnection;
+    /// use tend::{Registry, WorkerPool};
+    /// let fresh = Pool::builder().build(ConnectionManager::<SqliteConnection>::new(":memory:"))?;
+    /// let err = WorkerPool::builder(fresh, Registry::new()).build()?.start().unwrap_err();
+    /// assert!(err.is_not_migrated()); // run `tend::migrate` first
+    /// let handle = WorkerPool::builder(pool, registry).build()?.start()?; // migrated
+    /// assert!(handle.shutdown().all_joined());
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> Result<PoolHandle, Error> {
         for p in self.shards.pools() {
             let mut conn = p.get()?;
@@ -573,6 +808,25 @@ where
     /// moment they commit, run sync tasks in the caller's thread, and write without-transaction
     /// tasks on their own. Take it before [`start`](Self::start); it can be cloned freely and
     /// outlives the pool (tasks then wait for the next pool's poll).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::time::Duration;
+    /// use tend::WorkerPool;
+    /// let hourly = Duration::from_secs(3600); // no poll during this example
+    /// let workers = WorkerPool::builder(pool.clone(), registry).poll_interval(hourly).build()?;
+    /// let outbox = workers.outbox();
+    /// let handle = workers.start()?;
+    /// let mut conn = pool.get()?;
+    /// outbox.transaction(&mut conn, |conn, tx| tx.enqueue(conn, &Ship { order_id: 7 }))?;
+    /// // Handed to a worker at the commit: it runs without a poll or a wake.
+    /// assert!(eventually(|| task_count(&mut conn) == 0));
+    /// # Ok(()) }
+    /// ```
     pub fn outbox(&self) -> Outbox<C> {
         Outbox::new(self.shards.clone(), self.cfg.clone(), self.lanes.clone())
     }
@@ -580,6 +834,22 @@ where
 
 /// A running pool. [`shutdown`](Self::shutdown) stops it gracefully; dropping the handle does
 /// the same.
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("pool-handle");
+/// # let mut registry = tend::Registry::new();
+/// # registry.register::<Ship>()?;
+/// use tend::WorkerPool;
+/// let handle = WorkerPool::builder(pool.clone(), registry).build()?.start()?;
+/// let mut conn = pool.get()?;
+/// tend::enqueue(&mut conn, &Ship { order_id: 7 })?;
+/// handle.wake();
+/// assert!(eventually(|| task_count(&mut conn) == 0)); // run and deleted
+/// drop(handle); // stops the pool gracefully, like `shutdown`
+/// # Ok(()) }
+/// ```
 pub struct PoolHandle {
     running: Option<Running>,
 }
@@ -610,6 +880,19 @@ struct Running {
 }
 
 /// What a shutdown did.
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("shutdown-report");
+/// # let mut registry = tend::Registry::new();
+/// # registry.register::<Ship>()?;
+/// use tend::{ShutdownReport, WorkerPool};
+/// let handle = WorkerPool::builder(pool, registry).build()?.start()?;
+/// let report = handle.shutdown();
+/// assert_eq!(report, ShutdownReport { released: 0, abandoned: 0 });
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Claimed tasks that had not started and were handed back (due now, attempt not counted).
@@ -621,6 +904,18 @@ pub struct ShutdownReport {
 
 impl ShutdownReport {
     /// Whether every worker finished within the deadline.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("all-joined");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// let handle = tend::WorkerPool::builder(pool, registry).build()?.start()?;
+    /// let report = handle.shutdown();
+    /// assert!(report.all_joined()); // no task was running
+    /// # Ok(()) }
+    /// ```
     pub fn all_joined(&self) -> bool {
         self.abandoned == 0
     }
@@ -630,6 +925,23 @@ impl PoolHandle {
     /// Makes the pool look for due tasks now instead of at its next poll: call it after
     /// committing a transaction that enqueued right-now tasks without an
     /// [`Outbox`](crate::Outbox) (which hands them over by itself).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("wake");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::time::Duration;
+    /// use tend::WorkerPool;
+    /// let hourly = Duration::from_secs(3600); // no poll during this example
+    /// let handle = WorkerPool::builder(pool.clone(), registry).poll_interval(hourly).build()?.start()?;
+    /// let mut conn = pool.get()?;
+    /// tend::enqueue(&mut conn, &Ship { order_id: 7 })?;
+    /// handle.wake(); // look now, not in an hour
+    /// assert!(eventually(|| task_count(&mut conn) == 0)); // run and deleted
+    /// # Ok(()) }
+    /// ```
     pub fn wake(&self) {
         if let Some(r) = &self.running {
             for w in &r.wake_txs {
@@ -639,12 +951,36 @@ impl PoolHandle {
     }
 
     /// How many alerts were dropped because the alert queue was full.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("dropped-alerts");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// let handle = tend::WorkerPool::builder(pool, registry).build()?.start()?;
+    /// // Export it as a metric: a rising count means the alerters cannot keep up.
+    /// assert_eq!(handle.dropped_alerts(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn dropped_alerts(&self) -> u64 {
         self.running.as_ref().map_or(0, |r| r.cfg.alerts.dropped())
     }
 
     /// Stops claiming, lets running tasks finish within the shutdown timeout, hands back the
     /// leases of claimed tasks that did not start, writes every outcome, and joins the threads.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("shutdown");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// let handle = tend::WorkerPool::builder(pool, registry).build()?.start()?;
+    /// let report = handle.shutdown(); // returns once every thread has stopped
+    /// assert_eq!((report.released, report.abandoned), (0, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(mut self) -> ShutdownReport {
         self.stop()
     }
