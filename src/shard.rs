@@ -15,6 +15,22 @@ use crate::error::Error;
 use crate::store::StoreConnection;
 
 /// Maps a shard key to one of `shards` databases.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tend::{Router, Shards};
+/// // Customers below 1000 live on the first database, the others on the last.
+/// struct ByRange;
+/// impl Router for ByRange {
+///     fn route(&self, shard_key: i64, shards: usize) -> usize {
+///         if shard_key < 1000 { 0 } else { shards - 1 }
+///     }
+/// }
+/// let shards = Shards::new(memory_pools(2))?.router(ByRange);
+/// assert_eq!((shards.index_for(7), shards.index_for(5000)), (0, 1));
+/// # Ok(()) }
+/// ```
 pub trait Router: Send + Sync + 'static {
     /// The index, in `0..shards`, of the database for `shard_key`.
     fn route(&self, shard_key: i64, shards: usize) -> usize;
@@ -64,7 +80,7 @@ impl<F: Fn(i64, usize) -> usize + Send + Sync + 'static> Router for F {
 /// assert_eq!(shards.index_for(42), 0);
 /// assert_eq!(shards.index_for(43), 1);
 /// let mut conn = shards.get(43).unwrap(); // the database that holds key 43's rows
-/// # drop(conn); for i in 0..2 { let _ = std::fs::remove_file(dir.join(format!("tend-shard-doc-{}-{i}.db", std::process::id()))); }
+/// # drop(conn); drop(shards); for i in 0..2 { let _ = std::fs::remove_file(dir.join(format!("tend-shard-doc-{}-{i}.db", std::process::id()))); }
 /// ```
 pub struct Shards<C: R2D2Connection + 'static> {
     pools: Vec<Pool<ConnectionManager<C>>>,
@@ -96,6 +112,17 @@ where
     ///
     /// # Errors
     /// No pools, or more than 1024.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel::SqliteConnection;
+    /// use tend::Shards;
+    /// let shards = Shards::new(memory_pools(2))?; // shard 0, shard 1
+    /// assert_eq!(shards.len(), 2);
+    /// assert!(Shards::<SqliteConnection>::new(Vec::new()).is_err()); // at least one
+    /// # Ok(()) }
+    /// ```
     pub fn new(pools: Vec<Pool<ConnectionManager<C>>>) -> Result<Shards<C>, Error> {
         if pools.is_empty() || pools.len() > 1024 {
             return Err(Error::invalid_setting(
@@ -111,22 +138,58 @@ where
 
     /// Routes with `router` instead of [`ModuloRouter`]. An index it returns out of range is
     /// clamped to the last shard and logged.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tend::Shards;
+    /// // Blocks of 1000 keys, dealt round the databases.
+    /// let shards = Shards::new(memory_pools(4))?.router(|key: i64, n: usize| (key / 1000) as usize % n);
+    /// assert_eq!(shards.index_for(2500), 2);
+    /// assert_eq!(shards.index_for(4500), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn router(mut self, router: impl Router) -> Shards<C> {
         self.router = Arc::new(router);
         self
     }
 
     /// How many databases.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shards = tend::Shards::new(memory_pools(3))?;
+    /// assert_eq!(shards.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.pools.len()
     }
 
     /// Always false: there is at least one database.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shards = tend::Shards::new(memory_pools(1))?;
+    /// assert!(!shards.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }
 
     /// The index of the database for `shard_key`.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shards = tend::Shards::new(memory_pools(2))?; // routed by ModuloRouter
+    /// assert_eq!(shards.index_for(42), 0);
+    /// assert_eq!(shards.index_for(-7), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn index_for(&self, shard_key: i64) -> usize {
         let i = self.router.route(shard_key, self.pools.len());
         if i >= self.pools.len() {
@@ -140,6 +203,19 @@ where
     }
 
     /// The pool of the database for `shard_key`.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tend::{NewTask, Shards};
+    /// let shards = Shards::new(memory_pools(2))?;
+    /// shards.migrate_all()?;
+    /// let task = NewTask::new(&Ship { order_id: 43 })?.shard_key(43);
+    /// tend::enqueue_new(&mut shards.pool_for(43).get()?, task)?;
+    /// let mut second = shards.pools()[1].get()?; // 43 is odd
+    /// assert_eq!(task_count(&mut second), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn pool_for(&self, shard_key: i64) -> &Pool<ConnectionManager<C>> {
         &self.pools[self.index_for(shard_key)]
     }
@@ -149,11 +225,41 @@ where
     ///
     /// # Errors
     /// [`ErrorKind::Pool`](crate::ErrorKind::Pool) when no connection can be had.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use diesel::Connection;
+    /// use tend::{NewTask, Shards};
+    /// let shards = Shards::new(memory_pools(2))?;
+    /// shards.migrate_all()?;
+    /// let customer_id = 43; // what the business rows are sharded by
+    /// let mut conn = shards.get(customer_id)?;
+    /// conn.transaction(|conn| {
+    ///     // the customer's business rows, then:
+    ///     tend::enqueue_new(conn, NewTask::new(&Ship { order_id: 1 })?.shard_key(customer_id))
+    /// })?;
+    /// assert_eq!(task_count(&mut conn), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn get(&self, shard_key: i64) -> Result<PooledConnection<ConnectionManager<C>>, Error> {
         Ok(self.pool_for(shard_key).get()?)
     }
 
     /// Every pool, in shard order.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shards = tend::Shards::new(memory_pools(2))?;
+    /// shards.migrate_all()?;
+    /// // A health check of every database:
+    /// for pool in shards.pools() {
+    ///     tend::check_schema(&mut pool.get()?)?;
+    /// }
+    /// assert_eq!(shards.pools().len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn pools(&self) -> &[Pool<ConnectionManager<C>>] {
         &self.pools
     }
@@ -162,6 +268,16 @@ where
     ///
     /// # Errors
     /// The first shard that fails, with its index in the message.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shards = tend::Shards::new(memory_pools(2))?;
+    /// assert!(tend::check_schema(&mut shards.get(1)?).is_err());
+    /// shards.migrate_all()?; // idempotent: run it at every startup
+    /// assert!(tend::check_schema(&mut shards.get(1)?).is_ok());
+    /// # Ok(()) }
+    /// ```
     pub fn migrate_all(&self) -> Result<(), Error> {
         for (i, p) in self.pools.iter().enumerate() {
             let mut conn = p.get()?;
@@ -173,6 +289,23 @@ where
 }
 
 /// Produces shard keys for tasks enqueued without one.
+///
+/// ```
+/// use std::sync::atomic::{AtomicI64, Ordering};
+/// use tend::ShardKeyGenerator;
+/// // Keys from a counter (say, seeded from a database sequence at startup).
+/// struct Counter(AtomicI64);
+/// impl ShardKeyGenerator for Counter {
+///     fn next_key(&self) -> i64 {
+///         self.0.fetch_add(1, Ordering::Relaxed)
+///     }
+/// }
+/// let keys = Counter(AtomicI64::new(100));
+/// assert_eq!((keys.next_key(), keys.next_key()), (100, 101));
+/// tend::set_shard_key_generator(keys)?; // tasks without a key now take the counter's
+/// assert_eq!(tend::next_shard_key(), 102);
+/// # Ok::<(), tend::Error>(())
+/// ```
 pub trait ShardKeyGenerator: Send + Sync + 'static {
     /// A new key.
     fn next_key(&self) -> i64;
@@ -209,6 +342,14 @@ impl Snowflake {
     ///
     /// # Errors
     /// A node id over 1023.
+    ///
+    /// ```
+    /// use tend::{ShardKeyGenerator, Snowflake};
+    /// let keys = Snowflake::new(42)?;
+    /// assert_eq!(Snowflake::node_of(keys.next_key()), 42);
+    /// assert!(Snowflake::new(1024).is_err()); // ten bits: 0 to 1023
+    /// # Ok::<(), tend::Error>(())
+    /// ```
     pub fn new(node_id: u16) -> Result<Snowflake, Error> {
         if node_id > 1023 {
             return Err(Error::invalid_setting(
@@ -223,6 +364,13 @@ impl Snowflake {
     }
 
     /// Node id from `TEND_NODE_ID`, else a random one (see the type's docs).
+    ///
+    /// ```
+    /// use tend::{ShardKeyGenerator, Snowflake};
+    /// std::env::set_var("TEND_NODE_ID", "17"); // normally set by the deployment
+    /// let keys = Snowflake::from_env();
+    /// assert_eq!(Snowflake::node_of(keys.next_key()), 17);
+    /// ```
     pub fn from_env() -> Snowflake {
         let configured = std::env::var("TEND_NODE_ID")
             .ok()
@@ -236,11 +384,26 @@ impl Snowflake {
     }
 
     /// Changes the node id (the node registry does this when it assigns one).
+    ///
+    /// ```
+    /// use tend::{ShardKeyGenerator, Snowflake};
+    /// let keys = Snowflake::new(0)?;
+    /// keys.set_node_id(9);
+    /// assert_eq!(Snowflake::node_of(keys.next_key()), 9);
+    /// # Ok::<(), tend::Error>(())
+    /// ```
     pub fn set_node_id(&self, node_id: u16) {
         self.node.store(node_id & 1023, Ordering::Relaxed);
     }
 
     /// The node id part of a key.
+    ///
+    /// ```
+    /// use tend::{ShardKeyGenerator, Snowflake};
+    /// let key = Snowflake::new(5)?.next_key();
+    /// assert_eq!(Snowflake::node_of(key), 5); // which process made the key
+    /// # Ok::<(), tend::Error>(())
+    /// ```
     pub fn node_of(key: i64) -> u16 {
         ((key >> 12) & 1023) as u16
     }
@@ -276,6 +439,14 @@ static DEFAULT_SNOWFLAKE: OnceLock<Arc<Snowflake>> = OnceLock::new();
 ///
 /// # Errors
 /// A generator was already installed or already used.
+///
+/// ```
+/// use tend::{set_shard_key_generator, Snowflake};
+/// set_shard_key_generator(Snowflake::new(3)?)?; // once, at startup
+/// assert_eq!(Snowflake::node_of(tend::next_shard_key()), 3);
+/// assert!(set_shard_key_generator(Snowflake::new(4)?).is_err()); // only once
+/// # Ok::<(), tend::Error>(())
+/// ```
 pub fn set_shard_key_generator(g: impl ShardKeyGenerator) -> Result<(), Error> {
     GENERATOR.set(Box::new(g)).map_err(|_| {
         Error::invalid_setting(

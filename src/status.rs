@@ -43,6 +43,14 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// The stored integer.
+    ///
+    /// ```
+    /// use tend::TaskStatus;
+    /// assert_eq!(TaskStatus::Dead.as_i32(), 4);
+    /// // e.g. for your own query: SELECT id FROM consistency_task WHERE task_status = 4
+    /// let dead = format!("task_status = {}", TaskStatus::Dead.as_i32());
+    /// assert_eq!(dead, "task_status = 4");
+    /// ```
     pub fn as_i32(self) -> i32 {
         match self {
             TaskStatus::Pending => 0,
@@ -55,6 +63,12 @@ impl TaskStatus {
     }
 
     /// The status for a stored integer, or `None` for an unknown value.
+    ///
+    /// ```
+    /// use tend::TaskStatus;
+    /// assert_eq!(TaskStatus::from_i32(2), Some(TaskStatus::Failed));
+    /// assert_eq!(TaskStatus::from_i32(9), None);
+    /// ```
     pub fn from_i32(v: i32) -> Option<TaskStatus> {
         Some(match v {
             0 => TaskStatus::Pending,
@@ -68,6 +82,13 @@ impl TaskStatus {
     }
 
     /// Whether a worker may claim a row in this status once it is due.
+    ///
+    /// ```
+    /// use tend::TaskStatus;
+    /// let all = (0..6).filter_map(TaskStatus::from_i32);
+    /// let claimable: Vec<&str> = all.filter(|s| s.is_claimable()).map(TaskStatus::name).collect();
+    /// assert_eq!(claimable, ["pending", "running", "failed"]);
+    /// ```
     pub fn is_claimable(self) -> bool {
         matches!(
             self,
@@ -76,6 +97,12 @@ impl TaskStatus {
     }
 
     /// Lower-case name, as shown by logs and the CLI.
+    ///
+    /// ```
+    /// use tend::TaskStatus;
+    /// assert_eq!(TaskStatus::Held.name(), "held");
+    /// assert_eq!(TaskStatus::Held.to_string(), "held"); // Display says the same
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             TaskStatus::Pending => "pending",

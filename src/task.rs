@@ -74,6 +74,16 @@ pub trait Task: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// When a task first runs (the seed's `executeMode` / `execute_way`).
+///
+/// ```
+/// use std::time::Duration;
+/// use tend::{ExecuteWay, TaskOptions};
+/// assert_eq!(ExecuteWay::default(), ExecuteWay::RightNow);
+/// // A reminder, due 15 minutes after the enqueue:
+/// let reminder = TaskOptions::new()
+///     .execute_way(ExecuteWay::Schedule)
+///     .delay(Duration::from_secs(15 * 60));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExecuteWay {
     /// As soon as the enqueuing transaction commits (the seed's `EXECUTE_RIGHT_NOW`, stored as 1).
@@ -84,6 +94,13 @@ pub enum ExecuteWay {
 }
 
 /// Which thread runs a right-now task (the seed's `threadMode` / `thread_way`).
+///
+/// ```
+/// use tend::{TaskOptions, ThreadWay};
+/// assert_eq!(ThreadWay::default(), ThreadWay::Async);
+/// // Run in the committing thread (through an Outbox), right after the commit:
+/// let inline = TaskOptions::new().thread_way(ThreadWay::Sync);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ThreadWay {
     /// On the worker pool (stored as 1).
@@ -94,6 +111,13 @@ pub enum ThreadWay {
 }
 
 /// Whether the row joins the caller's transaction (the seed's `transactionMode`).
+///
+/// ```
+/// use tend::{TaskOptions, TransactionWay};
+/// assert_eq!(TransactionWay::default(), TransactionWay::WithTransaction);
+/// // Written even if the caller's transaction rolls back (through an Outbox):
+/// let audit = TaskOptions::new().transaction_way(TransactionWay::WithoutTransaction);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransactionWay {
     /// Written in the caller's transaction: it commits or rolls back with the business rows
@@ -119,6 +143,14 @@ way_codes!(ThreadWay { Async = 1, Sync = 2 });
 way_codes!(TransactionWay { WithTransaction = 1, WithoutTransaction = 2 });
 
 /// The original framework's default alert expression.
+///
+/// ```
+/// use tend::{AlertVars, Expr, DEFAULT_ALERT_EXPRESSION};
+/// let e = Expr::parse(DEFAULT_ALERT_EXPRESSION).unwrap();
+/// let fires = |n| e.eval(&AlertVars { execute_times: n, ..AlertVars::default() }) == Ok(true);
+/// let attempts: Vec<i64> = (1..=6).filter(|&n| fires(n)).collect();
+/// assert_eq!(attempts, [2, 3, 4]); // after the 2nd, 3rd and 4th failed attempts
+/// ```
 pub const DEFAULT_ALERT_EXPRESSION: &str = "executeTimes > 1 && executeTimes < 5";
 
 /// Per-task-type defaults, the seed's `@ConsistencyTask` attributes. Every setter says its
@@ -160,6 +192,13 @@ impl TaskOptions {
     /// The seed's defaults: 60 s interval, 60 s delay, right now, async, with transaction,
     /// linear retry, 25 attempts, no fallback, alert expression
     /// `executeTimes > 1 && executeTimes < 5`, no alerter, task id = signature.
+    ///
+    /// ```
+    /// use tend::{RetryPolicy, TaskOptions};
+    /// let opts = TaskOptions::new();
+    /// assert_eq!(opts.get_max_attempts(), 25);
+    /// assert_eq!(opts.get_retry_policy(), RetryPolicy::Linear);
+    /// ```
     pub fn new() -> TaskOptions {
         TaskOptions {
             execute_interval: Duration::from_secs(60),
@@ -179,6 +218,21 @@ impl TaskOptions {
 
     /// Base of the retry schedule (the seed's `executeIntervalSec`). Whole seconds, 1 s to
     /// `i32::MAX` s. Defaults to 60 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::{Registry, Task, TaskContext, TaskError, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct PollFeed;
+    /// impl Task for PollFeed {
+    ///     const SIGNATURE: &'static str = "feeds.poll";
+    ///     fn options() -> TaskOptions {
+    ///         // Retry 10 s after the first failure, 20 s after the second, ...
+    ///         TaskOptions::new().execute_interval(Duration::from_secs(10))
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// assert!(Registry::new().register::<PollFeed>().is_ok());
+    /// ```
     pub fn execute_interval(mut self, d: Duration) -> Self {
         self.execute_interval = d;
         self
@@ -186,12 +240,46 @@ impl TaskOptions {
 
     /// How long after enqueue a [`ExecuteWay::Schedule`] task becomes due (the seed's
     /// `delayTime`). Whole seconds. Defaults to 60 s; ignored for right-now tasks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::{ExecuteWay, Registry, Task, TaskContext, TaskError, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Remind;
+    /// impl Task for Remind {
+    ///     const SIGNATURE: &'static str = "carts.remind";
+    ///     fn options() -> TaskOptions {
+    ///         // Due one hour after the enqueue.
+    ///         TaskOptions::new().execute_way(ExecuteWay::Schedule).delay(Duration::from_secs(3600))
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// assert!(Registry::new().register::<Remind>().is_ok());
+    /// ```
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
     }
 
     /// When the task first runs (the seed's `executeMode`). Defaults to [`ExecuteWay::RightNow`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Remind;
+    /// impl Task for Remind {
+    ///     const SIGNATURE: &'static str = "carts.remind";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().execute_way(ExecuteWay::Schedule).thread_way(ThreadWay::Sync)
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Remind>();
+    /// let committed = outbox.enqueue(&Remind)?;
+    /// // Even a sync task waits for its delay (60 s by default) when it is scheduled.
+    /// assert!(committed.sync_outcomes().is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn execute_way(mut self, w: ExecuteWay) -> Self {
         self.execute_way = w;
         self
@@ -199,6 +287,24 @@ impl TaskOptions {
 
     /// Which thread runs a right-now task (the seed's `threadMode`). Defaults to
     /// [`ThreadWay::Async`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError, TaskOptions, ThreadWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Receipt;
+    /// impl Task for Receipt {
+    ///     const SIGNATURE: &'static str = "orders.receipt";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().thread_way(ThreadWay::Sync)
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Receipt>();
+    /// let committed = outbox.enqueue(&Receipt)?;
+    /// assert!(committed.sync_outcomes()[0].is_success()); // it ran in this thread
+    /// # Ok(()) }
+    /// ```
     pub fn thread_way(mut self, w: ThreadWay) -> Self {
         self.thread_way = w;
         self
@@ -206,18 +312,52 @@ impl TaskOptions {
 
     /// Whether the row joins the caller's transaction (the seed's `transactionMode`). Defaults
     /// to [`TransactionWay::WithTransaction`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError, TaskOptions, TransactionWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Audit;
+    /// impl Task for Audit {
+    ///     const SIGNATURE: &'static str = "audit.record";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().transaction_way(TransactionWay::WithoutTransaction)
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// # let outbox = outbox_for::<Audit>();
+    /// // The plain functions write on your connection, so they refuse it; an Outbox takes it.
+    /// assert!(tend::enqueue(&mut conn, &Audit).is_err());
+    /// assert!(outbox.enqueue(&Audit)?.value().id().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn transaction_way(mut self, w: TransactionWay) -> Self {
         self.transaction_way = w;
         self
     }
 
     /// Attempts before the task is dead (the seed retried forever). At least 1. Defaults to 25.
+    ///
+    /// ```
+    /// use tend::TaskOptions;
+    /// let opts = TaskOptions::new().max_attempts(5); // dead after the 5th failure
+    /// assert_eq!(opts.get_max_attempts(), 5);
+    /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
         self
     }
 
     /// How the wait between attempts grows. Defaults to [`RetryPolicy::Linear`] (the seed's).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::{RetryPolicy, TaskOptions};
+    /// let backoff = RetryPolicy::Exponential { cap: Duration::from_secs(3600), jitter: true };
+    /// let opts = TaskOptions::new().retry_policy(backoff);
+    /// assert_eq!(opts.get_retry_policy(), backoff);
+    /// ```
     pub fn retry_policy(mut self, p: RetryPolicy) -> Self {
         self.retry = p;
         self
@@ -226,6 +366,29 @@ impl TaskOptions {
     /// Names the fallback action (the seed's `fallbackClass`, stored in `fallback_class_name`)
     /// and turns it on: [`Task::fallback`] then runs after failed attempts past the threshold.
     /// Defaults to none.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError, TaskOptions, ThreadWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().fallback("cancel_order").thread_way(ThreadWay::Sync)
+    ///     }
+    ///     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+    ///         Err(TaskError::new("card declined"))
+    ///     }
+    ///     fn fallback(&self, _: &TaskContext) -> Result<(), TaskError> {
+    ///         Ok(()) // cancel the order instead
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>();
+    /// // The attempt failed, the fallback succeeded: the task is complete.
+    /// assert!(outbox.enqueue(&Charge)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn fallback(mut self, name: impl Into<String>) -> Self {
         self.fallback = Some(name.into());
         self
@@ -233,6 +396,29 @@ impl TaskOptions {
 
     /// The fallback runs after a failed attempt when the number of failed attempts exceeds
     /// this (the seed's `fail-count-threshold`): 0 means after the first failure. Defaults to 0.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{SyncOutcome, Task, TaskContext, TaskError, TaskOptions, TaskStatus, ThreadWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions {
+    ///         let opts = TaskOptions::new().fallback("cancel_order").fallback_threshold(2);
+    ///         opts.thread_way(ThreadWay::Sync)
+    ///     }
+    ///     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+    ///         Err(TaskError::new("card declined"))
+    ///     }
+    /// #   fn fallback(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>();
+    /// // One failure is not past the threshold: no fallback yet, a retry is scheduled.
+    /// let outcome = outbox.enqueue(&Charge)?.sync_outcomes()[0].clone();
+    /// assert!(matches!(outcome, SyncOutcome::Failed { status: TaskStatus::Failed, .. }));
+    /// # Ok(()) }
+    /// ```
     pub fn fallback_threshold(mut self, n: u32) -> Self {
         self.fallback_threshold = n;
         self
@@ -241,6 +427,21 @@ impl TaskOptions {
     /// The alert expression (the seed's `alertExpression`), or `None` for no alerts. Checked
     /// when the type is registered or the task enqueued. Defaults to
     /// `executeTimes > 1 && executeTimes < 5`.
+    ///
+    /// ```
+    /// use tend::{ErrorKind, Registry, Task, TaskContext, TaskError, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions {
+    ///         // Alert once the fallback failed too, or from the 3rd attempt on (a typo).
+    ///         TaskOptions::new().alert_expression(Some("fallbackFailed || executTimes >= 3"))
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// let err = Registry::new().register::<Charge>().unwrap_err(); // caught at startup
+    /// assert!(matches!(err.kind(), ErrorKind::InvalidExpression { error, .. } if error.position == 18));
+    /// ```
     pub fn alert_expression(mut self, e: Option<&str>) -> Self {
         self.alert_expression = e.map(str::to_string);
         self
@@ -248,6 +449,22 @@ impl TaskOptions {
 
     /// The name of the [`Alerter`](crate::Alerter) to notify (the seed's
     /// `alertActionBeanName`). Defaults to none: a firing alert is a warn log line.
+    ///
+    /// ```
+    /// use tend::{Alert, Registry, Task, TaskContext, TaskError, TaskOptions};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().alerter("pager")
+    ///     }
+    /// #   fn execute(&self, _: &TaskContext) -> Result<(), TaskError> { Ok(()) }
+    /// }
+    /// let mut registry = Registry::new();
+    /// registry.alerter("pager", |a: &Alert| eprintln!("task {} failed: {}", a.id, a.error_msg))?;
+    /// registry.register::<Charge>()?; // refused unless "pager" is registered first
+    /// # Ok::<(), tend::Error>(())
+    /// ```
     pub fn alerter(mut self, name: impl Into<String>) -> Self {
         self.alerter = Some(name.into());
         self
@@ -255,17 +472,50 @@ impl TaskOptions {
 
     /// The custom task id (the seed's `id`), stored in `task_id`. Defaults to the signature.
     /// Not unique; see [`NewTask::idempotency_key`](crate::NewTask::idempotency_key) for that.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError, TaskOptions, ThreadWay};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn options() -> TaskOptions {
+    ///         TaskOptions::new().task_id("payments").thread_way(ThreadWay::Sync)
+    ///     }
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.task_id(), "payments"); // the signature without `task_id`
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>();
+    /// assert!(outbox.enqueue(&Charge)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn task_id(mut self, id: impl Into<String>) -> Self {
         self.task_id = Some(id.into());
         self
     }
 
     /// The configured maximum number of attempts.
+    ///
+    /// ```
+    /// use tend::TaskOptions;
+    /// assert_eq!(TaskOptions::new().get_max_attempts(), 25);
+    /// assert_eq!(TaskOptions::new().max_attempts(3).get_max_attempts(), 3);
+    /// ```
     pub fn get_max_attempts(&self) -> u32 {
         self.max_attempts
     }
 
     /// The configured retry policy.
+    ///
+    /// ```
+    /// use tend::{RetryPolicy, TaskOptions};
+    /// assert_eq!(TaskOptions::new().get_retry_policy(), RetryPolicy::Linear);
+    /// let fixed = TaskOptions::new().retry_policy(RetryPolicy::Fixed);
+    /// assert_eq!(fixed.get_retry_policy(), RetryPolicy::Fixed);
+    /// ```
     pub fn get_retry_policy(&self) -> RetryPolicy {
         self.retry
     }
@@ -324,6 +574,27 @@ impl TaskOptions {
 }
 
 /// What a running task knows about itself.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// use tend::{Task, TaskContext, TaskError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { order_id: i64 }
+/// impl Task for Charge {
+///     const SIGNATURE: &'static str = "billing.charge";
+///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+///         // A key the payment provider deduplicates on, the same in every attempt:
+///         let key = format!("{}-{}", ctx.signature(), ctx.id());
+///         let last_try = ctx.attempt() == ctx.max_attempts();
+///         assert_eq!((key.as_str(), last_try), ("billing.charge-1", false));
+///         Ok(())
+///     }
+/// }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+/// # let task = tend::NewTask::new(&Charge { order_id: 7 })?.thread_way(tend::ThreadWay::Sync);
+/// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub(crate) id: i64,
@@ -336,26 +607,134 @@ pub struct TaskContext {
 
 impl TaskContext {
     /// The row's primary key.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.id(), 1); // the first row of a fresh table
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> i64 {
         self.id
     }
     /// The task id (custom id or signature).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.task_id(), "billing.charge"); // no custom id: the signature
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn task_id(&self) -> &str {
         &self.task_id
     }
     /// The signature.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.signature(), Charge::SIGNATURE);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn signature(&self) -> &str {
         &self.signature
     }
     /// This attempt's number, 1 for the first run (`execute_times` after the claim).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.attempt(), 1); // its first run
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
     /// Attempts allowed before the task is dead.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.max_attempts(), 3); // enqueued with `.max_attempts(3)`
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.max_attempts(3).thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
     /// The task's shard key.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge;
+    /// impl Task for Charge {
+    ///     const SIGNATURE: &'static str = "billing.charge";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         assert_eq!(ctx.shard_key(), 42); // enqueued with `.shard_key(42)`
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
+    /// # let task = tend::NewTask::new(&Charge)?.shard_key(42).thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # Ok(()) }
+    /// ```
     pub fn shard_key(&self) -> i64 {
         self.shard_key
     }
@@ -390,6 +769,17 @@ pub(crate) enum Action {
 
 impl TaskError {
     /// Retry on the task's schedule.
+    ///
+    /// ```
+    /// use tend::TaskError;
+    /// let err = TaskError::new("gateway returned 503");
+    /// assert!(!err.is_give_up());
+    /// // `?` turns any std error into one, which means the same: retry.
+    /// fn parse(amount: &str) -> Result<i64, TaskError> {
+    ///     Ok(amount.parse::<i64>()?)
+    /// }
+    /// assert_eq!(parse("x").unwrap_err().message(), "invalid digit found in string");
+    /// ```
     pub fn new(message: impl Into<String>) -> TaskError {
         TaskError {
             message: message.into(),
@@ -397,6 +787,16 @@ impl TaskError {
         }
     }
     /// Retry after `wait` instead of the schedule's wait (still counts as an attempt).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::TaskError;
+    /// // e.g. on HTTP 429, honour the server's Retry-After header:
+    /// let retry_after_secs = 120;
+    /// let err = TaskError::retry_after("rate limited", Duration::from_secs(retry_after_secs));
+    /// assert_eq!(err.message(), "rate limited");
+    /// assert!(!err.is_give_up());
+    /// ```
     pub fn retry_after(message: impl Into<String>, wait: Duration) -> TaskError {
         TaskError {
             message: message.into(),
@@ -404,6 +804,24 @@ impl TaskError {
         }
     }
     /// Do not retry: the task becomes dead now (kept, visible, retryable by an operator).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::{SyncOutcome, Task, TaskContext, TaskError, TaskStatus};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Refund { order_id: i64 }
+    /// impl Task for Refund {
+    ///     const SIGNATURE: &'static str = "billing.refund";
+    ///     fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+    ///         Err(TaskError::give_up(format!("order {} no longer exists", self.order_id)))
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let outbox = outbox_for::<Refund>();
+    /// # let task = tend::NewTask::new(&Refund { order_id: 7 })?.thread_way(tend::ThreadWay::Sync);
+    /// let outcome = outbox.enqueue_new(task)?.sync_outcomes()[0].clone(); // ran once, right now
+    /// assert!(matches!(outcome, SyncOutcome::Failed { status: TaskStatus::Dead, .. }));
+    /// # Ok(()) }
+    /// ```
     pub fn give_up(message: impl Into<String>) -> TaskError {
         TaskError {
             message: message.into(),
@@ -411,10 +829,22 @@ impl TaskError {
         }
     }
     /// The message stored in `error_msg`.
+    ///
+    /// ```
+    /// let err = tend::TaskError::new("gateway returned 503");
+    /// assert_eq!(err.message(), "gateway returned 503");
+    /// assert_eq!(err.to_string(), err.message());
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
     /// Whether the handler asked not to retry.
+    ///
+    /// ```
+    /// use tend::TaskError;
+    /// assert!(TaskError::give_up("order no longer exists").is_give_up());
+    /// assert!(!TaskError::new("gateway returned 503").is_give_up());
+    /// ```
     pub fn is_give_up(&self) -> bool {
         self.action == Action::GiveUp
     }

@@ -53,6 +53,19 @@ use crate::task::Task;
 ///
 /// # Panics
 /// When none matches, listing what was enqueued, so the failure explains itself.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut conn = memory_db();
+/// use diesel::Connection;
+/// use tend::testing::assert_enqueued;
+/// // The code under test:
+/// conn.transaction(|conn| tend::enqueue(conn, &Ship { order_id: 7 }))?;
+/// let ship: Ship = assert_enqueued(&mut conn, |s: &Ship| s.order_id == 7);
+/// assert_eq!(ship, Ship { order_id: 7 });
+/// # Ok(()) }
+/// ```
 pub fn assert_enqueued<T: Task, C: StoreConnection>(
     conn: &mut C,
     matches: impl Fn(&T) -> bool,
@@ -83,6 +96,25 @@ fn enqueued_rows<C: StoreConnection>(conn: &mut C, signature: &str) -> Vec<TaskR
 /// The clock starts at the real time; [`advance`](Self::advance) moves it forward, so that
 /// scheduled tasks and retries become due without waiting. Alerts are delivered inline to the
 /// registry's alerters.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut conn = memory_db();
+/// use std::sync::{Arc, Mutex};
+/// use tend::testing::TestWorker;
+/// use tend::{Alert, NewTask, Registry};
+/// let alerts = Arc::new(Mutex::new(Vec::new()));
+/// let sink = alerts.clone();
+/// let mut registry = Registry::new();
+/// registry.alerter("pager", move |a: &Alert| sink.lock().unwrap().push(a.error_msg.clone()))?;
+/// registry.register::<AlwaysFails>()?; // every attempt fails with "boom"
+/// let task = NewTask::new(&AlwaysFails)?.alert_expression(Some("executeTimes >= 1"));
+/// tend::enqueue_new(&mut conn, task.alerter("pager"))?;
+/// TestWorker::new(registry).drain(&mut conn)?;
+/// assert_eq!(*alerts.lock().unwrap(), ["boom"]); // delivered before `drain` returned
+/// # Ok(()) }
+/// ```
 pub struct TestWorker {
     cfg: Config,
     alerts: Receiver<Alert>,
@@ -97,6 +129,28 @@ impl std::fmt::Debug for TestWorker {
 }
 
 /// What [`TestWorker::drain`] ran.
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Legacy;
+/// # impl tend::Task for Legacy {
+/// #     const SIGNATURE: &'static str = "demo.legacy";
+/// #     fn execute(&self, _: &tend::TaskContext) -> Result<(), tend::TaskError> { Ok(()) }
+/// # }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut conn = memory_db();
+/// use tend::testing::{Drained, TestWorker};
+/// use tend::{NewTask, Registry};
+/// let mut registry = Registry::new();
+/// registry.register::<Ship>()?.register::<AlwaysFails>()?;
+/// tend::enqueue(&mut conn, &Ship { order_id: 7 })?;
+/// tend::enqueue(&mut conn, &AlwaysFails)?; // fails, retried later
+/// tend::enqueue_new(&mut conn, NewTask::new(&AlwaysFails)?.max_attempts(1))?; // fails for good
+/// tend::enqueue(&mut conn, &Legacy)?; // not registered in this process
+/// let drained = TestWorker::new(registry).drain(&mut conn)?;
+/// assert_eq!(drained, Drained { succeeded: 1, failed: 1, dead: 1, held: 1 });
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drained {
     /// Completed (deleted, or kept as succeeded).
@@ -111,6 +165,18 @@ pub struct Drained {
 
 impl TestWorker {
     /// A worker for the task types in `registry`, with the pool's default lease (30 s).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::testing::{Drained, TestWorker};
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?;
+    /// let worker = TestWorker::new(registry);
+    /// assert_eq!(worker.drain(&mut conn)?, Drained::default()); // nothing enqueued yet
+    /// # Ok(()) }
+    /// ```
     pub fn new(registry: Registry) -> TestWorker {
         let (alerts, rx) = AlertSink::new();
         TestWorker {
@@ -134,6 +200,24 @@ impl TestWorker {
     }
 
     /// Moves the test clock forward.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use std::time::Duration;
+    /// use tend::testing::TestWorker;
+    /// use tend::{ExecuteWay, NewTask, Registry};
+    /// let mut registry = Registry::new();
+    /// registry.register::<Ship>()?;
+    /// let worker = TestWorker::new(registry);
+    /// let later = NewTask::new(&Ship { order_id: 7 })?.execute_way(ExecuteWay::Schedule);
+    /// tend::enqueue_new(&mut conn, later.delay(Duration::from_secs(3600)))?;
+    /// assert_eq!(worker.drain(&mut conn)?.succeeded, 0); // not due yet
+    /// worker.advance(Duration::from_secs(3600));
+    /// assert_eq!(worker.drain(&mut conn)?.succeeded, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn advance(&self, d: Duration) {
         self.cfg.clock_offset_ms.fetch_add(
             d.as_millis().min(i64::MAX as u128) as i64,
@@ -142,6 +226,15 @@ impl TestWorker {
     }
 
     /// The test clock, in epoch milliseconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::testing::TestWorker;
+    /// let worker = TestWorker::new(tend::Registry::new());
+    /// let start = worker.now_ms(); // the real time, at first
+    /// worker.advance(Duration::from_secs(60));
+    /// assert!(worker.now_ms() >= start + 60_000);
+    /// ```
     pub fn now_ms(&self) -> i64 {
         self.cfg.now_ms()
     }
@@ -152,6 +245,22 @@ impl TestWorker {
     ///
     /// # Errors
     /// A database error.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::testing::TestWorker;
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?;
+    /// for order_id in 1..=3 {
+    ///     tend::enqueue(&mut conn, &Ship { order_id })?;
+    /// }
+    /// let drained = TestWorker::new(registry).drain(&mut conn)?;
+    /// assert_eq!(drained.succeeded, 3);
+    /// assert_eq!(task_count(&mut conn), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn drain<C: StoreConnection>(&self, conn: &mut C) -> Result<Drained, Error> {
         let mut out = Drained::default();
         // Bounded, so a task that keeps making itself due cannot hang the test.
@@ -172,6 +281,22 @@ impl TestWorker {
     /// # Errors
     /// A database error, or [`ErrorKind::InvalidSetting`](crate::ErrorKind) naming the id when
     /// no such task is due (missing, parked, running, or due later: advance the clock).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::testing::TestWorker;
+    /// let mut registry = tend::Registry::new();
+    /// registry.register::<Ship>()?;
+    /// let worker = TestWorker::new(registry);
+    /// let first = tend::enqueue(&mut conn, &Ship { order_id: 1 })?.id().unwrap();
+    /// tend::enqueue(&mut conn, &Ship { order_id: 2 })?;
+    /// assert_eq!(worker.run(&mut conn, first)?.succeeded, 1);
+    /// assert_eq!(task_count(&mut conn), 1); // the other one is still queued
+    /// assert!(worker.run(&mut conn, first).is_err()); // gone
+    /// # Ok(()) }
+    /// ```
     pub fn run<C: StoreConnection>(&self, conn: &mut C, id: i64) -> Result<Drained, Error> {
         let mut out = Drained::default();
         let mut rows = self.claim(conn, Some(&[id]))?;

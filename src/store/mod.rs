@@ -31,6 +31,25 @@ pub use sqlite::SqliteSetup;
 /// `SqliteConnection` (with the matching feature), and r2d2 pooled connections of each.
 ///
 /// The trait is sealed: its methods are tend's internal storage contract.
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// use diesel::{Connection, SqliteConnection};
+/// use tend::StoreConnection;
+/// // One function for every backend, and for pooled connections too.
+/// fn ship_later<C: StoreConnection>(conn: &mut C, order_id: i64) -> Result<(), tend::Error> {
+///     tend::enqueue(conn, &Ship { order_id })?;
+///     Ok(())
+/// }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (pool, _db) = temp_pool("store-connection");
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// tend::migrate(&mut conn)?;
+/// ship_later(&mut conn, 7)?; // a plain connection
+/// ship_later(&mut pool.get()?, 8)?; // a pooled one
+/// assert_eq!(task_count(&mut conn), 1);
+/// # Ok(()) }
+/// ```
 pub trait StoreConnection: ops::Ops {}
 
 impl<T: ops::Ops> StoreConnection for T {}

@@ -113,6 +113,21 @@ impl Default for SqliteSetup {
 
 impl SqliteSetup {
     /// WAL, `synchronous = NORMAL`, busy timeout 5 s.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = TempDb::new("sqlite-setup-new");
+    /// # let url = db.url();
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::{dsl::sql, sql_types::Text, RunQueryDsl, SqliteConnection};
+    /// let pool = Pool::builder()
+    ///     .connection_customizer(Box::new(tend::SqliteSetup::new()))
+    ///     .build(ConnectionManager::<SqliteConnection>::new(url))?;
+    /// let mode = sql::<Text>("(SELECT * FROM pragma_journal_mode())");
+    /// assert_eq!(diesel::select(mode).get_result::<String>(&mut pool.get()?)?, "wal");
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> SqliteSetup {
         SqliteSetup {
             busy_timeout_ms: 5_000,
@@ -120,6 +135,23 @@ impl SqliteSetup {
     }
 
     /// How long a writer waits for the lock before "database is locked". Defaults to 5 s.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db = TempDb::new("sqlite-setup-busy-timeout");
+    /// # let url = db.url();
+    /// use std::time::Duration;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::{dsl::sql, sql_types::Integer, RunQueryDsl, SqliteConnection};
+    /// let setup = tend::SqliteSetup::new().busy_timeout(Duration::from_secs(30));
+    /// let pool = Pool::builder()
+    ///     .connection_customizer(Box::new(setup))
+    ///     .build(ConnectionManager::<SqliteConnection>::new(url))?;
+    /// let timeout = sql::<Integer>("(SELECT * FROM pragma_busy_timeout())");
+    /// assert_eq!(diesel::select(timeout).get_result::<i32>(&mut pool.get()?)?, 30_000);
+    /// # Ok(()) }
+    /// ```
     pub fn busy_timeout(mut self, d: std::time::Duration) -> SqliteSetup {
         self.busy_timeout_ms = d.as_millis().min(u32::MAX as u128) as u32;
         self
