@@ -419,7 +419,8 @@ impl NewTask {
             return Err(Error::invalid_setting(
                 "transaction_way",
                 format!(
-                    "task `{}` is WithoutTransaction, which the plain enqueue functions cannot                      honour (they write on your connection); enqueue it through an Outbox",
+                    "task `{}` is WithoutTransaction, which the plain enqueue functions cannot \
+                     honour (they write on your connection); enqueue it through an Outbox",
                     self.signature
                 ),
             ));

@@ -491,6 +491,10 @@ where
         match done.write(conn) {
             Ok(true) => match done {
                 Done::Complete { .. } => SyncOutcome::Succeeded { id },
+                // Kept as succeeded (the pool keeps completed rows).
+                Done::Finish(f) if f.status == TaskStatus::Succeeded.as_i32() => {
+                    SyncOutcome::Succeeded { id }
+                }
                 Done::Finish(f) => SyncOutcome::Failed {
                     id,
                     status: TaskStatus::from_i32(f.status).unwrap_or(TaskStatus::Failed),
@@ -623,7 +627,10 @@ where
     fn detached(&mut self, task: NewTask) -> Result<Enqueued, Error> {
         let key = task.get_shard_key();
         let mut conn = self.outbox.shards.get(key)?;
-        Ok(match retry_insert(self, &mut conn, task)? {
+        let placed = retry_insert(self, &mut conn, task)?;
+        // Committed already: report it before it runs, so events stay in order.
+        self.report_enqueued();
+        Ok(match placed {
             Placed::Duplicate => Enqueued::Duplicate,
             Placed::Due(id) => {
                 self.outbox.hand_off(id, key);

@@ -144,6 +144,7 @@ per_backend!(
     rollback_never_hands_off,
     lost_hand_off_still_runs_from_the_table,
     sync_task_returns_its_outcome_to_the_caller,
+    kept_sync_success_is_a_success,
     failed_sync_task_is_retried_by_the_pool,
     without_transaction_survives_rollback,
     fallback_threshold_zero_runs_after_exactly_one_failure,
@@ -441,6 +442,26 @@ fn sync_task_returns_its_outcome_to_the_caller<C: Conn + diesel::Connection>(db:
     assert_eq!(records(&STARTS, lane).len(), 1);
     assert!(C::row(&mut conn, outcomes[0].id()).is_none());
     handle.shutdown();
+}
+
+fn kept_sync_success_is_a_success<C: Conn + diesel::Connection>(db: &Db<C>) {
+    let lane = lane();
+    let workers = builder(db)
+        .keep_completed(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let outbox = workers.outbox();
+    let mut conn = db.pool.get().unwrap();
+    let committed = outbox
+        .transaction(&mut conn, |conn, tx| {
+            let t = NewTask::new(&work(lane, 1, 0))?.thread_way(ThreadWay::Sync);
+            tx.enqueue_new(conn, t)
+        })
+        .unwrap();
+    let outcome = &committed.sync_outcomes()[0];
+    assert!(outcome.is_success(), "{outcome:?}");
+    let row = C::row(&mut conn, outcome.id()).unwrap();
+    assert_eq!(row.task_status, TaskStatus::Succeeded.as_i32());
 }
 
 fn failed_sync_task_is_retried_by_the_pool<C: Conn + diesel::Connection>(db: &Db<C>) {
