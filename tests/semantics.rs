@@ -145,6 +145,7 @@ per_backend!(
     lost_hand_off_still_runs_from_the_table,
     sync_task_returns_its_outcome_to_the_caller,
     kept_sync_success_is_a_success,
+    alerts_of_an_outbox_without_a_running_pool_are_delivered,
     failed_sync_task_is_retried_by_the_pool,
     without_transaction_survives_rollback,
     fallback_threshold_zero_runs_after_exactly_one_failure,
@@ -462,6 +463,26 @@ fn kept_sync_success_is_a_success<C: Conn + diesel::Connection>(db: &Db<C>) {
     assert!(outcome.is_success(), "{outcome:?}");
     let row = C::row(&mut conn, outcome.id()).unwrap();
     assert_eq!(row.task_status, TaskStatus::Succeeded.as_i32());
+}
+
+fn alerts_of_an_outbox_without_a_running_pool_are_delivered<C: Conn + diesel::Connection>(
+    db: &Db<C>,
+) {
+    let lane = lane();
+    let workers = builder(db).build().unwrap(); // never started
+    let outbox = workers.outbox();
+    let mut conn = db.pool.get().unwrap();
+    outbox
+        .transaction(&mut conn, |conn, tx| {
+            let t = NewTask::new(&work(lane, 1, 1))?
+                .thread_way(ThreadWay::Sync)
+                .shard_key(lane as i64)
+                .alert_expression(Some("executeTimes >= 1"))
+                .alerter("collect");
+            tx.enqueue_new(conn, t)
+        })
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || alerts_of(lane).len() == 1));
 }
 
 fn failed_sync_task_is_retried_by_the_pool<C: Conn + diesel::Connection>(db: &Db<C>) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
-use crate::alert::{spawn_alert_thread, Alert, AlertSink};
+use crate::alert::{spawn_alert_thread, AlertSink};
 use crate::enqueue::truncate;
 use crate::error::Error;
 use crate::events::{Event, Events, NoEvents};
@@ -421,7 +421,9 @@ where
             },
             dispatch_rx,
             jobs_rx,
-            alerts_rx,
+            // Started here, not in `start`, so that alerts of an outbox whose pool never
+            // starts are delivered too; it ends when the last outbox and the pool are gone.
+            alert_thread: spawn_alert_thread(self.registry.clone(), alerts_rx),
             cfg: Arc::new(Config {
                 alerts,
                 events: EventSink(self.events),
@@ -479,7 +481,7 @@ pub struct WorkerPool<C: R2D2Connection + 'static> {
     lanes: Lanes,
     dispatch_rx: Vec<Receiver<i64>>,
     jobs_rx: Receiver<Job>,
-    alerts_rx: Receiver<Alert>,
+    alert_thread: JoinHandle<()>,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
@@ -711,7 +713,7 @@ where
                 .spawn(f)
                 .expect("spawning a tend thread")
         };
-        let alert_thread = spawn_alert_thread(cfg.registry.clone(), self.alerts_rx);
+        let alert_thread = self.alert_thread;
         let n = self.shards.len();
         let shared = lanes.shared.clone();
         let mut done_txs = Vec::with_capacity(n);
