@@ -12,7 +12,9 @@
 //! * `TEND_BENCH_PROFILE=1`: count every statement per phase (diesel instrumentation) and print
 //!   which ones the statement cache holds; timings are then not representative;
 //! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness`: only these phases (for iterating);
-//! * `TEND_BENCH_SQLITE=0`: skip SQLite (for iterating on a server backend).
+//! * `TEND_BENCH_SQLITE=0`: skip SQLite (for iterating on a server backend);
+//! * `TEND_BENCH_TEND_BATCH`: tend's `batch_size` in the drains (default 100, like the limit;
+//!   for diagnosis only).
 //!
 //! Every figure is printed as one line:
 //! `FIGURE <name>=<value> unit=<unit> backend=<pg|mysql|sqlite> system=<tend|limit> n=<tasks>`.
@@ -49,8 +51,17 @@ const BACKLOG_ROWS: usize = 1_000_000;
 const PROBES_MAX: usize = 2_000;
 /// Gap between two dispatch transactions: latency at a steady ~1k tx/s, not under saturation.
 const DISPATCH_GAP: Duration = Duration::from_millis(1);
-/// Connections in each backend's r2d2 pool: 8 limit threads or tend's 2 plus spares.
-const POOL_SIZE: u32 = 12;
+/// The longest one of the 4 rounds of single-transaction enqueues runs, per system: enough
+/// for a rate, and it keeps slow fsyncs from blowing the run's time budget.
+const ENQUEUE_CAP: Duration = Duration::from_secs(2);
+/// Each drain figure is the median of this many runs (tend and limit alternating first).
+const DRAIN_REPEATS: usize = 3;
+/// The longest one drain may take: a pathological case must not blow the run's time budget.
+const DRAIN_CAP: Duration = Duration::from_secs(45);
+/// The longest the lateness producers write tasks.
+const LATENESS_CAP: Duration = Duration::from_secs(15);
+/// Connections in the pool of the enqueue, dispatch and lateness phases.
+const POOL_SIZE: u32 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Settings, figures, statistics
@@ -64,6 +75,8 @@ struct Settings {
     only: Option<Vec<String>>,
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     sqlite: bool,
+    /// tend's `batch_size` in the drains (the limit always claims `BATCH`).
+    tend_batch: usize,
 }
 
 impl Settings {
@@ -90,6 +103,10 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| v.split(',').map(|p| p.trim().to_string()).collect()),
             sqlite: std::env::var("TEND_BENCH_SQLITE").map_or(true, |v| v != "0"),
+            tend_batch: std::env::var("TEND_BENCH_TEND_BATCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(BATCH),
         }
     }
 
@@ -403,6 +420,11 @@ sql!(
     "DELETE FROM consistency_task WHERE lease_token = ? AND id IN (@)"
 );
 sql!(
+    DeleteBelow,
+    BigInt,
+    "DELETE FROM consistency_task WHERE execute_time < ?"
+);
+sql!(
     CountBelow,
     BigInt,
     "SELECT COUNT(*) FROM consistency_task WHERE execute_time < ?"
@@ -424,6 +446,28 @@ sql!(
      FROM bench_digits a, bench_digits b, bench_digits c, bench_digits e, bench_digits f, \
      bench_digits g LIMIT ?"
 );
+
+const LEASED_COLUMNS: &str = "task_id, method_sign_name, task_parameter, execute_time, \
+     error_msg, gmt_create, gmt_modified, task_status, execute_times, lease_token, lease_owner, \
+     lease_expires_at";
+const LEASED_VALUES: &str = "(?, ?, ?, ?, '', ?, ?, 1, 1, ?, ?, ?)";
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+sql!(InsertLeasedReturning, BigInt, {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
+        format!(
+            "INSERT INTO consistency_task ({LEASED_COLUMNS}) VALUES {LEASED_VALUES} RETURNING id"
+        )
+    })
+});
+#[cfg(feature = "mysql")]
+sql!(InsertLeased, BigInt, {
+    static S: OnceLock<String> = OnceLock::new();
+    S.get_or_init(|| {
+        format!("INSERT INTO consistency_task ({LEASED_COLUMNS}) VALUES {LEASED_VALUES}")
+    })
+});
 
 const LEASE_SET: &str = "SET task_status = 1, execute_times = execute_times + 1, \
      execute_time = ?, lease_expires_at = ?, lease_token = ?, lease_owner = ?, gmt_modified = ?";
@@ -484,6 +528,13 @@ impl LimitRow {
         }
     }
 
+    fn leased_binds(&self, l: &Lease) -> Vec<Bind> {
+        let mut b = Vec::with_capacity(9);
+        self.push_binds(&mut b, Probe::SIGNATURE);
+        b.extend([Bind::I(l.token), Bind::T(LIMIT_OWNER), Bind::I(l.until)]);
+        b
+    }
+
     fn push_binds(&self, b: &mut Vec<Bind>, signature: &'static str) {
         b.extend([
             Bind::T(signature),
@@ -526,6 +577,29 @@ fn retry<T>(mut op: impl FnMut() -> QueryResult<T>) -> QueryResult<T> {
     }
 }
 
+/// Whether a transaction's error is a lock conflict (a MariaDB deadlock between the producer
+/// and the workers, SQLite busy): the caller retries the transaction, tend's or the limit's.
+fn is_transient_box(e: &BoxError) -> bool {
+    if let Some(d) = e.downcast_ref::<DieselError>() {
+        return is_transient(d);
+    }
+    e.downcast_ref::<tend::Error>()
+        .is_some_and(|t| t.is_transient())
+}
+
+fn retry_tx<T>(mut op: impl FnMut() -> Res<T>) -> Res<T> {
+    let mut attempt = 0;
+    loop {
+        match op() {
+            Err(e) if attempt < 50 && is_transient_box(&e) => {
+                attempt += 1;
+                thread::sleep(Duration::from_micros(200 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-backend statements
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +608,7 @@ fn retry<T>(mut op: impl FnMut() -> QueryResult<T>) -> QueryResult<T> {
 trait Db: 'static {
     type C: R2D2Connection + StoreConnection + Send + 'static;
     const NAME: &'static str;
-    fn pool(url: &str) -> Res<Pool<Cm<Self::C>>>;
+    fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>>;
     /// Creates `bench_orders` and `bench_digits`.
     fn setup(c: &mut Self::C) -> QueryResult<()>;
     /// Empties the task and business tables.
@@ -545,15 +619,17 @@ trait Db: 'static {
     fn insert_task(c: &mut Self::C, row: &LimitRow) -> QueryResult<()>;
     fn insert_task_id(c: &mut Self::C, row: &LimitRow, signature: &'static str)
         -> QueryResult<i64>;
+    /// A right-now task inserted already leased to this process: no claim is needed to run it.
+    fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64>;
     fn insert_tasks(c: &mut Self::C, rows: &[LimitRow]) -> QueryResult<()>;
     fn fill(c: &mut Self::C, n: usize, base: i64) -> QueryResult<usize>;
     fn count_below(c: &mut Self::C, t: i64) -> QueryResult<i64>;
     fn due_time(c: &mut Self::C, id: i64) -> QueryResult<i64>;
     /// The limit's claim: at most `BATCH` due rows leased, their ids and payloads.
     fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>>;
-    /// The limit's targeted claim of rows just committed (for dispatch).
-    fn claim_ids(c: &mut Self::C, l: &Lease, ids: &[i64]) -> QueryResult<Vec<(i64, Vec<u8>)>>;
     fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize>;
+    /// Deletes every row below `t` (what a capped drain left).
+    fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize>;
 }
 
 /// The statements that are the same SQL on every backend.
@@ -594,6 +670,9 @@ macro_rules! shared_ops {
         fn due_time(c: &mut Self::C, id: i64) -> QueryResult<i64> {
             raw::<DueTime>(vec![Bind::I(id)]).get_result(c)
         }
+        fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize> {
+            raw::<DeleteBelow>(vec![Bind::I(t)]).execute(c)
+        }
         fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize> {
             raw::<DeleteBatch>(vec![Bind::I(token), Bind::ids(ids)]).execute(c)
         }
@@ -621,23 +700,14 @@ mod sqlite_db {
             )
         })
     });
-    sql!(SqliteClaimIds, (BigInt, Binary), {
-        static S: OnceLock<String> = OnceLock::new();
-        S.get_or_init(|| {
-            format!(
-                "UPDATE consistency_task {LEASE_SET} WHERE id IN (@) AND execute_time <= ? \
-                 AND task_status IN (0, 1, 2) RETURNING id, task_parameter"
-            )
-        })
-    });
 
     impl Db for Sqlite {
         type C = SqliteConnection;
         const NAME: &'static str = "sqlite";
 
-        fn pool(url: &str) -> Res<Pool<Cm<Self::C>>> {
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
             Ok(Pool::builder()
-                .max_size(POOL_SIZE)
+                .max_size(size)
                 .test_on_check_out(false)
                 .connection_customizer(Box::new(tend::SqliteSetup::new()))
                 .build(ConnectionManager::new(url))?)
@@ -655,6 +725,9 @@ mod sqlite_db {
         fn analyze(_c: &mut Self::C) -> QueryResult<()> {
             Ok(())
         }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeasedReturning>(row.leased_binds(l)).get_result(c)
+        }
         fn insert_task_id(
             c: &mut Self::C,
             row: &LimitRow,
@@ -669,12 +742,6 @@ mod sqlite_db {
             let mut b = l.set_binds();
             b.push(Bind::I(l.now));
             raw::<SqliteClaim>(b).load(c)
-        }
-        fn claim_ids(c: &mut Self::C, l: &Lease, ids: &[i64]) -> QueryResult<Vec<(i64, Vec<u8>)>> {
-            let mut b = l.set_binds();
-            b.push(Bind::ids(ids));
-            b.push(Bind::I(l.now));
-            raw::<SqliteClaimIds>(b).load(c)
         }
         shared_ops!();
     }
@@ -698,24 +765,14 @@ mod pg_db {
             )
         })
     });
-    sql!(PgClaimIds, (BigInt, Binary), {
-        static S: OnceLock<String> = OnceLock::new();
-        S.get_or_init(|| {
-            format!(
-                "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
-                 WHERE id IN (@) AND execute_time <= ? AND task_status IN (0, 1, 2) \
-                 FOR UPDATE SKIP LOCKED) RETURNING id, task_parameter"
-            )
-        })
-    });
 
     impl Db for Pg {
         type C = PgConnection;
         const NAME: &'static str = "pg";
 
-        fn pool(url: &str) -> Res<Pool<Cm<Self::C>>> {
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
             Ok(Pool::builder()
-                .max_size(POOL_SIZE)
+                .max_size(size)
                 .test_on_check_out(false)
                 .build(ConnectionManager::new(url))?)
         }
@@ -733,6 +790,9 @@ mod pg_db {
             // Also clears the dead index entries a previous drain left at the due end.
             c.batch_execute("VACUUM ANALYZE consistency_task")
         }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeasedReturning>(row.leased_binds(l)).get_result(c)
+        }
         fn insert_task_id(
             c: &mut Self::C,
             row: &LimitRow,
@@ -746,12 +806,6 @@ mod pg_db {
             let mut b = l.set_binds();
             b.push(Bind::I(l.now));
             raw::<PgClaim>(b).load(c)
-        }
-        fn claim_ids(c: &mut Self::C, l: &Lease, ids: &[i64]) -> QueryResult<Vec<(i64, Vec<u8>)>> {
-            let mut b = l.set_binds();
-            b.push(Bind::ids(ids));
-            b.push(Bind::I(l.now));
-            raw::<PgClaimIds>(b).load(c)
         }
         shared_ops!();
     }
@@ -785,10 +839,6 @@ mod mysql_db {
             )
         })
     });
-    sql!(MyClaimIdsSelect, (BigInt, Binary), {
-        "SELECT id, task_parameter FROM consistency_task WHERE id IN (@) AND execute_time <= ? \
-         AND task_status IN (0, 1, 2) FOR UPDATE SKIP LOCKED"
-    });
     sql!(MyClaimUpdate, BigInt, {
         static S: OnceLock<String> = OnceLock::new();
         S.get_or_init(|| format!("UPDATE consistency_task {LEASE_SET} WHERE id IN (@)"))
@@ -813,9 +863,9 @@ mod mysql_db {
         type C = MysqlConnection;
         const NAME: &'static str = "mysql";
 
-        fn pool(url: &str) -> Res<Pool<Cm<Self::C>>> {
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
             Ok(Pool::builder()
-                .max_size(POOL_SIZE)
+                .max_size(size)
                 .test_on_check_out(false)
                 .build(ConnectionManager::new(url))?)
         }
@@ -833,6 +883,10 @@ mod mysql_db {
         fn analyze(_c: &mut Self::C) -> QueryResult<()> {
             Ok(())
         }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeased>(row.leased_binds(l)).execute(c)?;
+            raw::<LastInsertId>(vec![]).get_result(c)
+        }
         fn insert_task_id(
             c: &mut Self::C,
             row: &LimitRow,
@@ -847,14 +901,6 @@ mod mysql_db {
             c.transaction(|c| {
                 let rows: Vec<(i64, Vec<u8>)> =
                     raw::<MyClaimSelect>(vec![Bind::I(l.now)]).load(c)?;
-                lease_rows(c, l, &rows)?;
-                Ok(rows)
-            })
-        }
-        fn claim_ids(c: &mut Self::C, l: &Lease, ids: &[i64]) -> QueryResult<Vec<(i64, Vec<u8>)>> {
-            c.transaction(|c| {
-                let rows: Vec<(i64, Vec<u8>)> =
-                    raw::<MyClaimIdsSelect>(vec![Bind::ids(ids), Bind::I(l.now)]).load(c)?;
                 lease_rows(c, l, &rows)?;
                 Ok(rows)
             })
@@ -877,14 +923,17 @@ mod mysql_db {
 #[derive(Default)]
 struct Profile {
     phase: String,
-    /// (phase, normalized sql) -> [executions, prepares into the cache]
-    counts: BTreeMap<(String, String), [u64; 2]>,
+    /// (phase, normalized sql) -> [executions, prepares into the cache, nanoseconds]
+    counts: BTreeMap<(String, String), [u64; 3]>,
     /// (phase, normalized sql) -> distinct SQL texts seen (an IN list per length, say)
     texts: HashMap<(String, String), std::collections::HashSet<String>>,
     /// normalized SQL of every statement diesel ever put into a statement cache
     cached: std::collections::HashSet<String>,
     /// phase -> tasks it handled
     tasks: BTreeMap<String, usize>,
+    /// phase -> wall-clock time
+    walls: BTreeMap<String, Duration>,
+    started: Option<Instant>,
 }
 
 static PROFILE: Mutex<Option<Profile>> = Mutex::new(None);
@@ -910,35 +959,66 @@ fn normalize_sql(sql: &str) -> String {
     out.replace("(?)", "(?…)")
 }
 
-fn profile_instrumentation() -> Option<Box<dyn Instrumentation>> {
-    Some(Box::new(|event: InstrumentationEvent<'_>| {
-        let (raw, slot) = match event {
-            InstrumentationEvent::StartQuery { query, .. } => (query.to_string(), 0),
-            InstrumentationEvent::CacheQuery { sql, .. } => (sql.to_string(), 1),
-            _ => return,
-        };
-        let sql = normalize_sql(&raw);
-        if let Some(p) = PROFILE.lock().unwrap().as_mut() {
-            let key = (p.phase.clone(), sql.clone());
-            p.counts.entry(key.clone()).or_default()[slot] += 1;
-            if slot == 1 {
-                p.cached.insert(sql);
-            } else {
+/// Per connection: the statement running now, to time it.
+struct Timer {
+    running: Option<(String, String, Instant)>,
+}
+
+impl Instrumentation for Timer {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartQuery { query, .. } => {
+                let raw = query.to_string();
+                let sql = normalize_sql(&raw);
                 let text = raw
                     .split(" -- binds:")
                     .next()
                     .unwrap_or_default()
                     .to_string();
-                p.texts.entry(key).or_default().insert(text);
+                if let Some(p) = PROFILE.lock().unwrap().as_mut() {
+                    let key = (p.phase.clone(), sql.clone());
+                    p.counts.entry(key.clone()).or_default()[0] += 1;
+                    p.texts.entry(key.clone()).or_default().insert(text);
+                    self.running = Some((key.0, key.1, Instant::now()));
+                }
             }
+            InstrumentationEvent::CacheQuery { sql, .. } => {
+                let sql = normalize_sql(sql);
+                if let Some(p) = PROFILE.lock().unwrap().as_mut() {
+                    let key = (p.phase.clone(), sql.clone());
+                    p.counts.entry(key).or_default()[1] += 1;
+                    p.cached.insert(sql);
+                }
+            }
+            InstrumentationEvent::FinishQuery { .. } => {
+                if let Some((phase, sql, t)) = self.running.take() {
+                    let ns = t.elapsed().as_nanos() as u64;
+                    if let Some(p) = PROFILE.lock().unwrap().as_mut() {
+                        p.counts.entry((phase, sql)).or_default()[2] += ns;
+                    }
+                }
+            }
+            _ => {}
         }
-    }))
+    }
+}
+
+fn profile_instrumentation() -> Option<Box<dyn Instrumentation>> {
+    Some(Box::new(Timer { running: None }))
 }
 
 fn profile_phase(name: &str, tasks: usize) {
     if let Some(p) = PROFILE.lock().unwrap().as_mut() {
+        if let Some(t) = p.started.take() {
+            let wall = t.elapsed();
+            let phase = p.phase.clone();
+            *p.walls.entry(phase).or_default() += wall;
+        }
         p.phase = name.to_string();
-        p.tasks.insert(name.to_string(), tasks);
+        if name != "-" {
+            p.tasks.insert(name.to_string(), tasks);
+            p.started = Some(Instant::now());
+        }
     }
 }
 
@@ -947,20 +1027,22 @@ fn print_profile() {
         return;
     };
     println!(
-        "\n==== statement profile: executions per phase; `cached` = diesel keeps it prepared ===="
+        "\n==== statement profile: per phase, executions and their time summed over all \
+         connections; `cached` = diesel keeps it prepared ===="
     );
     let mut last = String::new();
-    for ((phase, sql), [runs, prepared]) in &p.counts {
+    for ((phase, sql), [runs, prepared, ns]) in &p.counts {
         if phase.is_empty() || phase == "-" || *runs == 0 {
             continue;
         }
         let tasks = p.tasks.get(phase).copied().unwrap_or(0).max(1);
         if *phase != last {
-            println!("-- {phase} ({tasks} tasks)");
+            let wall = p.walls.get(phase).map_or(0.0, |w| w.as_secs_f64() * 1e3);
+            println!("-- {phase} ({tasks} tasks, {wall:.0} ms wall)");
             last = phase.clone();
         }
-        let mut s: String = sql.chars().take(120).collect();
-        if sql.chars().count() > 120 {
+        let mut s: String = sql.chars().take(100).collect();
+        if sql.chars().count() > 100 {
             s.push('…');
         }
         let texts = p
@@ -973,8 +1055,10 @@ fn print_profile() {
             "NOT CACHED"
         };
         println!(
-            "  {runs:>8} runs {:>8.3}/task {prepared:>3} prep {texts:>3} texts  {kind:<10} {s}",
-            *runs as f64 / tasks as f64
+            "  {runs:>8} runs {:>7.3}/task {:>8.1} ms {:>7.1} us/run {prepared:>3} prep {texts:>3} texts  {kind:<10} {s}",
+            *runs as f64 / tasks as f64,
+            *ns as f64 / 1e6,
+            *ns as f64 / 1e3 / *runs as f64,
         );
     }
 }
@@ -984,7 +1068,10 @@ fn print_profile() {
 // ---------------------------------------------------------------------------------------------
 
 struct Bench<D: Db> {
+    /// For setup, enqueue, dispatch and lateness; each drain gets a pool of its own, sized
+    /// for it, so that idle connections (SQLite page caches) of other phases stay out of rss.
     pool: Pool<Cm<D::C>>,
+    url: String,
     s: &'static Settings,
 }
 
@@ -1054,7 +1141,9 @@ impl<D: Db> Bench<D> {
         let n = self.s.n;
         const ROUNDS: usize = 4;
         let per = n / ROUNDS;
-        let mut t = [Duration::ZERO; 4]; // business (tend slot), tend, limit, business (limit slot)
+        // business (tend slot), tend, limit, business (limit slot)
+        let mut t = [Duration::ZERO; 4];
+        let mut done = [0usize; 4];
         let mut c = self.conn()?;
         self.clear()?;
         let mut order = 0i64;
@@ -1066,6 +1155,10 @@ impl<D: Db> Bench<D> {
                 profile_phase(&format!("{} enqueue {sys}", D::NAME), per * ROUNDS);
                 let start = Instant::now();
                 for _ in 0..per {
+                    if start.elapsed() > ENQUEUE_CAP {
+                        break;
+                    }
+                    done[part] += 1;
                     order += 1;
                     let i = order;
                     match part {
@@ -1086,25 +1179,20 @@ impl<D: Db> Bench<D> {
             }
             self.clear()?;
         }
-        let total = per * ROUNDS;
-        let rate = |d: Duration| total as f64 / d.as_secs_f64();
+        if done.iter().any(|&d| d < per * ROUNDS) {
+            log(format!(
+                "{}: enqueue capped at {ENQUEUE_CAP:?} per round: {done:?} of {} transactions",
+                D::NAME,
+                per * ROUNDS
+            ));
+        }
+        let rate = |p: usize| done[p] as f64 / t[p].as_secs_f64();
         profile_phase("-", 0);
-        self.figure("enqueue_tx_per_s", rate(t[1]), "tx/s", "tend", total);
-        self.figure("enqueue_tx_per_s", rate(t[2]), "tx/s", "limit", total);
-        self.figure(
-            "enqueue_business_only_tx_per_s",
-            rate(t[0]),
-            "tx/s",
-            "tend",
-            total,
-        );
-        self.figure(
-            "enqueue_business_only_tx_per_s",
-            rate(t[3]),
-            "tx/s",
-            "limit",
-            total,
-        );
+        self.figure("enqueue_tx_per_s", rate(1), "tx/s", "tend", done[1]);
+        self.figure("enqueue_tx_per_s", rate(2), "tx/s", "limit", done[2]);
+        let name = "enqueue_business_only_tx_per_s";
+        self.figure(name, rate(0), "tx/s", "tend", done[0]);
+        self.figure(name, rate(3), "tx/s", "limit", done[3]);
 
         // 100 tasks per transaction.
         let txs = n / BATCH;
@@ -1160,39 +1248,47 @@ impl<D: Db> Bench<D> {
     // ----- drains --------------------------------------------------------------------------
 
     /// Starts a pool of `k` threads on `n` due tasks and waits until they ran and none of the
-    /// rows below `below` is left.
-    fn tend_drain(&self, k: usize, n: usize, below: i64) -> Res<Duration> {
+    /// rows below `below` is left (or `DRAIN_CAP` passed).
+    fn tend_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
         RAN.store(0, Ordering::SeqCst);
-        let workers = tend::WorkerPool::builder(self.pool.clone(), registry())
+        // tend takes 2 connections (fetcher, completer), 1 more to check the schema; 1 counts.
+        let pool = D::pool(&self.url, 4)?;
+        let workers = tend::WorkerPool::builder(pool.clone(), registry())
             .threads(k)
-            .batch_size(BATCH)
+            .batch_size(self.s.tend_batch)
             .poll_interval(self.s.poll)
             .build()?;
-        let mut c = self.conn()?;
+        let mut c = pool.get()?;
         let start = Instant::now();
+        let deadline = start + DRAIN_CAP;
         let handle = workers.start()?;
-        wait_for(|| RAN.load(Ordering::SeqCst) >= n, "tend drain")?;
-        while D::count_below(&mut c, below)? > 0 {
+        while RAN.load(Ordering::SeqCst) < n && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(1));
         }
-        let took = start.elapsed();
+        while Instant::now() < deadline && D::count_below(&mut c, below)? > 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let d = Drained::new(n, start.elapsed(), "tend");
         handle.shutdown();
-        check_ran(n, "tend");
-        Ok(took)
+        Ok(d)
     }
 
     /// `k` threads, each looping claim → run → delete on its own connection until a claim
-    /// comes back empty.
-    fn limit_drain(&self, k: usize, n: usize, below: i64) -> Res<Duration> {
+    /// comes back empty (or `DRAIN_CAP` passed).
+    fn limit_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
         RAN.store(0, Ordering::SeqCst);
-        let conns = (0..k).map(|_| self.conn()).collect::<Res<Vec<_>>>()?;
+        let pool = D::pool(&self.url, k as u32)?;
+        let conns = (0..k)
+            .map(|_| pool.get().map_err(BoxError::from))
+            .collect::<Res<Vec<_>>>()?;
         let start = Instant::now();
+        let deadline = start + DRAIN_CAP;
         thread::scope(|s| -> Res<()> {
             let hs: Vec<_> = conns
                 .into_iter()
                 .map(|mut c| {
                     s.spawn(move || -> QueryResult<()> {
-                        loop {
+                        while Instant::now() < deadline {
                             let l = Lease::new();
                             let rows = retry(|| D::claim(&mut c, &l))?;
                             if rows.is_empty() {
@@ -1204,6 +1300,7 @@ impl<D: Db> Bench<D> {
                             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
                             retry(|| D::delete(&mut c, l.token, &ids))?;
                         }
+                        Ok(())
                     })
                 })
                 .collect();
@@ -1214,12 +1311,11 @@ impl<D: Db> Bench<D> {
         })?;
         let mut c = self.conn()?;
         let left = D::count_below(&mut c, below)?;
-        let took = start.elapsed();
-        if left > 0 {
+        let d = Drained::new(n, start.elapsed(), "limit");
+        if left > 0 && !d.capped {
             return Err(format!("limit drain left {left} rows").into());
         }
-        check_ran(n, "limit");
-        Ok(took)
+        Ok(d)
     }
 
     fn drains(&self) -> Res<()> {
@@ -1231,27 +1327,36 @@ impl<D: Db> Bench<D> {
         }
         let mut rss = [0f64; 2];
         let mut w4 = [0f64; 2];
-        for (i, k) in [1usize, 2, 4, 8].into_iter().enumerate() {
-            let mut rates = [0f64; 2];
-            // Alternate who goes first.
-            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
-            for sys in order {
-                self.clear()?;
-                self.fill(n, 0)?;
-                profile_phase(
-                    &format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
-                    n,
-                );
-                reset_peak_rss();
-                let took = if sys == 0 {
-                    self.tend_drain(k, n, below)?
-                } else {
-                    self.limit_drain(k, n, below)?
-                };
-                rss[sys] = rss[sys].max(peak_rss_mb());
-                profile_phase("-", 0);
-                rates[sys] = n as f64 / took.as_secs_f64();
+        for k in [1usize, 2, 4, 8] {
+            let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            for rep in 0..DRAIN_REPEATS {
+                // Alternate who goes first.
+                let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+                for sys in order {
+                    self.clear()?;
+                    self.fill(n, 0)?;
+                    profile_phase(
+                        &format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
+                        n * DRAIN_REPEATS,
+                    );
+                    reset_peak_rss();
+                    let d = if sys == 0 {
+                        self.tend_drain(k, n, below)?
+                    } else {
+                        self.limit_drain(k, n, below)?
+                    };
+                    rss[sys] = rss[sys].max(peak_rss_mb());
+                    profile_phase("-", 0);
+                    runs[sys].push(d.rate());
+                }
             }
+            log(format!(
+                "{}: drain w{k} runs (tasks/s): tend {:?}, limit {:?}",
+                D::NAME,
+                runs[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
+                runs[1].iter().map(|r| r.round()).collect::<Vec<_>>()
+            ));
+            let rates = [percentile(&runs[0], 50.0), percentile(&runs[1], 50.0)];
             let name = format!("drain_w{k}_tasks_per_s");
             self.figure(&name, rates[0], "tasks/s", "tend", n);
             self.figure(&name, rates[1], "tasks/s", "limit", n);
@@ -1278,14 +1383,19 @@ impl<D: Db> Bench<D> {
                     n,
                 );
                 reset_peak_rss();
-                let took = if sys == 0 {
+                let d = if sys == 0 {
                     self.tend_drain(4, n, below)?
                 } else {
                     self.limit_drain(4, n, below)?
                 };
                 rss[sys] = rss[sys].max(peak_rss_mb());
                 profile_phase("-", 0);
-                rates[sys] = n as f64 / took.as_secs_f64();
+                rates[sys] = d.rate();
+                // A capped drain leaves due rows behind: start the next one clean.
+                if d.capped {
+                    let mut c = self.conn()?;
+                    D::delete_due(&mut c, below)?;
+                }
             }
             self.figure(
                 "drain_backlog_1m_tasks_per_s",
@@ -1334,10 +1444,12 @@ impl<D: Db> Bench<D> {
         let mut next = Instant::now();
         for seq in 0..d as u64 {
             pace(&mut next, DISPATCH_GAP);
-            outbox.transaction(&mut *c, |c, tx| -> Res<()> {
-                D::insert_order(c, seq as i64)?;
-                tx.enqueue(c, &Probe { seq })?;
-                Ok(())
+            retry_tx(|| {
+                outbox.transaction(&mut *c, |c, tx| -> Res<()> {
+                    D::insert_order(c, seq as i64)?;
+                    tx.enqueue(c, &Probe { seq })?;
+                    Ok(())
+                })
             })?;
             returned.push(Instant::now());
         }
@@ -1347,26 +1459,27 @@ impl<D: Db> Bench<D> {
         let tend_lat = latencies_us(&returned);
         drop(c);
 
-        // The limit: the same transaction, then the id goes over a channel to a thread that
-        // claims the handed-over ids, runs them and deletes them.
+        // The limit: the same transaction inserts the task already leased to this process, as
+        // tend's outbox does; after the commit the row goes over a channel to a worker thread,
+        // which runs it and deletes what it ran in one statement.
         self.clear()?;
         STARTS.lock().unwrap().clear();
-        let (tx_ids, rx_ids) = crossbeam_channel::unbounded::<i64>();
-        let mut dc = self.conn()?;
+        let (tx_rows, rx_rows) = crossbeam_channel::unbounded::<(i64, Vec<u8>)>();
+        let mut wc = self.conn()?;
         let mut c = self.conn()?;
+        let lease = Lease::new();
+        let token = lease.token;
         profile_phase(&format!("{} dispatch limit", D::NAME), d);
         let returned = thread::scope(|s| -> Res<Vec<Instant>> {
-            let dispatcher = s.spawn(move || -> QueryResult<()> {
-                while let Ok(first) = rx_ids.recv() {
-                    let mut ids = vec![first];
-                    ids.extend(rx_ids.try_iter().take(BATCH - 1));
-                    let l = Lease::new();
-                    let rows = retry(|| D::claim_ids(&mut dc, &l, &ids))?;
+            let worker = s.spawn(move || -> QueryResult<()> {
+                while let Ok(first) = rx_rows.recv() {
+                    let mut rows = vec![first];
+                    rows.extend(rx_rows.try_iter().take(BATCH - 1));
                     for (id, p) in &rows {
                         limit_run_probe(*id, p);
                     }
                     let done: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                    retry(|| D::delete(&mut dc, l.token, &done))?;
+                    retry(|| D::delete(&mut wc, token, &done))?;
                 }
                 Ok(())
             });
@@ -1374,20 +1487,23 @@ impl<D: Db> Bench<D> {
             let mut next = Instant::now();
             for seq in 0..d as u64 {
                 pace(&mut next, DISPATCH_GAP);
+                let now = now_ms();
                 let row = LimitRow {
                     payload: encode(&Probe { seq }),
-                    execute_time: now_ms(),
-                    now: now_ms(),
+                    execute_time: lease.until,
+                    now,
                 };
-                let id = c.transaction(|c| -> QueryResult<i64> {
-                    D::insert_order(c, seq as i64)?;
-                    D::insert_task_id(c, &row, Probe::SIGNATURE)
+                let id = retry_tx(|| {
+                    c.transaction(|c| -> Res<i64> {
+                        D::insert_order(c, seq as i64)?;
+                        Ok(D::insert_leased_id(c, &row, &lease)?)
+                    })
                 })?;
-                let _ = tx_ids.send(id);
+                let _ = tx_rows.send((id, row.payload));
                 returned.push(Instant::now());
             }
-            drop(tx_ids);
-            dispatcher.join().expect("dispatcher panicked")?;
+            drop(tx_rows);
+            worker.join().expect("limit worker panicked")?;
             Ok(returned)
         })?;
         profile_phase("-", 0);
@@ -1421,18 +1537,26 @@ impl<D: Db> Bench<D> {
         profile_phase(&format!("{} lateness tend", D::NAME), l);
         let mut due = HashMap::new();
         let mut next = Instant::now();
+        let cap = Instant::now() + LATENESS_CAP;
         for seq in 0..l as u64 {
+            if Instant::now() > cap {
+                log(format!(
+                    "lateness: tend CAPPED after writing {seq} of {l} tasks"
+                ));
+                break;
+            }
             pace(&mut next, gap);
             let t = NewTask::new(&Probe { seq })?
                 .execute_way(ExecuteWay::Schedule)
                 .delay(Duration::from_millis(delay as u64));
-            let id = tend::enqueue_new(&mut c, t)?
+            let id = retry_tx(|| Ok(tend::enqueue_new(&mut c, t.clone())?))?
                 .id()
                 .ok_or("duplicate probe")?;
             // tend computed the due time itself: read it back (it is a second away).
             due.insert(id, D::due_time(&mut c, id)?);
         }
-        wait_for(|| STARTS.lock().unwrap().len() >= l, "tend lateness")?;
+        let written = due.len();
+        wait_for(|| STARTS.lock().unwrap().len() >= written, "tend lateness")?;
         handle.shutdown();
         profile_phase("-", 0);
         let tend_late = lateness_ms(&due);
@@ -1465,7 +1589,14 @@ impl<D: Db> Bench<D> {
                 Ok(())
             });
             let mut next = Instant::now();
+            let cap = Instant::now() + LATENESS_CAP;
             for seq in 0..l as u64 {
+                if Instant::now() > cap {
+                    log(format!(
+                        "lateness: limit CAPPED after writing {seq} of {l} tasks"
+                    ));
+                    break;
+                }
                 pace(&mut next, gap);
                 let now = now_ms();
                 let row = LimitRow {
@@ -1473,10 +1604,11 @@ impl<D: Db> Bench<D> {
                     execute_time: now + delay,
                     now,
                 };
-                let id = D::insert_task_id(&mut c, &row, Probe::SIGNATURE)?;
+                let id = retry_tx(|| Ok(D::insert_task_id(&mut c, &row, Probe::SIGNATURE)?))?;
                 due.insert(id, row.execute_time);
             }
-            let r = wait_for(|| STARTS.lock().unwrap().len() >= l, "limit lateness");
+            let written = due.len();
+            let r = wait_for(|| STARTS.lock().unwrap().len() >= written, "limit lateness");
             stop.store(true, Ordering::Relaxed);
             poller.join().expect("poller panicked")?;
             r
@@ -1489,14 +1621,14 @@ impl<D: Db> Bench<D> {
             percentile(&tend_late, 99.0),
             "ms",
             "tend",
-            l,
+            tend_late.len(),
         );
         self.figure(
             "schedule_lateness_p99_ms",
             percentile(&limit_late, 99.0),
             "ms",
             "limit",
-            l,
+            limit_late.len(),
         );
         log(format!(
             "{}: lateness p50 tend {:.1} ms, limit {:.1} ms (poll {:?})",
@@ -1529,10 +1661,30 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str) -> Res<()> {
     Ok(())
 }
 
-fn check_ran(n: usize, who: &str) {
-    let ran = RAN.load(Ordering::SeqCst);
-    if ran != n {
-        log(format!("WARNING: {who} ran {ran} handlers for {n} tasks"));
+/// What a drain did: handler runs (of `n` tasks) in how long, and whether `DRAIN_CAP` cut it.
+struct Drained {
+    ran: usize,
+    took: Duration,
+    capped: bool,
+}
+
+impl Drained {
+    fn new(n: usize, took: Duration, who: &str) -> Drained {
+        let ran = RAN.load(Ordering::SeqCst);
+        let capped = took >= DRAIN_CAP;
+        if capped {
+            log(format!(
+                "WARNING: {who} drain CAPPED at {DRAIN_CAP:?} after {ran} of {n} tasks; \
+                 its rate is of the tasks it ran"
+            ));
+        } else if ran != n {
+            log(format!("WARNING: {who} ran {ran} handlers for {n} tasks"));
+        }
+        Drained { ran, took, capped }
+    }
+
+    fn rate(&self) -> f64 {
+        self.ran as f64 / self.took.as_secs_f64()
     }
 }
 
@@ -1588,13 +1740,18 @@ fn lateness_ms(due: &HashMap<i64, i64>) -> Vec<f64> {
 
 /// Creates the backend's tables in a fresh database and runs every figure.
 fn run_backend<D: Db>(s: &'static Settings, url: &str) -> Res<()> {
-    let pool = D::pool(url)?;
+    let pool = D::pool(url, POOL_SIZE)?;
     {
         let mut c = pool.get()?;
         tend::migrate(&mut c)?;
         D::setup(&mut c)?;
     }
-    Bench::<D> { pool, s }.run()
+    Bench::<D> {
+        pool,
+        url: url.to_string(),
+        s,
+    }
+    .run()
 }
 
 /// The URL with its database name replaced.
@@ -1710,10 +1867,11 @@ fn main() {
             .to_string()
     };
     println!(
-        "tend throughput bench: n={} large={} poll={:?} cpus={} cpu=\"{cpu}\" loadavg=\"{}\"",
+        "tend throughput bench: n={} large={} poll={:?} tend_batch={} cpus={} cpu=\"{cpu}\" loadavg=\"{}\"",
         s.n,
         s.large,
         s.poll,
+        s.tend_batch,
         thread::available_parallelism().map_or(0, |n| n.get()),
         load()
     );
