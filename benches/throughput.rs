@@ -54,6 +54,8 @@ const DISPATCH_GAP: Duration = Duration::from_millis(1);
 /// The longest one of the 4 rounds of single-transaction enqueues runs, per system: enough
 /// for a rate, and it keeps slow fsyncs from blowing the run's time budget.
 const ENQUEUE_CAP: Duration = Duration::from_secs(2);
+/// The longest a phase (or one drain with its fill) may take before the watchdog aborts.
+const PHASE_BUDGET: Duration = Duration::from_secs(240);
 /// Each drain figure is the median of this many runs (tend and limit alternating first).
 const DRAIN_REPEATS: usize = 3;
 /// The longest one drain may take: a pathological case must not blow the run's time budget.
@@ -564,15 +566,41 @@ fn is_transient(e: &DieselError) -> bool {
     }
 }
 
+/// Lock conflicts the limit retried (MariaDB deadlocks, SQLite busy), reported per drain.
+static LOCK_CONFLICTS: AtomicUsize = AtomicUsize::new(0);
+
 fn retry<T>(mut op: impl FnMut() -> QueryResult<T>) -> QueryResult<T> {
     let mut attempt = 0;
     loop {
         match op() {
             Err(e) if attempt < 50 && is_transient(&e) => {
                 attempt += 1;
+                LOCK_CONFLICTS.fetch_add(1, Ordering::Relaxed);
                 thread::sleep(Duration::from_micros(200 * attempt));
             }
             other => return other,
+        }
+    }
+}
+
+/// [`retry`] on a fresh connection after each conflict: once, after a MariaDB deadlock, the C
+/// client hung for good in the next `mysql_stmt_execute` of a cached statement on the same
+/// connection (the server showed it idle), so a limit thread never reuses one after an error.
+fn retry_fresh<D: Db, T>(
+    c: &mut D::C,
+    url: &str,
+    mut op: impl FnMut(&mut D::C) -> QueryResult<T>,
+) -> Res<T> {
+    let mut attempt = 0;
+    loop {
+        match op(c) {
+            Err(e) if attempt < 50 && is_transient(&e) => {
+                attempt += 1;
+                LOCK_CONFLICTS.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_micros(200 * attempt));
+                *c = D::connect(url)?;
+            }
+            other => return Ok(other?),
         }
     }
 }
@@ -609,6 +637,10 @@ trait Db: 'static {
     type C: R2D2Connection + StoreConnection + Send + 'static;
     const NAME: &'static str;
     fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>>;
+    /// One connection outside any pool, set up like the pool's.
+    fn connect(url: &str) -> Res<Self::C> {
+        Ok(<Self::C as diesel::Connection>::establish(url)?)
+    }
     /// Creates `bench_orders` and `bench_digits`.
     fn setup(c: &mut Self::C) -> QueryResult<()>;
     /// Empties the task and business tables.
@@ -711,6 +743,12 @@ mod sqlite_db {
                 .test_on_check_out(false)
                 .connection_customizer(Box::new(tend::SqliteSetup::new()))
                 .build(ConnectionManager::new(url))?)
+        }
+        fn connect(url: &str) -> Res<Self::C> {
+            use diesel::r2d2::CustomizeConnection;
+            let mut c = SqliteConnection::establish(url)?;
+            tend::SqliteSetup::new().on_acquire(&mut c)?;
+            Ok(c)
         }
         fn setup(c: &mut Self::C) -> QueryResult<()> {
             c.batch_execute(
@@ -1113,6 +1151,7 @@ impl<D: Db> Bench<D> {
                 return Ok(());
             }
             let t = Instant::now();
+            expect_done(PHASE_BUDGET, format!("{} {name}", D::NAME));
             f()?;
             log(format!(
                 "{}: {name} took {:.1} s",
@@ -1277,20 +1316,21 @@ impl<D: Db> Bench<D> {
     /// comes back empty (or `DRAIN_CAP` passed).
     fn limit_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
         RAN.store(0, Ordering::SeqCst);
-        let pool = D::pool(&self.url, k as u32)?;
+        let conflicts = LOCK_CONFLICTS.load(Ordering::Relaxed);
         let conns = (0..k)
-            .map(|_| pool.get().map_err(BoxError::from))
+            .map(|_| D::connect(&self.url))
             .collect::<Res<Vec<_>>>()?;
+        let url = self.url.as_str();
         let start = Instant::now();
         let deadline = start + DRAIN_CAP;
         thread::scope(|s| -> Res<()> {
             let hs: Vec<_> = conns
                 .into_iter()
                 .map(|mut c| {
-                    s.spawn(move || -> QueryResult<()> {
+                    s.spawn(move || -> Res<()> {
                         while Instant::now() < deadline {
                             let l = Lease::new();
-                            let rows = retry(|| D::claim(&mut c, &l))?;
+                            let rows = retry_fresh::<D, _>(&mut c, url, |c| D::claim(c, &l))?;
                             if rows.is_empty() {
                                 return Ok(());
                             }
@@ -1298,7 +1338,7 @@ impl<D: Db> Bench<D> {
                                 limit_run_noop(p);
                             }
                             let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                            retry(|| D::delete(&mut c, l.token, &ids))?;
+                            retry_fresh::<D, _>(&mut c, url, |c| D::delete(c, l.token, &ids))?;
                         }
                         Ok(())
                     })
@@ -1312,6 +1352,13 @@ impl<D: Db> Bench<D> {
         let mut c = self.conn()?;
         let left = D::count_below(&mut c, below)?;
         let d = Drained::new(n, start.elapsed(), "limit");
+        let conflicts = LOCK_CONFLICTS.load(Ordering::Relaxed) - conflicts;
+        if conflicts > 0 {
+            log(format!(
+                "{}: limit w{k} retried {conflicts} lock conflict(s)",
+                D::NAME
+            ));
+        }
         if left > 0 && !d.capped {
             return Err(format!("limit drain left {left} rows").into());
         }
@@ -1333,6 +1380,10 @@ impl<D: Db> Bench<D> {
                 // Alternate who goes first.
                 let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
                 for sys in order {
+                    expect_done(
+                        DRAIN_CAP + Duration::from_secs(60),
+                        format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
+                    );
                     self.clear()?;
                     self.fill(n, 0)?;
                     profile_phase(
@@ -1377,6 +1428,10 @@ impl<D: Db> Bench<D> {
                 t.elapsed().as_secs_f64()
             ));
             for sys in [0, 1] {
+                expect_done(
+                    DRAIN_CAP + Duration::from_secs(60),
+                    format!("{} backlog drain {}", D::NAME, ["tend", "limit"][sys]),
+                );
                 self.fill(n, 0)?;
                 profile_phase(
                     &format!("{} backlog w4 {}", D::NAME, ["tend", "limit"][sys]),
@@ -1769,6 +1824,44 @@ fn with_db(url: &str, db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// What the run is doing and by when it must be done: past it, the watchdog drops the bench
+/// databases and exits, so that a hang (a client library waiting forever) cannot outlive the
+/// time budget or leave databases behind.
+static DEADLINE: Mutex<Option<(Instant, String)>> = Mutex::new(None);
+/// Run by the watchdog before it exits: drop this run's databases, remove its SQLite file.
+type Cleanup = Box<dyn Fn() + Send>;
+static CLEANUP: Mutex<Vec<(&'static str, Cleanup)>> = Mutex::new(Vec::new());
+
+fn expect_done(within: Duration, what: String) {
+    *DEADLINE.lock().unwrap() = Some((Instant::now() + within, what));
+}
+
+fn on_abort(backend: &'static str, f: impl Fn() + Send + 'static) {
+    CLEANUP.lock().unwrap().push((backend, Box::new(f)));
+}
+
+fn cleaned_up(backend: &str) {
+    CLEANUP.lock().unwrap().retain(|(b, _)| *b != backend);
+}
+
+fn start_watchdog() {
+    thread::spawn(|| loop {
+        thread::sleep(Duration::from_secs(1));
+        let hung = DEADLINE
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|(t, what)| (Instant::now() > *t).then(|| what.clone()));
+        if let Some(what) = hung {
+            println!("!!!! HUNG: {what} did not finish in time; dropping the bench databases and exiting !!!!");
+            for (_, f) in CLEANUP.lock().unwrap().iter() {
+                f();
+            }
+            std::process::exit(3);
+        }
+    });
+}
+
 fn skipped(backend: &str, why: &str) {
     println!("!!!! SKIPPED backend={backend}: {why} !!!!");
 }
@@ -1876,6 +1969,7 @@ fn main() {
         load()
     );
     let started = Instant::now();
+    start_watchdog();
     let mut failed = false;
     let mut report = |backend: &str, r: Res<()>| {
         if let Err(e) = r {
@@ -1889,10 +1983,18 @@ fn main() {
         skipped("sqlite", "TEND_BENCH_SQLITE=0");
     } else {
         let path = std::env::temp_dir().join(format!("tend_bench_{}.db", std::process::id()));
+        let remove = {
+            let path = path.display().to_string();
+            move || {
+                for ext in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{path}{ext}"));
+                }
+            }
+        };
+        on_abort("sqlite", remove.clone());
         let r = run_backend::<sqlite_db::Sqlite>(s, path.to_str().expect("utf-8 temp path"));
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
-        }
+        remove();
+        cleaned_up("sqlite");
         report("sqlite", r);
     }
     #[cfg(not(feature = "sqlite"))]
@@ -1903,15 +2005,19 @@ fn main() {
     match std::env::var("TEND_PG_URL") {
         #[cfg(feature = "postgres")]
         Ok(url) => {
+            let drop_sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
             let r = pg_db::admin(&url, &format!("CREATE DATABASE {db}"))
                 .map_err(BoxError::from)
                 .and_then(|()| {
+                    let (u, d) = (url.clone(), drop_sql.clone());
+                    on_abort("pg", move || {
+                        let _ = pg_db::admin(&u, &d);
+                    });
                     let r = run_backend::<pg_db::Pg>(s, &with_db(&url, &db));
-                    if let Err(e) =
-                        pg_db::admin(&url, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    {
+                    if let Err(e) = pg_db::admin(&url, &drop_sql) {
                         log(format!("could not drop the PostgreSQL database {db}: {e}"));
                     }
+                    cleaned_up("pg");
                     r
                 });
             report("pg", r);
@@ -1926,14 +2032,19 @@ fn main() {
     match std::env::var("TEND_MYSQL_URL") {
         #[cfg(feature = "mysql")]
         Ok(url) => {
+            let drop_sql = format!("DROP DATABASE IF EXISTS {db}");
             let r = mysql_db::admin(&url, &format!("CREATE DATABASE {db}"))
                 .map_err(BoxError::from)
                 .and_then(|()| {
+                    let (u, d) = (url.clone(), drop_sql.clone());
+                    on_abort("mysql", move || {
+                        let _ = mysql_db::admin(&u, &d);
+                    });
                     let r = run_backend::<mysql_db::My>(s, &with_db(&url, &db));
-                    if let Err(e) = mysql_db::admin(&url, &format!("DROP DATABASE IF EXISTS {db}"))
-                    {
+                    if let Err(e) = mysql_db::admin(&url, &drop_sql) {
                         log(format!("could not drop the MySQL database {db}: {e}"));
                     }
+                    cleaned_up("mysql");
                     r
                 });
             report("mysql", r);
