@@ -1,2 +1,2 @@
-DROP INDEX consistency_task_status_modified;
+DROP INDEX consistency_task_modified;
 ALTER TABLE consistency_task DROP COLUMN duration_ms;
