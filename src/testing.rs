@@ -187,6 +187,7 @@ impl TestWorker {
                 keep_completed: None,
                 threads: 1,
                 batch_size: 100,
+                claimers: 1,
                 poll_interval: Duration::from_secs(1),
                 lease: Duration::from_secs(30),
                 task_timeout: Duration::from_secs(15 * 60),

@@ -1,6 +1,7 @@
 //! The completer: writes outcomes back in batches and renews the leases of running tasks.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -64,7 +65,7 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
     shared: Arc<Shared>,
     done: Receiver<Done>,
     stop: Receiver<()>,
-    freed: Sender<()>,
+    freed: Vec<Sender<()>>,
 ) {
     let mut conn = Conn::new(pool);
     let heartbeat = tick(cfg.lease / 3);
@@ -88,12 +89,37 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
             }
         }
         batch.extend(done.try_iter().take(1024));
+        if !stopping && !batch.is_empty() {
+            linger(&cfg, &shared, &done, &mut batch);
+        }
         if !batch.is_empty() {
             write_outcomes(&mut conn, &cfg, &shared, &mut batch, stopping);
-            let _ = freed.try_send(());
+            for f in &freed {
+                let _ = f.try_send(());
+            }
         }
         if stopping && done.is_empty() {
             return;
+        }
+    }
+}
+
+/// How long the completer waits for more outcomes before writing a partial batch.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// While tasks are still running, waits up to [`LINGER`] for a batch's worth of outcomes, so
+/// that many tasks share one write transaction (SQLite runs writers one at a time; on the
+/// servers each commit waits for a flush). A task's slot is already free, so this delays
+/// only the row's deletion, never the next claim; the lease covers the wait.
+fn linger(cfg: &Config, shared: &Shared, done: &Receiver<Done>, batch: &mut Vec<Done>) {
+    let deadline = Instant::now() + LINGER;
+    while batch.len() < cfg.batch_size && shared.busy.load(Ordering::SeqCst) > 0 {
+        match done.recv_deadline(deadline) {
+            Ok(d) => {
+                batch.push(d);
+                batch.extend(done.try_iter().take(cfg.batch_size));
+            }
+            Err(_) => return,
         }
     }
 }
@@ -230,7 +256,7 @@ fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
         for (id, lease) in map.iter_mut() {
             let over = lease
                 .started
-                .is_some_and(|s| s.elapsed() > cfg.task_timeout);
+                .is_some_and(|s| !lease.finished && s.elapsed() > cfg.task_timeout);
             if over {
                 if !lease.timed_out {
                     lease.timed_out = true;

@@ -1,8 +1,10 @@
 //! The fetcher: claims due tasks in batches, within the pool's capacity, and claims the tasks
-//! the outbox hands over right after their commit.
+//! the outbox hands over right after their commit. A shard has one or two fetchers (see
+//! `Config::claimers`); they share the shard's slots through `Shared::reserve`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{after, select, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
@@ -11,7 +13,7 @@ use super::complete::{Backoff, Conn};
 use super::run::random_token;
 use super::{Config, Job, Lease, Shared};
 use crate::events::{Event, TaskInfo};
-use crate::store::{now_ms, Claim, StoreConnection};
+use crate::store::{now_ms, Claim, Claimed, StoreConnection};
 use crate::TaskStatus;
 
 pub(super) struct Channels {
@@ -19,6 +21,7 @@ pub(super) struct Channels {
     pub jobs: Sender<Job>,
     pub stop: Receiver<()>,
     pub wake: Receiver<()>,
+    /// A slot freed (a handler returned) or an outcome was written.
     pub freed: Receiver<()>,
     pub dispatch: Receiver<i64>,
 }
@@ -30,49 +33,60 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
     mut ch: Channels,
 ) {
     let mut conn = Conn::new(pool);
-    let capacity = shared.capacity;
     // Claim only once a useful batch fits, so that fast tasks do not cost a claim each.
-    let low_water = (cfg.batch_size / 2).max(1).min(capacity);
+    let low_water = (cfg.batch_size / 2).max(1).min(shared.capacity);
     let mut backoff = Backoff::default();
     // Ids handed over by the outbox, waiting for a targeted claim.
     let mut handed: Vec<i64> = Vec::new();
+    // Whether an untargeted claim is due: at start, once per poll interval, after a wake, and
+    // right after a claim that filled its batch (more may be due). A targeted claim of handed
+    // ids does not make one due, so hand-offs cost one claim, not two.
+    let mut poll_due = true;
+    let mut next_poll = Instant::now();
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let inflight = shared.inflight.lock().expect("inflight lock").len();
-        let free = capacity.saturating_sub(inflight);
-        let full = free == 0 || (free < low_water && inflight > 0 && handed.is_empty());
-        // With shard affinity, a shard given to other processes is only claimed from for
-        // this process's own hand-offs.
-        let idle = handed.is_empty() && !shared.assigned.load(Ordering::Relaxed);
-        if idle {
+        if Instant::now() >= next_poll {
+            poll_due = true;
+            next_poll = Instant::now() + cfg.poll_interval;
+        }
+        // With shard affinity, a shard given to other processes is only claimed from for this
+        // process's own hand-offs.
+        let polling = poll_due && shared.assigned.load(Ordering::Relaxed);
+        let targeted = !handed.is_empty();
+        let reserved = if targeted {
+            shared.reserve(1, cfg.batch_size.min(handed.len()))
+        } else if polling {
+            let idle = shared.busy.load(Ordering::SeqCst) == 0;
+            shared.reserve(if idle { 1 } else { low_water }, cfg.batch_size)
+        } else {
+            0
+        };
+        if reserved == 0 {
+            // Nothing to claim, or no room: wait for a reason to look again (`next_poll` is
+            // in the future here, so this never spins).
+            let wait = next_poll.saturating_duration_since(Instant::now());
             select! {
                 recv(ch.stop) -> _ => return,
-                recv(ch.wake) -> _ => {},
+                recv(ch.wake) -> _ => poll_due = true,
+                recv(ch.freed) -> _ => {},
                 recv(ch.dispatch) -> id => match id {
-                    Ok(id) => handed.push(id),
+                    Ok(id) => {
+                        handed.push(id);
+                        handed.extend(ch.dispatch.try_iter().take(cfg.batch_size * 4));
+                    }
                     // Every outbox is gone: a closed channel is always ready, so stop
                     // selecting on it or this loop would spin.
                     Err(_) => ch.dispatch = crossbeam_channel::never(),
                 },
-                recv(after(cfg.poll_interval)) -> _ => {},
+                recv(after(wait)) -> _ => {},
             }
             continue;
         }
-        if full {
-            select! {
-                recv(ch.stop) -> _ => return,
-                recv(ch.freed) -> _ => {},
-                recv(after(cfg.poll_interval)) -> _ => {},
-            }
-            continue;
-        }
-        let limit = free.min(cfg.batch_size);
         let now = now_ms();
-        let targeted = !handed.is_empty();
         let ids: Vec<i64> = if targeted {
-            handed.drain(..limit.min(handed.len())).collect()
+            handed.drain(..reserved.min(handed.len())).collect()
         } else {
             Vec::new()
         };
@@ -81,46 +95,24 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             lease_until: now + cfg.lease.as_millis() as i64,
             token: random_token(),
             owner: &cfg.owner,
-            limit: limit as i64,
+            limit: reserved as i64,
             ids: targeted.then_some(&ids[..]),
         };
         match conn.with(|c| c.claim(&claim)) {
             Ok(rows) => {
                 backoff.reset();
                 let n = rows.len();
-                if n > 0 {
-                    let mut map = shared.inflight.lock().expect("inflight lock");
-                    for r in &rows {
-                        map.insert(r.task.id, Lease::new(claim.token));
+                shared.free(reserved - n);
+                hand_to_workers(&cfg, &shared, &ch, claim.token, rows);
+                if !targeted {
+                    poll_due = n == reserved;
+                    if !poll_due {
+                        next_poll = Instant::now() + cfg.poll_interval;
                     }
-                }
-                for r in rows {
-                    let info = TaskInfo {
-                        id: r.task.id,
-                        signature: &r.task.method_sign_name,
-                        shard_key: r.task.shard_key,
-                        attempt: r.task.execute_times,
-                    };
-                    cfg.events.emit(Event::Claimed(info));
-                    if r.prev_status == TaskStatus::Running.as_i32() {
-                        log::warn!(
-                            "tend: task {} ({}) claimed again: the lease of its previous attempt \
-                             expired (that worker crashed, was killed, or hung)",
-                            info.id,
-                            info.signature
-                        );
-                        cfg.events.emit(Event::LeaseExpired(info));
-                    }
-                    let _ = ch.jobs.send(Job {
-                        shard: ch.shard,
-                        claimed: r,
-                    });
-                }
-                if targeted || n == limit {
-                    continue; // more may be due or handed over
                 }
             }
             Err(e) => {
+                shared.free(reserved);
                 let wait = backoff.next();
                 log::warn!(
                     "tend: claiming tasks from shard {} failed ({e}); retrying in {wait:?}",
@@ -131,20 +123,43 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                     recv(ch.stop) -> _ => return,
                     recv(after(wait)) -> _ => {},
                 }
-                continue;
             }
         }
-        select! {
-            recv(ch.stop) -> _ => return,
-            recv(ch.wake) -> _ => {},
-            recv(ch.dispatch) -> id => match id {
-                Ok(id) => {
-                    handed.push(id);
-                    handed.extend(ch.dispatch.try_iter().take(cfg.batch_size * 4));
-                }
-                Err(_) => ch.dispatch = crossbeam_channel::never(),
-            },
-            recv(after(cfg.poll_interval)) -> _ => {},
+    }
+}
+
+/// Records the leases of freshly claimed rows and queues them for the workers (their slots
+/// were reserved before the claim).
+fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, rows: Vec<Claimed>) {
+    if rows.is_empty() {
+        return;
+    }
+    {
+        let mut map = shared.inflight.lock().expect("inflight lock");
+        for r in &rows {
+            map.insert(r.task.id, Lease::new(token));
         }
+    }
+    for r in rows {
+        let info = TaskInfo {
+            id: r.task.id,
+            signature: &r.task.method_sign_name,
+            shard_key: r.task.shard_key,
+            attempt: r.task.execute_times,
+        };
+        cfg.events.emit(Event::Claimed(info));
+        if r.prev_status == TaskStatus::Running.as_i32() {
+            log::warn!(
+                "tend: task {} ({}) claimed again: the lease of its previous attempt expired \
+                 (that worker crashed, was killed, or hung)",
+                info.id,
+                info.signature
+            );
+            cfg.events.emit(Event::LeaseExpired(info));
+        }
+        let _ = ch.jobs.send(Job {
+            shard: ch.shard,
+            claimed: r,
+        });
     }
 }

@@ -397,19 +397,19 @@ where
         let (alerts, alerts_rx) = AlertSink::new();
         let n = self.shards.len();
         let (dispatch, dispatch_rx) = (0..n).map(|_| bounded(DISPATCH_QUEUE)).unzip();
-        // Each shard gets an equal share of the capacity (at least one task).
-        let share = (self.threads + self.batch_size).div_ceil(n).max(1);
-        let shared = (0..n)
-            .map(|_| {
-                Arc::new(Shared {
-                    inflight: Mutex::new(HashMap::new()),
-                    stopping: AtomicBool::new(false),
-                    assigned: AtomicBool::new(true),
-                    capacity: share,
-                    released: AtomicUsize::new(0),
-                })
-            })
-            .collect();
+        // Two claimers per shard where the backend writes concurrently: claims overlap with
+        // each other (PostgreSQL flushes their commits together) and with completions.
+        let claimers = if self.threads >= 2 && C::CONCURRENT_CLAIMS {
+            2
+        } else {
+            1
+        };
+        // Each shard gets an equal share of the capacity (at least one task): room for every
+        // thread plus a batch per claimer, so that claims run while the workers are busy.
+        let share = (self.threads + claimers * self.batch_size)
+            .div_ceil(n)
+            .max(1);
+        let shared = (0..n).map(|_| Arc::new(Shared::new(share))).collect();
         let (jobs, jobs_rx) = unbounded::<Job>();
         Ok(WorkerPool {
             shards: self.shards,
@@ -433,6 +433,7 @@ where
                 registry: self.registry,
                 threads: self.threads,
                 batch_size: self.batch_size,
+                claimers,
                 poll_interval: self.poll_interval,
                 lease: self.lease,
                 task_timeout: self.task_timeout,
@@ -523,6 +524,8 @@ pub(crate) struct Config {
     pub(crate) keep_completed: Option<Duration>,
     pub(crate) threads: usize,
     pub(crate) batch_size: usize,
+    /// Fetcher threads per shard.
+    pub(crate) claimers: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) lease: Duration,
     pub(crate) task_timeout: Duration,
@@ -571,8 +574,7 @@ impl Lanes {
     /// Whether shard `i`'s pool runs and has room for a task leased to it at insert time.
     pub(crate) fn has_room(&self, i: usize) -> bool {
         self.running.load(Ordering::SeqCst)
-            && self.shared[i].inflight.lock().expect("inflight lock").len()
-                < self.shared[i].capacity
+            && self.shared[i].busy.load(Ordering::SeqCst) < self.shared[i].capacity
     }
 
     /// Gives a committed task that was inserted already leased to this pool straight to a
@@ -580,6 +582,7 @@ impl Lanes {
     /// stopped meanwhile, the lease lapses and another pool runs it.
     pub(crate) fn push_leased(&self, i: usize, row: TaskRow) {
         let token = row.lease_token.unwrap_or_default();
+        self.shared[i].busy.fetch_add(1, Ordering::SeqCst);
         self.shared[i]
             .inflight
             .lock()
@@ -717,33 +720,41 @@ where
         let n = self.shards.len();
         let shared = lanes.shared.clone();
         let mut done_txs = Vec::with_capacity(n);
+        let mut links = Vec::with_capacity(n);
         let mut wake_txs = Vec::with_capacity(n);
-        let mut fetchers = Vec::with_capacity(n);
+        let mut fetchers = Vec::with_capacity(n * cfg.claimers);
         let mut completers = Vec::with_capacity(n);
         for (i, dispatch) in self.dispatch_rx.into_iter().enumerate() {
             let sh = shared[i].clone();
             let (done_tx, done_rx) = unbounded::<Done>();
+            // One wake per shard (any fetcher may take it), one "freed" per fetcher.
             let (wake_tx, wake_rx) = bounded::<()>(1);
-            let (freed_tx, freed_rx) = bounded::<()>(1);
             let pool = self.shards.pools()[i].clone();
-            let ch = fetch::Channels {
-                shard: i,
-                jobs: jobs_tx.clone(),
-                stop: stop_rx.clone(),
-                wake: wake_rx,
-                freed: freed_rx,
-                dispatch,
-            };
-            let (p, c, s) = (pool.clone(), cfg.clone(), sh.clone());
-            fetchers.push(spawn(
-                format!("tend-fetcher-{i}"),
-                Box::new(move || fetch::fetcher(p, c, s, ch)),
-            ));
+            let mut freed_txs = Vec::with_capacity(cfg.claimers);
+            for k in 0..cfg.claimers {
+                let (freed_tx, freed_rx) = bounded::<()>(1);
+                freed_txs.push(freed_tx);
+                let ch = fetch::Channels {
+                    shard: i,
+                    jobs: jobs_tx.clone(),
+                    stop: stop_rx.clone(),
+                    wake: wake_rx.clone(),
+                    freed: freed_rx,
+                    dispatch: dispatch.clone(),
+                };
+                let (p, c, s) = (pool.clone(), cfg.clone(), sh.clone());
+                fetchers.push(spawn(
+                    format!("tend-fetcher-{i}-{k}"),
+                    Box::new(move || fetch::fetcher(p, c, s, ch)),
+                ));
+            }
             let (c, s, stop) = (cfg.clone(), sh.clone(), completer_stop_rx.clone());
+            let freed = freed_txs.clone();
             completers.push(spawn(
                 format!("tend-completer-{i}"),
-                Box::new(move || complete::completer(pool, c, s, done_rx, stop, freed_tx)),
+                Box::new(move || complete::completer(pool, c, s, done_rx, stop, freed)),
             ));
+            links.push((sh, done_tx.clone(), freed_txs));
             done_txs.push(done_tx);
             wake_txs.push(wake_tx);
         }
@@ -759,18 +770,20 @@ where
         };
         let mut workers = Vec::new();
         for i in 0..cfg.threads {
-            let (cfg, shared, stop_rx, jobs_rx, done_txs) = (
-                cfg.clone(),
-                shared.clone(),
-                stop_rx.clone(),
-                jobs_rx.clone(),
-                done_txs.clone(),
-            );
+            let (cfg, stop_rx, jobs_rx) = (cfg.clone(), stop_rx.clone(), jobs_rx.clone());
+            let links = links
+                .iter()
+                .map(|(shared, done, freed)| run::ShardLink {
+                    shared: Arc::clone(shared),
+                    done: Sender::clone(done),
+                    freed: freed.clone(),
+                })
+                .collect();
             let (finished_tx, finished_rx) = bounded::<()>(1);
             let h = spawn(
                 format!("tend-worker-{i}"),
                 Box::new(move || {
-                    run::worker(cfg, shared, jobs_rx, done_txs, stop_rx);
+                    run::worker(cfg, links, jobs_rx, stop_rx);
                     let _ = finished_tx.send(());
                 }),
             );
@@ -1063,16 +1076,68 @@ pub(crate) struct Shared {
     /// Whether this process polls the shard (shard affinity may give it to other processes;
     /// hand-offs from this process's outbox are claimed regardless).
     assigned: AtomicBool,
-    /// Most tasks of this shard claimed and not yet written back.
+    /// Most tasks of this shard claimed (or being claimed) whose handler has not returned.
     capacity: usize,
+    /// Tasks claimed, being claimed (slots a fetcher reserved) or queued, whose handler has not
+    /// returned. A slot frees when the handler returns, not when its outcome is written, so
+    /// the next claim overlaps with the completer's write.
+    busy: AtomicUsize,
     /// Claimed tasks a worker handed back unstarted because the pool was stopping.
     released: AtomicUsize,
+}
+
+impl Shared {
+    fn new(capacity: usize) -> Shared {
+        Shared {
+            inflight: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            assigned: AtomicBool::new(true),
+            capacity,
+            busy: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves between `min` and `max` slots for a claim, or none (0) when fewer than `min`
+    /// are free. Outcomes not yet written count too, beyond twice the capacity, so that a slow
+    /// completer slows claiming down instead of letting unwritten outcomes pile up.
+    fn reserve(&self, min: usize, max: usize) -> usize {
+        let unwritten = self.inflight.lock().expect("inflight lock").len();
+        let room_unwritten = (2 * self.capacity).saturating_sub(unwritten);
+        let mut busy = self.busy.load(Ordering::SeqCst);
+        loop {
+            let free = self
+                .capacity
+                .saturating_sub(busy)
+                .min(room_unwritten)
+                .min(max);
+            if free == 0 || free < min {
+                return 0;
+            }
+            match self
+                .busy
+                .compare_exchange(busy, busy + free, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return free,
+                Err(b) => busy = b,
+            }
+        }
+    }
+
+    /// Frees `n` slots (a handler returned, or a claim took fewer rows than it reserved).
+    fn free(&self, n: usize) {
+        if n > 0 {
+            self.busy.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     token: i64,
     started: Option<Instant>,
+    /// The handler returned; the lease is renewed until the outcome is written.
+    finished: bool,
     timed_out: bool,
 }
 
@@ -1081,6 +1146,7 @@ impl Lease {
         Lease {
             token,
             started: None,
+            finished: false,
             timed_out: false,
         }
     }

@@ -69,11 +69,17 @@ impl Done {
     }
 }
 
+/// What a worker needs of each shard: its state, its completer and its fetchers' wake-ups.
+pub(super) struct ShardLink {
+    pub shared: Arc<Shared>,
+    pub done: Sender<Done>,
+    pub freed: Vec<Sender<()>>,
+}
+
 pub(super) fn worker(
     cfg: Arc<Config>,
-    shared: Vec<Arc<Shared>>,
+    shards: Vec<ShardLink>,
     jobs: Receiver<Job>,
-    done: Vec<Sender<Done>>,
     stop: Receiver<()>,
 ) {
     loop {
@@ -81,23 +87,31 @@ pub(super) fn worker(
             recv(stop) -> _ => return,
             recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
         };
-        let (shared, done) = (&shared[job.shard], &done[job.shard]);
+        let link = &shards[job.shard];
+        let (shared, done) = (&link.shared, &link.done);
         let row = job.claimed.task;
         if shared.stopping.load(Ordering::SeqCst) {
             shared.released.fetch_add(1, Ordering::SeqCst);
+            shared.free(1);
             let _ = done.send(Done::release(row));
             return;
         }
-        if let Some(l) = shared
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .get_mut(&row.id)
-        {
+        let id = row.id;
+        if let Some(l) = shared.inflight.lock().expect("inflight lock").get_mut(&id) {
             l.started = Some(Instant::now());
         }
         cfg.events.emit(Event::Started(info(&row)));
-        let _ = done.send(run_one(&cfg, row));
+        let outcome = run_one(&cfg, row);
+        if let Some(l) = shared.inflight.lock().expect("inflight lock").get_mut(&id) {
+            l.finished = true;
+        }
+        let _ = done.send(outcome);
+        // The slot is free once the handler returned: the fetcher may claim while the
+        // completer writes.
+        shared.free(1);
+        for f in &link.freed {
+            let _ = f.try_send(());
+        }
     }
 }
 

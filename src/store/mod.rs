@@ -210,6 +210,9 @@ pub(crate) mod ops {
     /// The storage contract. Every method is one short transaction (or one statement) on
     /// tend's table, and is retried by the caller on transient errors.
     pub trait Ops {
+        /// Whether two claims can write at once (not on SQLite: one writer, so a second
+        /// claimer would only wait for the lock).
+        const CONCURRENT_CLAIMS: bool = true;
         /// `postgres`, `mysql` or `sqlite`.
         fn backend(&self) -> &'static str;
         /// Inserts one row; `None` when its idempotency key already exists.
@@ -447,6 +450,7 @@ impl<C> ops::Ops for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionMana
 where
     C: ops::Ops + diesel::r2d2::R2D2Connection + 'static,
 {
+    const CONCURRENT_CLAIMS: bool = C::CONCURRENT_CLAIMS;
     fn backend(&self) -> &'static str {
         (**self).backend()
     }

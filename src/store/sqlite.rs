@@ -12,6 +12,8 @@ use crate::schema::consistency_task::dsl as t;
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 impl Ops for SqliteConnection {
+    const CONCURRENT_CLAIMS: bool = false;
+
     fn backend(&self) -> &'static str {
         "sqlite"
     }
