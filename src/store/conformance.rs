@@ -412,6 +412,90 @@ fn insert_one_reads_back_every_column<D: Db>(db: &D) {
     assert!(conn.find(bare_id + 1_000).unwrap().is_none());
 }
 
+/// The hot path (claim, targeted claim, complete, finish, extend, and the insert of one task)
+/// runs on statements diesel keeps prepared, and lists of other lengths within the same padded
+/// size reuse them: a second round prepares nothing. (diesel never caches its own `UPDATE`s,
+/// `sql_query` or `IN` lists on MySQL/SQLite; each would cost a prepare per batch.)
+fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    #[derive(Default)]
+    struct Seen {
+        started: Vec<String>,
+        cached: Vec<String>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let log = seen.clone();
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+        InstrumentationEvent::StartQuery { query, .. } => {
+            // The display form ends with ` -- binds: [..]`.
+            let sql = query.to_string();
+            let sql = sql
+                .split(" -- binds:")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            log.lock().unwrap().started.push(sql)
+        }
+        InstrumentationEvent::CacheQuery { sql, .. } => {
+            log.lock().unwrap().cached.push(sql.to_string())
+        }
+        _ => {}
+    });
+    let round = |conn: &mut D::Conn, n: i64, token: i64| {
+        let fresh: Vec<i64> = (0..n).map(|i| insert(conn, &row(T0 - 1000 + i))).collect();
+        let got = claim(conn, T0, T0 + WEEK, token, n - 1, None);
+        assert_eq!(got.len() as i64, n - 1);
+        let rest = claim(conn, T0, T0 + WEEK, token, n, Some(&fresh));
+        assert_eq!(rest.len(), 1);
+        let all: Vec<i64> = got.iter().chain(&rest).map(|r| r.id).collect();
+        assert_eq!(
+            conn.extend(token, &all, T0 + 2 * WEEK, T0).unwrap(),
+            n as usize
+        );
+        let (last, done) = all.split_last().unwrap();
+        assert_eq!(
+            conn.finish(&[finish(*last, token, 2, T0 + 10, T0)])
+                .unwrap(),
+            vec![*last]
+        );
+        assert_eq!(conn.complete(token, done).unwrap(), done.len());
+        assert_eq!(conn.complete(token + 1, &[*last]).unwrap(), 0);
+    };
+    round(&mut conn, 5, 11);
+    let first = std::mem::take(&mut *seen.lock().unwrap());
+    let control = |sql: &str| {
+        let s = sql.trim_start().to_ascii_uppercase();
+        [
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT",
+            "RELEASE",
+            "START",
+        ]
+        .iter()
+        .any(|k| s.starts_with(k))
+    };
+    let uncached: Vec<&String> = first
+        .started
+        .iter()
+        .filter(|q| !control(q) && !first.cached.iter().any(|c| c == *q))
+        .collect();
+    assert!(
+        uncached.is_empty(),
+        "statements diesel prepares on every run: {uncached:#?}"
+    );
+    // Different list lengths within the same padded size (8): nothing new to prepare.
+    round(&mut conn, 7, 12);
+    let second = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        second.cached.is_empty(),
+        "a second round prepared again: {:#?}",
+        second.cached
+    );
+    assert!(!second.started.is_empty());
+}
+
 fn insert_many_is_one_statement<D: Db>(db: &D) {
     let mut conn = migrated(db);
     let rows: Vec<NewRow> = (0..50)
@@ -1171,6 +1255,7 @@ macro_rules! conformance {
 conformance!(
     insert_one_reads_back_every_column,
     insert_many_is_one_statement,
+    hot_path_statements_stay_prepared,
     idempotency_key_duplicates_are_skipped,
     claim_takes_due_rows_oldest_first,
     claim_leases_the_rows,

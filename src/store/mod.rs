@@ -21,6 +21,7 @@ mod mysql;
 mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod stmt;
 #[cfg(test)]
 mod testdb;
 
@@ -259,38 +260,44 @@ pub(crate) mod ops {
 macro_rules! common_ops {
     () => {
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
-            use $crate::schema::consistency_task::dsl as t;
-            diesel::delete(
-                t::consistency_task
-                    .filter(t::lease_token.eq(token))
-                    .filter(t::id.eq_any(ids)),
-            )
-            .execute(self)
+            use $crate::store::stmt::{Bind, Stmt};
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            Stmt::new("DELETE FROM consistency_task WHERE lease_token = ")
+                .bind(Bind::I64(token))
+                .sql(" AND id IN ")
+                .ids(ids)
+                .execute(self)
         }
 
         fn finish(&mut self, rows: &[$crate::store::Finish]) -> QueryResult<Vec<i64>> {
-            use $crate::schema::consistency_task::dsl as t;
+            use $crate::store::stmt::{Bind, Stmt};
             self.transaction(|conn| {
                 let mut held = Vec::with_capacity(rows.len());
                 for r in rows {
-                    let n = diesel::update(
-                        t::consistency_task
-                            .filter(t::id.eq(r.id))
-                            .filter(t::lease_token.eq(r.token)),
-                    )
-                    .set((
-                        t::task_status.eq(r.status),
-                        t::execute_time.eq(r.execute_time),
-                        t::execute_times.eq(t::execute_times + r.attempts_delta),
-                        t::error_msg.eq(&r.error_msg),
-                        t::fallback_error_msg.eq(&r.fallback_error_msg),
-                        t::lease_token.eq(None::<i64>),
-                        t::lease_owner.eq(None::<String>),
-                        t::lease_expires_at.eq(None::<i64>),
-                        t::gmt_modified.eq(r.now),
-                        t::duration_ms.eq(r.duration_ms),
-                    ))
-                    .execute(conn)?;
+                    let n = Stmt::new("UPDATE consistency_task SET task_status = ")
+                        .bind(Bind::I32(r.status))
+                        .sql(", execute_time = ")
+                        .bind(Bind::I64(r.execute_time))
+                        .sql(", execute_times = execute_times + ")
+                        .bind(Bind::I32(r.attempts_delta))
+                        .sql(", error_msg = ")
+                        .bind(Bind::Text(&r.error_msg))
+                        .sql(", fallback_error_msg = ")
+                        .bind(Bind::OptText(r.fallback_error_msg.as_deref()))
+                        .sql(
+                            ", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+                             gmt_modified = ",
+                        )
+                        .bind(Bind::I64(r.now))
+                        .sql(", duration_ms = ")
+                        .bind(Bind::OptI64(r.duration_ms))
+                        .sql(" WHERE id = ")
+                        .bind(Bind::I64(r.id))
+                        .sql(" AND lease_token = ")
+                        .bind(Bind::I64(r.token))
+                        .execute(conn)?;
                     if n > 0 {
                         held.push(r.id);
                     }
@@ -300,18 +307,23 @@ macro_rules! common_ops {
         }
 
         fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
-            use $crate::schema::consistency_task::dsl as t;
-            diesel::update(
-                t::consistency_task
-                    .filter(t::lease_token.eq(token))
-                    .filter(t::id.eq_any(ids)),
-            )
-            .set((
-                t::execute_time.eq(until),
-                t::lease_expires_at.eq(until),
-                t::gmt_modified.eq(now),
-            ))
-            .execute(self)
+            use $crate::store::stmt::{Bind, Stmt};
+            let mut n = 0;
+            // Chunks keep the padded lists within every backend's bind limit.
+            for chunk in ids.chunks(1024) {
+                n += Stmt::new("UPDATE consistency_task SET execute_time = ")
+                    .bind(Bind::I64(until))
+                    .sql(", lease_expires_at = ")
+                    .bind(Bind::I64(until))
+                    .sql(", gmt_modified = ")
+                    .bind(Bind::I64(now))
+                    .sql(" WHERE lease_token = ")
+                    .bind(Bind::I64(token))
+                    .sql(" AND id IN ")
+                    .ids(chunk)
+                    .execute(self)?;
+            }
+            Ok(n)
         }
 
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {

@@ -7,6 +7,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::stmt::{Bind, Stmt};
 use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
@@ -39,7 +40,8 @@ impl Ops for MysqlConnection {
             }
             Err(e) => return Err(e),
         }
-        let last: LastId = diesel::sql_query("SELECT LAST_INSERT_ID() AS id").get_result(self)?;
+        // A Stmt, not sql_query: diesel keeps it prepared (one round trip instead of three).
+        let last: LastId = Stmt::new("SELECT LAST_INSERT_ID() AS id").get_result(self)?;
         Ok(Some(last.id))
     }
 
@@ -58,36 +60,42 @@ impl Ops for MysqlConnection {
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
+        if c.ids.is_some_and(|ids| ids.is_empty()) {
+            return Ok(Vec::new());
+        }
         self.transaction(|conn| {
-            let due = t::consistency_task
-                .filter(t::execute_time.le(c.now))
-                .filter(t::task_status.eq_any([0, 1, 2]))
-                .order(t::execute_time)
-                .limit(c.limit)
-                .select(TaskRow::as_select());
-            let rows: Vec<TaskRow> = match c.ids {
-                None => due.for_update().skip_locked().load(conn)?,
-                Some(ids) => due
-                    .filter(t::id.eq_any(ids))
-                    .for_update()
-                    .skip_locked()
-                    .load(conn)?,
+            let due = Stmt::new("SELECT * FROM consistency_task WHERE execute_time <= ")
+                .bind(Bind::I64(c.now))
+                .sql(" AND task_status IN (0, 1, 2)");
+            let due = match c.ids {
+                Some(ids) => due.sql(" AND id IN ").ids(ids),
+                None => due,
             };
+            let rows: Vec<TaskRow> = due
+                .sql(" ORDER BY execute_time LIMIT ")
+                .bind(Bind::I64(c.limit))
+                .sql(" FOR UPDATE SKIP LOCKED")
+                .load(conn)?;
             if rows.is_empty() {
                 return Ok(Vec::new());
             }
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
-                .set((
-                    t::task_status.eq(1),
-                    t::execute_times.eq(t::execute_times + 1),
-                    t::execute_time.eq(c.lease_until),
-                    t::lease_expires_at.eq(c.lease_until),
-                    t::lease_token.eq(c.token),
-                    t::lease_owner.eq(c.owner),
-                    t::gmt_modified.eq(c.now),
-                ))
-                .execute(conn)?;
+            Stmt::new(
+                "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
+                 execute_time = ",
+            )
+            .bind(Bind::I64(c.lease_until))
+            .sql(", lease_expires_at = ")
+            .bind(Bind::I64(c.lease_until))
+            .sql(", lease_token = ")
+            .bind(Bind::I64(c.token))
+            .sql(", lease_owner = ")
+            .bind(Bind::Text(c.owner))
+            .sql(", gmt_modified = ")
+            .bind(Bind::I64(c.now))
+            .sql(" WHERE id IN ")
+            .ids(&ids)
+            .execute(conn)?;
             Ok(rows
                 .into_iter()
                 .map(|mut r| {

@@ -3,9 +3,9 @@
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::stmt::{Bind, Stmt};
 use super::{ops::Ops, Claim, Claimed, NewRow};
 use crate::schema::consistency_task::dsl as t;
 
@@ -13,13 +13,29 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 // The sub-select locks the due rows (skipping rows other claimers hold) and carries their
 // previous status out, so a reclaim after an expired lease is visible to the caller.
-const CLAIM_SET: &str = "UPDATE consistency_task AS t SET task_status = 1, \
-     execute_times = t.execute_times + 1, execute_time = $1, lease_expires_at = $1, \
-     lease_token = $2, lease_owner = $3, gmt_modified = $4 \
-     FROM (SELECT id, task_status AS prev_status FROM consistency_task \
-     WHERE execute_time <= $4 AND task_status IN (0, 1, 2)";
-const CLAIM_TAIL: &str = " ORDER BY execute_time LIMIT $5 FOR UPDATE SKIP LOCKED) AS s \
-     WHERE t.id = s.id RETURNING t.*, s.prev_status";
+fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a> {
+    let s = Stmt::new("UPDATE consistency_task AS t SET task_status = 1, ")
+        .sql("execute_times = t.execute_times + 1, execute_time = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_expires_at = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_token = ")
+        .bind(Bind::I64(c.token))
+        .sql(", lease_owner = ")
+        .bind(Bind::Text(c.owner))
+        .sql(", gmt_modified = ")
+        .bind(Bind::I64(c.now))
+        .sql(" FROM (SELECT id, task_status AS prev_status FROM consistency_task WHERE execute_time <= ")
+        .bind(Bind::I64(c.now))
+        .sql(" AND task_status IN (0, 1, 2)");
+    let s = match c.ids {
+        Some(ids) => s.sql(" AND id IN ").ids(ids),
+        None => s,
+    };
+    s.sql(" ORDER BY execute_time LIMIT ")
+        .bind(Bind::I64(c.limit))
+        .sql(" FOR UPDATE SKIP LOCKED) AS s WHERE t.id = s.id RETURNING t.*, s.prev_status")
+}
 
 impl Ops for PgConnection {
     fn backend(&self) -> &'static str {
@@ -43,20 +59,10 @@ impl Ops for PgConnection {
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
-        let base = |sql: String| {
-            diesel::sql_query(sql)
-                .bind::<BigInt, _>(c.lease_until)
-                .bind::<BigInt, _>(c.token)
-                .bind::<Text, _>(c.owner)
-                .bind::<BigInt, _>(c.now)
-                .bind::<BigInt, _>(c.limit)
-        };
-        match c.ids {
-            None => base(format!("{CLAIM_SET}{CLAIM_TAIL}")).load(self),
-            Some(ids) => base(format!("{CLAIM_SET} AND id = ANY($6){CLAIM_TAIL}"))
-                .bind::<Array<BigInt>, _>(ids)
-                .load(self),
+        if c.ids.is_some_and(|ids| ids.is_empty()) {
+            return Ok(Vec::new());
         }
+        claim_stmt(c).load(self)
     }
 
     fn run_migrations(&mut self) -> Result<(), String> {

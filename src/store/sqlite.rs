@@ -6,10 +6,24 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use std::collections::HashMap;
+
+use diesel::sql_types::{BigInt, Integer};
+
+use super::stmt::{Bind, Stmt};
 use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// A due row's id and its status before the claim.
+#[derive(QueryableByName)]
+struct Due {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    task_status: i32,
+}
 
 impl Ops for SqliteConnection {
     const CONCURRENT_CLAIMS: bool = false;
@@ -40,34 +54,46 @@ impl Ops for SqliteConnection {
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
+        if c.ids.is_some_and(|ids| ids.is_empty()) {
+            return Ok(Vec::new());
+        }
         self.immediate_transaction(|conn| {
-            let due = t::consistency_task
-                .filter(t::execute_time.le(c.now))
-                .filter(t::task_status.eq_any([0, 1, 2]))
-                .order(t::execute_time)
-                .limit(c.limit)
-                .select((t::id, t::task_status));
-            let prev: Vec<(i64, i32)> = match c.ids {
-                None => due.load(conn)?,
-                Some(ids) => due.filter(t::id.eq_any(ids)).load(conn)?,
+            // `+task_status` keeps the planner on the execute_time index whatever statistics
+            // say (on the status index it would sort every pending row to find the first few).
+            let due =
+                Stmt::new("SELECT id, task_status FROM consistency_task WHERE execute_time <= ")
+                    .bind(Bind::I64(c.now))
+                    .sql(" AND +task_status IN (0, 1, 2)");
+            let due = match c.ids {
+                Some(ids) => due.sql(" AND id IN ").ids(ids),
+                None => due,
             };
+            let prev: Vec<Due> = due
+                .sql(" ORDER BY execute_time LIMIT ")
+                .bind(Bind::I64(c.limit))
+                .load(conn)?;
             if prev.is_empty() {
                 return Ok(Vec::new());
             }
-            let ids: Vec<i64> = prev.iter().map(|p| p.0).collect();
-            let prev: std::collections::HashMap<i64, i32> = prev.into_iter().collect();
-            let rows: Vec<TaskRow> = diesel::update(t::consistency_task.filter(t::id.eq_any(&ids)))
-                .set((
-                    t::task_status.eq(1),
-                    t::execute_times.eq(t::execute_times + 1),
-                    t::execute_time.eq(c.lease_until),
-                    t::lease_expires_at.eq(c.lease_until),
-                    t::lease_token.eq(c.token),
-                    t::lease_owner.eq(c.owner),
-                    t::gmt_modified.eq(c.now),
-                ))
-                .returning(TaskRow::as_returning())
-                .get_results(conn)?;
+            let ids: Vec<i64> = prev.iter().map(|p| p.id).collect();
+            let prev: HashMap<i64, i32> = prev.into_iter().map(|p| (p.id, p.task_status)).collect();
+            let rows: Vec<TaskRow> = Stmt::new(
+                "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
+                 execute_time = ",
+            )
+            .bind(Bind::I64(c.lease_until))
+            .sql(", lease_expires_at = ")
+            .bind(Bind::I64(c.lease_until))
+            .sql(", lease_token = ")
+            .bind(Bind::I64(c.token))
+            .sql(", lease_owner = ")
+            .bind(Bind::Text(c.owner))
+            .sql(", gmt_modified = ")
+            .bind(Bind::I64(c.now))
+            .sql(" WHERE id IN ")
+            .ids(&ids)
+            .sql(" RETURNING *")
+            .load(conn)?;
             Ok(rows
                 .into_iter()
                 .map(|task| Claimed {

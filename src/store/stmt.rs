@@ -1,0 +1,135 @@
+//! Hand-written statements that diesel keeps prepared.
+//!
+//! diesel never caches an `UPDATE`, a `sql_query`, or an `IN (…)` list on MySQL/SQLite: each
+//! costs a prepare per execution, which on the claim/complete hot path is a round trip (or a
+//! parse) per batch. A [`Stmt`] is plain SQL with binds whose `QueryId` is not static, so diesel
+//! caches it under its SQL text; id lists are padded to a power of two (repeating the first id,
+//! which changes nothing in an `IN`), so a statement has at most a handful of cached shapes.
+
+use diesel::backend::Backend;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::serialize::ToSql;
+use diesel::sql_types::{BigInt, HasSqlType, Integer, Nullable, Text, Untyped};
+use diesel::RunQueryDsl;
+
+/// One bound value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    I64(i64),
+    OptI64(Option<i64>),
+    I32(i32),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+}
+
+/// SQL with a `?` per bind (the backend's placeholder is written in its place).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stmt<'a> {
+    sql: String,
+    binds: Vec<Bind<'a>>,
+}
+
+/// The smallest id-list length a statement is prepared for; lists are padded up to a power of
+/// two at or above it.
+const MIN_IDS: usize = 8;
+
+impl<'a> Stmt<'a> {
+    pub(crate) fn new(sql: &str) -> Stmt<'a> {
+        debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
+        Stmt {
+            sql: sql.to_string(),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Appends SQL text (without placeholders).
+    pub(crate) fn sql(mut self, sql: &str) -> Stmt<'a> {
+        debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder for `b`.
+    pub(crate) fn bind(mut self, b: Bind<'a>) -> Stmt<'a> {
+        self.sql.push('?');
+        self.binds.push(b);
+        self
+    }
+
+    /// Appends `(?, ?, …)` for a non-empty id list, padded to a power of two.
+    pub(crate) fn ids(mut self, ids: &[i64]) -> Stmt<'a> {
+        assert!(!ids.is_empty(), "an empty IN list is not valid SQL");
+        let len = ids.len().next_power_of_two().max(MIN_IDS);
+        self.sql.push('(');
+        for i in 0..len {
+            if i > 0 {
+                self.sql.push_str(", ");
+            }
+            self.sql.push('?');
+            self.binds.push(Bind::I64(*ids.get(i).unwrap_or(&ids[0])));
+        }
+        self.sql.push(')');
+        self
+    }
+}
+
+impl QueryId for Stmt<'_> {
+    type QueryId = ();
+    // Not static: diesel then keys its statement cache by the SQL text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Stmt<'_> {
+    type SqlType = Untyped;
+}
+
+impl<C> RunQueryDsl<C> for Stmt<'_> {}
+
+impl<DB> QueryFragment<DB> for Stmt<'_>
+where
+    DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text>,
+    i64: ToSql<BigInt, DB>,
+    i32: ToSql<Integer, DB>,
+    str: ToSql<Text, DB>,
+    Option<i64>: ToSql<Nullable<BigInt>, DB>,
+    for<'x> Option<&'x str>: ToSql<Nullable<Text>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        // Never marked unsafe to cache: that is the point of this type.
+        let mut binds = self.binds.iter();
+        for (i, piece) in self.sql.split('?').enumerate() {
+            if i > 0 {
+                match binds.next().expect("one bind per placeholder") {
+                    Bind::I64(v) => out.push_bind_param::<BigInt, _>(v)?,
+                    Bind::OptI64(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                    Bind::I32(v) => out.push_bind_param::<Integer, _>(v)?,
+                    Bind::Text(v) => out.push_bind_param::<Text, str>(*v)?,
+                    Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                }
+            }
+            out.push_sql(piece);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_lists_are_padded_to_a_power_of_two_with_the_first_id() {
+        let s = Stmt::new("DELETE FROM t WHERE id IN ").ids(&[5, 6, 7, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(s.sql.matches('?').count(), 16);
+        assert_eq!(s.binds.len(), 16);
+        assert!(matches!(s.binds[15], Bind::I64(5)));
+        let small = Stmt::new("x IN ").ids(&[1]);
+        assert_eq!(small.binds.len(), MIN_IDS);
+        // Same shape for every length up to the padded one: one cached statement.
+        assert_eq!(
+            Stmt::new("x IN ").ids(&[1, 2, 3]).sql,
+            Stmt::new("x IN ").ids(&[4, 5, 6, 7, 8]).sql
+        );
+    }
+}
