@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,14 +16,30 @@ use crate::store::{now_ms, retry_transient, StoreConnection};
 
 /// Keeps a pooled connection across iterations and drops it after an error, so that a broken
 /// connection is replaced.
+///
+/// On a single-writer backend (SQLite) a shard's fetcher and completer share one `Conn`
+/// ([`Conn::share`]) and take turns on it: two connections would wait for each other's write
+/// lock in SQLite's busy handler, which sleeps (1 ms and up) before retrying, and each would
+/// find its page cache invalidated by the other's writes.
 pub(super) struct Conn<C: R2D2Connection + 'static> {
     pool: Pool<ConnectionManager<C>>,
-    conn: Option<PooledConnection<ConnectionManager<C>>>,
+    slot: Arc<Mutex<Option<PooledConnection<ConnectionManager<C>>>>>,
 }
 
 impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
     pub(super) fn new(pool: Pool<ConnectionManager<C>>) -> Conn<C> {
-        Conn { pool, conn: None }
+        Conn {
+            pool,
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The same connection, for another thread: calls of [`with`](Self::with) take turns.
+    pub(super) fn share(&self) -> Conn<C> {
+        Conn {
+            pool: self.pool.clone(),
+            slot: self.slot.clone(),
+        }
     }
 
     /// Runs `f` on the held connection, retrying lock conflicts.
@@ -31,14 +47,15 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
         &mut self,
         f: impl FnMut(&mut PooledConnection<ConnectionManager<C>>) -> diesel::QueryResult<T>,
     ) -> Result<T, String> {
-        if self.conn.is_none() {
-            self.conn = Some(self.pool.get().map_err(|e| e.to_string())?);
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.pool.get().map_err(|e| e.to_string())?);
         }
-        let conn = self.conn.as_mut().expect("just set");
+        let conn = slot.as_mut().expect("just set");
         let mut f = f;
         let r = retry_transient(|| f(conn));
         r.map_err(|e| {
-            self.conn = None;
+            *slot = None;
             e.to_string()
         })
     }
@@ -60,14 +77,13 @@ impl Backoff {
 }
 
 pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
-    pool: Pool<ConnectionManager<C>>,
+    mut conn: Conn<C>,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     done: Receiver<Done>,
     stop: Receiver<()>,
     freed: Vec<Sender<()>>,
 ) {
-    let mut conn = Conn::new(pool);
     let heartbeat = tick(cfg.lease / 3);
     // Kept completed rows are purged every tenth of the retention (1 s to 60 s).
     let purge = match cfg.keep_completed {

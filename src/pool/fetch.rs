@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{after, select, Receiver, Sender};
-use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use diesel::r2d2::R2D2Connection;
 
 use super::complete::{Backoff, Conn};
 use super::run::random_token;
@@ -27,14 +27,14 @@ pub(super) struct Channels {
 }
 
 pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
-    pool: Pool<ConnectionManager<C>>,
+    mut conn: Conn<C>,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     mut ch: Channels,
 ) {
-    let mut conn = Conn::new(pool);
-    // Claim only once a useful batch fits, so that fast tasks do not cost a claim each.
-    let low_water = (cfg.batch_size / 2).max(1).min(shared.capacity);
+    // Claim only once a whole batch fits (the capacity leaves room for two), so that fast
+    // tasks do not cost a claim each; an idle pool claims whatever is due.
+    let low_water = cfg.batch_size.min(shared.capacity / 2).max(1);
     let mut backoff = Backoff::default();
     // Ids handed over by the outbox, waiting for a targeted claim.
     let mut handed: Vec<i64> = Vec::new();

@@ -405,10 +405,9 @@ where
             1
         };
         // Each shard gets an equal share of the capacity (at least one task): room for every
-        // thread plus a batch per claimer, so that claims run while the workers are busy.
-        let share = (self.threads + claimers * self.batch_size)
-            .div_ceil(n)
-            .max(1);
+        // thread plus two batches, so that a full batch is claimed while the workers are busy
+        // with the previous one.
+        let share = (self.threads + 2 * self.batch_size).div_ceil(n).max(1);
         let shared = (0..n).map(|_| Arc::new(Shared::new(share))).collect();
         let (jobs, jobs_rx) = unbounded::<Job>();
         Ok(WorkerPool {
@@ -730,6 +729,7 @@ where
             // One wake per shard (any fetcher may take it), one "freed" per fetcher.
             let (wake_tx, wake_rx) = bounded::<()>(1);
             let pool = self.shards.pools()[i].clone();
+            let completer_conn = complete::Conn::new(pool.clone());
             let mut freed_txs = Vec::with_capacity(cfg.claimers);
             for k in 0..cfg.claimers {
                 let (freed_tx, freed_rx) = bounded::<()>(1);
@@ -742,17 +742,24 @@ where
                     freed: freed_rx,
                     dispatch: dispatch.clone(),
                 };
-                let (p, c, s) = (pool.clone(), cfg.clone(), sh.clone());
+                // A single-writer backend has one claimer, which shares the completer's
+                // connection (see `complete::Conn`).
+                let conn = if C::CONCURRENT_CLAIMS {
+                    complete::Conn::new(pool.clone())
+                } else {
+                    completer_conn.share()
+                };
+                let (c, s) = (cfg.clone(), sh.clone());
                 fetchers.push(spawn(
                     format!("tend-fetcher-{i}-{k}"),
-                    Box::new(move || fetch::fetcher(p, c, s, ch)),
+                    Box::new(move || fetch::fetcher(conn, c, s, ch)),
                 ));
             }
             let (c, s, stop) = (cfg.clone(), sh.clone(), completer_stop_rx.clone());
             let freed = freed_txs.clone();
             completers.push(spawn(
                 format!("tend-completer-{i}"),
-                Box::new(move || complete::completer(pool, c, s, done_rx, stop, freed)),
+                Box::new(move || complete::completer(completer_conn, c, s, done_rx, stop, freed)),
             ));
             links.push((sh, done_tx.clone(), freed_txs));
             done_txs.push(done_tx);

@@ -3,14 +3,14 @@
 
 use diesel::prelude::*;
 use diesel::r2d2::CustomizeConnection;
-use diesel::sqlite::SqliteConnection;
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use std::collections::HashMap;
 
 use diesel::sql_types::{BigInt, Integer};
 
-use super::stmt::{Bind, Stmt};
+use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
 use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
@@ -92,7 +92,9 @@ impl Ops for SqliteConnection {
             .bind(Bind::I64(c.now))
             .sql(" WHERE id IN ")
             .ids(&ids)
-            .sql(" RETURNING *")
+            .sql(" RETURNING ")
+            .sql(TASK_COLUMNS)
+            .typed::<TaskRowSql<Sqlite>>()
             .load(conn)?;
             Ok(rows
                 .into_iter()

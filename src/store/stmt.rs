@@ -6,6 +6,8 @@
 //! caches it under its SQL text; id lists are padded to a power of two (repeating the first id,
 //! which changes nothing in an `IN`), so a statement has at most a handful of cached shapes.
 
+use std::marker::PhantomData;
+
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
@@ -23,12 +25,27 @@ pub(crate) enum Bind<'a> {
     OptText(Option<&'a str>),
 }
 
-/// SQL with a `?` per bind (the backend's placeholder is written in its place).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Stmt<'a> {
+/// SQL with a `?` per bind (the backend's placeholder is written in its place). Rows load by
+/// column name (`QueryableByName`) unless [`typed`](Stmt::typed) gives the row's SQL type, which
+/// loads them by position (no name lookup per field and row).
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt<'a, ST = Untyped> {
     sql: String,
     binds: Vec<Bind<'a>>,
+    st: PhantomData<ST>,
 }
+
+/// The columns of [`TaskRow`](super::TaskRow) in its field order, for positional loads.
+pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
+    execute_times, max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
+    execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
+    transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
+    fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
+    gmt_modified, duration_ms";
+
+/// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
+pub(crate) type TaskRowSql<DB> =
+    diesel::dsl::SqlTypeOf<<super::TaskRow as diesel::Selectable<DB>>::SelectExpression>;
 
 /// The smallest id-list length a statement is prepared for; lists are padded up to a power of
 /// two at or above it.
@@ -40,25 +57,37 @@ impl<'a> Stmt<'a> {
         Stmt {
             sql: sql.to_string(),
             binds: Vec::new(),
+            st: PhantomData,
         }
     }
 
+    /// Rows of this statement have SQL type `ST`, its columns in order.
+    pub(crate) fn typed<ST>(self) -> Stmt<'a, ST> {
+        Stmt {
+            sql: self.sql,
+            binds: self.binds,
+            st: PhantomData,
+        }
+    }
+}
+
+impl<'a, ST> Stmt<'a, ST> {
     /// Appends SQL text (without placeholders).
-    pub(crate) fn sql(mut self, sql: &str) -> Stmt<'a> {
+    pub(crate) fn sql(mut self, sql: &str) -> Stmt<'a, ST> {
         debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
         self.sql.push_str(sql);
         self
     }
 
     /// Appends a placeholder for `b`.
-    pub(crate) fn bind(mut self, b: Bind<'a>) -> Stmt<'a> {
+    pub(crate) fn bind(mut self, b: Bind<'a>) -> Stmt<'a, ST> {
         self.sql.push('?');
         self.binds.push(b);
         self
     }
 
     /// Appends `(?, ?, …)` for a non-empty id list, padded to a power of two.
-    pub(crate) fn ids(mut self, ids: &[i64]) -> Stmt<'a> {
+    pub(crate) fn ids(mut self, ids: &[i64]) -> Stmt<'a, ST> {
         assert!(!ids.is_empty(), "an empty IN list is not valid SQL");
         let len = ids.len().next_power_of_two().max(MIN_IDS);
         self.sql.push('(');
@@ -74,19 +103,19 @@ impl<'a> Stmt<'a> {
     }
 }
 
-impl QueryId for Stmt<'_> {
+impl<ST> QueryId for Stmt<'_, ST> {
     type QueryId = ();
     // Not static: diesel then keys its statement cache by the SQL text.
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl Query for Stmt<'_> {
-    type SqlType = Untyped;
+impl<ST> Query for Stmt<'_, ST> {
+    type SqlType = ST;
 }
 
-impl<C> RunQueryDsl<C> for Stmt<'_> {}
+impl<C, ST> RunQueryDsl<C> for Stmt<'_, ST> {}
 
-impl<DB> QueryFragment<DB> for Stmt<'_>
+impl<DB, ST> QueryFragment<DB> for Stmt<'_, ST>
 where
     DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text>,
     i64: ToSql<BigInt, DB>,
@@ -131,5 +160,20 @@ mod tests {
             Stmt::new("x IN ").ids(&[1, 2, 3]).sql,
             Stmt::new("x IN ").ids(&[4, 5, 6, 7, 8]).sql
         );
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn task_columns_are_in_task_row_order() {
+        use diesel::SelectableHelper;
+        let select = super::super::TaskRow::as_select();
+        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string();
+        let sql = sql.split(" -- binds").next().unwrap();
+        let names: Vec<&str> = sql
+            .split(", ")
+            .map(|c| c.rsplit('.').next().unwrap().trim_matches('`'))
+            .collect();
+        let ours: Vec<&str> = TASK_COLUMNS.split(", ").map(str::trim).collect();
+        assert_eq!(names, ours);
     }
 }
