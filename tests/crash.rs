@@ -231,8 +231,9 @@ fn child_main<C: DbConn>() {
             registry.register::<Late>().unwrap();
             let refused = Arc::new(AtomicUsize::new(0));
             let counter = refused.clone();
-            // One thread and batches of one: with both tasks in hand the pool is full and
-            // claims nothing more, so only the test's pool can take a lapsed lease over.
+            // One thread and batches of one: the capacity is threads + 2 batches = 3, so with
+            // the three tasks in hand the pool is full and claims nothing more, and only the
+            // test's pool can take a lapsed lease over.
             let handle = builder(registry)
                 .threads(1)
                 .batch_size(1)
@@ -247,8 +248,8 @@ fn child_main<C: DbConn>() {
                 .unwrap()
                 .start()
                 .unwrap();
-            wait_for("both attempts to end", PATIENCE, || {
-                (child().finished.load(Ordering::SeqCst) == 2).then_some(())
+            wait_for("the three attempts to end", PATIENCE, || {
+                (child().finished.load(Ordering::SeqCst) == 3).then_some(())
             });
             // Shutdown writes every outcome still pending before it returns.
             handle.shutdown();
@@ -469,7 +470,7 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
             .id()
             .unwrap()
     };
-    let (stale, kept) = (enqueue(), enqueue());
+    let (stale, kept, filler) = (enqueue(), enqueue(), enqueue());
     let owner = format!("child-late-{}", C::BACKEND.name());
     let mut proc = ChildProc::spawn(&db, "late", &owner);
     wait_mark(&db, &mut proc, "started", stale);
@@ -478,11 +479,13 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
         .unwrap()
         .lease_token
         .expect("the child's lease");
-    // The child holds both (the second waits for its only thread) before the test's pool
-    // exists, so the test's pool can only ever take the lapsed one.
-    wait_row(&db, kept, "the child to claim its second task", |r| {
-        r.lease_owner.as_deref() == Some(owner.as_str())
-    });
+    // The child holds all three (two wait for its only thread) before the test's pool exists,
+    // so the test's pool can only ever take the lapsed one.
+    for id in [kept, filler] {
+        wait_row(&db, id, "the child to claim its other tasks", |r| {
+            r.lease_owner.as_deref() == Some(owner.as_str())
+        });
+    }
 
     let mut registry = Registry::new();
     registry.register::<Resume<true>>().unwrap();
@@ -505,9 +508,9 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
         "the child still holds its other task"
     );
 
-    // Let the child finish both: it completes the first under its old token, then the second,
+    // Let the child finish all three: it completes the first under its old token, then the rest,
     // then shuts down and exits.
-    for id in [stale, kept] {
+    for id in [stale, kept, filler] {
         let release = Mark {
             label: "release".into(),
             task: id,
@@ -526,8 +529,8 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
         "exactly the stale completion was refused"
     );
     assert!(
-        db.row(kept).is_none(),
-        "the child's valid completion went through"
+        db.row(kept).is_none() && db.row(filler).is_none(),
+        "the child's valid completions went through"
     );
     let after = db
         .row(stale)
