@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
+use crossbeam_channel::{after, select, tick, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
 use super::run::Done;
 use super::{Config, Shared};
 use crate::events::Event;
-use crate::store::{now_ms, retry_transient, StoreConnection};
+use crate::store::{now_ms, retry_transient, Finish, StoreConnection};
 
 /// Keeps a pooled connection across iterations and drops it after an error, so that a broken
 /// connection is replaced.
@@ -106,7 +106,17 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
         }
         batch.extend(done.try_iter().take(1024));
         if !stopping && !batch.is_empty() {
-            linger(&cfg, &shared, &done, &mut batch);
+            if C::CONCURRENT_CLAIMS {
+                linger(&cfg, &shared, &done, &mut batch);
+            } else {
+                // The fetcher writes outcomes with its next claim (one transaction); what it
+                // has not taken after a while is written here.
+                select! {
+                    recv(stop) -> _ => stopping = true,
+                    recv(after(SHARED_LINGER)) -> _ => {},
+                }
+                batch.extend(done.try_iter());
+            }
         }
         if !batch.is_empty() {
             write_outcomes(&mut conn, &cfg, &shared, &mut batch, stopping);
@@ -122,6 +132,10 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
 
 /// How long the completer waits for more outcomes before writing a partial batch.
 const LINGER: Duration = Duration::from_millis(5);
+
+/// On a single-writer backend, how long an outcome may wait for the fetcher's next claim to
+/// carry it before the completer writes it alone.
+const SHARED_LINGER: Duration = Duration::from_millis(20);
 
 /// While tasks are still running, waits up to [`LINGER`] for a batch's worth of outcomes, so
 /// that many tasks share one write transaction (SQLite runs writers one at a time; on the
@@ -140,6 +154,56 @@ fn linger(cfg: &Config, shared: &Shared, done: &Receiver<Done>, batch: &mut Vec<
     }
 }
 
+/// Outcomes grouped for writing: successes by lease token (one `DELETE` each), and the fenced
+/// updates of the rest.
+pub(super) fn group(batch: &[Done]) -> (Vec<(i64, Vec<i64>)>, Vec<Finish>) {
+    let mut completes: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut finishes = Vec::new();
+    for d in batch {
+        match d {
+            Done::Complete { id, token } => completes.entry(*token).or_default().push(*id),
+            Done::Finish(f) => finishes.push(f.clone()),
+        }
+    }
+    (completes.into_iter().collect(), finishes)
+}
+
+/// Reports completions the database refused (`deleted` of `asked` rows were still held).
+pub(super) fn report_completed(cfg: &Config, asked: usize, deleted: usize) {
+    if deleted < asked {
+        log::warn!(
+            "tend: {} of {asked} completed task(s) had lost their lease (taken over after \
+             expiry); their completion was refused",
+            asked - deleted
+        );
+        cfg.events.emit(Event::OutcomesRefused {
+            count: asked - deleted,
+        });
+    }
+}
+
+/// Reports fenced updates the database refused.
+pub(super) fn report_finished(cfg: &Config, asked: usize, held: usize) {
+    if held < asked {
+        log::warn!(
+            "tend: {} task outcome(s) were refused because their lease was taken over after \
+             expiry",
+            asked - held
+        );
+        cfg.events.emit(Event::OutcomesRefused {
+            count: asked - held,
+        });
+    }
+}
+
+/// Forgets the leases of written outcomes: they are no longer renewed.
+pub(super) fn forget(shared: &Shared, batch: &mut Vec<Done>) {
+    let mut map = shared.inflight.lock().expect("inflight lock");
+    for d in batch.drain(..) {
+        map.remove(&d.id());
+    }
+}
+
 /// Writes a batch of outcomes: one DELETE per lease token for successes, one transaction of
 /// fenced updates for the rest. Retries database errors with backoff while the leases are
 /// still worth writing; after that the tasks simply run again (at-least-once).
@@ -150,14 +214,7 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
     batch: &mut Vec<Done>,
     stopping: bool,
 ) {
-    let mut completes: HashMap<i64, Vec<i64>> = HashMap::new();
-    let mut finishes = Vec::new();
-    for d in batch.iter() {
-        match d {
-            Done::Complete { id, token } => completes.entry(*token).or_default().push(*id),
-            Done::Finish(f) => finishes.push(f.clone()),
-        }
-    }
+    let (mut pending_completes, mut finishes) = group(batch);
     let give_up_at = Instant::now()
         + if stopping {
             cfg.lease.min(Duration::from_secs(5))
@@ -165,7 +222,6 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
             cfg.lease
         };
     let mut backoff = Backoff::default();
-    let mut pending_completes: Vec<(i64, Vec<i64>)> = completes.into_iter().collect();
     loop {
         let mut failed = None;
         pending_completes.retain(|(token, ids)| {
@@ -174,17 +230,7 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
             }
             match conn.with(|c| c.complete(*token, ids)) {
                 Ok(n) => {
-                    if n < ids.len() {
-                        log::warn!(
-                            "tend: {} of {} completed task(s) had lost their lease (taken over \
-                             after expiry); their completion was refused",
-                            ids.len() - n,
-                            ids.len()
-                        );
-                        cfg.events.emit(Event::OutcomesRefused {
-                            count: ids.len() - n,
-                        });
-                    }
+                    report_completed(cfg, ids.len(), n);
                     false
                 }
                 Err(e) => {
@@ -196,16 +242,7 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
         if failed.is_none() && !finishes.is_empty() {
             match conn.with(|c| c.finish(&finishes)) {
                 Ok(held) => {
-                    if held.len() < finishes.len() {
-                        log::warn!(
-                            "tend: {} task outcome(s) were refused because their lease was \
-                             taken over after expiry",
-                            finishes.len() - held.len()
-                        );
-                        cfg.events.emit(Event::OutcomesRefused {
-                            count: finishes.len() - held.len(),
-                        });
-                    }
+                    report_finished(cfg, finishes.len(), held.len());
                     finishes.clear();
                 }
                 Err(e) => failed = Some(e),
@@ -224,10 +261,7 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
         log::warn!("tend: writing task outcomes failed ({e}); retrying in {wait:?}");
         thread::sleep(wait);
     }
-    let mut map = shared.inflight.lock().expect("inflight lock");
-    for d in batch.drain(..) {
-        map.remove(&d.id());
-    }
+    forget(shared, batch);
 }
 
 /// Deletes kept completed rows older than the retention, 500 at a time so that no statement

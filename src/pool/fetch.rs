@@ -9,8 +9,8 @@ use std::time::Instant;
 use crossbeam_channel::{after, select, Receiver, Sender};
 use diesel::r2d2::R2D2Connection;
 
-use super::complete::{Backoff, Conn};
-use super::run::random_token;
+use super::complete::{self, Backoff, Conn};
+use super::run::{random_token, Done};
 use super::{Config, Job, Lease, Shared};
 use crate::events::{Event, TaskInfo};
 use crate::store::{now_ms, Claim, Claimed, StoreConnection};
@@ -24,6 +24,9 @@ pub(super) struct Channels {
     /// A slot freed (a handler returned) or an outcome was written.
     pub freed: Receiver<()>,
     pub dispatch: Receiver<i64>,
+    /// On a single-writer backend: the shard's outcome queue, so that outcomes are written in
+    /// the claim's transaction (and the sender to give them back if that fails).
+    pub outcomes: Option<(Receiver<Done>, Sender<Done>)>,
 }
 
 pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
@@ -98,7 +101,35 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             limit: reserved as i64,
             ids: targeted.then_some(&ids[..]),
         };
-        match conn.with(|c| c.claim(&claim)) {
+        let mut taken: Vec<Done> = match &ch.outcomes {
+            Some((rx, _)) => rx.try_iter().take(4 * cfg.batch_size).collect(),
+            None => Vec::new(),
+        };
+        let claimed = if taken.is_empty() {
+            conn.with(|c| c.claim(&claim))
+        } else {
+            let (completes, finishes) = complete::group(&taken);
+            match conn.with(|c| c.write_and_claim(&completes, &finishes, &claim)) {
+                Ok(w) => {
+                    for ((_, ids), deleted) in completes.iter().zip(&w.deleted) {
+                        complete::report_completed(&cfg, ids.len(), *deleted);
+                    }
+                    complete::report_finished(&cfg, finishes.len(), w.held.len());
+                    complete::forget(&shared, &mut taken);
+                    Ok(w.claimed)
+                }
+                Err(e) => {
+                    // The completer writes them, with its retries.
+                    if let Some((_, tx)) = &ch.outcomes {
+                        for d in taken.drain(..) {
+                            let _ = tx.send(d);
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        };
+        match claimed {
             Ok(rows) => {
                 backoff.reset();
                 let n = rows.len();

@@ -741,6 +741,7 @@ where
                     wake: wake_rx.clone(),
                     freed: freed_rx,
                     dispatch: dispatch.clone(),
+                    outcomes: (!C::CONCURRENT_CLAIMS).then(|| (done_rx.clone(), done_tx.clone())),
                 };
                 // A single-writer backend has one claimer, which shares the completer's
                 // connection (see `complete::Conn`).

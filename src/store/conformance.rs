@@ -496,6 +496,47 @@ fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
     assert!(!second.started.is_empty());
 }
 
+/// Outcomes and the next claim in one call (on SQLite, one transaction): the deletes and the
+/// fenced updates apply (stale tokens refused), and the claim sees their effect.
+fn write_and_claim_writes_outcomes_then_claims<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let a = insert(&mut conn, &row(T0 - 3));
+    let b = insert(&mut conn, &row(T0 - 2));
+    let c = insert(&mut conn, &row(T0 - 1));
+    let later = insert(&mut conn, &row(T0 + 60_000));
+    assert_eq!(
+        ids(&claim(&mut conn, T0, T0 + WEEK, 1, 2, None)),
+        [a, b].into()
+    );
+    // b failed and is due again at once; a succeeded; a stale token completes nothing.
+    let retry = finish(b, 1, 2, T0 - 1, T0);
+    let w = conn
+        .write_and_claim(
+            &[(1, vec![a]), (9, vec![c])],
+            &[retry],
+            &claim_args(T0, T0 + WEEK, 2, 10, None),
+        )
+        .expect("write_and_claim");
+    assert_eq!(w.deleted, vec![1, 0]);
+    assert_eq!(w.held, vec![b]);
+    let claimed: BTreeSet<i64> = w.claimed.iter().map(|c| c.task.id).collect();
+    assert_eq!(
+        claimed,
+        [b, c].into(),
+        "the claim sees the retry and skips the deleted row"
+    );
+    assert!(conn.find(a).unwrap().is_none());
+    assert_eq!(found(&mut conn, b).lease_token, Some(2));
+    assert_eq!(found(&mut conn, b).error_msg, "");
+    assert_eq!(found(&mut conn, later).task_status, 0);
+    // Nothing to write: a plain claim.
+    let w = conn
+        .write_and_claim(&[], &[], &claim_args(T0 + 60_000, T0 + WEEK, 3, 10, None))
+        .unwrap();
+    assert_eq!(w.claimed.len(), 1);
+    assert!(w.deleted.is_empty() && w.held.is_empty());
+}
+
 fn insert_many_is_one_statement<D: Db>(db: &D) {
     let mut conn = migrated(db);
     let rows: Vec<NewRow> = (0..50)
@@ -1256,6 +1297,7 @@ conformance!(
     insert_one_reads_back_every_column,
     insert_many_is_one_statement,
     hot_path_statements_stay_prepared,
+    write_and_claim_writes_outcomes_then_claims,
     idempotency_key_duplicates_are_skipped,
     claim_takes_due_rows_oldest_first,
     claim_leases_the_rows,

@@ -189,6 +189,17 @@ pub struct Claim<'a> {
     pub ids: Option<&'a [i64]>,
 }
 
+/// What [`write_and_claim`](ops::Ops::write_and_claim) did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rows each `complete` deleted, in order.
+    pub deleted: Vec<usize>,
+    /// Ids whose fenced update applied.
+    pub held: Vec<i64>,
+    /// The claimed rows.
+    pub claimed: Vec<Claimed>,
+}
+
 /// A fenced update of one claimed row after its attempt.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -224,6 +235,25 @@ pub(crate) mod ops {
         fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>>;
         /// Deletes completed rows still held under `token`; returns how many.
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize>;
+        /// Writes outcomes (`complete` per token, then `finish`), then claims: on SQLite in
+        /// one write transaction, which saves a commit per batch on its single writer; here,
+        /// one after the other (each step stands on its own).
+        fn write_and_claim(
+            &mut self,
+            completes: &[(i64, Vec<i64>)],
+            finishes: &[Finish],
+            c: &Claim<'_>,
+        ) -> QueryResult<Written> {
+            let mut w = Written::default();
+            for (token, ids) in completes {
+                w.deleted.push(self.complete(*token, ids)?);
+            }
+            if !finishes.is_empty() {
+                w.held = self.finish(finishes)?;
+            }
+            w.claimed = self.claim(c)?;
+            Ok(w)
+        }
         /// Applies fenced updates in one transaction; returns the ids whose lease was still held.
         fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
         /// Pushes the lease expiry of running rows held under `token`.
@@ -477,6 +507,14 @@ where
     }
     fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
         (**self).complete(token, ids)
+    }
+    fn write_and_claim(
+        &mut self,
+        completes: &[(i64, Vec<i64>)],
+        finishes: &[Finish],
+        c: &Claim<'_>,
+    ) -> QueryResult<Written> {
+        (**self).write_and_claim(completes, finishes, c)
     }
     fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>> {
         (**self).finish(rows)

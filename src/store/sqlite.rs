@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use diesel::sql_types::{BigInt, Integer};
 
 use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
-use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
+use super::{ops::Ops, Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -54,55 +54,27 @@ impl Ops for SqliteConnection {
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
-        if c.ids.is_some_and(|ids| ids.is_empty()) {
-            return Ok(Vec::new());
-        }
+        self.immediate_transaction(|conn| claim_in(conn, c))
+    }
+
+    fn write_and_claim(
+        &mut self,
+        completes: &[(i64, Vec<i64>)],
+        finishes: &[Finish],
+        c: &Claim<'_>,
+    ) -> QueryResult<Written> {
+        // One write transaction: the deletes and the claim touch neighbouring pages, and the
+        // single writer commits once instead of twice.
         self.immediate_transaction(|conn| {
-            // `+task_status` keeps the planner on the execute_time index whatever statistics
-            // say (on the status index it would sort every pending row to find the first few).
-            let due =
-                Stmt::new("SELECT id, task_status FROM consistency_task WHERE execute_time <= ")
-                    .bind(Bind::I64(c.now))
-                    .sql(" AND +task_status IN (0, 1, 2)");
-            let due = match c.ids {
-                Some(ids) => due.sql(" AND id IN ").ids(ids),
-                None => due,
-            };
-            let prev: Vec<Due> = due
-                .sql(" ORDER BY execute_time LIMIT ")
-                .bind(Bind::I64(c.limit))
-                .load(conn)?;
-            if prev.is_empty() {
-                return Ok(Vec::new());
+            let mut w = Written::default();
+            for (token, ids) in completes {
+                w.deleted.push(conn.complete(*token, ids)?);
             }
-            let ids: Vec<i64> = prev.iter().map(|p| p.id).collect();
-            let prev: HashMap<i64, i32> = prev.into_iter().map(|p| (p.id, p.task_status)).collect();
-            let rows: Vec<TaskRow> = Stmt::new(
-                "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
-                 execute_time = ",
-            )
-            .bind(Bind::I64(c.lease_until))
-            .sql(", lease_expires_at = ")
-            .bind(Bind::I64(c.lease_until))
-            .sql(", lease_token = ")
-            .bind(Bind::I64(c.token))
-            .sql(", lease_owner = ")
-            .bind(Bind::Text(c.owner))
-            .sql(", gmt_modified = ")
-            .bind(Bind::I64(c.now))
-            .sql(" WHERE id IN ")
-            .ids(&ids)
-            .sql(" RETURNING ")
-            .sql(TASK_COLUMNS)
-            .typed::<TaskRowSql<Sqlite>>()
-            .load(conn)?;
-            Ok(rows
-                .into_iter()
-                .map(|task| Claimed {
-                    prev_status: prev.get(&task.id).copied().unwrap_or(0),
-                    task,
-                })
-                .collect())
+            if !finishes.is_empty() {
+                w.held = conn.finish(finishes)?;
+            }
+            w.claimed = claim_in(conn, c)?;
+            Ok(w)
         })
     }
 
@@ -113,6 +85,57 @@ impl Ops for SqliteConnection {
     }
 
     super::common_ops!();
+}
+
+/// The claim, inside a write transaction the caller opened.
+fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
+    if c.ids.is_some_and(|ids| ids.is_empty()) {
+        return Ok(Vec::new());
+    }
+    // `+task_status` keeps the planner on the execute_time index whatever statistics
+    // say (on the status index it would sort every pending row to find the first few).
+    let due = Stmt::new("SELECT id, task_status FROM consistency_task WHERE execute_time <= ")
+        .bind(Bind::I64(c.now))
+        .sql(" AND +task_status IN (0, 1, 2)");
+    let due = match c.ids {
+        Some(ids) => due.sql(" AND id IN ").ids(ids),
+        None => due,
+    };
+    let prev: Vec<Due> = due
+        .sql(" ORDER BY execute_time LIMIT ")
+        .bind(Bind::I64(c.limit))
+        .load(conn)?;
+    if prev.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = prev.iter().map(|p| p.id).collect();
+    let prev: HashMap<i64, i32> = prev.into_iter().map(|p| (p.id, p.task_status)).collect();
+    let rows: Vec<TaskRow> = Stmt::new(
+        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
+             execute_time = ",
+    )
+    .bind(Bind::I64(c.lease_until))
+    .sql(", lease_expires_at = ")
+    .bind(Bind::I64(c.lease_until))
+    .sql(", lease_token = ")
+    .bind(Bind::I64(c.token))
+    .sql(", lease_owner = ")
+    .bind(Bind::Text(c.owner))
+    .sql(", gmt_modified = ")
+    .bind(Bind::I64(c.now))
+    .sql(" WHERE id IN ")
+    .ids(&ids)
+    .sql(" RETURNING ")
+    .sql(TASK_COLUMNS)
+    .typed::<TaskRowSql<Sqlite>>()
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|task| Claimed {
+            prev_status: prev.get(&task.id).copied().unwrap_or(0),
+            task,
+        })
+        .collect())
 }
 
 /// An r2d2 connection customizer for SQLite pools: WAL journal (readers never block the
