@@ -1,9 +1,14 @@
-//! The worker pool: a fetcher thread claims due tasks in batches under a lease, worker threads
+//! The worker pool: fetcher threads claim due tasks in batches under a lease, worker threads
 //! run them, and a completer thread writes the outcomes back in batches and keeps the leases of
 //! running tasks alive.
 //!
 //! Why three roles: claiming, running and completing overlap, so a worker never waits for a
-//! round trip to start its next task, and completions of many tasks share one statement.
+//! round trip to start its next task, and completions of many tasks share one statement. A
+//! task's slot frees when its handler returns, so the next claim never waits for a write. On
+//! PostgreSQL and MySQL each shard has two fetchers (their claims overlap, and the server
+//! flushes their commits together); on SQLite, whose single writer would only make them wait
+//! for each other, one fetcher shares the completer's connection and writes pending outcomes
+//! in its claim's transaction.
 
 mod complete;
 mod fetch;
@@ -103,8 +108,9 @@ where
         self
     }
 
-    /// Most tasks claimed by one query. The pool also keeps at most this many claimed tasks
-    /// waiting for a free thread. Defaults to 100.
+    /// Most tasks claimed by one query. A shard holds at most `threads + 2 × batch_size`
+    /// claimed tasks whose handler has not returned (running or waiting for a thread), so a
+    /// full batch is claimed while the previous one runs. Defaults to 100.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -608,8 +614,9 @@ where
 {
     /// A builder over an r2d2 pool of the backend's connections and a registry of task types.
     ///
-    /// The pool takes up to 2 connections per shard (one to claim, one to complete); tasks
-    /// that use the database take their own. Turning off r2d2's `test_on_check_out` saves a
+    /// The pool takes up to 3 connections per shard on PostgreSQL and MySQL (two to claim, one
+    /// to complete) and 1 on SQLite (claims and outcomes take turns on it); tasks that use the
+    /// database take their own. Turning off r2d2's `test_on_check_out` saves a
     /// round trip per checkout. Build the r2d2 pool with a short `connection_timeout` (1-2 s):
     /// after an outage r2d2 retries its connects with a backoff capped at half of it (15 s with
     /// its 30 s default), which bounds how fast the pool resumes.
