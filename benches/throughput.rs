@@ -199,6 +199,16 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Current resident set size (VmRSS) in MiB.
+fn rss_now_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 /// Resets VmHWM to the current RSS (Linux 4.0+), so that each drain's peak is its own.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -1395,12 +1405,21 @@ impl<D: Db> Bench<D> {
                         n * DRAIN_REPEATS,
                     );
                     reset_peak_rss();
+                    let before = rss_now_mb();
                     let d = if sys == 0 {
                         self.tend_drain(k, n, below)?
                     } else {
                         self.limit_drain(k, n, below)?
                     };
                     rss[sys] = rss[sys].max(peak_rss_mb());
+                    if rep == 0 {
+                        log(format!(
+                            "{}: drain w{k} {}: rss {before:.1} MiB before, peak {:.1} MiB",
+                            D::NAME,
+                            ["tend", "limit"][sys],
+                            peak_rss_mb()
+                        ));
+                    }
                     profile_phase("-", 0);
                     runs[sys].push(d.rate());
                 }
@@ -1442,12 +1461,19 @@ impl<D: Db> Bench<D> {
                     n,
                 );
                 reset_peak_rss();
+                let before = rss_now_mb();
                 let d = if sys == 0 {
                     self.tend_drain(4, n, below)?
                 } else {
                     self.limit_drain(4, n, below)?
                 };
                 rss[sys] = rss[sys].max(peak_rss_mb());
+                log(format!(
+                    "{}: backlog drain {}: rss {before:.1} MiB before, peak {:.1} MiB",
+                    D::NAME,
+                    ["tend", "limit"][sys],
+                    peak_rss_mb()
+                ));
                 profile_phase("-", 0);
                 rates[sys] = d.rate();
                 // A capped drain leaves due rows behind: start the next one clean.
