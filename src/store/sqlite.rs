@@ -25,6 +25,13 @@ struct Due {
     task_status: i32,
 }
 
+/// `last_insert_rowid()`.
+#[derive(QueryableByName)]
+struct Rowid {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
 impl Ops for SqliteConnection {
     const CONCURRENT_CLAIMS: bool = false;
 
@@ -33,12 +40,17 @@ impl Ops for SqliteConnection {
     }
 
     fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
-        diesel::insert_into(t::consistency_task)
+        let n = diesel::insert_into(t::consistency_task)
             .values(row)
             .on_conflict_do_nothing()
-            .returning(t::id)
-            .get_result(self)
-            .optional()
+            .execute(self)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        // Not `RETURNING id`: SQLite sets up a temporary table for RETURNING on every run,
+        // which cost more than this second (in-process, prepared) statement.
+        let r: Rowid = Stmt::new("SELECT last_insert_rowid() AS id").get_result(self)?;
+        Ok(Some(r.id))
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
