@@ -200,6 +200,51 @@ pub struct Written {
     pub claimed: Vec<Claimed>,
 }
 
+/// The claim's lease as one statement over listed ids (for backends that read the due rows
+/// first: MySQL, which has no `UPDATE … RETURNING`, and SQLite, whose `RETURNING` costs a
+/// temporary table per run).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
+    use stmt::{Bind, Stmt};
+    Stmt::new(
+        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
+         execute_time = ",
+    )
+    .bind(Bind::I64(c.lease_until))
+    .sql(", lease_expires_at = ")
+    .bind(Bind::I64(c.lease_until))
+    .sql(", lease_token = ")
+    .bind(Bind::I64(c.token))
+    .sql(", lease_owner = ")
+    .bind(Bind::Text(c.owner))
+    .sql(", gmt_modified = ")
+    .bind(Bind::I64(c.now))
+    .sql(" WHERE id IN ")
+    .ids(ids)
+}
+
+/// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status
+/// each had before.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
+    rows.into_iter()
+        .map(|mut r| {
+            let prev_status = r.task_status;
+            r.task_status = 1;
+            r.execute_times += 1;
+            r.execute_time = c.lease_until;
+            r.lease_expires_at = Some(c.lease_until);
+            r.lease_token = Some(c.token);
+            r.lease_owner = Some(c.owner.to_string());
+            r.gmt_modified = c.now;
+            Claimed {
+                task: r,
+                prev_status,
+            }
+        })
+        .collect()
+}
+
 /// A fenced update of one claimed row after its attempt.
 #[derive(Debug, Clone)]
 pub struct Finish {

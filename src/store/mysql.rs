@@ -80,39 +80,8 @@ impl Ops for MysqlConnection {
                 return Ok(Vec::new());
             }
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            Stmt::new(
-                "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
-                 execute_time = ",
-            )
-            .bind(Bind::I64(c.lease_until))
-            .sql(", lease_expires_at = ")
-            .bind(Bind::I64(c.lease_until))
-            .sql(", lease_token = ")
-            .bind(Bind::I64(c.token))
-            .sql(", lease_owner = ")
-            .bind(Bind::Text(c.owner))
-            .sql(", gmt_modified = ")
-            .bind(Bind::I64(c.now))
-            .sql(" WHERE id IN ")
-            .ids(&ids)
-            .execute(conn)?;
-            Ok(rows
-                .into_iter()
-                .map(|mut r| {
-                    let prev_status = r.task_status;
-                    r.task_status = 1;
-                    r.execute_times += 1;
-                    r.execute_time = c.lease_until;
-                    r.lease_expires_at = Some(c.lease_until);
-                    r.lease_token = Some(c.token);
-                    r.lease_owner = Some(c.owner.to_string());
-                    r.gmt_modified = c.now;
-                    Claimed {
-                        task: r,
-                        prev_status,
-                    }
-                })
-                .collect())
+            super::lease_by_ids(c, &ids).execute(conn)?;
+            Ok(super::as_leased(rows, c))
         })
     }
 

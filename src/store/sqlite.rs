@@ -6,24 +6,11 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use std::collections::HashMap;
-
-use diesel::sql_types::{BigInt, Integer};
-
 use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
 use super::{ops::Ops, Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-
-/// A due row's id and its status before the claim.
-#[derive(QueryableByName)]
-struct Due {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Integer)]
-    task_status: i32,
-}
 
 /// `last_insert_rowid()`.
 #[derive(QueryableByName)]
@@ -104,50 +91,30 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     if c.ids.is_some_and(|ids| ids.is_empty()) {
         return Ok(Vec::new());
     }
-    // `+task_status` keeps the planner on the execute_time index whatever statistics
-    // say (on the status index it would sort every pending row to find the first few).
-    let due = Stmt::new("SELECT id, task_status FROM consistency_task WHERE execute_time <= ")
+    // Read the due rows, then lease them by id, as on MySQL: `UPDATE … RETURNING` would build a
+    // temporary table per run and cannot return the previous status. `+task_status` keeps the
+    // planner on the execute_time index whatever statistics say (on the status index it would
+    // sort every pending row to find the first few).
+    let due = Stmt::new("SELECT ")
+        .sql(TASK_COLUMNS)
+        .sql(" FROM consistency_task WHERE execute_time <= ")
         .bind(Bind::I64(c.now))
         .sql(" AND +task_status IN (0, 1, 2)");
     let due = match c.ids {
         Some(ids) => due.sql(" AND id IN ").ids(ids),
         None => due,
     };
-    let prev: Vec<Due> = due
+    let rows: Vec<TaskRow> = due
         .sql(" ORDER BY execute_time LIMIT ")
         .bind(Bind::I64(c.limit))
+        .typed::<TaskRowSql<Sqlite>>()
         .load(conn)?;
-    if prev.is_empty() {
+    if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<i64> = prev.iter().map(|p| p.id).collect();
-    let prev: HashMap<i64, i32> = prev.into_iter().map(|p| (p.id, p.task_status)).collect();
-    let rows: Vec<TaskRow> = Stmt::new(
-        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
-             execute_time = ",
-    )
-    .bind(Bind::I64(c.lease_until))
-    .sql(", lease_expires_at = ")
-    .bind(Bind::I64(c.lease_until))
-    .sql(", lease_token = ")
-    .bind(Bind::I64(c.token))
-    .sql(", lease_owner = ")
-    .bind(Bind::Text(c.owner))
-    .sql(", gmt_modified = ")
-    .bind(Bind::I64(c.now))
-    .sql(" WHERE id IN ")
-    .ids(&ids)
-    .sql(" RETURNING ")
-    .sql(TASK_COLUMNS)
-    .typed::<TaskRowSql<Sqlite>>()
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|task| Claimed {
-            prev_status: prev.get(&task.id).copied().unwrap_or(0),
-            task,
-        })
-        .collect())
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    super::lease_by_ids(c, &ids).execute(conn)?;
+    Ok(super::as_leased(rows, c))
 }
 
 /// An r2d2 connection customizer for SQLite pools: WAL journal (readers never block the
