@@ -1305,7 +1305,8 @@ impl<D: Db> Bench<D> {
     fn tend_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
         RAN.store(0, Ordering::SeqCst);
         // tend takes 2 connections (fetcher, completer), 1 more to check the schema; 1 counts.
-        let pool = D::pool(&self.url, 4)?;
+        // 6: the smallest pool on which tend gives a shard its second claimer (it holds 3).
+        let pool = D::pool(&self.url, 6)?;
         let workers = tend::WorkerPool::builder(pool.clone(), registry())
             .threads(k)
             .batch_size(self.s.tend_batch)

@@ -304,6 +304,37 @@ fn pool_drains_every_task_once<C: DbConn>() {
     assert!(ran.iter().all(|r| r.attempt == 1));
 }
 
+/// On a small r2d2 pool (max 3) tend keeps one claimer, so it holds 2 connections and the
+/// application can still enqueue while it drains.
+fn a_small_r2d2_pool_still_leaves_the_application_a_connection<C: DbConn>() {
+    let Some(db) = TestDb::<C>::fresh() else {
+        return;
+    };
+    let small = common::pool_for::<C>(&db.url, 3);
+    const N: u64 = 100;
+    let (run, rec) = new_run();
+    let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
+        .threads(4)
+        .batch_size(10)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    for n in 0..N {
+        // The application's own checkout: it must not wait for a connection tend holds.
+        let mut conn = small
+            .get_timeout(Duration::from_secs(5))
+            .expect("a connection left for the application");
+        tend::enqueue(&mut conn, &job(run, n, Act::Succeed)).unwrap();
+    }
+    wait_for("the table to drain", PATIENCE, || {
+        db.rows().is_empty().then_some(())
+    });
+    assert!(handle.shutdown().all_joined());
+    assert_eq!(rec.ran().len(), N as usize);
+}
+
 /// Two pools (two deployments: each registers its own type under the signature) drain one
 /// table: every task runs exactly once, and both pools take part.
 fn two_pools_never_run_a_task_twice<C: DbConn>() {
@@ -906,6 +937,7 @@ per_backend!(
     enqueue_on_a_pooled_connection_follows_the_transaction,
     enqueue_many_follows_the_transaction,
     pool_drains_every_task_once,
+    a_small_r2d2_pool_still_leaves_the_application_a_connection,
     two_pools_never_run_a_task_twice,
     an_idle_pool_waits_for_its_poll_interval,
     retry_schedule_is_linear_by_default_then_dead,

@@ -37,6 +37,10 @@ use crate::store::{Claimed, StoreConnection, TaskRow};
 
 pub(crate) use run::{info, random_token, run_one, Done};
 
+/// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
+/// connections; below, it holds 2).
+const MIN_POOL_FOR_TWO_CLAIMERS: u32 = 6;
+
 /// How many right-now task ids the outbox may hand over before the pool has claimed them;
 /// beyond that a hand-off is skipped and the task waits for the next poll.
 const DISPATCH_QUEUE: usize = 16 * 1024;
@@ -404,7 +408,8 @@ where
         let n = self.shards.len();
         let (dispatch, dispatch_rx) = (0..n).map(|_| bounded(DISPATCH_QUEUE)).unzip();
         // Two claimers per shard where the backend writes concurrently: claims overlap with
-        // each other (PostgreSQL flushes their commits together) and with completions.
+        // each other (PostgreSQL flushes their commits together) and with completions. A shard
+        // whose r2d2 pool is small keeps one (see `start`).
         let claimers = if self.threads >= 2 && C::CONCURRENT_CLAIMS {
             2
         } else {
@@ -615,8 +620,9 @@ where
     /// A builder over an r2d2 pool of the backend's connections and a registry of task types.
     ///
     /// The pool takes up to 3 connections per shard on PostgreSQL and MySQL (two to claim, one
-    /// to complete) and 1 on SQLite (claims and outcomes take turns on it); tasks that use the
-    /// database take their own. Turning off r2d2's `test_on_check_out` saves a
+    /// to complete; the second claimer only when the r2d2 pool's `max_size` is at least 6, so
+    /// that the application keeps as many) and 1 on SQLite (claims and outcomes take turns on
+    /// it); tasks that use the database take their own. Turning off r2d2's `test_on_check_out` saves a
     /// round trip per checkout. Build the r2d2 pool with a short `connection_timeout` (1-2 s):
     /// after an outage r2d2 retries its connects with a backoff capped at half of it (15 s with
     /// its 30 s default), which bounds how fast the pool resumes.
@@ -737,8 +743,15 @@ where
             let (wake_tx, wake_rx) = bounded::<()>(1);
             let pool = self.shards.pools()[i].clone();
             let completer_conn = complete::Conn::new(pool.clone());
-            let mut freed_txs = Vec::with_capacity(cfg.claimers);
-            for k in 0..cfg.claimers {
+            // A second claimer holds a third connection for good: only where the r2d2 pool
+            // leaves the application at least as many.
+            let claimers = if pool.max_size() >= MIN_POOL_FOR_TWO_CLAIMERS {
+                cfg.claimers
+            } else {
+                1
+            };
+            let mut freed_txs = Vec::with_capacity(claimers);
+            for k in 0..claimers {
                 let (freed_tx, freed_rx) = bounded::<()>(1);
                 freed_txs.push(freed_tx);
                 let ch = fetch::Channels {
