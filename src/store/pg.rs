@@ -1,19 +1,35 @@
 //! PostgreSQL: the claim is one statement, `UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP
-//! LOCKED) RETURNING *`, so a batch costs one round trip and claimers never block each other.
+//! LOCKED) RETURNING …`, so a batch costs one round trip and claimers never block each other.
 
-use diesel::pg::PgConnection;
+use std::sync::OnceLock;
+
+use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
+use diesel::sql_types::Integer;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::stmt::{Bind, Stmt};
-use super::{ops::Ops, Claim, Claimed, NewRow};
+use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
+use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
+/// The claimed row's columns, qualified (the sub-select also has an `id`).
+fn returned_columns() -> &'static str {
+    static COLUMNS: OnceLock<String> = OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        TASK_COLUMNS
+            .split(',')
+            .map(|c| format!("t.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 // The sub-select locks the due rows (skipping rows other claimers hold) and carries their
-// previous status out, so a reclaim after an expired lease is visible to the caller.
-fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a> {
+// previous status out, so a reclaim after an expired lease is visible to the caller. Rows load
+// by position: no per-field name lookup.
+fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
     let s = Stmt::new("UPDATE consistency_task AS t SET task_status = 1, ")
         .sql("execute_times = t.execute_times + 1, execute_time = ")
         .bind(Bind::I64(c.lease_until))
@@ -34,7 +50,10 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a> {
     };
     s.sql(" ORDER BY execute_time LIMIT ")
         .bind(Bind::I64(c.limit))
-        .sql(" FOR UPDATE SKIP LOCKED) AS s WHERE t.id = s.id RETURNING t.*, s.prev_status")
+        .sql(" FOR UPDATE SKIP LOCKED) AS s WHERE t.id = s.id RETURNING ")
+        .sql(returned_columns())
+        .sql(", s.prev_status")
+        .typed()
 }
 
 impl Ops for PgConnection {
@@ -62,7 +81,11 @@ impl Ops for PgConnection {
         if c.ids.is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
-        claim_stmt(c).load(self)
+        let rows: Vec<(TaskRow, i32)> = claim_stmt(c).load(self)?;
+        Ok(rows
+            .into_iter()
+            .map(|(task, prev_status)| Claimed { task, prev_status })
+            .collect())
     }
 
     fn run_migrations(&mut self) -> Result<(), String> {
