@@ -954,3 +954,65 @@ per_backend!(
     shutdown_releases_claimed_but_unstarted_tasks,
     shutdown_abandons_a_stuck_task_which_runs_again_later,
 );
+
+/// SQLite: the shard's writer leaves WAL checkpoints to the pool's checkpointer thread and
+/// checkpoints itself only past 4000 pages, so the WAL stays bounded under a writer that never
+/// pauses; when the pool stops, the writer's connection goes back to the r2d2 pool with SQLite's
+/// default (checkpoint every 1000 pages) restored.
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_checkpoints_run_beside_the_writer_and_the_default_comes_back() {
+    use diesel::sql_types::Integer;
+    use diesel::{RunQueryDsl, SqliteConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct Pages {
+        #[diesel(sql_type = Integer)]
+        wal_autocheckpoint: i32,
+    }
+
+    let db = TestDb::<SqliteConnection>::fresh().expect("SQLite always runs");
+    let small = common::pool_for::<SqliteConnection>(&db.url, 3);
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.url));
+    let (run, rec) = new_run();
+    const N: u64 = 20_000;
+    for chunk in 0..N / 200 {
+        let tasks =
+            (0..200).map(|k| NewTask::new(&job(run, chunk * 200 + k, Act::Succeed)).unwrap());
+        tend::enqueue_many(&mut small.get().unwrap(), tasks).unwrap();
+    }
+    // From here on only the pool writes: empty the WAL, then watch it while the pool drains.
+    {
+        use diesel::connection::SimpleConnection;
+        let mut c = small.get().unwrap();
+        c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    }
+    let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
+        .threads(2)
+        .batch_size(50)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let mut largest_wal = 0;
+    wait_for("the table to drain", PATIENCE, || {
+        largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        db.rows().is_empty().then_some(())
+    });
+    assert!(handle.shutdown().all_joined());
+    assert_eq!(rec.ran().len(), N as usize);
+    // Unbounded (no checkpoints by the writer or beside it), 20 000 tasks' claims and deletes
+    // fill about 33 MiB of WAL; the writer's bound is 4000 pages (16 MiB).
+    assert!(
+        largest_wal < 24 << 20,
+        "the WAL grew to {largest_wal} bytes: its size is not bounded"
+    );
+    let mut conns: Vec<_> = (0..3).map(|_| small.get().unwrap()).collect();
+    for c in &mut conns {
+        let p: Pages = diesel::sql_query("PRAGMA wal_autocheckpoint")
+            .get_result(&mut **c)
+            .unwrap();
+        assert_eq!(p.wal_autocheckpoint, 1000, "SQLite's default is restored");
+    }
+}

@@ -42,7 +42,7 @@ pub(super) fn start<C: R2D2Connection + StoreConnection + Send + 'static>(
         .expect("spawning the tend membership thread"))
 }
 
-struct Membership<C: R2D2Connection + 'static> {
+struct Membership<C: R2D2Connection + StoreConnection + 'static> {
     conn: Conn<C>,
     cfg: Arc<Config>,
     shared: Vec<Arc<Shared>>,

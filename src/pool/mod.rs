@@ -8,7 +8,8 @@
 //! PostgreSQL and MySQL each shard has two fetchers (their claims overlap, and the server
 //! flushes their commits together); on SQLite, whose single writer would only make them wait
 //! for each other, one fetcher shares the completer's connection and writes pending outcomes
-//! in its claim's transaction.
+//! in its claim's transaction, and a checkpointer thread runs that connection's WAL
+//! checkpoints on a connection of its own.
 
 mod complete;
 mod fetch;
@@ -621,8 +622,9 @@ where
     ///
     /// The pool takes up to 3 connections per shard on PostgreSQL and MySQL (two to claim, one
     /// to complete; the second claimer only when the r2d2 pool's `max_size` is at least 6, so
-    /// that the application keeps as many) and 1 on SQLite (claims and outcomes take turns on
-    /// it); tasks that use the database take their own. Turning off r2d2's `test_on_check_out` saves a
+    /// that the application keeps as many) and 2 on SQLite (one writer, on which claims and
+    /// outcomes take turns, and one that runs the writer's WAL checkpoints beside it); tasks
+    /// that use the database take their own. Turning off r2d2's `test_on_check_out` saves a
     /// round trip per checkout. Build the r2d2 pool with a short `connection_timeout` (1-2 s):
     /// after an outage r2d2 retries its connects with a backoff capped at half of it (15 s with
     /// its 30 s default), which bounds how fast the pool resumes.
@@ -742,7 +744,18 @@ where
             // One wake per shard (any fetcher may take it), one "freed" per fetcher.
             let (wake_tx, wake_rx) = bounded::<()>(1);
             let pool = self.shards.pools()[i].clone();
-            let completer_conn = complete::Conn::new(pool.clone());
+            let completer_conn = if C::CONCURRENT_CLAIMS {
+                complete::Conn::new(pool.clone())
+            } else {
+                // SQLite: one writer per shard, whose WAL checkpoints run on another thread.
+                let checkpoints = complete::Conn::new(pool.clone());
+                let stop = stop_rx.clone();
+                fetchers.push(spawn(
+                    format!("tend-checkpoint-{i}"),
+                    Box::new(move || complete::checkpointer(checkpoints, stop)),
+                ));
+                complete::Conn::writer(pool.clone())
+            };
             // A second claimer holds a third connection for good: only where the r2d2 pool
             // leaves the application at least as many.
             let claimers = if pool.max_size() >= MIN_POOL_FOR_TWO_CLAIMERS {

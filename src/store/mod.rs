@@ -326,6 +326,17 @@ pub(crate) mod ops {
         fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
         /// Fails with the database's error if the table or a column is missing.
         fn check_schema(&mut self) -> QueryResult<()>;
+        /// With `true`, this connection's commits leave WAL checkpoints to the pool's
+        /// checkpointer thread, up to a bound on the WAL's size (SQLite; `false` restores
+        /// SQLite's default). A no-op on the servers.
+        fn defer_checkpoints(&mut self, _defer: bool) -> QueryResult<()> {
+            Ok(())
+        }
+        /// Copies the WAL into the database as far as readers allow, blocking no one (SQLite's
+        /// `PRAGMA wal_checkpoint(PASSIVE)`). A no-op on the servers.
+        fn checkpoint(&mut self) -> QueryResult<()> {
+            Ok(())
+        }
         /// Runs tend's embedded migrations.
         fn run_migrations(&mut self) -> Result<(), String>;
     }
@@ -596,6 +607,12 @@ where
     }
     fn check_schema(&mut self) -> QueryResult<()> {
         (**self).check_schema()
+    }
+    fn defer_checkpoints(&mut self, defer: bool) -> QueryResult<()> {
+        (**self).defer_checkpoints(defer)
+    }
+    fn checkpoint(&mut self) -> QueryResult<()> {
+        (**self).checkpoint()
     }
     fn run_migrations(&mut self) -> Result<(), String> {
         (**self).run_migrations()

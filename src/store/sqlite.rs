@@ -77,6 +77,22 @@ impl Ops for SqliteConnection {
         })
     }
 
+    fn defer_checkpoints(&mut self, defer: bool) -> QueryResult<()> {
+        use diesel::connection::SimpleConnection;
+        // Deferred: the writer checkpoints only past 4000 pages, which bounds the WAL (the
+        // pool's checkpointer does the rest, beside it); 1000 pages is SQLite's default.
+        self.batch_execute(if defer {
+            "PRAGMA wal_autocheckpoint = 4000"
+        } else {
+            "PRAGMA wal_autocheckpoint = 1000"
+        })
+    }
+
+    fn checkpoint(&mut self) -> QueryResult<()> {
+        use diesel::connection::SimpleConnection;
+        self.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")
+    }
+
     fn run_migrations(&mut self) -> Result<(), String> {
         self.run_pending_migrations(MIGRATIONS)
             .map(|_| ())
