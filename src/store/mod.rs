@@ -205,22 +205,45 @@ pub struct Written {
 /// temporary table per run).
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
-    use stmt::{Bind, Stmt};
-    Stmt::new(
-        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1, \
-         execute_time = ",
-    )
-    .bind(Bind::I64(c.lease_until))
-    .sql(", lease_expires_at = ")
-    .bind(Bind::I64(c.lease_until))
-    .sql(", lease_token = ")
-    .bind(Bind::I64(c.token))
-    .sql(", lease_owner = ")
-    .bind(Bind::Text(c.owner))
-    .sql(", gmt_modified = ")
-    .bind(Bind::I64(c.now))
-    .sql(" WHERE id IN ")
-    .ids(ids)
+    let s = stmt::Stmt::new(
+        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1",
+    );
+    lease_set(s, c).sql(" WHERE id IN ").ids(ids)
+}
+
+/// The lease every claim writes after `task_status` and `execute_times`: `, execute_time = …,
+/// lease_expires_at = …, lease_token = …, lease_owner = …, gmt_modified = …`.
+fn lease_set<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>) -> stmt::Stmt<'a, ST> {
+    use stmt::Bind;
+    s.sql(", execute_time = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_expires_at = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_token = ")
+        .bind(Bind::I64(c.token))
+        .sql(", lease_owner = ")
+        .bind(Bind::Text(c.owner))
+        .sql(", gmt_modified = ")
+        .bind(Bind::I64(c.now))
+}
+
+/// Which rows every claim takes: ` WHERE execute_time <= now AND <status> IN (0, 1, 2) [AND id
+/// IN (…)] ORDER BY execute_time LIMIT n`. `status` is the column as the backend should read it
+/// (SQLite's `+task_status` keeps its planner on the execute_time index).
+fn due_rows<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>, status: &str) -> stmt::Stmt<'a, ST> {
+    use stmt::Bind;
+    let s = s
+        .sql(" WHERE execute_time <= ")
+        .bind(Bind::I64(c.now))
+        .sql(" AND ")
+        .sql(status)
+        .sql(" IN (0, 1, 2)");
+    let s = match c.ids {
+        Some(ids) => s.sql(" AND id IN ").ids(ids),
+        None => s,
+    };
+    s.sql(" ORDER BY execute_time LIMIT ")
+        .bind(Bind::I64(c.limit))
 }
 
 /// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status

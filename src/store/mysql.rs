@@ -7,7 +7,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::stmt::{Bind, Stmt};
+use super::stmt::Stmt;
 use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
@@ -64,16 +64,8 @@ impl Ops for MysqlConnection {
             return Ok(Vec::new());
         }
         self.transaction(|conn| {
-            let due = Stmt::new("SELECT * FROM consistency_task WHERE execute_time <= ")
-                .bind(Bind::I64(c.now))
-                .sql(" AND task_status IN (0, 1, 2)");
-            let due = match c.ids {
-                Some(ids) => due.sql(" AND id IN ").ids(ids),
-                None => due,
-            };
-            let rows: Vec<TaskRow> = due
-                .sql(" ORDER BY execute_time LIMIT ")
-                .bind(Bind::I64(c.limit))
+            let due = Stmt::new("SELECT * FROM consistency_task");
+            let rows: Vec<TaskRow> = super::due_rows(due, c, "task_status")
                 .sql(" FOR UPDATE SKIP LOCKED")
                 .load(conn)?;
             if rows.is_empty() {

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Integer;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
+use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
 use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
@@ -30,26 +30,12 @@ fn returned_columns() -> &'static str {
 // previous status out, so a reclaim after an expired lease is visible to the caller. Rows load
 // by position: no per-field name lookup.
 fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
-    let s = Stmt::new("UPDATE consistency_task AS t SET task_status = 1, ")
-        .sql("execute_times = t.execute_times + 1, execute_time = ")
-        .bind(Bind::I64(c.lease_until))
-        .sql(", lease_expires_at = ")
-        .bind(Bind::I64(c.lease_until))
-        .sql(", lease_token = ")
-        .bind(Bind::I64(c.token))
-        .sql(", lease_owner = ")
-        .bind(Bind::Text(c.owner))
-        .sql(", gmt_modified = ")
-        .bind(Bind::I64(c.now))
-        .sql(" FROM (SELECT id, task_status AS prev_status FROM consistency_task WHERE execute_time <= ")
-        .bind(Bind::I64(c.now))
-        .sql(" AND task_status IN (0, 1, 2)");
-    let s = match c.ids {
-        Some(ids) => s.sql(" AND id IN ").ids(ids),
-        None => s,
-    };
-    s.sql(" ORDER BY execute_time LIMIT ")
-        .bind(Bind::I64(c.limit))
+    let s = Stmt::new(
+        "UPDATE consistency_task AS t SET task_status = 1, execute_times = t.execute_times + 1",
+    );
+    let s = super::lease_set(s, c)
+        .sql(" FROM (SELECT id, task_status AS prev_status FROM consistency_task");
+    super::due_rows(s, c, "task_status")
         .sql(" FOR UPDATE SKIP LOCKED) AS s WHERE t.id = s.id RETURNING ")
         .sql(returned_columns())
         .sql(", s.prev_status")

@@ -6,7 +6,7 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::stmt::{Bind, Stmt, TaskRowSql, TASK_COLUMNS};
+use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
 use super::{ops::Ops, Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use crate::schema::consistency_task::dsl as t;
 
@@ -113,16 +113,8 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     // sort every pending row to find the first few).
     let due = Stmt::new("SELECT ")
         .sql(TASK_COLUMNS)
-        .sql(" FROM consistency_task WHERE execute_time <= ")
-        .bind(Bind::I64(c.now))
-        .sql(" AND +task_status IN (0, 1, 2)");
-    let due = match c.ids {
-        Some(ids) => due.sql(" AND id IN ").ids(ids),
-        None => due,
-    };
-    let rows: Vec<TaskRow> = due
-        .sql(" ORDER BY execute_time LIMIT ")
-        .bind(Bind::I64(c.limit))
+        .sql(" FROM consistency_task");
+    let rows: Vec<TaskRow> = super::due_rows(due, c, "+task_status")
         .typed::<TaskRowSql<Sqlite>>()
         .load(conn)?;
     if rows.is_empty() {
