@@ -17,8 +17,10 @@ use crate::store::TaskRow;
 pub(crate) struct Filter {
     /// Only this row.
     pub id: Option<i64>,
-    /// Only these statuses (empty: any).
+    /// Only these statuses (this and `unknown` empty: any).
     pub statuses: Vec<TaskStatus>,
+    /// Also (or only, with `statuses` empty) rows whose status this build does not know.
+    pub unknown: Unknown,
     /// Only this signature (`method_sign_name`).
     pub signature: Option<String>,
     /// Only this shard key.
@@ -31,11 +33,30 @@ pub(crate) struct Filter {
     pub modified_before: Option<i64>,
 }
 
+/// Rows whose `task_status` is none of [`TaskStatus`]'s values: written by a newer tend, or by
+/// hand. A pool never claims, changes or deletes them; an operator selects them by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Unknown {
+    /// Not selected (unless no status is named at all).
+    #[default]
+    No,
+    /// These stored values (none of them a known status).
+    Values(Vec<i32>),
+    /// Every value that is not a known status.
+    All,
+}
+
 impl Filter {
+    /// Whether the filter names statuses (known or unknown); without, it matches every status.
+    pub fn names_statuses(&self) -> bool {
+        !self.statuses.is_empty() || self.unknown != Unknown::No
+    }
+
     /// The same filter, narrowed to the statuses in `allowed` (keeping the caller's choice
-    /// where there was one). An empty result means nothing can match.
+    /// where there was one; unknown statuses stay selected only when named). An empty result
+    /// means nothing can match.
     pub fn restricted_to(&self, allowed: &[TaskStatus]) -> Filter {
-        let statuses = if self.statuses.is_empty() {
+        let statuses = if !self.names_statuses() {
             allowed.to_vec()
         } else {
             self.statuses
@@ -178,9 +199,22 @@ macro_rules! admin_ops {
             if let Some(id) = f.id {
                 p = Box::new(p.and(t::id.eq(id)));
             }
-            if !f.statuses.is_empty() {
-                let v: Vec<i32> = f.statuses.iter().map(|s| s.as_i32()).collect();
-                p = Box::new(p.and(t::task_status.eq_any(v)));
+            if f.names_statuses() {
+                use $crate::admin::Unknown;
+                let known: Vec<i32> = f.statuses.iter().map(|s| s.as_i32()).collect();
+                let mut any: Pred = Box::new(t::task_status.eq_any(known));
+                match &f.unknown {
+                    Unknown::No => {}
+                    Unknown::Values(v) => any = Box::new(any.or(t::task_status.eq_any(v.clone()))),
+                    Unknown::All => {
+                        let all: Vec<i32> = $crate::status::TaskStatus::ALL
+                            .iter()
+                            .map(|s| s.as_i32())
+                            .collect();
+                        any = Box::new(any.or(t::task_status.ne_all(all)));
+                    }
+                }
+                p = Box::new(p.and(any));
             }
             if let Some(sig) = &f.signature {
                 p = Box::new(p.and(t::method_sign_name.eq(sig.clone())));
@@ -305,7 +339,12 @@ macro_rules! admin_ops {
                                 .set((
                                     t::task_status.eq($crate::TaskStatus::Failed.as_i32()),
                                     t::execute_times.eq(diesel::dsl::case_when(
-                                        t::execute_times.ge(t::max_attempts),
+                                        // max_attempts > 0: `- 1` on a hand-written
+                                        // i32::MIN would fail the statement (the worker then
+                                        // holds the row, naming max_attempts).
+                                        t::execute_times
+                                            .ge(t::max_attempts)
+                                            .and(t::max_attempts.gt(0)),
                                         t::max_attempts - 1,
                                     )
                                     .otherwise(t::execute_times)),

@@ -42,6 +42,22 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// Every status, in value order.
+    ///
+    /// ```
+    /// use tend::TaskStatus;
+    /// assert_eq!(TaskStatus::ALL.len(), 6);
+    /// assert!(TaskStatus::ALL.iter().all(|s| TaskStatus::from_i32(s.as_i32()) == Some(*s)));
+    /// ```
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Pending,
+        TaskStatus::Running,
+        TaskStatus::Failed,
+        TaskStatus::Succeeded,
+        TaskStatus::Dead,
+        TaskStatus::Held,
+    ];
+
     /// The stored integer.
     ///
     /// ```

@@ -324,6 +324,7 @@ impl TestWorker {
             owner: &self.cfg.owner,
             limit: 100,
             ids,
+            exclude: &[],
         };
         let backend = conn.backend();
         Ok(conn

@@ -8,10 +8,10 @@ use std::io::{self, IsTerminal, Write};
 use serde_json::{json, Value};
 
 use super::db::{self, Database};
-use super::text::{clip, fmt_span, fmt_time, status_name, table, Align};
+use super::text::{clip, fmt_span, fmt_time, status_name, table, Align, StatusArg};
 use super::{ChangeArgs, Cli, Command, FilterArgs, ListArgs, PurgeArgs, PurgeStatus, ShowArgs};
 use super::{RetryArgs, TargetArgs, TasksCommand};
-use crate::admin::{is_parked, Admin, Change, Filter, Page, TaskSummary};
+use crate::admin::{is_parked, Admin, Change, Filter, Page, TaskSummary, Unknown};
 use crate::registry::Registry;
 use crate::status::TaskStatus;
 use crate::store::{now_ms, TaskRow};
@@ -168,8 +168,20 @@ fn header(io: &mut Io, shards: usize, i: usize, shard: &Shard) -> io::Result<()>
 }
 
 fn filter_of(f: &FilterArgs) -> Filter {
+    let mut statuses = Vec::new();
+    let mut unknown = Unknown::No;
+    for s in &f.status {
+        match (*s, &mut unknown) {
+            (StatusArg::Known(k), _) => statuses.push(k),
+            (StatusArg::Unknown, u) => *u = Unknown::All,
+            (StatusArg::Value(v), Unknown::Values(vs)) => vs.push(v),
+            (StatusArg::Value(v), u @ Unknown::No) => *u = Unknown::Values(vec![v]),
+            (StatusArg::Value(_), Unknown::All) => {}
+        }
+    }
     Filter {
-        statuses: f.status.clone(),
+        statuses,
+        unknown,
         signature: f.signature.clone(),
         shard_key: f.shard_key,
         due_before: f.due_before,
@@ -548,11 +560,10 @@ fn apply(
             " (and running ones with --force)"
         }
     );
-    let refused: Vec<TaskStatus> = t
-        .filter
-        .status
-        .iter()
-        .copied()
+    // Unknown statuses may be changed when named (by id or --status): an operator decides.
+    let refused: Vec<TaskStatus> = filter_of(&t.filter)
+        .statuses
+        .into_iter()
         .filter(|s| !eligible.contains(s))
         .collect();
     if !refused.is_empty() {
@@ -592,7 +603,7 @@ fn apply(
                 )));
             }
         };
-        let ok = TaskStatus::from_i32(status).is_some_and(|s| eligible.contains(&s));
+        let ok = TaskStatus::from_i32(status).is_none_or(|s| eligible.contains(&s));
         if !ok {
             let msg = if status == TaskStatus::Running.as_i32()
                 && !matches!(change, Change::Retry { .. })
@@ -614,6 +625,10 @@ fn apply(
         let f = Filter {
             id: Some(id),
             statuses: eligible.clone(),
+            unknown: match TaskStatus::from_i32(status) {
+                Some(_) => Unknown::No,
+                None => Unknown::Values(vec![status]),
+            },
             ..Filter::default()
         };
         work.push((i, f));
@@ -635,7 +650,7 @@ fn apply(
         };
         // Running tasks a filter matched but that were left out for want of --force.
         let skipped_running = if t.id.is_none()
-            && t.filter.status.is_empty()
+            && !filter_of(&t.filter).names_statuses()
             && !eligible.contains(&TaskStatus::Running)
             && !matches!(change, Change::Retry { .. })
         {

@@ -37,7 +37,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::registry::Registry;
-use crate::status::TaskStatus;
 
 /// Runs the CLI on the process's arguments and returns its exit code, for `main`.
 ///
@@ -154,9 +153,16 @@ enum TasksCommand {
 #[derive(Debug, Clone, Args)]
 struct FilterArgs {
     /// Only tasks in these statuses (repeat or comma-separate): pending, running, failed,
-    /// succeeded, dead, held.
-    #[arg(long, value_name = "STATUS", value_delimiter = ',', value_parser = text::parse_status)]
-    status: Vec<TaskStatus>,
+    /// succeeded, dead, held; `unknown` for any value this build does not know (a newer tend
+    /// wrote it), or a stored integer such as 9.
+    #[arg(
+        long,
+        value_name = "STATUS",
+        value_delimiter = ',',
+        value_parser = text::parse_status,
+        allow_negative_numbers = true
+    )]
+    status: Vec<text::StatusArg>,
     /// Only tasks with this signature (exact match).
     #[arg(long, value_name = "SIGNATURE")]
     signature: Option<String>,

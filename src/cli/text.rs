@@ -214,17 +214,32 @@ pub(crate) fn fmt_span(ms: i64) -> String {
 }
 
 /// Parses a status name (`dead`) or value (`4`).
-pub(crate) fn parse_status(s: &str) -> Result<TaskStatus, String> {
+pub(crate) fn parse_status(s: &str) -> Result<StatusArg, String> {
     let t = s.trim().to_ascii_lowercase();
-    (0..6)
-        .filter_map(TaskStatus::from_i32)
-        .find(|st| st.name() == t || st.as_i32().to_string() == t)
-        .ok_or_else(|| {
-            format!(
-                "unknown status `{s}`; expected one of pending, running, failed, succeeded, \
-                 dead, held"
-            )
-        })
+    if t == "unknown" {
+        return Ok(StatusArg::Unknown);
+    }
+    if let Some(st) = TaskStatus::ALL.iter().find(|st| st.name() == t) {
+        return Ok(StatusArg::Known(*st));
+    }
+    match t.parse::<i32>() {
+        Ok(v) => Ok(TaskStatus::from_i32(v).map_or(StatusArg::Value(v), StatusArg::Known)),
+        Err(_) => Err(format!(
+            "unknown status `{s}`; expected one of pending, running, failed, succeeded, dead, \
+             held, unknown (any value this build does not know), or a stored integer"
+        )),
+    }
+}
+
+/// A status as `--status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusArg {
+    /// One of [`TaskStatus`].
+    Known(TaskStatus),
+    /// A stored integer that is no known status (written by a newer tend, or by hand).
+    Value(i32),
+    /// Every value that is no known status.
+    Unknown,
 }
 
 /// A stored status value by name, or `unknown(7)`.
@@ -350,9 +365,13 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(parse_status("dead"), Ok(TaskStatus::Dead));
-        assert_eq!(parse_status("Held"), Ok(TaskStatus::Held));
-        assert_eq!(parse_status("2"), Ok(TaskStatus::Failed));
+        assert_eq!(parse_status("dead"), Ok(StatusArg::Known(TaskStatus::Dead)));
+        assert_eq!(parse_status("Held"), Ok(StatusArg::Known(TaskStatus::Held)));
+        assert_eq!(parse_status("2"), Ok(StatusArg::Known(TaskStatus::Failed)));
+        assert_eq!(parse_status("9"), Ok(StatusArg::Value(9)));
+        assert_eq!(parse_status("-1"), Ok(StatusArg::Value(-1)));
+        assert_eq!(parse_status("Unknown"), Ok(StatusArg::Unknown));
+        assert!(parse_status("99999999999").is_err());
         assert!(parse_status("zombie")
             .unwrap_err()
             .contains("pending, running"));

@@ -77,10 +77,10 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
     pub(super) fn with<T>(
         &mut self,
         f: impl FnMut(&mut PooledConnection<ConnectionManager<C>>) -> diesel::QueryResult<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, ConnError> {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let mut conn = self.pool.get().map_err(|e| e.to_string())?;
+            let mut conn = self.pool.get().map_err(ConnError::Pool)?;
             let deferred = self.defer_checkpoints && conn.defer_checkpoints(true).is_ok();
             *slot = Some(Held { conn, deferred });
         }
@@ -89,8 +89,25 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
         let r = retry_transient(|| f(conn));
         r.map_err(|e| {
             *slot = None;
-            e.to_string()
+            ConnError::Db(e)
         })
+    }
+}
+
+/// Why [`Conn::with`] failed: no connection from the r2d2 pool, or the statement failed (the
+/// connection is then dropped, so the next call gets a fresh one).
+#[derive(Debug)]
+pub(super) enum ConnError {
+    Pool(r2d2::Error),
+    Db(diesel::result::Error),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Pool(e) => write!(f, "no database connection: {e}"),
+            ConnError::Db(e) => e.fmt(f),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::{after, select, Receiver, Sender};
 use diesel::r2d2::R2D2Connection;
 
-use super::complete::{self, Backoff, Conn};
+use super::complete::{self, Backoff, Conn, ConnError};
 use super::run::{random_token, Done};
 use super::{Config, Job, Lease, Shared};
 use crate::events::{Event, TaskInfo};
@@ -46,6 +46,8 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
     // ids does not make one due, so hand-offs cost one claim, not two.
     let mut poll_due = true;
     let mut next_poll = Instant::now();
+    // Bad-row isolation (see `Isolation`): the current cap on an untargeted claim's size.
+    let mut iso = Isolation::new(cfg.batch_size);
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
@@ -62,7 +64,8 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             shared.reserve(1, cfg.batch_size.min(handed.len()))
         } else if polling {
             let idle = shared.busy.load(Ordering::SeqCst) == 0;
-            shared.reserve(if idle { 1 } else { low_water }, cfg.batch_size)
+            let min = if idle { 1 } else { low_water.min(iso.cap) };
+            shared.reserve(min, iso.cap)
         } else {
             0
         };
@@ -93,6 +96,8 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         } else {
             Vec::new()
         };
+        // Almost always empty (cloning it costs nothing then).
+        let excluded = iso.excluded.clone();
         let claim = Claim {
             now,
             lease_until: now + cfg.lease.as_millis() as i64,
@@ -100,6 +105,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             owner: &cfg.owner,
             limit: reserved as i64,
             ids: targeted.then_some(&ids[..]),
+            exclude: &excluded,
         };
         let mut taken: Vec<Done> = match &ch.outcomes {
             Some((rx, _)) => rx.try_iter().take(4 * cfg.batch_size).collect(),
@@ -132,6 +138,9 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         match claimed {
             Ok(rows) => {
                 backoff.reset();
+                if !targeted {
+                    iso.succeeded();
+                }
                 let n = rows.len();
                 shared.free(reserved - n);
                 hand_to_workers(&cfg, &shared, &ch, claim.token, rows);
@@ -140,6 +149,32 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                     if !poll_due {
                         next_poll = Instant::now() + cfg.poll_interval;
                     }
+                }
+            }
+            Err(ConnError::Db(e)) if !targeted && iso.may_be_a_row(&e) => {
+                shared.free(reserved);
+                if reserved > 1 {
+                    // One row may be failing the whole claim: claim half as many at once.
+                    iso.cap = (reserved / 2).max(1);
+                    log::warn!(
+                        "tend: a claim of {reserved} task(s) from shard {} failed ({e}); \
+                         claiming {} at a time to isolate a bad row",
+                        ch.shard,
+                        iso.cap
+                    );
+                    continue;
+                }
+                if iso.isolate(&mut conn, &cfg, ch.shard, &e) {
+                    continue;
+                }
+                let wait = backoff.next();
+                log::warn!(
+                    "tend: claiming tasks from shard {} failed ({e}); retrying in {wait:?}",
+                    ch.shard
+                );
+                select! {
+                    recv(ch.stop) -> _ => return,
+                    recv(after(wait)) -> _ => {},
                 }
             }
             Err(e) => {
@@ -192,5 +227,118 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
             shard: ch.shard,
             claimed: r,
         });
+    }
+}
+
+/// Isolates a row that fails every claim it is in, so that it cannot stop the claims of every
+/// other row. tend's own statements cannot fail on any stored value (their arithmetic
+/// saturates), so this is the second line of defence: against what tend cannot foresee, such
+/// as an application's trigger, a check constraint or a type the schema was altered to.
+///
+/// A claim that fails with a database error (not a lost connection or a lock conflict) is
+/// retried at once with half as many rows, down to one. When a claim of one row fails, that
+/// row's id is read alone (`Ops::first_due`, which reads no other column) and claimed alone;
+/// if that fails too, the row is held with the error as its message (`Ops::hold_unclaimable`),
+/// visible to operators and never deleted. If even that update fails, this fetcher leaves the
+/// row out of its claims until the process restarts, logging it as an error. The cap doubles
+/// back after each successful claim.
+struct Isolation {
+    batch: usize,
+    cap: usize,
+    /// Rows that could neither be claimed nor held (bounded).
+    excluded: Vec<i64>,
+}
+
+/// At most this many rows are left out of claims by one fetcher.
+const MAX_EXCLUDED: usize = 256;
+
+impl Isolation {
+    fn new(batch: usize) -> Isolation {
+        Isolation {
+            batch,
+            cap: batch,
+            excluded: Vec::new(),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.cap = (self.cap * 2).min(self.batch);
+    }
+
+    /// Whether a failed claim may have failed because of a row's values.
+    fn may_be_a_row(&self, e: &diesel::result::Error) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match e {
+            E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _) => false,
+            E::DatabaseError(..) => !crate::store::is_transient(e),
+            E::DeserializationError(_) => true,
+            _ => false,
+        }
+    }
+
+    /// After a one-row claim failed with `err`: finds the row and claims it alone, then holds
+    /// or excludes it. Returns whether it made progress (so the fetcher should claim again at
+    /// once).
+    fn isolate<C: R2D2Connection + StoreConnection + 'static>(
+        &mut self,
+        conn: &mut Conn<C>,
+        cfg: &Config,
+        shard: usize,
+        batch_err: &diesel::result::Error,
+    ) -> bool {
+        let now = now_ms();
+        let excluded = self.excluded.clone();
+        let id = match conn.with(|c| c.first_due(now, &excluded)) {
+            Ok(Some(id)) => id,
+            // Nothing due, or the database is unreachable: not a row's fault.
+            Ok(None) | Err(_) => return false,
+        };
+        // The same claim, of this row alone (released at once if it succeeds: the fetcher
+        // claims it again the normal way).
+        let probe = Claim {
+            now,
+            lease_until: now.saturating_add(cfg.lease.as_millis().min(i64::MAX as u128) as i64),
+            token: random_token(),
+            owner: &cfg.owner,
+            limit: 1,
+            ids: Some(&[id]),
+            exclude: &[],
+        };
+        let err = match conn.with(|c| c.claim(&probe)) {
+            Ok(rows) => {
+                // It can be claimed: the failure was not this row's. Hand it back unstarted.
+                let released: Vec<_> = rows.into_iter().map(|r| Done::release(r.task)).collect();
+                let (completes, finishes) = complete::group(&released);
+                debug_assert!(completes.is_empty());
+                let _ = conn.with(|c| c.finish(&finishes));
+                return false;
+            }
+            Err(ConnError::Db(e)) if self.may_be_a_row(&e) => e,
+            Err(_) => return false,
+        };
+        let message = crate::enqueue::truncate(
+            &format!(
+                "held: no claim could lease this row ({err}; the claim before failed with: \
+                 {batch_err}). Fix the row or what the error names (a trigger, a constraint, a \
+                 column type), then `tend tasks retry {id}`"
+            ),
+            64 * 1024,
+        );
+        match conn.with(|c| c.hold_unclaimable(id, now, &message)) {
+            Ok(_) => {
+                log::error!("tend: task {id} on shard {shard} {message}");
+                true
+            }
+            Err(e) => {
+                if self.excluded.len() < MAX_EXCLUDED {
+                    self.excluded.push(id);
+                }
+                log::error!(
+                    "tend: task {id} on shard {shard} can be neither claimed ({err}) nor held \
+                     ({e}); this process leaves it out of its claims until it restarts"
+                );
+                true
+            }
+        }
     }
 }

@@ -120,12 +120,12 @@ impl<C: R2D2Connection + StoreConnection + 'static> Membership<C> {
                     Err(e) => return self.fallback(&e.to_string()),
                 }
             }
-            Err(e) => return self.fallback(&e),
+            Err(e) => return self.fallback(&e.to_string()),
         }
         let since = now - stale_after(&self.cfg);
         let live = match self.conn.with(|c| c.node_live(since)) {
             Ok(l) => l,
-            Err(e) => return self.fallback(&e),
+            Err(e) => return self.fallback(&e.to_string()),
         };
         let mine = assignment(self.node, &live, self.shared.len());
         for (i, sh) in self.shared.iter().enumerate() {

@@ -118,14 +118,37 @@ pub(super) fn worker(
 /// Runs one claimed task and decides what to write. Never panics on a task's account.
 pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
     let token = row.lease_token.unwrap_or_default();
-    if row.execute_times > row.max_attempts {
-        let msg = format!(
-            "its last allowed attempt ({} of {}) never reported back: the worker crashed, was \
-             killed, or ran past the task timeout; not run again. Last error: {}",
-            row.execute_times - 1,
-            row.max_attempts,
-            row.error_msg
+    if let Some(msg) = out_of_range(&row) {
+        return park(
+            cfg,
+            &row,
+            token,
+            TaskStatus::Held,
+            msg,
+            row.fallback_error_msg.clone(),
         );
+    }
+    if row.execute_times > row.max_attempts {
+        // `execute_times` counts this claim. One past the budget is the normal way to get
+        // here: the last attempt's worker never reported back. Further past, the row was
+        // changed outside tend (or the count saturated at the column's maximum).
+        let msg = if row.execute_times - 1 == row.max_attempts {
+            format!(
+                "its last allowed attempt ({} of {}) never reported back: the worker crashed, \
+                 was killed, or ran past the task timeout; not run again. Last error: {}",
+                row.max_attempts, row.max_attempts, row.error_msg
+            )
+        } else {
+            format!(
+                "execute_times = {} is past max_attempts = {} (the row was changed outside \
+                 tend); not run. `tend tasks retry {} --reset-attempts` runs it again. Last \
+                 error: {}",
+                row.execute_times.saturating_sub(1),
+                row.max_attempts,
+                row.id,
+                row.error_msg
+            )
+        };
         let done = park(
             cfg,
             &row,
@@ -233,6 +256,33 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
     }
 }
 
+/// Why a claimed row cannot be run as stored, naming the column and its value; `None` when
+/// every column tend reads is in range. Only rows written by something other than tend's
+/// enqueue (a hand-written `INSERT`, a migration, an older framework) can be out of range:
+/// they are held, never run with a guessed value, never deleted.
+pub(crate) fn out_of_range(row: &TaskRow) -> Option<String> {
+    // `execute_times` includes this claim (the lease adds one, saturating).
+    let stored_attempts = row.execute_times.saturating_sub(1);
+    let (column, value, rule) = if row.max_attempts < 1 {
+        ("max_attempts", i64::from(row.max_attempts), "at least 1")
+    } else if stored_attempts < 0 {
+        ("execute_times", i64::from(stored_attempts), "0 or more")
+    } else if row.execute_interval_sec < 1 {
+        (
+            "execute_interval_sec",
+            i64::from(row.execute_interval_sec),
+            "at least 1",
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{column} = {value} is out of range (must be {rule}; the row was not written by tend's \
+         enqueue); not run. Fix the column, then `tend tasks retry {} --reset-attempts`",
+        row.id
+    ))
+}
+
 /// The seed's rule, with its off-by-one fixed: the fallback runs after a failed attempt when
 /// the failures so far (this one included) exceed the threshold, so 0 means the first failure.
 /// A handler that gives up gets its fallback at once.
@@ -270,7 +320,7 @@ fn failed(
         Action::RetryAfter(d) => d,
         _ => opts.retry.delay(
             ctx.attempt,
-            Duration::from_secs(row.execute_interval_sec.max(1) as u64),
+            Duration::from_secs(row.execute_interval_sec.max(1).unsigned_abs().into()),
             random_token() as u64,
         ),
     };

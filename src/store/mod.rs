@@ -187,6 +187,9 @@ pub struct Claim<'a> {
     pub limit: i64,
     /// Only these ids (a targeted claim, e.g. of a task just enqueued); `None` for any due row.
     pub ids: Option<&'a [i64]>,
+    /// Never these ids: rows no claim could lease and no update could hold (see the
+    /// fetcher's isolation of bad rows). Almost always empty.
+    pub exclude: &'a [i64],
 }
 
 /// What [`write_and_claim`](ops::Ops::write_and_claim) did.
@@ -203,12 +206,81 @@ pub struct Written {
 /// The claim's lease as one statement over listed ids (for backends that read the due rows
 /// first: MySQL, which has no `UPDATE … RETURNING`, and SQLite, whose `RETURNING` costs a
 /// temporary table per run).
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
-    let s = stmt::Stmt::new(
-        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1",
-    );
-    lease_set(s, c).sql(" WHERE id IN ").ids(ids)
+///
+/// The lease re-checks that each row is still claimable (status and due time): on a server
+/// whose `SKIP LOCKED` takes no lock (TiDB) or locks on one node only (Galera), another
+/// claimer may have leased a row between the read and this update, and it must not be leased
+/// twice. Only rows the update matched are run (see `lease_rows!`).
+pub(crate) fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
+    use stmt::Bind;
+    let s = stmt::Stmt::new("UPDATE consistency_task SET task_status = 1, execute_times = ")
+        .sql(&next_attempt("execute_times"));
+    lease_set(s, c)
+        .sql(" WHERE id IN ")
+        .ids(ids)
+        .sql(" AND task_status IN ")
+        .sql(CLAIMABLE_SQL)
+        .sql(" AND execute_time <= ")
+        .bind(Bind::I64(c.now))
+}
+
+/// The claimable statuses as SQL (`TaskStatus::is_claimable`): pending, running (when its lease
+/// expired), failed.
+pub(crate) const CLAIMABLE_SQL: &str = "(0, 1, 2)";
+
+/// `execute_times` plus one, saturating at `i32::MAX` (the column is a 32-bit INTEGER on every
+/// backend: a plain `+ 1` on a row at the maximum fails the whole claim on PostgreSQL and
+/// MySQL, and would stop every other row from being claimed).
+fn next_attempt(column: &str) -> String {
+    format!("CASE WHEN {column} < 2147483647 THEN {column} + 1 ELSE {column} END")
+}
+
+/// Leases rows read by a due-rows `SELECT` (MySQL, SQLite) with [`lease_by_ids`], and returns
+/// those actually leased: all of them when the update matched every id (the common case, no
+/// extra statement), else the ones now holding this claim's token. A macro because the
+/// statements need the concrete connection type.
+macro_rules! lease_rows {
+    ($conn:expr, $c:expr, $rows:expr) => {{
+        let (conn, c, rows): (_, &$crate::store::Claim<'_>, Vec<$crate::store::TaskRow>) =
+            ($conn, $c, $rows);
+        if rows.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let leased = $crate::store::lease_by_ids(c, &ids).execute(&mut *conn)?;
+            if leased == rows.len() {
+                Ok($crate::store::as_leased(rows, c))
+            } else {
+                // Some rows changed between the read and the lease: keep only ours.
+                let ours: std::collections::HashSet<i64> = $crate::store::leased_by(c, &ids)
+                    .load::<i64>(&mut *conn)?
+                    .into_iter()
+                    .collect();
+                log::warn!(
+                    "tend: {} of {} rows read as due were no longer claimable when leased \
+                     (another claimer took them: the server's SKIP LOCKED did not lock them); \
+                     they are left to it",
+                    rows.len() - ours.len(),
+                    rows.len()
+                );
+                let rows = rows.into_iter().filter(|r| ours.contains(&r.id)).collect();
+                Ok($crate::store::as_leased(rows, c))
+            }
+        }
+    }};
+}
+pub(crate) use lease_rows;
+
+/// The ids among `ids` that hold this claim's token.
+pub(crate) fn leased_by<'a>(
+    c: &Claim<'a>,
+    ids: &[i64],
+) -> stmt::Stmt<'a, diesel::sql_types::BigInt> {
+    stmt::Stmt::new("SELECT id FROM consistency_task WHERE lease_token = ")
+        .bind(stmt::Bind::I64(c.token))
+        .sql(" AND id IN ")
+        .ids(ids)
+        .typed()
 }
 
 /// The lease every claim writes after `task_status` and `execute_times`: `, execute_time = …,
@@ -237,10 +309,16 @@ fn due_rows<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>, status: &str) -> stmt:
         .bind(Bind::I64(c.now))
         .sql(" AND ")
         .sql(status)
-        .sql(" IN (0, 1, 2)");
+        .sql(" IN ")
+        .sql(CLAIMABLE_SQL);
     let s = match c.ids {
         Some(ids) => s.sql(" AND id IN ").ids(ids),
         None => s,
+    };
+    let s = if c.exclude.is_empty() {
+        s
+    } else {
+        s.sql(" AND id NOT IN ").ids(c.exclude)
     };
     s.sql(" ORDER BY execute_time LIMIT ")
         .bind(Bind::I64(c.limit))
@@ -248,13 +326,12 @@ fn due_rows<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>, status: &str) -> stmt:
 
 /// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status
 /// each had before.
-#[cfg(any(feature = "mysql", feature = "sqlite"))]
-fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
+pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
     rows.into_iter()
         .map(|mut r| {
             let prev_status = r.task_status;
             r.task_status = 1;
-            r.execute_times += 1;
+            r.execute_times = r.execute_times.saturating_add(1);
             r.execute_time = c.lease_until;
             r.lease_expires_at = Some(c.lease_until);
             r.lease_token = Some(c.token);
@@ -277,7 +354,8 @@ pub struct Finish {
     pub execute_time: i64,
     pub error_msg: String,
     pub fallback_error_msg: Option<String>,
-    /// How much to add to `execute_times` (-1 when a claimed task is released unstarted).
+    /// How much to add to `execute_times`: 0, or -1 when a claimed task is released
+    /// unstarted (the update saturates at the column's minimum).
     pub attempts_delta: i32,
     /// How long the attempt ran (written for kept completed rows).
     pub duration_ms: Option<i64>,
@@ -301,6 +379,11 @@ pub(crate) mod ops {
         fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize>;
         /// Leases up to `limit` due rows and returns them as updated, with their previous status.
         fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>>;
+        /// Leases `rows`, read as due by a claim's `SELECT`, re-checking in the update that each
+        /// is still claimable, and returns only those it leased (with their previous status).
+        /// MySQL and SQLite claims are this after a `SELECT`; PostgreSQL's one-statement claim
+        /// re-checks the same way in its outer `WHERE`.
+        fn lease(&mut self, c: &Claim<'_>, rows: Vec<TaskRow>) -> QueryResult<Vec<Claimed>>;
         /// Deletes completed rows still held under `token`; returns how many.
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize>;
         /// Writes outcomes (`complete` per token, then `finish`), then claims: on SQLite in
@@ -322,6 +405,12 @@ pub(crate) mod ops {
             w.claimed = self.claim(c)?;
             Ok(w)
         }
+        /// The id of the first row a claim at `now` would take, skipping `exclude`: only the
+        /// id is read, so a row whose other columns cannot be read or leased is still found.
+        fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>>;
+        /// Holds a due row that no claim could lease (status held, parked, `message` as its
+        /// error), unless it is no longer claimable; returns how many rows changed (0 or 1).
+        fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize>;
         /// Applies fenced updates in one transaction; returns the ids whose lease was still held.
         fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
         /// Pushes the lease expiry of running rows held under `token`.
@@ -389,8 +478,13 @@ macro_rules! common_ops {
                         .bind(Bind::I32(r.status))
                         .sql(", execute_time = ")
                         .bind(Bind::I64(r.execute_time))
-                        .sql(", execute_times = execute_times + ")
+                        // Saturating at the column's minimum (`attempts_delta` is 0 or -1).
+                        .sql(
+                            ", execute_times = CASE WHEN execute_times > -2147483648 \
+                             THEN execute_times + ",
+                        )
                         .bind(Bind::I32(r.attempts_delta))
+                        .sql(" ELSE execute_times END")
                         .sql(", error_msg = ")
                         .bind(Bind::Text(&r.error_msg))
                         .sql(", fallback_error_msg = ")
@@ -413,6 +507,53 @@ macro_rules! common_ops {
                 }
                 Ok(held)
             })
+        }
+
+        fn lease(
+            &mut self,
+            c: &$crate::store::Claim<'_>,
+            rows: Vec<$crate::store::TaskRow>,
+        ) -> QueryResult<Vec<$crate::store::Claimed>> {
+            $crate::store::lease_rows!(self, c, rows)
+        }
+
+        fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
+            use $crate::store::stmt::{Bind, Stmt};
+            let s = Stmt::new("SELECT id FROM consistency_task WHERE execute_time <= ")
+                .bind(Bind::I64(now))
+                .sql(" AND task_status IN ")
+                .sql($crate::store::CLAIMABLE_SQL);
+            let s = if exclude.is_empty() {
+                s
+            } else {
+                s.sql(" AND id NOT IN ").ids(exclude)
+            };
+            s.sql(" ORDER BY execute_time LIMIT 1")
+                .typed::<diesel::sql_types::BigInt>()
+                .get_result::<i64>(self)
+                .optional()
+        }
+
+        fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
+            use $crate::store::stmt::{Bind, Stmt};
+            // No arithmetic and no read of the row's other columns: this must work on the
+            // rows the claim could not take.
+            Stmt::new("UPDATE consistency_task SET task_status = ")
+                .bind(Bind::I32($crate::TaskStatus::Held.as_i32()))
+                .sql(", execute_time = ")
+                .bind(Bind::I64($crate::status::PARKED))
+                .sql(", error_msg = ")
+                .bind(Bind::Text(message))
+                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
+                .sql(", gmt_modified = ")
+                .bind(Bind::I64(now))
+                .sql(" WHERE id = ")
+                .bind(Bind::I64(id))
+                .sql(" AND task_status IN ")
+                .sql($crate::store::CLAIMABLE_SQL)
+                .sql(" AND execute_time <= ")
+                .bind(Bind::I64(now))
+                .execute(self)
         }
 
         fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
@@ -584,6 +725,9 @@ where
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         (**self).claim(c)
     }
+    fn lease(&mut self, c: &Claim<'_>, rows: Vec<TaskRow>) -> QueryResult<Vec<Claimed>> {
+        (**self).lease(c, rows)
+    }
     fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
         (**self).complete(token, ids)
     }
@@ -594,6 +738,12 @@ where
         c: &Claim<'_>,
     ) -> QueryResult<Written> {
         (**self).write_and_claim(completes, finishes, c)
+    }
+    fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
+        (**self).first_due(now, exclude)
+    }
+    fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
+        (**self).hold_unclaimable(id, now, message)
     }
     fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>> {
         (**self).finish(rows)

@@ -68,12 +68,7 @@ impl Ops for MysqlConnection {
             let rows: Vec<TaskRow> = super::due_rows(due, c, "task_status")
                 .sql(" FOR UPDATE SKIP LOCKED")
                 .load(conn)?;
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            super::lease_by_ids(c, &ids).execute(conn)?;
-            Ok(super::as_leased(rows, c))
+            conn.lease(c, rows)
         })
     }
 

@@ -30,13 +30,25 @@ fn returned_columns() -> &'static str {
 // previous status out, so a reclaim after an expired lease is visible to the caller. Rows load
 // by position: no per-field name lookup.
 fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
+    // A MATERIALIZED CTE runs the locking sub-select exactly once. As a plain sub-select the
+    // planner may rescan it per row of the outer scan (a nested loop, chosen once the outer
+    // WHERE below filters on the due index too); each rescan locks the next rows, past the
+    // ones this statement already leased, and the claim takes more than its LIMIT.
     let s = Stmt::new(
-        "UPDATE consistency_task AS t SET task_status = 1, execute_times = t.execute_times + 1",
+        "WITH s AS MATERIALIZED (SELECT id, task_status AS prev_status FROM consistency_task",
     );
-    let s = super::lease_set(s, c)
-        .sql(" FROM (SELECT id, task_status AS prev_status FROM consistency_task");
-    super::due_rows(s, c, "task_status")
-        .sql(" FOR UPDATE SKIP LOCKED) AS s WHERE t.id = s.id RETURNING ")
+    let s = super::due_rows(s, c, "task_status")
+        .sql(" FOR UPDATE SKIP LOCKED) UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
+        .sql(&super::next_attempt("t.execute_times"));
+    // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
+    // the other backends: PostgreSQL's row lock already guarantees it, a server that
+    // emulates PostgreSQL and skips without locking (CockroachDB, YugabyteDB) may not.
+    super::lease_set(s, c)
+        .sql(" FROM s WHERE t.id = s.id AND t.task_status IN ")
+        .sql(super::CLAIMABLE_SQL)
+        .sql(" AND t.execute_time <= ")
+        .bind(super::stmt::Bind::I64(c.now))
+        .sql(" RETURNING ")
         .sql(returned_columns())
         .sql(", s.prev_status")
         .typed()

@@ -117,12 +117,7 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     let rows: Vec<TaskRow> = super::due_rows(due, c, "+task_status")
         .typed::<TaskRowSql<Sqlite>>()
         .load(conn)?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    super::lease_by_ids(c, &ids).execute(conn)?;
-    Ok(super::as_leased(rows, c))
+    conn.lease(c, rows)
 }
 
 /// An r2d2 connection customizer for SQLite pools: WAL journal (readers never block the

@@ -299,6 +299,7 @@ fn claim_args<'a>(
         owner: "conformance-owner",
         limit,
         ids,
+        exclude: &[],
     }
 }
 
@@ -1323,6 +1324,18 @@ conformance!(
     lock_conflicts_are_transient,
     pooled_connections_store_like_their_connection,
 );
+
+mod hostile;
+
+mod hostile_tests {
+    use super::hostile::*;
+    use super::*;
+    conformance!(
+        extreme_values_never_fail_a_claim_or_an_outcome,
+        lease_rechecks_rows_another_claimer_took,
+        an_unclaimable_row_is_found_and_held,
+    );
+}
 
 #[test]
 fn test_urls_name_the_test_database() {
