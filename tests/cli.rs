@@ -460,7 +460,56 @@ fn purge(db: &TestDb) {
     assert!(db.row(s.dead_new).is_none());
 }
 
-per_backend!(unmigrated, inspect, changes, purge);
+/// Statuses this build does not know (a newer tend wrote them, or a hand-written row) are
+/// counted by `stats`, listed and filtered by `--status unknown` or their value, and changed
+/// only when named.
+fn unknown_statuses(db: &TestDb) {
+    let s = seed(db);
+    db.sql(&format!(
+        "UPDATE consistency_task SET task_status = 9 WHERE id = {}",
+        s.pending
+    ));
+    db.sql(&format!(
+        "UPDATE consistency_task SET task_status = -1 WHERE id = {}",
+        s.failed
+    ));
+    let ids = |args: &[&str]| {
+        let mut a = vec!["tasks", "list"];
+        a.extend_from_slice(args);
+        db.tend(&a).ok().ids()
+    };
+    db.tend(&["stats"])
+        .ok()
+        .says("unknown(9)")
+        .says("unknown(-1)");
+    assert_eq!(ids(&["--status", "unknown"]), [s.pending, s.failed]);
+    assert_eq!(ids(&["--status", "9"]), [s.pending]);
+    assert_eq!(ids(&["--status=-1"]), [s.failed]);
+    assert_eq!(ids(&["--status=-1,9"]), [s.pending, s.failed]);
+    assert_eq!(
+        ids(&["--status", "unknown,held"]),
+        [s.pending, s.held, s.failed]
+    );
+    db.tend(&["tasks", "list", "--status", "nine"])
+        .fails(2, "unknown (any value this build does not know)");
+    let line = db.tend(&["tasks", "list", "--status", "9"]).ok().stdout;
+    assert!(line.contains("unknown(9)"), "{line}");
+    // Filters that do not name them leave them alone.
+    db.tend(&["tasks", "cancel", "--all"]).ok();
+    assert_eq!(db.status(s.pending), "unknown(9)");
+    assert_eq!(db.status(s.failed), "unknown(-1)");
+    // Named, an operator can act on them: by id, or by --status.
+    db.tend(&["tasks", "retry", &s.pending.to_string()])
+        .ok()
+        .says("retried 1 task");
+    assert_eq!(db.status(s.pending), "failed");
+    db.tend(&["tasks", "delete", "--status", "unknown"])
+        .ok()
+        .says("deleted 1 task");
+    assert!(db.row(s.failed).is_none());
+}
+
+per_backend!(unmigrated, inspect, changes, purge, unknown_statuses);
 
 // ---------------------------------------------------------------------------------------------
 // Backend-independent errors, the URL handling, several shards, help

@@ -154,7 +154,7 @@ enum TasksCommand {
 struct FilterArgs {
     /// Only tasks in these statuses (repeat or comma-separate): pending, running, failed,
     /// succeeded, dead, held; `unknown` for any value this build does not know (a newer tend
-    /// wrote it), or a stored integer such as 9.
+    /// wrote it), or a stored integer such as 9 (a negative one as `--status=-1`).
     #[arg(
         long,
         value_name = "STATUS",

@@ -140,13 +140,10 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
             )
         } else {
             format!(
-                "execute_times = {} is past max_attempts = {} (the row was changed outside \
-                 tend); not run. `tend tasks retry {} --reset-attempts` runs it again. Last \
-                 error: {}",
-                row.execute_times.saturating_sub(1),
-                row.max_attempts,
-                row.id,
-                row.error_msg
+                "execute_times (now {}, counting this claim) is past max_attempts = {} (the \
+                 row was changed outside tend); not run. `tend tasks retry {} \
+                 --reset-attempts` runs it again. Last error: {}",
+                row.execute_times, row.max_attempts, row.id, row.error_msg
             )
         };
         let done = park(
