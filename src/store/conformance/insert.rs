@@ -1,0 +1,257 @@
+//! Inserting: every column round-trips, hot statements stay prepared, idempotency keys.
+
+use super::*;
+
+pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    assert_eq!(conn.backend(), D::BACKEND);
+    let full = NewRow {
+        task_id: "order-42".into(),
+        idempotency_key: Some("ship-42".into()),
+        task_status: 2,
+        execute_times: 3,
+        max_attempts: 7,
+        execute_time: T0 + 123,
+        parameter_types: "app::orders::Ship".into(),
+        method_name: "ship".into(),
+        method_sign_name: "orders.ship".into(),
+        execute_interval_sec: 30,
+        delay_time: 900,
+        task_parameter: (0..=255u8).collect(),
+        payload_version: 4,
+        execute_way: 2,
+        thread_way: 2,
+        transaction_way: 2,
+        error_msg: "gateway said 503 — réessayer 🚚".into(),
+        alert_expression: Some("executeTimes > 1 && executeTimes < 5".into()),
+        alert_action_bean_name: Some("pager".into()),
+        fallback_class_name: Some("orders.ship_fallback".into()),
+        fallback_error_msg: Some("fallback: 无法发货".into()),
+        shard_key: -9_000_000_000,
+        lease_token: Some(i64::MAX - 1),
+        lease_owner: Some("host/1/ab".into()),
+        lease_expires_at: Some(T0 + 30_000),
+        gmt_create: T0 - 5,
+        gmt_modified: T0 - 1,
+    };
+    let bare = NewRow {
+        task_parameter: Vec::new(),
+        shard_key: i64::MIN,
+        execute_time: PARKED,
+        ..row(0)
+    };
+    let full_id = insert(&mut conn, &full);
+    let bare_id = insert(&mut conn, &bare);
+    assert!(bare_id > full_id, "ids grow: {full_id} then {bare_id}");
+    let got = found(&mut conn, full_id);
+    assert_eq!(got.id, full_id);
+    assert_stored(&full, &got);
+    assert_stored(&bare, &found(&mut conn, bare_id));
+    assert!(conn.find(bare_id + 1_000).unwrap().is_none());
+}
+
+/// The hot path (claim, targeted claim, complete, finish, extend, and the insert of one task)
+/// runs on statements diesel keeps prepared, and lists of other lengths within the same padded
+/// size reuse them: a second round prepares nothing. (diesel never caches its own `UPDATE`s,
+/// `sql_query` or `IN` lists on MySQL/SQLite; each would cost a prepare per batch.)
+pub(super) fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    #[derive(Default)]
+    struct Seen {
+        started: Vec<String>,
+        cached: Vec<String>,
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let log = seen.clone();
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| match event {
+        InstrumentationEvent::StartQuery { query, .. } => {
+            // The display form ends with ` -- binds: [..]`.
+            let sql = query.to_string();
+            let sql = sql
+                .split(" -- binds:")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            log.lock().unwrap().started.push(sql)
+        }
+        InstrumentationEvent::CacheQuery { sql, .. } => {
+            log.lock().unwrap().cached.push(sql.to_string())
+        }
+        _ => {}
+    });
+    let round = |conn: &mut D::Conn, n: i64, token: i64| {
+        let fresh: Vec<i64> = (0..n).map(|i| insert(conn, &row(T0 - 1000 + i))).collect();
+        let got = claim(conn, T0, T0 + WEEK, token, n - 1, None);
+        assert_eq!(got.len() as i64, n - 1);
+        let rest = claim(conn, T0, T0 + WEEK, token, n, Some(&fresh));
+        assert_eq!(rest.len(), 1);
+        let all: Vec<i64> = got.iter().chain(&rest).map(|r| r.id).collect();
+        assert_eq!(
+            conn.extend(token, &all, T0 + 2 * WEEK, T0).unwrap(),
+            n as usize
+        );
+        let (last, done) = all.split_last().unwrap();
+        assert_eq!(
+            conn.finish(&[finish(*last, token, 2, T0 + 10, T0)])
+                .unwrap(),
+            vec![*last]
+        );
+        assert_eq!(conn.complete(token, done).unwrap(), done.len());
+        assert_eq!(conn.complete(token + 1, &[*last]).unwrap(), 0);
+    };
+    round(&mut conn, 5, 11);
+    let first = std::mem::take(&mut *seen.lock().unwrap());
+    let control = |sql: &str| {
+        let s = sql.trim_start().to_ascii_uppercase();
+        [
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT",
+            "RELEASE",
+            "START",
+        ]
+        .iter()
+        .any(|k| s.starts_with(k))
+    };
+    let uncached: Vec<&String> = first
+        .started
+        .iter()
+        .filter(|q| !control(q) && !first.cached.iter().any(|c| c == *q))
+        .collect();
+    assert!(
+        uncached.is_empty(),
+        "statements diesel prepares on every run: {uncached:#?}"
+    );
+    // Different list lengths within the same padded size (8): nothing new to prepare.
+    round(&mut conn, 7, 12);
+    let second = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        second.cached.is_empty(),
+        "a second round prepared again: {:#?}",
+        second.cached
+    );
+    assert!(!second.started.is_empty());
+}
+
+/// Outcomes and the next claim in one call (on SQLite, one transaction): the deletes and the
+/// fenced updates apply (stale tokens refused), and the claim sees their effect.
+pub(super) fn write_and_claim_writes_outcomes_then_claims<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let a = insert(&mut conn, &row(T0 - 3));
+    let b = insert(&mut conn, &row(T0 - 2));
+    let c = insert(&mut conn, &row(T0 - 1));
+    let later = insert(&mut conn, &row(T0 + 60_000));
+    assert_eq!(
+        ids(&claim(&mut conn, T0, T0 + WEEK, 1, 2, None)),
+        [a, b].into()
+    );
+    // b failed and is due again at once; a succeeded; a stale token completes nothing.
+    let retry = finish(b, 1, 2, T0 - 1, T0);
+    let w = conn
+        .write_and_claim(
+            &[(1, vec![a]), (9, vec![c])],
+            &[retry],
+            &claim_args(T0, T0 + WEEK, 2, 10, None),
+        )
+        .expect("write_and_claim");
+    assert_eq!(w.deleted, vec![1, 0]);
+    assert_eq!(w.held, vec![b]);
+    let claimed: BTreeSet<i64> = w.claimed.iter().map(|c| c.task.id).collect();
+    assert_eq!(
+        claimed,
+        [b, c].into(),
+        "the claim sees the retry and skips the deleted row"
+    );
+    assert!(conn.find(a).unwrap().is_none());
+    assert_eq!(found(&mut conn, b).lease_token, Some(2));
+    assert_eq!(found(&mut conn, b).error_msg, "");
+    assert_eq!(found(&mut conn, later).task_status, 0);
+    // Nothing to write: a plain claim.
+    let w = conn
+        .write_and_claim(&[], &[], &claim_args(T0 + 60_000, T0 + WEEK, 3, 10, None))
+        .unwrap();
+    assert_eq!(w.claimed.len(), 1);
+    assert!(w.deleted.is_empty() && w.held.is_empty());
+}
+
+pub(super) fn insert_many_is_one_statement<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let rows: Vec<NewRow> = (0..50)
+        .map(|i| NewRow {
+            task_id: format!("task-{i}"),
+            shard_key: i,
+            execute_time: T0 + i,
+            task_parameter: vec![i as u8; i as usize],
+            error_msg: format!("message {i}"),
+            fallback_class_name: (i % 2 == 0).then(|| format!("fallback-{i}")),
+            ..row(0)
+        })
+        .collect();
+    let statements = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = statements.clone();
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            let sql = query.to_string();
+            seen.lock().unwrap().push(sql.chars().take(120).collect());
+        }
+    });
+    assert_eq!(conn.insert_many(&rows).unwrap(), 50);
+    let statements = statements.lock().unwrap().clone();
+    assert_eq!(
+        statements.len(),
+        1,
+        "insert_many without idempotency keys must be one statement: {statements:#?}"
+    );
+    let stored = D::rows(&mut conn);
+    assert_eq!(stored.len(), rows.len());
+    for (new, got) in rows.iter().zip(&stored) {
+        assert_stored(new, got);
+    }
+    assert_eq!(conn.insert_many(&[]).unwrap(), 0);
+}
+
+pub(super) fn idempotency_key_duplicates_are_skipped<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let keyed = |key: &str, msg: &str| NewRow {
+        idempotency_key: Some(key.into()),
+        error_msg: msg.into(),
+        ..row(T0)
+    };
+    let first = insert(&mut conn, &keyed("k1", "first"));
+    assert_eq!(conn.insert_one(&keyed("k1", "second")).unwrap(), None);
+
+    // A duplicate inside the caller's transaction must not spoil it (the enqueue contract):
+    // the rows written after it in the same transaction still commit.
+    let (dup, other) = conn
+        .transaction(|c| {
+            let dup = c.insert_one(&keyed("k1", "third"))?;
+            let other = c.insert_one(&row(T0))?;
+            Ok::<_, DieselError>((dup, other))
+        })
+        .unwrap();
+    assert_eq!(dup, None);
+    let other = other.expect("the row after the duplicate");
+    assert!(conn.find(other).unwrap().is_some());
+
+    // insert_many skips keys that exist and repeats within the batch, and counts only new rows.
+    let batch = [
+        keyed("k1", "fourth"),
+        keyed("k2", "k2 first"),
+        keyed("k2", "k2 again"),
+        row(T0),
+        row(T0),
+    ];
+    assert_eq!(conn.insert_many(&batch).unwrap(), 3);
+    let rows = D::rows(&mut conn);
+    assert_eq!(rows.len(), 5);
+    let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
+    for r in &rows {
+        if let Some(k) = &r.idempotency_key {
+            by_key.entry(k).or_default().push(&r.error_msg);
+        }
+    }
+    assert_eq!(by_key["k1"], ["first"], "the first row with a key is kept");
+    assert_eq!(by_key["k2"], ["k2 first"]);
+    assert_eq!(found(&mut conn, first).error_msg, "first");
+}
