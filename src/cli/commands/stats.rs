@@ -1,0 +1,130 @@
+//! `tend stats`: counts by status and signature, and the oldest due task.
+
+use super::*;
+
+pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<(), Fail> {
+    let all: Vec<TaskStatus> = (0..6).filter_map(TaskStatus::from_i32).collect();
+    let n = shards.len();
+    let mut docs = Vec::new();
+    for (i, s) in shards.iter_mut().enumerate() {
+        let now = now_ms();
+        let st = s.conn.stats(now).map_err(|e| db_err(s, e))?;
+        let total: i64 = st.by_status.iter().map(|(_, c)| c).sum();
+        // Every known status, zeros included, then any value this version does not know.
+        let mut by_status: Vec<(String, i64)> = all
+            .iter()
+            .map(|k| {
+                let c = st
+                    .by_status
+                    .iter()
+                    .find(|(v, _)| *v == k.as_i32())
+                    .map_or(0, |x| x.1);
+                (k.name().to_string(), c)
+            })
+            .collect();
+        by_status.extend(
+            st.by_status
+                .iter()
+                .filter(|(v, _)| TaskStatus::from_i32(*v).is_none())
+                .map(|(v, c)| (status_name(*v), *c)),
+        );
+        let mut sigs: Vec<(String, Vec<(i32, i64)>)> = Vec::new();
+        for (sig, status, c) in &st.by_signature {
+            match sigs.last_mut() {
+                Some((last, v)) if last == sig => v.push((*status, *c)),
+                _ => sigs.push((sig.clone(), vec![(*status, *c)])),
+            }
+        }
+        let count_of = |v: &[(i32, i64)], k: TaskStatus| {
+            v.iter()
+                .filter(|(s, _)| *s == k.as_i32())
+                .map(|x| x.1)
+                .sum::<i64>()
+        };
+        let lag_ms = st
+            .oldest_due
+            .as_ref()
+            .map(|o| now.saturating_sub(o.execute_time));
+        if as_json {
+            let mut status_obj = serde_json::Map::new();
+            for (k, c) in &by_status {
+                status_obj.insert(k.clone(), json!(c));
+            }
+            let sig_docs: Vec<Value> = sigs
+                .iter()
+                .map(|(sig, v)| {
+                    let mut o = serde_json::Map::new();
+                    o.insert("signature".into(), json!(sig));
+                    for k in &all {
+                        o.insert(k.name().into(), json!(count_of(v, *k)));
+                    }
+                    o.insert("total".into(), json!(v.iter().map(|x| x.1).sum::<i64>()));
+                    Value::Object(o)
+                })
+                .collect();
+            docs.push(json!({
+                "database": s.db.shown,
+                "backend": s.conn.backend(),
+                "total": total,
+                "by_status": status_obj,
+                "by_signature": sig_docs,
+                "due_now": st.due_now,
+                "oldest_due": st.oldest_due.as_ref().map(|o| json!({
+                    "id": o.id,
+                    "signature": o.signature,
+                    "execute_time": o.execute_time,
+                    "lag_seconds": lag_ms.unwrap_or(0) as f64 / 1000.0,
+                })),
+            }));
+            continue;
+        }
+        header(io, n, i, s)?;
+        let mut rows: Vec<Vec<String>> = by_status
+            .iter()
+            .map(|(k, c)| vec![k.clone(), c.to_string()])
+            .collect();
+        rows.push(vec!["total".into(), total.to_string()]);
+        write!(
+            io.out,
+            "{}",
+            table(&[("STATUS", Align::Left), ("TASKS", Align::Right)], &rows)
+        )?;
+        writeln!(io.out)?;
+        if sigs.is_empty() {
+            writeln!(io.out, "no tasks")?;
+        } else {
+            let mut headers = vec![("SIGNATURE".to_string(), Align::Left)];
+            headers.extend(all.iter().map(|k| (k.name().to_uppercase(), Align::Right)));
+            headers.push(("TOTAL".to_string(), Align::Right));
+            let headers: Vec<(&str, Align)> =
+                headers.iter().map(|(h, a)| (h.as_str(), *a)).collect();
+            let rows: Vec<Vec<String>> = sigs
+                .iter()
+                .map(|(sig, v)| {
+                    let mut row = vec![sig.clone()];
+                    row.extend(all.iter().map(|k| count_of(v, *k).to_string()));
+                    row.push(v.iter().map(|x| x.1).sum::<i64>().to_string());
+                    row
+                })
+                .collect();
+            write!(io.out, "{}", table(&headers, &rows))?;
+        }
+        writeln!(io.out)?;
+        match (&st.oldest_due, lag_ms) {
+            (Some(o), Some(lag)) => writeln!(
+                io.out,
+                "due now: {}; oldest: task {} ({}), due since {}, lag {}",
+                tasks(st.due_now),
+                o.id,
+                o.signature,
+                fmt_time(o.execute_time),
+                fmt_span(lag)
+            )?,
+            _ => writeln!(io.out, "due now: none (no lag)")?,
+        }
+    }
+    if as_json {
+        writeln!(io.out, "{}", pretty(&docs))?;
+    }
+    Ok(())
+}
