@@ -652,9 +652,20 @@ pub fn enqueue_many<C: StoreConnection>(
         return Ok(0);
     }
     let backend = conn.backend();
-    conn.insert_many(&rows)
-        .map_err(|e| Error::from_db(backend, e))
+    // Every backend caps the binds of one statement (SQLite 32 766, PostgreSQL and MySQL
+    // 65 535) and a row has 27: insert in chunks that stay under all of them.
+    let mut inserted = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        inserted += conn
+            .insert_many(chunk)
+            .map_err(|e| Error::from_db(backend, e))?;
+    }
+    Ok(inserted)
 }
+
+/// The most rows one multi-row `INSERT` of [`enqueue_many`] carries: 27 binds a row stay under
+/// SQLite's 32 766.
+const INSERT_CHUNK: usize = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -83,6 +83,13 @@ pub enum ErrorKind {
     },
     /// An alerter name was used that no [`crate::Alerter`] is registered under.
     UnknownAlerter(String),
+    /// [`crate::complete_in`] found the task no longer held by this attempt (its lease
+    /// expired and another worker took it over, or an operator cancelled it): roll the
+    /// transaction back.
+    LeaseLost {
+        /// The task's id.
+        id: i64,
+    },
 }
 
 impl Error {
@@ -241,6 +248,11 @@ impl fmt::Display for Error {
                 f,
                 "no alerter is registered under the name `{name}`; register it with \
                  `Registry::alerter` before the task types that name it"
+            ),
+            ErrorKind::LeaseLost { id } => write!(
+                f,
+                "task {id} is no longer held by this attempt (its lease expired and another \
+                 worker took it over, or it was cancelled): roll this transaction back"
             ),
         }
     }

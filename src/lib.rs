@@ -101,6 +101,7 @@ mod admin;
 mod alert;
 #[cfg(feature = "cli")]
 pub mod cli;
+mod complete_in;
 mod enqueue;
 mod error;
 mod events;
@@ -118,6 +119,7 @@ mod task;
 pub mod testing;
 
 pub use crate::alert::{Alert, Alerter};
+pub use crate::complete_in::complete_in;
 pub use crate::enqueue::{
     enqueue, enqueue_many, enqueue_new, Enqueued, NewTask, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_BYTES,
 };

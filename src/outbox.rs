@@ -490,7 +490,7 @@ where
         let done = run_one(&self.cfg, row);
         match done.write(conn) {
             Ok(true) => match done {
-                Done::Complete { .. } => SyncOutcome::Succeeded { id },
+                Done::Complete { .. } | Done::CompletedIn { .. } => SyncOutcome::Succeeded { id },
                 // Kept as succeeded (the pool keeps completed rows).
                 Done::Finish(f) if f.status == TaskStatus::Succeeded.as_i32() => {
                     SyncOutcome::Succeeded { id }

@@ -1,6 +1,6 @@
 //! The registry: which task types this process can run, found by signature.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -35,6 +35,23 @@ use crate::task::{Task, TaskContext, TaskError, TaskOptions};
 pub struct Registry {
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
     alerters: HashMap<String, Arc<dyn Alerter>>,
+    states: States,
+}
+
+/// Application state by type, shared by every handler ([`TaskContext::state`]).
+#[derive(Clone, Default)]
+pub(crate) struct States(Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
+
+impl States {
+    pub(crate) fn get<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.0.get(&TypeId::of::<S>())?.downcast_ref::<S>()
+    }
+}
+
+impl fmt::Debug for States {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "States({} registered)", self.0.len())
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -104,6 +121,60 @@ impl Registry {
             }),
         );
         Ok(self)
+    }
+
+    /// Makes `state` reachable from every handler as [`TaskContext::state::<S>()`]
+    /// (`ctx.state::<S>()?`): the application's database pool, HTTP clients, configuration.
+    /// One value per type, like axum's `State` or actix's `Data`; wrap two values of one type
+    /// in newtypes. The payload types stay plain serde data.
+    ///
+    /// # Errors
+    /// A state of type `S` is already registered
+    /// ([`ErrorKind::InvalidSetting`] named `state`).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use tend::Registry;
+    /// struct Config { api_url: String }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut registry = Registry::new();
+    /// registry.state(Config { api_url: "https://psp.example".into() })?.register::<Ship>()?;
+    /// assert_eq!(registry.get_state::<Config>().unwrap().api_url, "https://psp.example");
+    /// assert!(registry.state(Config { api_url: String::new() }).is_err()); // one per type
+    /// # Ok(()) }
+    /// ```
+    pub fn state<S: Send + Sync + 'static>(&mut self, state: S) -> Result<&mut Registry, Error> {
+        let map = Arc::make_mut(&mut self.states.0);
+        if map.contains_key(&TypeId::of::<S>()) {
+            return Err(Error::invalid_setting(
+                "state",
+                format!(
+                    "a state of type `{}` is already registered (wrap a second value of one \
+                     type in a newtype)",
+                    std::any::type_name::<S>()
+                ),
+            ));
+        }
+        map.insert(TypeId::of::<S>(), Arc::new(state));
+        Ok(self)
+    }
+
+    /// The state of type `S`, if one is registered (what handlers reach through
+    /// [`TaskContext::state`]).
+    ///
+    /// ```
+    /// let mut registry = tend::Registry::new();
+    /// assert!(registry.get_state::<u64>().is_none());
+    /// registry.state(7u64).unwrap();
+    /// assert_eq!(registry.get_state::<u64>(), Some(&7));
+    /// ```
+    pub fn get_state<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.states.get::<S>()
+    }
+
+    /// The states, for the executor to put in each [`TaskContext`].
+    pub(crate) fn states(&self) -> States {
+        self.states.clone()
     }
 
     /// Registers an [`Alerter`] under `name` (the seed's `alertActionBeanName`). Register

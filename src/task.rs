@@ -603,6 +603,14 @@ pub struct TaskContext {
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) shard_key: i64,
+    /// The lease this attempt holds (the fencing token of [`crate::complete_in`]).
+    pub(crate) token: i64,
+    /// Whether a success keeps the row (as `Succeeded`) instead of deleting it.
+    pub(crate) keep_completed: bool,
+    /// The application state registered with [`Registry::state`](crate::Registry::state).
+    pub(crate) states: crate::registry::States,
+    /// Set by [`crate::complete_in`]: the handler's own transaction completes the task.
+    pub(crate) completed_in: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskContext {
@@ -737,6 +745,48 @@ impl TaskContext {
     /// ```
     pub fn shard_key(&self) -> i64 {
         self.shard_key
+    }
+
+    /// The application state of type `S` registered with
+    /// [`Registry::state`](crate::Registry::state): a database pool, an HTTP client, the
+    /// configuration. Registered once, shared by every handler, no globals.
+    ///
+    /// # Errors
+    /// A [`TaskError`] (retried on the task's schedule) naming the type when no state of type
+    /// `S` was registered: a deployment mistake, fixed by registering it.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use tend::{Registry, Task, TaskContext, TaskError};
+    /// struct Mailer { sent: AtomicU64 } // e.g. an HTTP client
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Welcome { user_id: i64 }
+    /// impl Task for Welcome {
+    ///     const SIGNATURE: &'static str = "users.welcome";
+    ///     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+    ///         let mailer = ctx.state::<Mailer>()?;
+    ///         mailer.sent.fetch_add(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut registry = Registry::new();
+    /// registry.state(Mailer { sent: AtomicU64::new(0) })?.register::<Welcome>()?;
+    /// # let (pool, _db) = temp_pool("ctx-state");
+    /// # let outbox = tend::WorkerPool::builder(pool, registry.clone()).build()?.outbox();
+    /// # let task = tend::NewTask::new(&Welcome { user_id: 7 })?.thread_way(tend::ThreadWay::Sync);
+    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// assert_eq!(registry.get_state::<Mailer>().unwrap().sent.load(Ordering::SeqCst), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn state<S: Send + Sync + 'static>(&self) -> Result<&S, TaskError> {
+        self.states.get::<S>().ok_or_else(|| {
+            TaskError::new(format!(
+                "no application state of type `{}` is registered in this process: add it with \
+                 `Registry::state` before starting the pool",
+                std::any::type_name::<S>()
+            ))
+        })
     }
 }
 

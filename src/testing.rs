@@ -345,7 +345,7 @@ impl TestWorker {
         let backend = conn.backend();
         done.write(conn).map_err(|e| Error::from_db(backend, e))?;
         match &done {
-            Done::Complete { .. } => out.succeeded += 1,
+            Done::Complete { .. } | Done::CompletedIn { .. } => out.succeeded += 1,
             Done::Finish(f) => match TaskStatus::from_i32(f.status) {
                 Some(TaskStatus::Succeeded) => out.succeeded += 1,
                 Some(TaskStatus::Dead) => out.dead += 1,

@@ -237,6 +237,7 @@ pub(super) fn group(batch: &[Done]) -> (Vec<(i64, Vec<i64>)>, Vec<Finish>) {
         match d {
             Done::Complete { id, token } => completes.entry(*token).or_default().push(*id),
             Done::Finish(f) => finishes.push(f.clone()),
+            Done::CompletedIn { .. } => {}
         }
     }
     (completes.into_iter().collect(), finishes)

@@ -27,6 +27,9 @@ pub(crate) enum Done {
     Complete { id: i64, token: i64 },
     /// Fenced update of the row.
     Finish(Finish),
+    /// Nothing to write: the handler completed the task in its own transaction
+    /// ([`crate::complete_in`]).
+    CompletedIn { id: i64 },
 }
 
 impl Done {
@@ -53,7 +56,7 @@ impl Done {
 
     pub(crate) fn id(&self) -> i64 {
         match self {
-            Done::Complete { id, .. } => *id,
+            Done::Complete { id, .. } | Done::CompletedIn { id } => *id,
             Done::Finish(f) => f.id,
         }
     }
@@ -61,6 +64,7 @@ impl Done {
     /// Writes this outcome alone (the outbox's sync path); `Ok(false)` when the lease was lost.
     pub(crate) fn write<C: StoreConnection>(&self, conn: &mut C) -> diesel::QueryResult<bool> {
         crate::store::retry_transient(|| match self {
+            Done::CompletedIn { .. } => Ok(true),
             Done::Complete { id, token } => conn.complete(*token, &[*id]).map(|n| n == 1),
             Done::Finish(f) => conn
                 .finish(std::slice::from_ref(f))
@@ -179,6 +183,10 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
         attempt: row.execute_times.max(1) as u32,
         max_attempts: row.max_attempts.max(1) as u32,
         shard_key: row.shard_key,
+        token,
+        keep_completed: cfg.keep_completed.is_some(),
+        states: cfg.registry.states(),
+        completed_in: Default::default(),
     };
     let opts = handler.options();
     let fallback_due = |e: &TaskError| fallback_due(opts, ctx.attempt, e);
@@ -203,6 +211,9 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
                 task: info(&row),
                 duration,
             });
+            if ctx.completed_in.load(std::sync::atomic::Ordering::SeqCst) {
+                return Done::CompletedIn { id: row.id };
+            }
             completed(cfg, &row, token, duration)
         }
         Attempt::FallbackSucceeded(e) => {

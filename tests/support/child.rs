@@ -284,7 +284,7 @@ fn run<C: TestConn>() {
     log::set_max_level(log::LevelFilter::Warn);
 
     let threads: usize = env("TEND_CHILD_THREADS").parse().unwrap();
-    let pools = env("TEND_CHILD_URLS")
+    let pools: Vec<diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>> = env("TEND_CHILD_URLS")
         .split('|')
         .map(|url| {
             super::pool_with::<C>(
@@ -295,9 +295,12 @@ fn run<C: TestConn>() {
             )
         })
         .collect();
+    let counter = super::Counter::new::<C>(pools[0].clone());
     let shards = tend::Shards::new(pools).unwrap();
     let mut registry = tend::Registry::new();
     registry.register::<Work>().unwrap();
+    registry.state(counter).unwrap();
+    registry.register::<super::Increment>().unwrap();
     let claims = log.clone();
     let handle = tend::WorkerPool::sharded(shards, registry)
         .threads(threads)

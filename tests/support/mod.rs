@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{Builder, ConnectionManager, Pool, R2D2Connection};
+use diesel::Connection;
 use serde::{Deserialize, Serialize};
 use tend::{Task, TaskContext, TaskError};
 
@@ -280,6 +281,42 @@ impl Task for Work {
         }
         log.end(self.key, run);
         Ok(())
+    }
+}
+
+/// Adds one to the single row of `tend_test_counter` and completes the task in the same
+/// transaction (`tend::complete_in`): exactly-once local effects. The transaction is the
+/// [`Counter`] state's, since the task type cannot name the connection type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Increment {
+    pub key: i64,
+}
+
+impl Task for Increment {
+    const SIGNATURE: &'static str = "tend.tests.increment";
+    fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
+        (ctx.state::<Counter>()?.0)(ctx)
+    }
+}
+
+/// The state behind [`Increment`]: its transaction on the task's database.
+#[allow(clippy::type_complexity)] // one boxed closure, named by the struct
+pub struct Counter(Box<dyn Fn(&TaskContext) -> Result<(), TaskError> + Send + Sync>);
+
+/// The counter table, its one row at 0.
+pub const COUNTER_DDL: &str = "CREATE TABLE tend_test_counter (id INTEGER PRIMARY KEY, n BIGINT \
+     NOT NULL); INSERT INTO tend_test_counter (id, n) VALUES (1, 0);";
+
+impl Counter {
+    pub fn new<C: TestConn>(pool: Pool<ConnectionManager<C>>) -> Counter {
+        Counter(Box::new(move |ctx| {
+            let mut conn = pool.get()?;
+            conn.transaction(|conn| {
+                conn.batch_execute("UPDATE tend_test_counter SET n = n + 1 WHERE id = 1")?;
+                tend::complete_in(conn, ctx)?;
+                Ok::<_, TaskError>(())
+            })
+        }))
     }
 }
 
