@@ -108,6 +108,8 @@ pub struct NewTask {
     opts: TaskOptions,
     idempotency_key: Option<String>,
     shard_key: i64,
+    /// An absolute due time (epoch ms), set by [`NewTask::run_at`].
+    run_at: Option<i64>,
 }
 
 impl NewTask {
@@ -157,7 +159,58 @@ impl NewTask {
             opts: T::options(),
             idempotency_key: None,
             shard_key: crate::shard::next_shard_key(),
+            run_at: None,
         })
+    }
+
+    /// Runs the task at `when` (an absolute time) instead of now or after a delay: the row is
+    /// due then (a time in the past is due at once). Sets [`ExecuteWay::Schedule`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// use tend::NewTask;
+    /// let nine_tomorrow = SystemTime::now() + Duration::from_secs(24 * 3600); // say
+    /// let id = tend::enqueue_new(&mut conn, NewTask::new(&Ship { order_id: 7 })?.run_at(nine_tomorrow))?
+    ///     .id()
+    ///     .unwrap();
+    /// # let due = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!("(SELECT execute_time FROM consistency_task WHERE id = {id})"));
+    /// # let due: i64 = diesel::RunQueryDsl::get_result(diesel::select(due), &mut conn)?;
+    /// let want = nine_tomorrow.duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    /// assert_eq!(due, want); // stored as epoch milliseconds in execute_time
+    /// # Ok(()) }
+    /// ```
+    pub fn run_at(mut self, when: std::time::SystemTime) -> Self {
+        let ms = match when.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |m| -m),
+        };
+        self.run_at = Some(ms);
+        self.opts = self.opts.execute_way(ExecuteWay::Schedule);
+        self
+    }
+
+    /// Overrides [`TaskOptions::fallback`] for this enqueue: `Some(name)` turns the type's
+    /// [`Task::fallback`] on for this task, `None` turns it off. The fallback that runs is the
+    /// type's; the name is what `fallback_class_name` records.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::NewTask;
+    /// let with = NewTask::new(&Ship { order_id: 7 })?.fallback(Some("refund_shipping"));
+    /// assert_eq!(with.options().get_fallback(), Some("refund_shipping"));
+    /// let without = NewTask::new(&Ship { order_id: 8 })?.fallback(None);
+    /// assert_eq!(without.options().get_fallback(), None);
+    /// tend::enqueue_many(&mut conn, [with, without])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fallback(mut self, name: Option<&str>) -> Self {
+        self.opts.fallback = name.map(str::to_string);
+        self
     }
 
     /// Overrides [`TaskOptions::delay`].
@@ -415,6 +468,17 @@ impl NewTask {
     /// The plain `enqueue` functions write on the caller's connection, which cannot honour
     /// [`TransactionWay::WithoutTransaction`]: say so rather than silently join the transaction.
     fn check_written_here(&self) -> Result<(), Error> {
+        if self.opts.thread_way == crate::task::ThreadWay::Sync {
+            return Err(Error::invalid_setting(
+                "thread_way",
+                format!(
+                    "task `{}` is Sync (run in the caller's thread right after the commit), \
+                     which the plain enqueue functions cannot honour (they do not see the \
+                     commit); enqueue it through an Outbox, or make it Async for the pool",
+                    self.signature
+                ),
+            ));
+        }
         if self.opts.transaction_way == TransactionWay::WithoutTransaction {
             return Err(Error::invalid_setting(
                 "transaction_way",
@@ -440,9 +504,11 @@ impl NewTask {
             }
         }
         let o = self.opts;
-        let execute_time = match o.execute_way {
-            ExecuteWay::RightNow => now,
-            ExecuteWay::Schedule => now.saturating_add(o.delay.as_millis() as i64),
+        let execute_time = match (self.run_at, o.execute_way) {
+            // Not PARKED: a task due "never" would be invisible to the claim for good.
+            (Some(at), _) => at.min(crate::status::PARKED - 1),
+            (None, ExecuteWay::RightNow) => now,
+            (None, ExecuteWay::Schedule) => now.saturating_add(o.delay.as_millis() as i64),
         };
         let method_name = self
             .signature

@@ -99,6 +99,7 @@ compile_error!("tend needs at least one backend feature: sqlite, postgres or mys
 #[cfg(feature = "cli")]
 mod admin;
 mod alert;
+mod cancel;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod complete_in;
@@ -119,6 +120,7 @@ mod task;
 pub mod testing;
 
 pub use crate::alert::{Alert, Alerter};
+pub use crate::cancel::cancel;
 pub use crate::complete_in::complete_in;
 pub use crate::enqueue::{
     enqueue, enqueue_many, enqueue_new, Enqueued, NewTask, MAX_PAYLOAD_BYTES, MAX_SIGNATURE_BYTES,

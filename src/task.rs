@@ -177,6 +177,7 @@ pub struct TaskOptions {
     pub(crate) retry: RetryPolicy,
     pub(crate) fallback: Option<String>,
     pub(crate) fallback_threshold: u32,
+    pub(crate) snooze_limit: Duration,
     pub(crate) alert_expression: Option<String>,
     pub(crate) alerter: Option<String>,
     pub(crate) task_id: Option<String>,
@@ -210,6 +211,7 @@ impl TaskOptions {
             retry: RetryPolicy::Linear,
             fallback: None,
             fallback_threshold: 0,
+            snooze_limit: DEFAULT_SNOOZE_LIMIT,
             alert_expression: Some(DEFAULT_ALERT_EXPRESSION.to_string()),
             alerter: None,
             task_id: None,
@@ -497,6 +499,42 @@ impl TaskOptions {
         self
     }
 
+    /// How long after its enqueue a task may [snooze](TaskError::snooze) without using
+    /// attempts; after that a snooze counts as an attempt. Defaults to 24 hours; at most
+    /// 10 years.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::TaskOptions;
+    /// let opts = TaskOptions::new().snooze_limit(Duration::from_secs(3600));
+    /// assert_eq!(opts.get_snooze_limit(), Duration::from_secs(3600));
+    /// assert_eq!(TaskOptions::new().get_snooze_limit(), Duration::from_secs(24 * 3600));
+    /// ```
+    pub fn snooze_limit(mut self, limit: Duration) -> Self {
+        self.snooze_limit = limit;
+        self
+    }
+
+    /// The snooze limit ([`TaskOptions::snooze_limit`]).
+    ///
+    /// ```
+    /// assert_eq!(tend::TaskOptions::new().get_snooze_limit().as_secs(), 86_400);
+    /// ```
+    pub fn get_snooze_limit(&self) -> Duration {
+        self.snooze_limit
+    }
+
+    /// The fallback's name, if a fallback is on ([`TaskOptions::fallback`]).
+    ///
+    /// ```
+    /// use tend::TaskOptions;
+    /// assert_eq!(TaskOptions::new().get_fallback(), None);
+    /// assert_eq!(TaskOptions::new().fallback("undo").get_fallback(), Some("undo"));
+    /// ```
+    pub fn get_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
     /// The configured maximum number of attempts.
     ///
     /// ```
@@ -540,6 +578,15 @@ impl TaskOptions {
             Ok(())
         };
         secs("execute_interval", self.execute_interval, 1)?;
+        if self.snooze_limit > MAX_SNOOZE_LIMIT {
+            return Err(Error::invalid_setting(
+                "snooze_limit",
+                format!(
+                    "must be at most 10 years, got {} s",
+                    self.snooze_limit.as_secs()
+                ),
+            ));
+        }
         secs("delay", self.delay, 0)?;
         if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
             return Err(Error::invalid_setting(
@@ -572,6 +619,11 @@ impl TaskOptions {
         Ok(())
     }
 }
+
+/// [`TaskOptions::snooze_limit`]'s default: a day.
+const DEFAULT_SNOOZE_LIMIT: Duration = Duration::from_secs(24 * 3600);
+/// The longest snooze limit: ten years.
+const MAX_SNOOZE_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// What a running task knows about itself.
 ///
@@ -814,6 +866,7 @@ pub struct TaskError {
 pub(crate) enum Action {
     Retry,
     RetryAfter(Duration),
+    Snooze(Duration),
     GiveUp,
 }
 
@@ -853,6 +906,34 @@ impl TaskError {
             action: Action::RetryAfter(wait),
         }
     }
+    /// Not a failure: run again after `wait` without using an attempt (e.g. a partner's rate
+    /// limit, or a resource that is not ready yet). No fallback runs and no alert fires. Bounded:
+    /// once the task was enqueued longer ago than its type's
+    /// [`TaskOptions::snooze_limit`] (24 h by default), a snooze counts as an attempt, so that
+    /// a task cannot postpone itself forever unseen.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tend::TaskError;
+    /// let later = TaskError::snooze("partner API quota used up", Duration::from_secs(600));
+    /// assert!(later.is_snooze() && !later.is_give_up());
+    /// ```
+    pub fn snooze(message: impl Into<String>, wait: Duration) -> TaskError {
+        TaskError {
+            message: message.into(),
+            action: Action::Snooze(wait),
+        }
+    }
+
+    /// Whether this is a [`snooze`](TaskError::snooze).
+    ///
+    /// ```
+    /// assert!(!tend::TaskError::new("boom").is_snooze());
+    /// ```
+    pub fn is_snooze(&self) -> bool {
+        matches!(self.action, Action::Snooze(_))
+    }
+
     /// Do not retry: the task becomes dead now (kept, visible, retryable by an operator).
     ///
     /// ```

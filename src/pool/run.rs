@@ -189,7 +189,9 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
         completed_in: Default::default(),
     };
     let opts = handler.options();
-    let fallback_due = |e: &TaskError| fallback_due(opts, ctx.attempt, e);
+    // The row says whether a fallback is on (the type's option, or the enqueue's override).
+    let has_fallback = row.fallback_class_name.is_some();
+    let fallback_due = |e: &TaskError| fallback_due(has_fallback, opts, ctx.attempt, e);
     let started = Instant::now();
     let attempt = handler.run(&row.task_parameter, &ctx, &fallback_due);
     let duration = started.elapsed();
@@ -258,7 +260,9 @@ pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
                 None => row.fallback_error_msg.clone(),
             };
             let done = failed(cfg, &row, &ctx, opts, &error, fallback_msg);
-            alert_if(cfg, &row, &done, fallback.as_ref(), opts.fallback.is_some());
+            if !error.is_snooze() {
+                alert_if(cfg, &row, &done, fallback.as_ref(), has_fallback);
+            }
             done
         }
     }
@@ -294,8 +298,8 @@ pub(crate) fn out_of_range(row: &TaskRow) -> Option<String> {
 /// The seed's rule, with its off-by-one fixed: the fallback runs after a failed attempt when
 /// the failures so far (this one included) exceed the threshold, so 0 means the first failure.
 /// A handler that gives up gets its fallback at once.
-fn fallback_due(opts: &TaskOptions, attempt: u32, e: &TaskError) -> bool {
-    opts.fallback.is_some() && (attempt > opts.fallback_threshold || e.is_give_up())
+fn fallback_due(has_fallback: bool, opts: &TaskOptions, attempt: u32, e: &TaskError) -> bool {
+    has_fallback && !e.is_snooze() && (attempt > opts.fallback_threshold || e.is_give_up())
 }
 
 /// A failed attempt: dead when out of attempts or given up, else retried on the schedule.
@@ -309,6 +313,11 @@ fn failed(
 ) -> Done {
     let token = row.lease_token.unwrap_or_default();
     let msg = truncate(error.message(), MAX_MESSAGE_BYTES);
+    if let Action::Snooze(wait) = error.action() {
+        if let Some(done) = snoozed(cfg, row, opts, wait, &msg, fallback_msg.clone()) {
+            return done;
+        }
+    }
     if error.is_give_up() || ctx.attempt >= ctx.max_attempts {
         let why = if error.is_give_up() {
             "the handler gave up"
@@ -325,7 +334,7 @@ fn failed(
         );
     }
     let wait = match error.action() {
-        Action::RetryAfter(d) => d,
+        Action::RetryAfter(d) | Action::Snooze(d) => d,
         _ => opts.retry.delay(
             ctx.attempt,
             Duration::from_secs(row.execute_interval_sec.max(1).unsigned_abs().into()),
@@ -356,6 +365,59 @@ fn failed(
         duration_ms: None,
         now,
     })
+}
+
+/// A snooze: due again after `wait`, the attempt given back. `None` once the task has snoozed
+/// past its type's snooze limit since it was enqueued: the snooze then counts as an attempt, so
+/// that a task cannot postpone itself forever unseen.
+fn snoozed(
+    cfg: &Config,
+    row: &TaskRow,
+    opts: &TaskOptions,
+    wait: Duration,
+    msg: &str,
+    fallback_msg: Option<String>,
+) -> Option<Done> {
+    let now = cfg.now_ms();
+    let limit = i64::try_from(opts.snooze_limit.as_millis()).unwrap_or(i64::MAX);
+    if now.saturating_sub(row.gmt_create) > limit {
+        log::warn!(
+            "tend: task {} ({}) snoozed past its snooze limit of {:?} since it was enqueued; \
+             this snooze counts as an attempt",
+            row.id,
+            row.method_sign_name,
+            opts.snooze_limit
+        );
+        return None;
+    }
+    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+    let next = now.saturating_add(wait_ms).min(crate::status::PARKED - 1);
+    log::debug!(
+        "tend: task {} ({}) snoozed for {wait:?}: {msg}",
+        row.id,
+        row.method_sign_name
+    );
+    cfg.events.emit(Event::Retried {
+        task: info(row),
+        next_attempt_at_ms: next,
+    });
+    // The attempt is given back: as after a release, pending if it never counted one.
+    let status = if row.execute_times <= 1 {
+        TaskStatus::Pending
+    } else {
+        TaskStatus::Failed
+    };
+    Some(Done::Finish(Finish {
+        id: row.id,
+        token: row.lease_token.unwrap_or_default(),
+        status: status.as_i32(),
+        execute_time: next,
+        error_msg: truncate(&format!("snoozed for {wait:?}: {msg}"), MAX_MESSAGE_BYTES),
+        fallback_error_msg: fallback_msg,
+        attempts_delta: -1,
+        duration_ms: None,
+        now,
+    }))
 }
 
 /// Parks a row (dead or held): kept with its message, never claimed again by itself.

@@ -411,6 +411,9 @@ pub(crate) mod ops {
         /// Holds a due row that no claim could lease (status held, parked, `message` as its
         /// error), unless it is no longer claimable; returns how many rows changed (0 or 1).
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize>;
+        /// Cancels a task that is pending, failed or held (or, with `running`, running):
+        /// it becomes dead and parked with `message`, its lease dropped. Returns whether it did.
+        fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool>;
         /// Applies fenced updates in one transaction; returns the ids whose lease was still held.
         fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
         /// Pushes the lease expiry of running rows held under `token`.
@@ -532,6 +535,28 @@ macro_rules! common_ops {
                 .typed::<diesel::sql_types::BigInt>()
                 .get_result::<i64>(self)
                 .optional()
+        }
+
+        fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
+            use $crate::store::stmt::{Bind, Stmt};
+            Stmt::new("UPDATE consistency_task SET task_status = ")
+                .bind(Bind::I32($crate::status::TaskStatus::Dead.as_i32()))
+                .sql(", execute_time = ")
+                .bind(Bind::I64($crate::status::PARKED))
+                .sql(", error_msg = ")
+                .bind(Bind::Text(message))
+                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
+                .sql(", gmt_modified = ")
+                .bind(Bind::I64(now))
+                .sql(" WHERE id = ")
+                .bind(Bind::I64(id))
+                .sql(if running {
+                    " AND task_status IN (0, 1, 2, 5)"
+                } else {
+                    " AND task_status IN (0, 2, 5)"
+                })
+                .execute(self)
+                .map(|n| n == 1)
         }
 
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
@@ -744,6 +769,9 @@ where
     }
     fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
         (**self).hold_unclaimable(id, now, message)
+    }
+    fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
+        (**self).cancel(id, now, message, running)
     }
     fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>> {
         (**self).finish(rows)

@@ -441,6 +441,7 @@ conformance!(
     extreme_values_never_fail_a_claim_or_an_outcome,
     lease_rechecks_rows_another_claimer_took,
     an_unclaimable_row_is_found_and_held,
+    cancel_parks_what_the_rules_allow,
     node_slots_are_taken_once_and_taken_over_when_stale,
     racing_node_claims_give_a_slot_to_one,
 );

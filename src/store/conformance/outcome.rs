@@ -192,3 +192,49 @@ pub(super) fn extend_pushes_the_lease<D: Db>(db: &D) {
         [mine].into()
     );
 }
+
+/// `cancel`: pending, failed and held rows become dead and parked with the message; running
+/// ones only when asked (their lease dropped); succeeded, dead and unknown statuses never.
+pub(super) fn cancel_parks_what_the_rules_allow<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let ids: Vec<i64> = [0, 2, 5, 3, 4, 9]
+        .into_iter()
+        .map(|status| {
+            insert(
+                &mut conn,
+                &NewRow {
+                    task_status: status,
+                    ..row(T0)
+                },
+            )
+        })
+        .collect();
+    let running = insert(&mut conn, &row(T0 - 1));
+    let leased = claim(&mut conn, T0 - 1, T0 + 30_000, 8, 1, None);
+    assert_eq!(leased[0].id, running);
+    let cancelled: Vec<bool> = ids
+        .iter()
+        .map(|&id| conn.cancel(id, T0 + 5, "cancelled", false).unwrap())
+        .collect();
+    assert_eq!(cancelled, [true, true, true, false, false, false]);
+    for &id in &ids[..3] {
+        let r = found(&mut conn, id);
+        assert_eq!(
+            (
+                r.task_status,
+                r.execute_time,
+                r.error_msg.as_str(),
+                r.gmt_modified
+            ),
+            (4, PARKED, "cancelled", T0 + 5)
+        );
+    }
+    assert_eq!(found(&mut conn, ids[5]).task_status, 9);
+    assert!(!conn.cancel(running, T0 + 5, "x", false).unwrap());
+    assert!(conn.cancel(running, T0 + 5, "forced", true).unwrap());
+    let r = found(&mut conn, running);
+    assert_eq!((r.task_status, r.lease_token), (4, None));
+    // The worker's fenced write finds no lease.
+    assert!(conn.complete(8, &[running]).unwrap() == 0);
+    assert!(!conn.cancel(424_242, T0, "x", true).unwrap());
+}
