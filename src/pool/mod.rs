@@ -718,6 +718,8 @@ where
         for p in self.shards.pools() {
             let mut conn = p.get()?;
             crate::store::check_schema(&mut conn)?;
+            conn.check_setup()
+                .map_err(|reason| Error::invalid_setting("pool", reason))?;
         }
         let cfg = self.cfg;
         let lanes = self.lanes;

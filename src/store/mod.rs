@@ -441,6 +441,13 @@ pub(crate) mod ops {
         fn find(&mut self, id: i64) -> QueryResult<Option<TaskRow>>;
         /// Fails with the database's error if the table or a column is missing.
         fn check_schema(&mut self) -> QueryResult<()>;
+        /// Checks the connection's setup for what tend needs beside the application (SQLite:
+        /// a busy timeout, so that writers queue instead of failing with "database is
+        /// locked"); `Err` says what is wrong and how to fix it. Nothing to check on the
+        /// servers.
+        fn check_setup(&mut self) -> Result<(), String> {
+            Ok(())
+        }
         /// With `true`, this connection's commits leave WAL checkpoints to the pool's
         /// checkpointer thread, up to a bound on the WAL's size (SQLite; `false` restores
         /// SQLite's default). A no-op on the servers.
@@ -808,6 +815,9 @@ where
     }
     fn check_schema(&mut self) -> QueryResult<()> {
         (**self).check_schema()
+    }
+    fn check_setup(&mut self) -> Result<(), String> {
+        (**self).check_setup()
     }
     fn defer_checkpoints(&mut self, defer: bool) -> QueryResult<()> {
         (**self).defer_checkpoints(defer)

@@ -77,6 +77,35 @@ impl Ops for SqliteConnection {
         })
     }
 
+    fn check_setup(&mut self) -> Result<(), String> {
+        use diesel::dsl::sql;
+        use diesel::sql_types::{Integer, Text};
+        let mode: String = diesel::select(sql::<Text>("(SELECT * FROM pragma_journal_mode())"))
+            .get_result(self)
+            .map_err(|e| e.to_string())?;
+        if mode == "memory" {
+            return Ok(()); // an in-memory database: one connection, nothing to wait for
+        }
+        let busy: i32 = diesel::select(sql::<Integer>("(SELECT * FROM pragma_busy_timeout())"))
+            .get_result(self)
+            .map_err(|e| e.to_string())?;
+        if busy == 0 {
+            return Err("the pool's SQLite connections have no busy timeout, so the \
+                        application's transactions and tend's would fail with \"database is \
+                        locked\" whenever they meet: build the r2d2 pool with \
+                        `.connection_customizer(Box::new(tend::SqliteSetup::new()))` \
+                        (busy timeout, WAL)"
+                .to_string());
+        }
+        if mode != "wal" {
+            log::warn!(
+                "tend: the SQLite database is in journal mode `{mode}`, not WAL: readers and the \
+                 writer block each other; tend::SqliteSetup sets WAL"
+            );
+        }
+        Ok(())
+    }
+
     fn defer_checkpoints(&mut self, defer: bool) -> QueryResult<()> {
         use diesel::connection::SimpleConnection;
         // Deferred: the writer checkpoints only past 4000 pages, which bounds the WAL (the
