@@ -472,6 +472,9 @@ fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
             "SAVEPOINT",
             "RELEASE",
             "START",
+            // MySQL's per-transaction READ COMMITTED: a text-protocol statement, nothing to
+            // prepare.
+            "SET TRANSACTION",
         ]
         .iter()
         .any(|k| s.starts_with(k))

@@ -362,6 +362,13 @@ pub(crate) mod ops {
         }
         /// Runs tend's embedded migrations.
         fn run_migrations(&mut self) -> Result<(), String>;
+        /// Called right before each of tend's own transactions and autocommit writes on
+        /// `consistency_task`. On MySQL/MariaDB it sets READ COMMITTED for that one
+        /// transaction, so tend takes no gap or next-key locks that an application's insert
+        /// could wait on (see `mysql.rs`); a no-op elsewhere.
+        fn isolate_next(&mut self) -> QueryResult<()> {
+            Ok(())
+        }
     }
 }
 
@@ -373,6 +380,7 @@ macro_rules! common_ops {
             if ids.is_empty() {
                 return Ok(0);
             }
+            self.isolate_next()?;
             Stmt::new("DELETE FROM consistency_task WHERE lease_token = ")
                 .bind(Bind::I64(token))
                 .sql(" AND id IN ")
@@ -382,6 +390,7 @@ macro_rules! common_ops {
 
         fn finish(&mut self, rows: &[$crate::store::Finish]) -> QueryResult<Vec<i64>> {
             use $crate::store::stmt::{Bind, Stmt};
+            self.isolate_next()?;
             self.transaction(|conn| {
                 let mut held = Vec::with_capacity(rows.len());
                 for r in rows {
@@ -420,6 +429,7 @@ macro_rules! common_ops {
             let mut n = 0;
             // Chunks keep the padded lists within every backend's bind limit.
             for chunk in ids.chunks(1024) {
+                self.isolate_next()?;
                 n += Stmt::new("UPDATE consistency_task SET execute_time = ")
                     .bind(Bind::I64(until))
                     .sql(", lease_expires_at = ")
@@ -448,6 +458,7 @@ macro_rules! common_ops {
             if ids.is_empty() {
                 return Ok(0);
             }
+            self.isolate_next()?;
             diesel::delete(
                 t::consistency_task
                     .filter(t::id.eq_any(&ids))
@@ -639,6 +650,9 @@ where
     }
     fn run_migrations(&mut self) -> Result<(), String> {
         (**self).run_migrations()
+    }
+    fn isolate_next(&mut self) -> QueryResult<()> {
+        (**self).isolate_next()
     }
 }
 

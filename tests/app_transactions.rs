@@ -1,0 +1,175 @@
+//! The application's own transactions next to a draining pool (issue 11): tend's claims, lease
+//! updates and deletes must never make an application transaction fail, on any backend.
+//!
+//! 4 application threads each run checkout transactions (insert an order row, then
+//! `tend::enqueue`, in one transaction) while a `WorkerPool` polling every 10 ms drains the
+//! table, with `batch_size` 10 and then 100. Every failed transaction is counted with its error,
+//! raw (no retry hides a deadlock here), and the test asserts there were none. The application
+//! threads conflict with nothing but tend (distinct order ids, no idempotency keys), so any
+//! failure is caused by tend's statements. Then every task of a committed transaction must have
+//! run exactly once, and no other.
+//!
+//! Size: 4 threads × 500 transactions per setting by default; `TEND_LONG=1` runs the issue's
+//! 4 × 2500. The counts are printed (`cargo test --test app_transactions -- --nocapture`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use tend::{Registry, Task, TaskContext, TaskError, WorkerPool};
+
+use common::{per_backend, wait_for, DbConn, TestDb};
+
+/// The issue's load: 4 application threads.
+const APP_THREADS: u64 = 4;
+
+/// Transactions per application thread and setting.
+fn per_thread() -> u64 {
+    match std::env::var("TEND_LONG") {
+        Ok(v) if !v.is_empty() && v != "0" => 2500,
+        _ => 500,
+    }
+}
+
+/// The stress runs of one process take turns: two at once on a 2-core machine would measure the
+/// machine, not tend.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// How many times each (run, n) ran.
+static RAN: LazyLock<Mutex<HashMap<(u64, u64), u32>>> = LazyLock::new(Default::default);
+
+#[derive(Serialize, Deserialize)]
+struct Checkout {
+    run: u64,
+    n: u64,
+}
+
+impl Task for Checkout {
+    const SIGNATURE: &'static str = "test.checkout";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        *RAN.lock().unwrap().entry((self.run, self.n)).or_default() += 1;
+        Ok(())
+    }
+}
+
+/// One application thread's committed task numbers and failures (number, error).
+type ThreadResult = (Vec<u64>, Vec<(u64, String)>);
+
+/// One setting's outcome.
+struct Outcome {
+    committed: Vec<u64>,
+    failures: Vec<(u64, String)>,
+    elapsed: Duration,
+}
+
+fn stress<C: DbConn + Connection>(run: u64, batch: usize) -> Option<Outcome> {
+    let db = TestDb::<C>::fresh()?;
+    // One r2d2 pool for the application and tend, as a service has.
+    let pool = common::pool_for::<C>(&db.url, 16);
+    let mut registry = Registry::new();
+    registry.register::<Checkout>().unwrap();
+    let handle = WorkerPool::builder(pool.clone(), registry)
+        .threads(4)
+        .batch_size(batch)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let per_thread = per_thread();
+    let started = Instant::now();
+    let results: Vec<ThreadResult> = thread::scope(|s| {
+        let threads: Vec<_> = (0..APP_THREADS)
+            .map(|t| {
+                let pool = pool.clone();
+                s.spawn(move || {
+                    let mut conn = pool.get().expect("an application connection");
+                    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                    for i in 0..per_thread {
+                        let n = t * per_thread + i;
+                        let r = conn.transaction(|conn| {
+                            conn.batch_execute(&format!(
+                                "INSERT INTO tend_test_orders (id, note) VALUES ({n}, 'checkout')"
+                            ))?;
+                            tend::enqueue(&mut *conn, &Checkout { run, n })
+                        });
+                        match r {
+                            Ok(_) => ok.push(n),
+                            Err(e) => failed.push((n, e.to_string())),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let (mut committed, mut failures) = (Vec::new(), Vec::new());
+    for (ok, failed) in results {
+        committed.extend(ok);
+        failures.extend(failed);
+    }
+    wait_for("the table to drain", Duration::from_secs(120), || {
+        db.rows().is_empty().then_some(())
+    });
+    let report = handle.shutdown();
+    assert!(report.all_joined(), "{report:?}");
+    assert_eq!(db.orders(), committed.len() as i64);
+    Some(Outcome {
+        committed,
+        failures,
+        elapsed,
+    })
+}
+
+fn application_transactions_never_fail_because_of_tend<C: DbConn + Connection>() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let total = APP_THREADS * per_thread();
+    let mut failed_somewhere = Vec::new();
+    for (k, batch) in [10usize, 100].into_iter().enumerate() {
+        let run = C::BACKEND as u64 * 10 + k as u64;
+        let Some(out) = stress::<C>(run, batch) else {
+            return;
+        };
+        println!(
+            "app_transactions: {} batch_size {batch} poll 10 ms: {} of {total} application \
+             transactions failed ({:.1} per 10 000), {} committed, in {:.1} s",
+            C::BACKEND.name(),
+            out.failures.len(),
+            out.failures.len() as f64 * 10_000.0 / total as f64,
+            out.committed.len(),
+            out.elapsed.as_secs_f64()
+        );
+        let mut kinds: HashMap<&str, usize> = HashMap::new();
+        for (_, e) in &out.failures {
+            *kinds.entry(e.as_str()).or_default() += 1;
+        }
+        for (e, k) in &kinds {
+            println!("    {k} × {e}");
+        }
+        // Every committed task ran exactly once; the rolled back ones never.
+        let ran = RAN.lock().unwrap();
+        for n in &out.committed {
+            assert_eq!(ran.get(&(run, *n)), Some(&1), "task {n} of batch {batch}");
+        }
+        let ran_here = ran.keys().filter(|(r, _)| *r == run).count();
+        assert_eq!(ran_here, out.committed.len(), "only committed tasks ran");
+        if !out.failures.is_empty() {
+            failed_somewhere.push((batch, out.failures.len()));
+        }
+    }
+    assert!(
+        failed_somewhere.is_empty(),
+        "application transactions failed because of tend (batch_size, failures): \
+         {failed_somewhere:?}"
+    );
+}
+
+per_backend!(application_transactions_never_fail_because_of_tend);
