@@ -172,4 +172,116 @@ fn application_transactions_never_fail_because_of_tend<C: DbConn + Connection>()
     );
 }
 
-per_backend!(application_transactions_never_fail_because_of_tend);
+// ---------------------------------------------------------------------------------------------
+// `tend::transaction_with_retry`: the application's own deadlocks, run again.
+
+/// diesel's error for a lock conflict, as a server reports it.
+fn conflict() -> diesel::result::Error {
+    diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::SerializationFailure,
+        Box::new(String::from("could not serialize access (test)")),
+    )
+}
+
+fn retry_helper_runs_the_whole_transaction_again<C: DbConn + Connection>() {
+    let Some(db) = TestDb::<C>::fresh() else {
+        return;
+    };
+    let mut conn = db.pooled();
+    // A conflict on the first attempt: rolled back (order and task), then run again.
+    let mut attempts = 0;
+    let enqueued = tend::transaction_with_retry(&mut conn, |conn| {
+        attempts += 1;
+        conn.batch_execute("INSERT INTO tend_test_orders (id, note) VALUES (1, 'retried')")?;
+        let e = tend::enqueue(&mut *conn, &Checkout { run: 0, n: 1 })?;
+        if attempts == 1 {
+            return Err(tend::Error::from(conflict()));
+        }
+        Ok(e)
+    })
+    .unwrap();
+    assert_eq!(attempts, 2);
+    assert!(enqueued.id().is_some());
+    assert_eq!((db.orders(), db.rows().len()), (1, 1));
+
+    // Not transient: returned at once, rolled back.
+    let mut attempts = 0;
+    let e = tend::transaction_with_retry(&mut conn, |conn| {
+        attempts += 1;
+        conn.batch_execute("INSERT INTO tend_test_orders (id, note) VALUES (2, 'refused')")?;
+        Err::<(), _>(diesel::result::Error::NotFound)
+    })
+    .unwrap_err();
+    assert_eq!((attempts, e), (1, diesel::result::Error::NotFound));
+    assert_eq!(db.orders(), 1);
+
+    // Transient every time: the last error after the bounded attempts.
+    let mut attempts = 0;
+    let started = Instant::now();
+    let e = tend::TransactionRetry::new()
+        .attempts(3)
+        .backoff(Duration::from_millis(1), Duration::from_millis(4))
+        .run(&mut conn, |_| {
+            attempts += 1;
+            Err::<(), tend::Error>(conflict().into())
+        })
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(attempts, 3);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// A real deadlock between two application transactions on the servers (rows taken in opposite
+/// orders): the server rolls one back, the helper runs it again, and both commit.
+fn retry_helper_resolves_a_real_deadlock<C: DbConn + Connection>() {
+    if C::BACKEND == common::Backend::Sqlite {
+        return; // one writer: the second transaction waits, it cannot deadlock
+    }
+    let Some(db) = TestDb::<C>::fresh() else {
+        return;
+    };
+    db.exec("INSERT INTO tend_test_orders (id, note) VALUES (1, 'a'), (2, 'b')");
+    let barrier = std::sync::Barrier::new(2);
+    let attempts: Vec<u32> = thread::scope(|s| {
+        let threads: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (pool, barrier) = (db.pool.clone(), &barrier);
+                s.spawn(move || {
+                    let mut conn = pool.get().unwrap();
+                    let mut attempts = 0;
+                    tend::transaction_with_retry(&mut conn, |conn| {
+                        attempts += 1;
+                        let update =
+                            |id| format!("UPDATE tend_test_orders SET note = 'x' WHERE id = {id}");
+                        conn.batch_execute(&update(first))?;
+                        if attempts == 1 {
+                            barrier.wait();
+                        }
+                        conn.batch_execute(&update(second))?;
+                        tend::enqueue(&mut *conn, &Checkout { run: 0, n: first })
+                    })
+                    .unwrap_or_else(|e| panic!("transaction {first} failed: {e}"));
+                    attempts
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    println!(
+        "retry helper: {} attempts per transaction {attempts:?}",
+        C::BACKEND.name()
+    );
+    assert_eq!(
+        attempts.iter().sum::<u32>(),
+        3,
+        "one of them deadlocked once"
+    );
+    assert_eq!(db.rows().len(), 2);
+}
+
+per_backend!(
+    application_transactions_never_fail_because_of_tend,
+    retry_helper_runs_the_whole_transaction_again,
+    retry_helper_resolves_a_real_deadlock
+);
