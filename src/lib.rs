@@ -87,6 +87,8 @@
 //! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
+//! * `transaction`: [`transaction_with_retry`] and [`TransactionRetry`], which run an
+//!   application's transaction again after a deadlock or another lock conflict.
 //! * `testing` (feature `testing`): a test kit for applications: assert enqueued tasks, run
 //!   them in the test's thread, control the clock.
 //! * `admin` and `cli` (feature `cli`): the operator queries and the `tend` command line.
@@ -118,6 +120,7 @@ mod store;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transaction;
 
 pub use crate::alert::{Alert, Alerter};
 pub use crate::cancel::cancel;
@@ -144,3 +147,4 @@ pub use crate::task::{
     ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay, TransactionWay,
     DEFAULT_ALERT_EXPRESSION,
 };
+pub use crate::transaction::{transaction_with_retry, TransactionRetry, TransientError};

@@ -556,6 +556,16 @@ where
     /// written at once in its own transaction on a pool connection and survives a rollback of
     /// this one (no atomicity with your business rows).
     ///
+    /// **SQLite refuses `WithoutTransaction` here**, at once and without writing anything: a
+    /// SQLite database has one writer, and once this transaction has written it holds the write
+    /// lock until it ends, so the task's own transaction would wait for its own caller until the
+    /// busy timeout and then fail both. The error is an
+    /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) named `transaction_way`;
+    /// this transaction is unharmed and may go on. Enqueue such a task with
+    /// [`Outbox::enqueue_new`] before or after the transaction instead. On PostgreSQL and
+    /// MySQL/MariaDB the task's transaction takes no lock this one holds (unless it locked
+    /// ranges of `consistency_task` itself, say with `SELECT … FOR UPDATE` or `LOCK TABLE`).
+    ///
     /// After the commit, a right-now async task is handed to the pool and a right-now sync task
     /// runs in this thread. Scheduled tasks wait for their delay and the poll, whatever their
     /// thread way.
@@ -571,16 +581,19 @@ where
     /// # registry.register::<Ship>()?;
     /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
     /// # let mut conn = pool.get()?;
-    /// use diesel::result::Error::RollbackTransaction;
-    /// use tend::{NewTask, TransactionWay};
+    /// use tend::{ErrorKind, NewTask, TransactionWay};
     /// let audit = NewTask::new(&Ship { order_id: 7 })?
     ///     .transaction_way(TransactionWay::WithoutTransaction);
-    /// let rolled_back = outbox.transaction(&mut conn, |conn, tx| {
-    ///     tx.enqueue_new(conn, audit)?; // written at once, in a transaction of its own
-    ///     Err::<(), tend::Error>(RollbackTransaction.into())
-    /// });
-    /// assert!(rolled_back.is_err());
-    /// assert_eq!(task_count(&mut conn), 1); // it survived the rollback
+    /// let committed = outbox.transaction(&mut conn, |conn, tx| {
+    ///     tx.enqueue(conn, &Ship { order_id: 8 })?; // this transaction now holds the write lock
+    ///     // On SQLite a WithoutTransaction task is refused here, at once, nothing written:
+    ///     let refused = tx.enqueue_new(conn, audit.clone()).unwrap_err();
+    ///     assert!(matches!(refused.kind(), ErrorKind::InvalidSetting { name: "transaction_way", .. }));
+    ///     Ok::<_, tend::Error>(()) // and the transaction goes on
+    /// })?;
+    /// assert_eq!(task_count(&mut conn), 1);
+    /// outbox.enqueue_new(audit)?; // written on its own, outside the transaction
+    /// assert_eq!(task_count(&mut conn), 2);
     /// # Ok(()) }
     /// ```
     pub fn enqueue_new<S: StoreConnection>(
@@ -589,6 +602,20 @@ where
         task: NewTask,
     ) -> Result<Enqueued, Error> {
         if task.options().transaction_way == TransactionWay::WithoutTransaction {
+            if !C::CONCURRENT_CLAIMS {
+                return Err(Error::invalid_setting(
+                    "transaction_way",
+                    format!(
+                        "task `{}` is WithoutTransaction, which SQLite cannot write inside an \
+                         Outbox transaction: SQLite has one writer, and this transaction holds \
+                         the write lock once it has written, so the task's own transaction \
+                         would wait for it and fail both; nothing was written and this \
+                         transaction may go on. Enqueue it with `Outbox::enqueue_new` before or \
+                         after the transaction",
+                        task.signature()
+                    ),
+                ));
+            }
             return self.detached(task);
         }
         let key = task.get_shard_key();

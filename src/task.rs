@@ -125,7 +125,10 @@ pub enum TransactionWay {
     #[default]
     WithTransaction,
     /// Written in its own transaction on a pool connection: it exists even if the caller then
-    /// rolls back. No atomicity with business data (stored as 2).
+    /// rolls back. No atomicity with business data (stored as 2). On SQLite,
+    /// [`OutboxTx::enqueue_new`](crate::OutboxTx::enqueue_new) refuses it inside an
+    /// [`Outbox::transaction`](crate::Outbox::transaction) (it would wait for the caller's own
+    /// write lock); enqueue it with [`Outbox::enqueue_new`](crate::Outbox::enqueue_new) instead.
     WithoutTransaction,
 }
 

@@ -26,6 +26,8 @@ use tend::{
 trait Conn: R2D2Connection + tend::StoreConnection + Send + 'static {
     fn count_where(conn: &mut Self, sql_where: &str) -> i64;
     fn row(conn: &mut Self, id: i64) -> Option<Row>;
+    /// `SELECT … FOR UPDATE` of one row (servers only).
+    fn lock_row(conn: &mut Self, id: i64);
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -69,6 +71,13 @@ macro_rules! impl_conn {
                 .get_result::<Row>(conn)
                 .optional()
                 .expect("row")
+            }
+            fn lock_row(conn: &mut Self, id: i64) {
+                diesel::sql_query(format!(
+                    "SELECT id AS n FROM consistency_task WHERE id = {id} FOR UPDATE"
+                ))
+                .get_result::<Count>(conn)
+                .expect("lock row");
             }
         }
     };
@@ -148,6 +157,7 @@ per_backend!(
     alerts_of_an_outbox_without_a_running_pool_are_delivered,
     failed_sync_task_is_retried_by_the_pool,
     without_transaction_survives_rollback,
+    without_transaction_never_waits_on_its_caller,
     fallback_threshold_zero_runs_after_exactly_one_failure,
     fallback_threshold_two_waits_for_the_third_failure,
     failed_fallback_records_message_and_fires_alert,
@@ -522,6 +532,7 @@ fn failed_sync_task_is_retried_by_the_pool<C: Conn + diesel::Connection>(db: &Db
 
 fn without_transaction_survives_rollback<C: Conn + diesel::Connection>(db: &Db<C>) {
     let lane = lane();
+    let sqlite = db._sqlite.is_some();
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
     let mut conn = db.pool.get().unwrap();
@@ -530,20 +541,97 @@ fn without_transaction_survives_rollback<C: Conn + diesel::Connection>(db: &Db<C
             .transaction_way(TransactionWay::WithoutTransaction)
             .execute_way(ExecuteWay::Schedule)
             .delay(Duration::from_secs(3600));
-        tx.enqueue_new(conn, detached)?;
+        match tx.enqueue_new(conn, detached) {
+            Ok(_) => assert!(!sqlite, "SQLite must refuse it inside the transaction"),
+            Err(e) => assert!(sqlite && e.to_string().contains("enqueue_new"), "{e}"),
+        }
         tx.enqueue(conn, &work(lane, 2, 0))?;
         Err::<(), _>(tend::Error::invalid_setting("test", "roll back"))
     });
     assert!(r.is_err());
-    // Only the detached task exists.
-    assert_eq!(C::count_where(&mut conn, "1 = 1"), 1);
-    assert_eq!(C::count_where(&mut conn, "transaction_way = 2"), 1);
+    // Only the detached task exists (on SQLite it was refused: nothing).
+    let detached = i64::from(!sqlite);
+    assert_eq!(C::count_where(&mut conn, "1 = 1"), detached);
+    assert_eq!(C::count_where(&mut conn, "transaction_way = 2"), detached);
     // The plain enqueue functions refuse it instead of silently joining the transaction.
     let plain = NewTask::new(&work(lane, 3, 0))
         .unwrap()
         .transaction_way(TransactionWay::WithoutTransaction);
     let e = tend::enqueue_new(&mut conn, plain).unwrap_err();
     assert!(e.to_string().contains("Outbox"), "{e}");
+}
+
+/// A WithoutTransaction task enqueued inside an Outbox transaction that already wrote to, and
+/// holds row locks in, `consistency_task` never waits on that transaction: PostgreSQL and
+/// MariaDB write it at once on their own connection (and it survives the rollback); SQLite,
+/// whose single write lock the caller holds, refuses it at once, and the caller's transaction
+/// goes on and commits.
+fn without_transaction_never_waits_on_its_caller<C: Conn + diesel::Connection>(db: &Db<C>) {
+    let lane = lane();
+    let sqlite = db._sqlite.is_some();
+    let workers = builder(db).build().unwrap();
+    let outbox = workers.outbox();
+    let mut conn = db.pool.get().unwrap();
+    for commit in [true, false] {
+        let before = C::count_where(&mut conn, "1 = 1");
+        let mut waited = Duration::ZERO;
+        let r = outbox.transaction(&mut conn, |conn, tx| {
+            let mine = tx
+                .enqueue_new(
+                    conn,
+                    NewTask::new(&work(lane, 1, 0))?
+                        .execute_way(ExecuteWay::Schedule)
+                        .delay(Duration::from_secs(3600)),
+                )?
+                .id()
+                .unwrap();
+            if !sqlite {
+                // Hold the row lock explicitly as well (SQLite has no FOR UPDATE: its insert
+                // already holds the database's one write lock).
+                C::lock_row(conn, mine);
+            }
+            let detached = NewTask::new(&work(lane, 2, 0))?
+                .transaction_way(TransactionWay::WithoutTransaction)
+                .execute_way(ExecuteWay::Schedule)
+                .delay(Duration::from_secs(3600));
+            let started = Instant::now();
+            let r = tx.enqueue_new(conn, detached);
+            waited = started.elapsed();
+            match r {
+                Ok(e) => assert!(!sqlite && e.id().is_some(), "{e:?}"),
+                Err(e) => {
+                    assert!(sqlite, "{e}");
+                    assert!(
+                        matches!(
+                            e.kind(),
+                            tend::ErrorKind::InvalidSetting {
+                                name: "transaction_way",
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                }
+            }
+            if commit {
+                Ok(())
+            } else {
+                Err(tend::Error::invalid_setting("test", "roll back"))
+            }
+        });
+        assert_eq!(r.is_ok(), commit, "{r:?}");
+        assert!(
+            waited < Duration::from_secs(2),
+            "the WithoutTransaction enqueue waited {waited:?} on its caller"
+        );
+        let mine = i64::from(commit);
+        let detached = i64::from(!sqlite);
+        assert_eq!(
+            C::count_where(&mut conn, "1 = 1") - before,
+            mine + detached,
+            "commit {commit}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

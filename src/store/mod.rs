@@ -246,7 +246,9 @@ macro_rules! lease_rows {
         if rows.is_empty() {
             Ok(Vec::new())
         } else {
-            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            // Sorted: one lock order for every statement tend runs by id.
+            let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            ids.sort_unstable();
             let leased = $crate::store::lease_by_ids(c, &ids).execute(&mut *conn)?;
             if leased == rows.len() {
                 Ok($crate::store::as_leased(rows, c))
@@ -461,6 +463,13 @@ pub(crate) mod ops {
         }
         /// Runs tend's embedded migrations.
         fn run_migrations(&mut self) -> Result<(), String>;
+        /// Called right before each of tend's own transactions and autocommit writes on
+        /// `consistency_task`. On MySQL/MariaDB it sets READ COMMITTED for that one
+        /// transaction, so tend takes no gap or next-key locks that an application's insert
+        /// could wait on (see `mysql.rs`); a no-op elsewhere.
+        fn isolate_next(&mut self) -> QueryResult<()> {
+            Ok(())
+        }
     }
 }
 
@@ -472,6 +481,7 @@ macro_rules! common_ops {
             if ids.is_empty() {
                 return Ok(0);
             }
+            self.isolate_next()?;
             Stmt::new("DELETE FROM consistency_task WHERE lease_token = ")
                 .bind(Bind::I64(token))
                 .sql(" AND id IN ")
@@ -481,6 +491,7 @@ macro_rules! common_ops {
 
         fn finish(&mut self, rows: &[$crate::store::Finish]) -> QueryResult<Vec<i64>> {
             use $crate::store::stmt::{Bind, Stmt};
+            self.isolate_next()?;
             self.transaction(|conn| {
                 let mut held = Vec::with_capacity(rows.len());
                 for r in rows {
@@ -593,6 +604,7 @@ macro_rules! common_ops {
             let mut n = 0;
             // Chunks keep the padded lists within every backend's bind limit.
             for chunk in ids.chunks(1024) {
+                self.isolate_next()?;
                 n += Stmt::new("UPDATE consistency_task SET execute_time = ")
                     .bind(Bind::I64(until))
                     .sql(", lease_expires_at = ")
@@ -621,6 +633,7 @@ macro_rules! common_ops {
             if ids.is_empty() {
                 return Ok(0);
             }
+            self.isolate_next()?;
             diesel::delete(
                 t::consistency_task
                     .filter(t::id.eq_any(&ids))
@@ -827,6 +840,9 @@ where
     }
     fn run_migrations(&mut self) -> Result<(), String> {
         (**self).run_migrations()
+    }
+    fn isolate_next(&mut self) -> QueryResult<()> {
+        (**self).isolate_next()
     }
 }
 

@@ -1,6 +1,28 @@
 //! MySQL 8 / MariaDB 10.6+: no `RETURNING` on `UPDATE`, so a claim is one short transaction:
 //! `SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE … WHERE id IN (…)`.
+//!
+//! Every transaction and autocommit write tend runs on `consistency_task` runs at READ
+//! COMMITTED ([`Ops::isolate_next`]), whatever the session's level (InnoDB's default is
+//! REPEATABLE READ). Under REPEATABLE READ the claim's locking read takes next-key locks on
+//! every entry of `consistency_task_due` it walks, including the delete-marked entries of
+//! completed rows not yet purged and the gap up to the supremum, and an UPDATE or DELETE whose
+//! plan scans takes next-key locks on PRIMARY. An application's `tend::enqueue` inserts into
+//! those gaps (new rows are due now, and ids grow at the end of PRIMARY), so its insert
+//! waited on the claim while the claim waited on the application's fresh, uncommitted row:
+//! InnoDB broke the cycle by rolling back the application's transaction, the smaller one
+//! ("Deadlock found when trying to get lock", issue 11). READ COMMITTED takes no gap locks,
+//! keeps locks only on the rows a statement changes, and reads the last committed version of
+//! a row another transaction holds instead of waiting for it (semi-consistent reads), so an
+//! application's insert never waits on tend and tend never waits on an application's fresh
+//! rows.
+//!
+//! The level is set per transaction (`SET TRANSACTION ISOLATION LEVEL …`, which applies to
+//! the next transaction only), never per session: tend's connections come from the
+//! application's r2d2 pool and go back to it. READ COMMITTED needs row-based (or mixed)
+//! binary logging when the binlog is on; `binlog_format = STATEMENT` refuses writes at that
+//! level (ROW is the default of MySQL 8, MIXED of MariaDB).
 
+use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -63,6 +85,7 @@ impl Ops for MysqlConnection {
         if c.ids.is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
+        self.isolate_next()?;
         self.transaction(|conn| {
             let due = Stmt::new("SELECT * FROM consistency_task");
             let rows: Vec<TaskRow> = super::due_rows(due, c, "task_status")
@@ -76,6 +99,20 @@ impl Ops for MysqlConnection {
         self.run_pending_migrations(MIGRATIONS)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn isolate_next(&mut self) -> QueryResult<()> {
+        match self.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED") {
+            // Inside a transaction of the caller's (a test worker or an outbox's sync write on
+            // the caller's connection): the caller chose its level, and MySQL refuses to change
+            // it mid-way without harming the transaction.
+            Err(DieselError::DatabaseError(_, info))
+                if info.message().contains("transaction is in progress") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     super::common_ops!();

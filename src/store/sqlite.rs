@@ -90,12 +90,14 @@ impl Ops for SqliteConnection {
             .get_result(self)
             .map_err(|e| e.to_string())?;
         if busy == 0 {
-            return Err("the pool's SQLite connections have no busy timeout, so the \
+            return Err(
+                "the pool's SQLite connections have no busy timeout, so the \
                         application's transactions and tend's would fail with \"database is \
                         locked\" whenever they meet: build the r2d2 pool with \
                         `.connection_customizer(Box::new(tend::SqliteSetup::new()))` \
                         (busy timeout, WAL)"
-                .to_string());
+                    .to_string(),
+            );
         }
         if mode != "wal" {
             log::warn!(

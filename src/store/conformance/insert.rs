@@ -110,6 +110,9 @@ pub(super) fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
             "SAVEPOINT",
             "RELEASE",
             "START",
+            // MySQL's per-transaction READ COMMITTED: a text-protocol statement, nothing to
+            // prepare.
+            "SET TRANSACTION",
         ]
         .iter()
         .any(|k| s.starts_with(k))
