@@ -86,11 +86,40 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
         }
         let conn = &mut slot.as_mut().expect("just set").conn;
         let mut f = f;
-        let r = retry_transient(|| f(conn));
+        let r = retry_transient(|| {
+            let r = f(conn);
+            if r.is_err() {
+                forget_statements(&mut **conn);
+            }
+            r
+        });
         r.map_err(|e| {
             *slot = None;
             e.to_string()
         })
+    }
+}
+
+/// After a failed statement on MySQL/MariaDB, drops the connection's cached prepared
+/// statements, so that none is executed again.
+///
+/// This is the root cause of the MariaDB shutdown hang of issue 11: when the server reports an
+/// error while the client reads a result set (an InnoDB deadlock or lock wait timeout met by
+/// `SELECT … FOR UPDATE` after its first rows, a killed query), MariaDB Connector/C's
+/// `mysql_stmt_store_result` fails but leaves the statement in its "waiting for use or store"
+/// state, and diesel's `mysql_stmt_free_result` then marks it as fetching. diesel keeps the
+/// statement in its cache; its next `mysql_stmt_execute` first flushes the unbuffered result
+/// it believes pending, i.e. waits on the socket for packets the server never sends:
+/// `poll(timeout = -1)`, forever, while the server shows the session idle (`Sleep`) with no
+/// transaction. A statement that is closed (`mysql_stmt_close`, which flushes nothing when
+/// the connection is idle) and prepared again works. Resetting diesel's statement cache
+/// closes every cached statement of the connection; it costs a prepare per statement on the
+/// next use, only after an error.
+pub(crate) fn forget_statements<C: diesel::Connection + StoreConnection>(conn: &mut C) {
+    if conn.backend() == "mysql" {
+        use diesel::connection::CacheSize;
+        conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        conn.set_prepared_statement_cache_size(CacheSize::Unbounded);
     }
 }
 
