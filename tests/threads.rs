@@ -5,24 +5,162 @@
 //! TEND_MYSQL_URL=mysql://root@127.0.0.1:3306/test TEND_REQUIRE_DBS=1
 //! cargo test --all-features --test threads -- --nocapture`.
 
-// This commit uses only part of it.
-#[allow(unused_macros, unused_imports)]
 mod common;
+#[allow(dead_code)]
+#[path = "support/proxy.rs"]
+mod proxy;
 
-#[allow(unused_imports)]
-use std::sync::mpsc;
-#[allow(unused_imports)]
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
-#[allow(unused_imports)]
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
 use diesel::connection::SimpleConnection;
-#[allow(unused_imports)]
 use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use serde::{Deserialize, Serialize};
+use tend::{NewTask, Registry, Task, TaskContext, TaskError, TaskOptions, WorkerPool};
 
-#[allow(unused_imports)]
-use common::TestDb;
+use common::{per_backend, wait_for, Backend, DbConn, TestDb};
+
+/// The fault hook and the figures are process-wide: these tests run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts its runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Count;
+
+static COUNTED: AtomicUsize = AtomicUsize::new(0);
+
+impl Task for Count {
+    const SIGNATURE: &'static str = "threads.count";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        COUNTED.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Fails its only attempt, so that its alert expression fires (the alert thread's work).
+#[derive(Debug, Serialize, Deserialize)]
+struct FailOnce;
+
+impl Task for FailOnce {
+    const SIGNATURE: &'static str = "threads.fail-once";
+    fn options() -> TaskOptions {
+        TaskOptions::new()
+            .max_attempts(1)
+            .alert_expression(Some("executeTimes >= 1"))
+    }
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Err(TaskError::new("fails on purpose"))
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Count>().unwrap();
+    r.register::<FailOnce>().unwrap();
+    r
+}
+
+fn enqueue_counted<C: DbConn>(pool: &Pool<ConnectionManager<C>>, n: usize) {
+    let mut conn = pool.get().unwrap();
+    for _ in 0..n {
+        let mut tries = 0;
+        loop {
+            match tend::enqueue(&mut conn, &Count) {
+                Ok(_) => break,
+                // An InnoDB deadlock with the pool's claims is the application's to retry.
+                Err(e) if e.is_transient() && tries < 20 => tries += 1,
+                Err(e) => panic!("enqueue failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Waits until `target` runs were counted.
+fn wait_counted(target: usize, what: &str) {
+    wait_for(what, Duration::from_secs(60), || {
+        (COUNTED.load(Ordering::SeqCst) >= target).then_some(())
+    });
+}
+
+/// No pool thread dies: a panic is injected into each kind of thread in turn (the fetcher's
+/// inside a transaction that has written, so that on SQLite it holds the write lock), and after
+/// each the pool still drains new tasks; at the end 200 more drain and every thread joins.
+fn every_thread_kind_survives_a_panic<C: DbConn>() {
+    let _serial = serial();
+    let Some(db) = TestDb::<C>::fresh() else {
+        return;
+    };
+    let pool = common::pool_for::<C>(&db.url, 8);
+    COUNTED.store(0, Ordering::SeqCst);
+    let handle = WorkerPool::builder(pool.clone(), registry())
+        .threads(2)
+        .batch_size(10)
+        .poll_interval(Duration::from_millis(20))
+        .lease(Duration::from_secs(1))
+        .task_timeout(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(5))
+        .shard_affinity(true)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let mut kinds = vec!["fetcher", "completer", "membership", "worker", "alerts"];
+    if C::BACKEND == Backend::Sqlite {
+        kinds.push("checkpoint");
+    }
+    let mut expected = 0;
+    let mut figures = Vec::new();
+    for kind in &kinds {
+        let before = tend::testing::injected_panics(kind);
+        tend::testing::inject_panics(kind, 1);
+        // Work that passes every fault point: tasks to claim, run and complete, and one
+        // that fails and alerts.
+        let started = Instant::now();
+        wait_for(
+            &format!("the {kind} fault"),
+            Duration::from_secs(60),
+            || {
+                enqueue_counted(&pool, 5);
+                expected += 5;
+                if *kind == "alerts" {
+                    let mut conn = pool.get().unwrap();
+                    tend::enqueue_new(&mut conn, NewTask::new(&FailOnce).unwrap()).unwrap();
+                }
+                handle.wake();
+                thread::sleep(Duration::from_millis(50));
+                (tend::testing::injected_panics(kind) > before).then_some(())
+            },
+        );
+        // The application can write (SQLite's write lock was released) and the pool drains.
+        enqueue_counted(&pool, 20);
+        expected += 20;
+        handle.wake();
+        wait_counted(expected, &format!("the tasks after the {kind} panic"));
+        figures.push(format!(
+            "{kind}={}/1 ({} ms)",
+            tend::testing::injected_panics(kind) - before,
+            started.elapsed().as_millis()
+        ));
+    }
+    enqueue_counted(&pool, 200);
+    expected += 200;
+    handle.wake();
+    wait_counted(expected, "200 tasks after every panic");
+    let report = handle.shutdown();
+    assert!(report.all_joined(), "{report:?}");
+    eprintln!(
+        "THREADS panics backend={} panicked-and-survived: {} ; drained {expected} tasks, \
+         shutdown {report:?}",
+        C::BACKEND.name(),
+        figures.join(" ")
+    );
+}
 
 /// The root cause of the MariaDB shutdown hang, at the driver level: a cached prepared
 /// statement whose result read failed (the server sent an error packet in place of a row) is
@@ -84,4 +222,217 @@ fn mysql_a_cached_statement_whose_read_failed_runs_again_after_the_cache_reset()
             std::process::id()
         ),
     }
+}
+
+/// How the hang test builds its r2d2 pool: as usual on the servers (the proxy hangs); on
+/// SQLite with a busy timeout far beyond the shutdown's, the equivalent of a hung server.
+trait HangPool: DbConn {
+    fn hang_pool(
+        b: diesel::r2d2::Builder<ConnectionManager<Self>>,
+        url: &str,
+    ) -> Pool<ConnectionManager<Self>> {
+        b.build(ConnectionManager::new(url)).unwrap()
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl HangPool for diesel::SqliteConnection {
+    fn hang_pool(
+        b: diesel::r2d2::Builder<ConnectionManager<Self>>,
+        url: &str,
+    ) -> Pool<ConnectionManager<Self>> {
+        let setup = tend::SqliteSetup::new().busy_timeout(Duration::from_secs(120));
+        b.connection_customizer(Box::new(setup))
+            .build(ConnectionManager::new(url))
+            .unwrap()
+    }
+}
+#[cfg(feature = "postgres")]
+impl HangPool for diesel::PgConnection {}
+#[cfg(feature = "mysql")]
+impl HangPool for diesel::MysqlConnection {}
+
+/// Shutdown is bounded when the database stops answering: through a proxy that hangs
+/// (PostgreSQL, MariaDB), or with the write lock held elsewhere under a long busy timeout
+/// (SQLite). The stuck threads are named in the report and left detached.
+fn shutdown_is_bounded_when_the_database_hangs<C: HangPool>() {
+    let _serial = serial();
+    let Some(db) = TestDb::<C>::fresh() else {
+        return;
+    };
+    let shutdown_timeout = Duration::from_secs(1);
+    let (proxy, url) = match C::BACKEND {
+        Backend::Sqlite => (None, db.url.clone()),
+        _ => {
+            let addr = db
+                .url
+                .split('@')
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .expect("host:port in the URL")
+                .to_string();
+            let p = proxy::Proxy::start(&addr);
+            let url = db.url.replacen(&addr, &p.addr, 1);
+            (Some(p), url)
+        }
+    };
+    let builder = Pool::builder()
+        .max_size(8)
+        .connection_timeout(Duration::from_secs(2));
+    let pool = C::hang_pool(builder, &url);
+    COUNTED.store(0, Ordering::SeqCst);
+    let handle = WorkerPool::builder(pool.clone(), registry())
+        .threads(2)
+        .poll_interval(Duration::from_millis(20))
+        .shutdown_timeout(shutdown_timeout)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    enqueue_counted(&pool, 10);
+    handle.wake();
+    wait_counted(10, "the tasks before the hang");
+    let mut holder = None;
+    match &proxy {
+        Some(p) => p.hang(),
+        None => {
+            let mut c = db.connect();
+            c.batch_execute("BEGIN EXCLUSIVE").unwrap();
+            holder = Some(c);
+        }
+    }
+    // Let the fetchers start a claim that never returns.
+    handle.wake();
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let report = handle.shutdown();
+    let took = started.elapsed();
+    eprintln!(
+        "THREADS hang backend={} shutdown took {} ms (timeout {} ms, bound + {} ms): {report:?}",
+        C::BACKEND.name(),
+        took.as_millis(),
+        shutdown_timeout.as_millis(),
+        tend::SHUTDOWN_GRACE.as_millis()
+    );
+    assert!(
+        took < shutdown_timeout + tend::SHUTDOWN_GRACE + Duration::from_millis(500),
+        "shutdown took {took:?}"
+    );
+    assert!(
+        !report.unjoined.is_empty(),
+        "a stuck thread is reported: {report:?}"
+    );
+    assert!(!report.all_joined());
+    assert!(report.unjoined.iter().all(|n| n.starts_with("tend-")));
+    // Let the detached threads finish.
+    if let Some(mut c) = holder {
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+    drop(proxy);
+}
+
+per_backend!(
+    every_thread_kind_survives_a_panic,
+    shutdown_is_bounded_when_the_database_hangs
+);
+
+/// The issue's MariaDB hang, end to end: 50 start → drain → shutdown cycles with 4 application
+/// threads running transactions (an order and a task each) all along; every shutdown returns.
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_fifty_shutdown_cycles_with_application_transactions() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let _serial = serial();
+    let Some(db) = TestDb::<diesel::MysqlConnection>::fresh() else {
+        return;
+    };
+    let pool = common::pool_for::<diesel::MysqlConnection>(&db.url, 16);
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicUsize::new(0));
+    let app_failures = Arc::new(AtomicUsize::new(0));
+    let apps: Vec<_> = (0..4)
+        .map(|t| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            let (committed, failures) = (committed.clone(), app_failures.clone());
+            thread::spawn(move || {
+                let mut conn = pool.get().unwrap();
+                let mut n: i64 = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = t * 10_000_000 + n;
+                    let r = conn.transaction(|c| {
+                        diesel::insert_into(common::tend_test_orders::table)
+                            .values((
+                                common::tend_test_orders::id.eq(id),
+                                common::tend_test_orders::note.eq("order"),
+                            ))
+                            .execute(c)?;
+                        tend::enqueue(c, &Count).map_err(|e| {
+                            diesel::result::Error::QueryBuilderError(e.to_string().into())
+                        })?;
+                        Ok::<_, diesel::result::Error>(())
+                    });
+                    match r {
+                        Ok(()) => {
+                            committed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Deadlocks are the application's to retry; counted, not fatal.
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    COUNTED.store(0, Ordering::SeqCst);
+    let cycles = 50;
+    let mut longest = Duration::ZERO;
+    let mut total = Duration::ZERO;
+    for cycle in 0..cycles {
+        let handle = WorkerPool::builder(pool.clone(), registry())
+            .threads(4)
+            .batch_size(10)
+            .poll_interval(Duration::from_millis(10))
+            .shutdown_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .start()
+            .unwrap();
+        // Drain a while, with the application writing.
+        let target = COUNTED.load(Ordering::SeqCst) + 20;
+        wait_counted(target, &format!("cycle {cycle} to drain"));
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        thread::spawn(move || {
+            let _ = tx.send(handle.shutdown());
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "cycle {cycle}: shutdown did not return within 30 s (pid {})",
+                    std::process::id()
+                )
+            });
+        let took = started.elapsed();
+        longest = longest.max(took);
+        total += took;
+        assert!(report.all_joined(), "cycle {cycle}: {report:?}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in apps {
+        a.join().unwrap();
+    }
+    eprintln!(
+        "THREADS mysql shutdown cycles={cycles} every one returned; longest {} ms, mean {} ms; \
+         application transactions committed {} failed {} (deadlocks, theirs to retry); \
+         tasks run {}",
+        longest.as_millis(),
+        total.as_millis() / cycles,
+        committed.load(Ordering::SeqCst),
+        app_failures.load(Ordering::SeqCst),
+        COUNTED.load(Ordering::SeqCst)
+    );
 }

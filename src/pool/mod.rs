@@ -15,12 +15,13 @@ mod complete;
 mod fetch;
 mod membership;
 mod run;
+pub(crate) mod supervise;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -41,6 +42,23 @@ pub(crate) use run::{info, random_token, run_one, Done};
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
 const MIN_POOL_FOR_TWO_CLAIMERS: u32 = 6;
+
+/// How long [`PoolHandle::shutdown`] may wait beyond the shutdown timeout for the completers
+/// to write the last outcomes (their retries give up after 5 s when stopping).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A duration in milliseconds, saturating at `i64::MAX`.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `Instant::now() + d`, or as far as an `Instant` goes (never panics on overflow).
+pub(crate) fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(3650 * 24 * 3600)))
+        .unwrap_or(now)
+}
 
 /// How many right-now task ids the outbox may hand over before the pool has claimed them;
 /// beyond that a hand-off is skipped and the task waits for the next poll.
@@ -515,8 +533,16 @@ impl EventSink {
         EventSink(Arc::new(NoEvents))
     }
 
+    /// Delivers an event; a panicking [`Events`] receiver is logged, never unwinds into the
+    /// pool's thread.
     pub(crate) fn emit(&self, e: Event<'_>) {
-        self.0.event(&e);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.event(&e)));
+        if let Err(p) = r {
+            log::error!(
+                "tend: the pool's Events receiver panicked: {}",
+                crate::registry::panic_message(&*p)
+            );
+        }
     }
 }
 
@@ -594,11 +620,7 @@ impl Lanes {
     pub(crate) fn push_leased(&self, i: usize, row: TaskRow) {
         let token = row.lease_token.unwrap_or_default();
         self.shared[i].busy.fetch_add(1, Ordering::SeqCst);
-        self.shared[i]
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .insert(row.id, Lease::new(token));
+        self.shared[i].inflight().insert(row.id, Lease::new(token));
         let job = Job {
             shard: i,
             claimed: Claimed {
@@ -724,12 +746,7 @@ where
         let (jobs_tx, jobs_rx) = (lanes.jobs.clone(), self.jobs_rx);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
-                .name(name)
-                .spawn(f)
-                .expect("spawning a tend thread")
-        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| supervise::spawn(name, f);
         let alert_thread = self.alert_thread;
         let n = self.shards.len();
         let shared = lanes.shared.clone();
@@ -820,15 +837,10 @@ where
                     freed: freed.clone(),
                 })
                 .collect();
-            let (finished_tx, finished_rx) = bounded::<()>(1);
-            let h = spawn(
+            workers.push(spawn(
                 format!("tend-worker-{i}"),
-                Box::new(move || {
-                    run::worker(cfg, links, jobs_rx, stop_rx);
-                    let _ = finished_tx.send(());
-                }),
-            );
-            workers.push((h, finished_rx));
+                Box::new(move || run::worker(cfg, links, jobs_rx, stop_rx)),
+            ));
         }
         log::info!(
             "tend: pool started ({} threads, {n} shard(s), batch {}, poll every {:?}, lease {:?}, \
@@ -928,11 +940,11 @@ struct Running {
     done_txs: Vec<Sender<Done>>,
     jobs_rx: Receiver<Job>,
     jobs_tx: Sender<Job>,
-    fetchers: Vec<JoinHandle<()>>,
-    completers: Vec<JoinHandle<()>>,
-    membership: Option<JoinHandle<()>>,
+    fetchers: Vec<supervise::Spawned>,
+    completers: Vec<supervise::Spawned>,
+    membership: Option<supervise::Spawned>,
     alert_thread: JoinHandle<()>,
-    workers: Vec<(JoinHandle<()>, Receiver<()>)>,
+    workers: Vec<supervise::Spawned>,
 }
 
 /// What a shutdown did.
@@ -946,20 +958,26 @@ struct Running {
 /// use tend::{ShutdownReport, WorkerPool};
 /// let handle = WorkerPool::builder(pool, registry).build()?.start()?;
 /// let report = handle.shutdown();
-/// assert_eq!(report, ShutdownReport { released: 0, abandoned: 0 });
+/// assert_eq!(report, ShutdownReport { released: 0, abandoned: 0, unjoined: vec![] });
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Claimed tasks that had not started and were handed back (due now, attempt not counted).
     pub released: usize,
     /// Worker threads still running a task when the deadline passed (left detached; their
     /// tasks' leases lapse and the outcome of the late attempt is refused).
     pub abandoned: usize,
+    /// Names of the pool's other threads (`tend-fetcher-*`, `tend-completer-*`,
+    /// `tend-checkpoint-*`, `tend-membership`) that had not ended by the shutdown bound,
+    /// typically stuck in a database call that never returns (a server or network that
+    /// stopped answering). They are left detached and logged; their leases lapse.
+    pub unjoined: Vec<String>,
 }
 
 impl ShutdownReport {
-    /// Whether every worker finished within the deadline.
+    /// Whether every thread of the pool ended within the bound: no worker
+    /// [`abandoned`](Self::abandoned), no thread [`unjoined`](Self::unjoined).
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -973,7 +991,7 @@ impl ShutdownReport {
     /// # Ok(()) }
     /// ```
     pub fn all_joined(&self) -> bool {
-        self.abandoned == 0
+        self.abandoned == 0 && self.unjoined.is_empty()
     }
 }
 
@@ -1026,6 +1044,26 @@ impl PoolHandle {
     /// Stops claiming, lets running tasks finish within the shutdown timeout, hands back the
     /// leases of claimed tasks that did not start, writes every outcome, and joins the threads.
     ///
+    /// # Bound
+    /// It returns within the shutdown timeout plus [`SHUTDOWN_GRACE`] (5 s), whatever the
+    /// database does: the workers get until the shutdown timeout, the fetchers and the
+    /// membership thread until the shutdown timeout too (at least 1 s), and the completers,
+    /// which write the last outcomes, until the end of the grace. Every
+    /// join waits for the thread's `finished` signal with that deadline; a thread that has not
+    /// ended (a worker still in its handler, or a thread stuck in a database call that never
+    /// returns: a hung server or network, a SQLite write lock held elsewhere under a long busy
+    /// timeout) is left detached and reported: workers in
+    /// [`abandoned`](ShutdownReport::abandoned), the others by name in
+    /// [`unjoined`](ShutdownReport::unjoined), with a `log::error!`. Their leases lapse and
+    /// their tasks run again elsewhere. Normally it returns in milliseconds.
+    ///
+    /// A thread of the pool that panics does not die: it logs the panic (`log::error!` with
+    /// the thread's name and message), drops the connection it held (diesel reports one left
+    /// in a transaction as broken and r2d2 discards it, which rolls the transaction back and
+    /// releases SQLite's write lock), frees the slots it had reserved, and carries on after a
+    /// backoff of 50 ms doubling to 1 s. Outcomes or tasks it had in hand are forgotten: their
+    /// leases lapse and the tasks run again (at least once).
+    ///
     /// ```
     /// # include!("../doctest_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -1046,26 +1084,34 @@ impl PoolHandle {
             return ShutdownReport {
                 released: 0,
                 abandoned: 0,
+                unjoined: Vec::new(),
             };
         };
         r.running_flag.store(false, Ordering::SeqCst); // outboxes stop pre-leasing
         for sh in &r.shared {
             sh.stopping.store(true, Ordering::SeqCst);
         }
-        let deadline = Instant::now() + r.cfg.shutdown_timeout;
+        let started = Instant::now();
+        let deadline = later(r.cfg.shutdown_timeout);
+        // The end of the bound: the completers get what is left of it.
+        let end = later(r.cfg.shutdown_timeout.saturating_add(SHUTDOWN_GRACE));
+        // Fetchers and the membership thread stop within milliseconds unless stuck; even with
+        // a tiny shutdown timeout they get a second, so that one mid-claim is joined.
+        let fetchers_by = deadline.max(started + Duration::from_secs(1)).min(end);
         drop(r.stop_tx); // wakes the fetchers, the membership thread and idle workers
-        for h in r.fetchers {
-            let _ = h.join(); // no claim after this point
-        }
-        if let Some(m) = r.membership {
-            let _ = m.join();
+                         // Every join is bounded: a thread that has not ended by its deadline (stuck in a
+                         // database call that never returns: a hung server or network, a lock held elsewhere)
+                         // is left detached and named in the report.
+        let mut unjoined = Vec::new();
+        for t in r.fetchers.into_iter().chain(r.membership) {
+            // Normally at once: no claim after this point.
+            if let Err(name) = t.join_by(fetchers_by) {
+                unjoined.push(name);
+            }
         }
         let mut abandoned = 0;
-        for (h, finished) in r.workers {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if finished.recv_timeout(left).is_ok() {
-                let _ = h.join();
-            } else {
+        for t in r.workers {
+            if t.join_by(deadline).is_err() {
                 abandoned += 1;
             }
         }
@@ -1083,8 +1129,10 @@ impl PoolHandle {
             .sum::<usize>();
         drop(r.done_txs);
         drop(r.completer_stop_tx); // the completers write what they have, then exit
-        for h in r.completers {
-            let _ = h.join();
+        for t in r.completers {
+            if let Err(name) = t.join_by(end) {
+                unjoined.push(name);
+            }
         }
         // The alert thread ends once the workers' and outboxes' senders are gone; outboxes may
         // outlive the pool, so it is not joined (it holds no lease and no connection).
@@ -1095,10 +1143,18 @@ impl PoolHandle {
                  timeout; their leases will lapse and the tasks run again"
             );
         }
+        if !unjoined.is_empty() {
+            log::error!(
+                "tend: thread(s) {} did not stop within the shutdown bound (stuck in a database \
+                 call?); left detached: their leases lapse and their tasks run again",
+                unjoined.join(", ")
+            );
+        }
         log::info!("tend: pool stopped ({released} unstarted task(s) released)");
         ShutdownReport {
             released,
             abandoned,
+            unjoined,
         }
     }
 }
@@ -1142,8 +1198,16 @@ impl Shared {
     /// Reserves between `min` and `max` slots for a claim, or none (0) when fewer than `min`
     /// are free. Outcomes not yet written count too, beyond twice the capacity, so that a slow
     /// completer slows claiming down instead of letting unwritten outcomes pile up.
+    /// The leases of claimed tasks; a lock poisoned by a panicking thread is taken anyway (the
+    /// map stays consistent: every change to it is a single insert or remove).
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn reserve(&self, min: usize, max: usize) -> usize {
-        let unwritten = self.inflight.lock().expect("inflight lock").len();
+        let unwritten = self.inflight().len();
         let room_unwritten = (2 * self.capacity).saturating_sub(unwritten);
         let mut busy = self.busy.load(Ordering::SeqCst);
         loop {
