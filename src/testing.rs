@@ -319,7 +319,7 @@ impl TestWorker {
         let now = self.now_ms();
         let claim = Claim {
             now,
-            lease_until: now + self.cfg.lease.as_millis() as i64,
+            lease_until: now.saturating_add(crate::pool::millis(self.cfg.lease)),
             token: random_token(),
             owner: &self.cfg.owner,
             limit: 100,

@@ -436,3 +436,62 @@ fn mysql_fifty_shutdown_cycles_with_application_transactions() {
         COUNTED.load(Ordering::SeqCst)
     );
 }
+
+/// Every duration setting of the pool has a documented maximum (`MAX_SETTING_DURATION`):
+/// `Duration::MAX` is an `InvalidSetting` error naming the setting, and a pool at the maximum
+/// runs and stops (no `Instant` or epoch-ms overflow in any thread).
+#[cfg(feature = "sqlite")]
+#[test]
+fn every_duration_setting_is_bounded() {
+    let _serial = serial();
+    let Some(db) = TestDb::<diesel::SqliteConnection>::fresh() else {
+        return;
+    };
+    let builder = || WorkerPool::builder(db.pool.clone(), registry());
+    let max = tend::MAX_SETTING_DURATION;
+    let over = max + Duration::from_millis(1);
+    type B = tend::WorkerPoolBuilder<diesel::SqliteConnection>;
+    type Set = fn(B, Duration) -> B;
+    let cases: [(&str, Set); 5] = [
+        ("poll_interval", |b, d| b.poll_interval(d)),
+        ("lease", |b, d| b.lease(d).task_timeout(d)),
+        ("task_timeout", |b, d| b.task_timeout(d)),
+        ("shutdown_timeout", |b, d| b.shutdown_timeout(d)),
+        ("keep_completed", |b, d| b.keep_completed(d)),
+    ];
+    for (name, set) in cases {
+        for d in [over, Duration::MAX] {
+            let err = set(builder(), d).build().unwrap_err();
+            assert!(
+                matches!(err.kind(), tend::ErrorKind::InvalidSetting { name: n, .. } if *n == name),
+                "{name} {d:?}: {err}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("invalid setting `{name}`: must be at most 3650 days (10 years)")
+            );
+        }
+    }
+    // At the maximum, every setting at once: the pool runs a task and stops.
+    COUNTED.store(0, Ordering::SeqCst);
+    let handle = builder()
+        .poll_interval(max)
+        .lease(max)
+        .task_timeout(max)
+        .shutdown_timeout(max)
+        .keep_completed(max)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    enqueue_counted(&db.pool, 3);
+    handle.wake();
+    wait_counted(3, "tasks under the longest settings");
+    let started = Instant::now();
+    let report = handle.shutdown();
+    assert!(report.all_joined(), "{report:?}");
+    eprintln!(
+        "THREADS settings at MAX_SETTING_DURATION: ran 3 tasks, shutdown in {} ms",
+        started.elapsed().as_millis()
+    );
+}

@@ -43,6 +43,11 @@ pub(crate) use run::{info, random_token, run_one, Done};
 /// connections; below, it holds 2).
 const MIN_POOL_FOR_TWO_CLAIMERS: u32 = 6;
 
+/// The longest duration any pool setting accepts: 10 years (3650 days). Every deadline the
+/// pool computes from a setting (an `Instant`, or epoch milliseconds in an `i64`) fits with
+/// room to spare.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// How long [`PoolHandle::shutdown`] may wait beyond the shutdown timeout for the completers
 /// to write the last outcomes (their retries give up after 5 s when stopping).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -56,8 +61,19 @@ pub(crate) fn millis(d: Duration) -> i64 {
 pub(crate) fn later(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(3650 * 24 * 3600)))
+        .or_else(|| now.checked_add(MAX_SETTING_DURATION))
         .unwrap_or(now)
+}
+
+/// Checks a duration setting against [`MAX_SETTING_DURATION`].
+fn at_most_max(name: &'static str, d: Duration) -> Result<(), Error> {
+    if d > MAX_SETTING_DURATION {
+        return Err(Error::invalid_setting(
+            name,
+            "must be at most 3650 days (10 years)",
+        ));
+    }
+    Ok(())
 }
 
 /// How many right-now task ids the outbox may hand over before the pool has claimed them;
@@ -152,7 +168,8 @@ where
     }
 
     /// How often an idle pool looks for due tasks; bounds the lateness of scheduled tasks and
-    /// retries. Defaults to 1 s (the seed polled every 10 s).
+    /// retries. Greater than zero, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to 1 s
+    /// (the seed polled every 10 s).
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -164,6 +181,9 @@ where
     /// assert!(builder().poll_interval(Duration::from_millis(100)).build().is_ok());
     /// let err = builder().poll_interval(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `poll_interval`: must be greater than zero");
+    /// // Durations that would overflow an `Instant` or epoch milliseconds are refused:
+    /// let err = builder().poll_interval(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `poll_interval`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn poll_interval(mut self, d: Duration) -> Self {
@@ -173,7 +193,8 @@ where
 
     /// How long a claim holds a task before another worker may take it. The pool renews the
     /// leases of its tasks every third of this while they run, so it bounds how long a crashed
-    /// process's tasks wait, not how long a task may run. At least 1 s. Defaults to 30 s.
+    /// process's tasks wait, not how long a task may run. At least 1 s, at most
+    /// [`MAX_SETTING_DURATION`] (10 years). Defaults to 30 s.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -186,6 +207,8 @@ where
     /// assert!(builder().lease(Duration::from_secs(10)).build().is_ok());
     /// let err = builder().lease(Duration::from_millis(500)).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `lease`: must be at least 1 s");
+    /// let err = builder().lease(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `lease`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn lease(mut self, d: Duration) -> Self {
@@ -195,7 +218,7 @@ where
 
     /// How long one attempt may run before the pool stops renewing its lease; the task is then
     /// claimed again elsewhere (as an attempt) and the late attempt's outcome is refused.
-    /// At least the lease. Defaults to 15 minutes.
+    /// At least the lease, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to 15 minutes.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -208,6 +231,8 @@ where
     /// // Shorter than the lease (30 s by default):
     /// let err = builder().task_timeout(Duration::from_secs(10)).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `task_timeout`: must be at least the lease");
+    /// let err = builder().task_timeout(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `task_timeout`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn task_timeout(mut self, d: Duration) -> Self {
@@ -215,7 +240,9 @@ where
         self
     }
 
-    /// How long [`PoolHandle::shutdown`] waits for running tasks. Defaults to 30 s.
+    /// How long [`PoolHandle::shutdown`] waits for running tasks (and for threads stuck in a
+    /// database call; see [`PoolHandle::shutdown`] for the whole bound). At most
+    /// [`MAX_SETTING_DURATION`] (10 years). Defaults to 30 s.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -245,6 +272,11 @@ where
     /// # assert!(eventually(|| STARTED.load(Ordering::SeqCst)));
     /// let report = handle.shutdown(); // gives up waiting for Slow after 100 ms
     /// assert_eq!(report.abandoned, 1);
+    /// let err = WorkerPool::builder(pool.clone(), tend::Registry::new())
+    ///     .shutdown_timeout(Duration::MAX)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `shutdown_timeout`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
@@ -286,7 +318,8 @@ where
     /// Keeps completed rows (status `Succeeded`, with completion time in `gmt_modified` and
     /// the attempt's duration in `duration_ms`) for `retention` as an audit trail, instead of
     /// deleting them; the pool purges older ones in the background in small batches. At least
-    /// 1 s. Defaults to off: success deletes the row, as in the original framework.
+    /// 1 s, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to off: success deletes the
+    /// row, as in the original framework.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -297,6 +330,11 @@ where
     /// use std::time::Duration;
     /// use tend::{TaskStatus, WorkerPool};
     /// let week = Duration::from_secs(7 * 24 * 3600);
+    /// let too_long = WorkerPool::builder(pool.clone(), tend::Registry::new())
+    ///     .keep_completed(Duration::MAX)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(too_long.to_string(), "invalid setting `keep_completed`: must be at most 3650 days (10 years)");
     /// let handle = WorkerPool::builder(pool.clone(), registry).keep_completed(week).build()?.start()?;
     /// let mut conn = pool.get()?;
     /// let id = tend::enqueue(&mut conn, &Ship { order_id: 7 })?.id().unwrap();
@@ -361,8 +399,11 @@ where
     ///
     /// # Errors
     /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) naming the first bad
-    /// setting: zero threads or batch size, a zero poll interval, a lease under 1 s, a task
-    /// timeout shorter than the lease, an empty or over-long owner.
+    /// setting: zero threads or batch size (or more than 1024 threads, 10 000 per batch), a zero
+    /// poll interval, a lease under 1 s, a task timeout shorter than the lease, a retention
+    /// under 1 s, any duration over [`MAX_SETTING_DURATION`] (10 years, so that no deadline
+    /// computed from a setting can overflow an `Instant` or epoch milliseconds), an empty or
+    /// over-long owner.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -397,6 +438,13 @@ where
                 "poll_interval",
                 "must be greater than zero",
             ));
+        }
+        at_most_max("poll_interval", self.poll_interval)?;
+        at_most_max("lease", self.lease)?;
+        at_most_max("task_timeout", self.task_timeout)?;
+        at_most_max("shutdown_timeout", self.shutdown_timeout)?;
+        if let Some(d) = self.keep_completed {
+            at_most_max("keep_completed", d)?;
         }
         if self.lease < Duration::from_secs(1) {
             return Err(Error::invalid_setting("lease", "must be at least 1 s"));
