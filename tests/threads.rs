@@ -315,7 +315,8 @@ fn shutdown_is_bounded_when_the_database_hangs<C: HangPool>() {
         tend::SHUTDOWN_GRACE.as_millis()
     );
     assert!(
-        took < shutdown_timeout + tend::SHUTDOWN_GRACE + Duration::from_millis(500),
+        // The bound, plus scheduling slack for a loaded CI machine.
+        took < shutdown_timeout + tend::SHUTDOWN_GRACE + Duration::from_secs(2),
         "shutdown took {took:?}"
     );
     assert!(
@@ -387,7 +388,11 @@ fn mysql_fifty_shutdown_cycles_with_application_transactions() {
         })
         .collect();
     COUNTED.store(0, Ordering::SeqCst);
-    let cycles = 50;
+    // `TEND_SHUTDOWN_CYCLES` runs more (or fewer) cycles.
+    let cycles: u32 = std::env::var("TEND_SHUTDOWN_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let mut longest = Duration::ZERO;
     let mut total = Duration::ZERO;
     for cycle in 0..cycles {
@@ -430,7 +435,7 @@ fn mysql_fifty_shutdown_cycles_with_application_transactions() {
          application transactions committed {} failed {} (deadlocks, theirs to retry); \
          tasks run {}",
         longest.as_millis(),
-        total.as_millis() / cycles,
+        total.as_millis() / u128::from(cycles.max(1)),
         committed.load(Ordering::SeqCst),
         app_failures.load(Ordering::SeqCst),
         COUNTED.load(Ordering::SeqCst)
@@ -494,4 +499,91 @@ fn every_duration_setting_is_bounded() {
         "THREADS settings at MAX_SETTING_DURATION: ran 3 tasks, shutdown in {} ms",
         started.elapsed().as_millis()
     );
+}
+
+/// The root cause end to end, through tend: while a MariaDB pool drains, its statements are
+/// interrupted again and again (`KILL QUERY`), some of them while the client reads a result
+/// set (a claim's `SELECT … FOR UPDATE SKIP LOCKED`). Without tend's statement-cache reset the
+/// next claim on that connection waits forever (`poll(-1)`); with it every task runs and every
+/// thread joins.
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_statements_interrupted_mid_result_never_wedge_the_pool() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let _serial = serial();
+    let Some(db) = TestDb::<diesel::MysqlConnection>::fresh() else {
+        return;
+    };
+    const N: usize = 3000;
+    COUNTED.store(0, Ordering::SeqCst);
+    enqueue_counted(&db.pool, N);
+    let pool = common::pool_for::<diesel::MysqlConnection>(&db.url, 8);
+    let handle = WorkerPool::builder(pool.clone(), registry())
+        .threads(4)
+        .batch_size(50)
+        .poll_interval(Duration::from_millis(10))
+        .shutdown_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let killer = {
+        let (stop, kills, url) = (stop.clone(), kills.clone(), db.url.clone());
+        thread::spawn(move || {
+            let mut c = diesel::MysqlConnection::establish(&url).unwrap();
+            let db_name: String =
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("DATABASE()"))
+                    .get_result(&mut c)
+                    .unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                // Every running statement of the pool, as it runs.
+                let ids: Vec<i64> = diesel::sql_query(format!(
+                    "SELECT ID AS id FROM information_schema.PROCESSLIST \
+                     WHERE DB = '{db_name}' AND COMMAND = 'Execute' AND ID <> CONNECTION_ID()"
+                ))
+                .load::<IdRow>(&mut c)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+                for id in ids {
+                    if c.batch_execute(&format!("KILL QUERY {id}")).is_ok() {
+                        kills.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let drained = common::wait_for_or(Duration::from_secs(45), || {
+        (COUNTED.load(Ordering::SeqCst) >= N).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    killer.join().unwrap();
+    let ran = COUNTED.load(Ordering::SeqCst);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(handle.shutdown());
+    });
+    let report = rx.recv_timeout(Duration::from_secs(30));
+    eprintln!(
+        "THREADS mysql interrupted statements: {} KILL QUERY, {ran} of {N} tasks ran, \
+         shutdown {report:?}",
+        kills.load(Ordering::SeqCst)
+    );
+    assert!(
+        drained.is_some(),
+        "the pool wedged: {ran} of {N} tasks ran (pid {})",
+        std::process::id()
+    );
+    let report = report.expect("shutdown returned");
+    assert!(report.all_joined(), "{report:?}");
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
 }
