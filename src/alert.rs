@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
+use crate::pool::supervise::{fault, supervise};
 use crate::registry::{panic_message, Registry};
 
 /// A task's state when its alert expression fired.
@@ -149,13 +150,23 @@ impl AlertSink {
 }
 
 /// Starts the alert thread; it ends when every sender is gone.
+///
+/// It survives a panic (see `pool::supervise`): the alert being delivered is lost (logged
+/// first), the next ones are delivered.
 pub(crate) fn spawn_alert_thread(registry: Registry, rx: Receiver<Alert>) -> JoinHandle<()> {
     thread::Builder::new()
         .name("tend-alerts".into())
         .spawn(move || {
-            for alert in rx {
-                deliver(&registry, &alert);
-            }
+            supervise(
+                None,
+                || {
+                    for alert in rx.iter() {
+                        fault::hit("alerts");
+                        deliver(&registry, &alert);
+                    }
+                },
+                || {},
+            )
         })
         .expect("spawning the tend alert thread")
 }

@@ -132,7 +132,9 @@ pub use crate::error::{Error, ErrorKind};
 pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
-pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
+pub use crate::pool::{
+    PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,
+};
 pub use crate::registry::Registry;
 pub use crate::retry::RetryPolicy;
 pub use crate::shard::{

@@ -319,7 +319,7 @@ impl TestWorker {
         let now = self.now_ms();
         let claim = Claim {
             now,
-            lease_until: now + self.cfg.lease.as_millis() as i64,
+            lease_until: now.saturating_add(crate::pool::millis(self.cfg.lease)),
             token: random_token(),
             owner: &self.cfg.owner,
             limit: 100,
@@ -358,4 +358,27 @@ impl TestWorker {
         }
         Ok(())
     }
+}
+
+/// Test-only fault injection into the pool's threads (tend's own tests of issue 11: no pool
+/// thread dies). Arms `times` panics for threads of `kind` — `"fetcher"` (panics inside a
+/// transaction that has written), `"completer"`, `"checkpoint"` (SQLite), `"membership"`
+/// (with shard affinity), `"worker"` (outside the handler) or `"alerts"` — process-wide: the
+/// next that many passes of any pool's threads of that kind through their fault point panic.
+/// Not part of the API: it exists only with the `testing` feature.
+#[doc(hidden)]
+pub fn inject_panics(kind: &str, times: usize) {
+    crate::pool::supervise::fault::arm(kind, times);
+}
+
+/// Panics injected so far into threads of `kind`; see [`inject_panics`].
+#[doc(hidden)]
+pub fn injected_panics(kind: &str) -> usize {
+    crate::pool::supervise::fault::hits(kind)
+}
+
+/// Armed panics of `kind` not yet injected; see [`inject_panics`].
+#[doc(hidden)]
+pub fn pending_panics(kind: &str) -> usize {
+    crate::pool::supervise::fault::pending(kind)
 }

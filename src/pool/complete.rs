@@ -10,6 +10,7 @@ use crossbeam_channel::{after, select, tick, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
 use super::run::Done;
+use super::supervise::{fault, supervise};
 use super::{Config, Shared};
 use crate::events::Event;
 use crate::store::{now_ms, retry_transient, Finish, StoreConnection};
@@ -84,13 +85,62 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
             let deferred = self.defer_checkpoints && conn.defer_checkpoints(true).is_ok();
             *slot = Some(Held { conn, deferred });
         }
-        let conn = &mut slot.as_mut().expect("just set").conn;
         let mut f = f;
-        let r = retry_transient(|| f(conn));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let conn = &mut slot.as_mut().expect("just set").conn;
+            retry_transient(|| {
+                let r = f(conn);
+                if r.is_err() {
+                    forget_statements(&mut **conn);
+                }
+                r
+            })
+        }));
+        let r = match r {
+            Ok(r) => r,
+            Err(panic) => {
+                // Dropped before the lock is released, so that no other thread (the shard's
+                // other user of a shared connection) runs in a transaction the panic left
+                // open: r2d2 discards it, which rolls the transaction back.
+                *slot = None;
+                std::panic::resume_unwind(panic)
+            }
+        };
         r.map_err(|e| {
             *slot = None;
             ConnError::Db(e)
         })
+    }
+
+    /// Drops the held connection (after a panic): one left in a transaction is reported broken
+    /// by diesel and discarded by r2d2, which rolls the transaction back; the next call takes
+    /// a fresh one.
+    pub(super) fn reset(&mut self) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = None;
+    }
+}
+
+/// After a failed statement on MySQL/MariaDB, drops the connection's cached prepared
+/// statements, so that none is executed again.
+///
+/// This is the root cause of the MariaDB shutdown hang of issue 11: when the server reports an
+/// error while the client reads a result set (an InnoDB deadlock or lock wait timeout met by
+/// `SELECT … FOR UPDATE` after its first rows, a killed query), MariaDB Connector/C's
+/// `mysql_stmt_store_result` fails but leaves the statement in its "waiting for use or store"
+/// state, and diesel's `mysql_stmt_free_result` then marks it as fetching. diesel keeps the
+/// statement in its cache; its next `mysql_stmt_execute` first flushes the unbuffered result
+/// it believes pending, i.e. waits on the socket for packets the server never sends:
+/// `poll(timeout = -1)`, forever, while the server shows the session idle (`Sleep`) with no
+/// transaction. A statement that is closed (`mysql_stmt_close`, which flushes nothing when
+/// the connection is idle) and prepared again works. Resetting diesel's statement cache
+/// closes every cached statement of the connection; it costs a prepare per statement on the
+/// next use, only after an error.
+pub(crate) fn forget_statements<C: diesel::Connection + StoreConnection>(conn: &mut C) {
+    if conn.backend() == "mysql" {
+        use diesel::connection::CacheSize;
+        conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        conn.set_prepared_statement_cache_size(CacheSize::Unbounded);
     }
 }
 
@@ -121,10 +171,24 @@ pub(super) fn checkpointer<C: R2D2Connection + StoreConnection + 'static>(
     stop: Receiver<()>,
 ) {
     let every = tick(CHECKPOINT_EVERY);
+    let conn = std::cell::RefCell::new(&mut conn);
+    supervise(
+        Some(&stop),
+        || checkpoint_loop(&mut conn.borrow_mut(), &stop, &every),
+        || conn.borrow_mut().reset(),
+    );
+}
+
+fn checkpoint_loop<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    stop: &Receiver<()>,
+    every: &Receiver<Instant>,
+) {
     loop {
         select! {
             recv(stop) -> _ => return,
             recv(every) -> _ => {
+                fault::hit("checkpoint");
                 // Harmless when it fails (the database is busy or down): the writer's own
                 // bound still checkpoints, so a debug line, not a warning every 50 ms.
                 if let Err(e) = conn.with(|c| c.checkpoint()) {
@@ -150,6 +214,10 @@ impl Backoff {
     }
 }
 
+/// The completer thread: [`complete_loop`] under [`supervise`], which survives a panic. After
+/// one, the connection is dropped (see [`Conn::reset`]) and the outcomes of the batch in hand
+/// are forgotten: their leases are no longer renewed, so they lapse and the tasks run again
+/// (at least once); the pool goes on writing later outcomes.
 pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
     mut conn: Conn<C>,
     cfg: Arc<Config>,
@@ -158,47 +226,79 @@ pub(super) fn completer<C: R2D2Connection + StoreConnection + 'static>(
     stop: Receiver<()>,
     freed: Vec<Sender<()>>,
 ) {
+    let state = std::cell::RefCell::new((&mut conn, Vec::new(), false));
+    supervise(
+        Some(&stop),
+        || {
+            let (conn, batch, stopping) = &mut *state.borrow_mut();
+            complete_loop(conn, &cfg, &shared, &done, &stop, &freed, batch, stopping)
+        },
+        || {
+            let (conn, batch, _) = &mut *state.borrow_mut();
+            conn.reset();
+            if !batch.is_empty() {
+                log::error!(
+                    "tend: the outcomes of {} task(s) were dropped by the completer's panic; \
+                     they run again once their leases lapse",
+                    batch.len()
+                );
+                forget(&shared, batch);
+            }
+        },
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn complete_loop<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Arc<Config>,
+    shared: &Arc<Shared>,
+    done: &Receiver<Done>,
+    stop: &Receiver<()>,
+    freed: &[Sender<()>],
+    batch: &mut Vec<Done>,
+    stopping: &mut bool,
+) {
     let heartbeat = tick(cfg.lease / 3);
     // Kept completed rows are purged every tenth of the retention (1 s to 60 s).
     let purge = match cfg.keep_completed {
         Some(r) => tick((r / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))),
         None => crossbeam_channel::never(),
     };
-    let mut batch: Vec<Done> = Vec::new();
-    let mut stopping = false;
     loop {
-        if !stopping {
+        if !*stopping {
             select! {
                 recv(done) -> d => match d {
                     Ok(d) => batch.push(d),
-                    Err(_) => stopping = true,
+                    Err(_) => *stopping = true,
                 },
-                recv(heartbeat) -> _ => renew_leases(&mut conn, &cfg, &shared),
-                recv(purge) -> _ => purge_completed(&mut conn, &cfg),
-                recv(stop) -> _ => stopping = true,
+                recv(heartbeat) -> _ => renew_leases(conn, cfg, shared),
+                recv(purge) -> _ => purge_completed(conn, cfg),
+                recv(stop) -> _ => *stopping = true,
             }
         }
+        fault::hit("completer");
         batch.extend(done.try_iter().take(1024));
-        if !stopping && !batch.is_empty() {
+        if !*stopping && !batch.is_empty() {
             if C::CONCURRENT_CLAIMS {
-                linger(&cfg, &shared, &done, &mut batch);
+                linger(cfg, shared, done, batch);
             } else {
                 // The fetcher writes outcomes with its next claim (one transaction); what it
                 // has not taken after a while is written here.
                 select! {
-                    recv(stop) -> _ => stopping = true,
+                    recv(stop) -> _ => *stopping = true,
                     recv(after(SHARED_LINGER)) -> _ => {},
                 }
                 batch.extend(done.try_iter());
             }
         }
         if !batch.is_empty() {
-            write_outcomes(&mut conn, &cfg, &shared, &mut batch, stopping);
-            for f in &freed {
+            write_outcomes(conn, cfg, shared, batch, *stopping);
+            for f in freed {
                 let _ = f.try_send(());
             }
         }
-        if stopping && done.is_empty() {
+        if *stopping && done.is_empty() {
             return;
         }
     }
@@ -273,7 +373,7 @@ pub(super) fn report_finished(cfg: &Config, asked: usize, held: usize) {
 
 /// Forgets the leases of written outcomes: they are no longer renewed.
 pub(super) fn forget(shared: &Shared, batch: &mut Vec<Done>) {
-    let mut map = shared.inflight.lock().expect("inflight lock");
+    let mut map = shared.inflight();
     for d in batch.drain(..) {
         map.remove(&d.id());
     }
@@ -290,12 +390,11 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
     stopping: bool,
 ) {
     let (mut pending_completes, mut finishes) = group(batch);
-    let give_up_at = Instant::now()
-        + if stopping {
-            cfg.lease.min(Duration::from_secs(5))
-        } else {
-            cfg.lease
-        };
+    let give_up_at = super::later(if stopping {
+        cfg.lease.min(Duration::from_secs(5))
+    } else {
+        cfg.lease
+    });
     let mut backoff = Backoff::default();
     loop {
         let mut failed = None;
@@ -377,7 +476,7 @@ fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
 ) {
     let mut by_token: HashMap<i64, Vec<i64>> = HashMap::new();
     {
-        let mut map = shared.inflight.lock().expect("inflight lock");
+        let mut map = shared.inflight();
         for (id, lease) in map.iter_mut() {
             let over = lease
                 .started
@@ -400,7 +499,7 @@ fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
         return;
     }
     let now = now_ms();
-    let until = now + cfg.lease.as_millis() as i64;
+    let until = now.saturating_add(super::millis(cfg.lease));
     for (token, ids) in by_token {
         if let Err(e) = conn.with(|c| c.extend(token, &ids, until, now)) {
             log::warn!("tend: renewing {} lease(s) failed: {e}", ids.len());

@@ -11,6 +11,7 @@ use diesel::r2d2::R2D2Connection;
 
 use super::complete::{self, Backoff, Conn, ConnError};
 use super::run::{random_token, Done};
+use super::supervise::{fault, supervise};
 use super::{Config, Job, Lease, Shared};
 use crate::events::{Event, TaskInfo};
 use crate::store::{now_ms, Claim, Claimed, StoreConnection};
@@ -29,11 +30,70 @@ pub(super) struct Channels {
     pub outcomes: Option<(Receiver<Done>, Sender<Done>)>,
 }
 
+/// The fetcher thread: [`fetch_loop`] under [`supervise`], which survives a panic. The
+/// connection is dropped after one (diesel reports a connection with an open transaction as
+/// broken and r2d2 discards it, which rolls back and releases SQLite's write lock), so the
+/// next pass takes a fresh one; slots the pass had reserved are freed by its [`Reserved`]
+/// guard, and rows it had already leased lapse and are claimed again.
 pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
     mut conn: Conn<C>,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     mut ch: Channels,
+) {
+    let stop = ch.stop.clone();
+    let conn = std::cell::RefCell::new(&mut conn);
+    supervise(
+        Some(&stop),
+        || fetch_loop(&mut conn.borrow_mut(), &cfg, &shared, &mut ch),
+        || conn.borrow_mut().reset(),
+    );
+}
+
+/// Slots reserved for a claim: freed when dropped (also when a panic unwinds), unless handed
+/// to workers.
+struct Reserved<'a> {
+    shared: &'a Shared,
+    n: usize,
+}
+
+impl Reserved<'_> {
+    /// Frees `n` of the slots now.
+    fn free(&mut self, n: usize) {
+        let n = n.min(self.n);
+        self.shared.free(n);
+        self.n -= n;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.shared.free(self.n);
+    }
+}
+
+/// Outcomes a single-writer fetcher took to write with its claim: given back to the completer
+/// when dropped (after a failed write, or when a panic unwinds), unless written.
+struct Taken<'a> {
+    outcomes: Vec<Done>,
+    back: Option<&'a Sender<Done>>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.back {
+            for d in self.outcomes.drain(..) {
+                let _ = tx.send(d);
+            }
+        }
+    }
+}
+
+fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Arc<Config>,
+    shared: &Arc<Shared>,
+    ch: &mut Channels,
 ) {
     // Claim only once a whole batch fits (the capacity leaves room for two), so that fast
     // tasks do not cost a claim each; an idle pool claims whatever is due.
@@ -54,7 +114,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         }
         if Instant::now() >= next_poll {
             poll_due = true;
-            next_poll = Instant::now() + cfg.poll_interval;
+            next_poll = super::later(cfg.poll_interval);
         }
         // With shard affinity, a shard given to other processes is only claimed from for this
         // process's own hand-offs.
@@ -90,6 +150,10 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
             }
             continue;
         }
+        let mut slots = Reserved {
+            shared,
+            n: reserved,
+        };
         let now = now_ms();
         let ids: Vec<i64> = if targeted {
             handed.drain(..reserved.min(handed.len())).collect()
@@ -100,39 +164,38 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
         let excluded = iso.excluded.clone();
         let claim = Claim {
             now,
-            lease_until: now + cfg.lease.as_millis() as i64,
+            lease_until: now.saturating_add(super::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
             limit: reserved as i64,
             ids: targeted.then_some(&ids[..]),
             exclude: &excluded,
         };
-        let mut taken: Vec<Done> = match &ch.outcomes {
-            Some((rx, _)) => rx.try_iter().take(4 * cfg.batch_size).collect(),
-            None => Vec::new(),
+        let mut taken = Taken {
+            outcomes: match &ch.outcomes {
+                Some((rx, _)) => rx.try_iter().take(4 * cfg.batch_size).collect(),
+                None => Vec::new(),
+            },
+            back: ch.outcomes.as_ref().map(|(_, tx)| tx),
         };
-        let claimed = if taken.is_empty() {
+        if fault::take("fetcher") {
+            let _ = conn.with(panic_in_transaction);
+        }
+        let claimed = if taken.outcomes.is_empty() {
             conn.with(|c| c.claim(&claim))
         } else {
-            let (completes, finishes) = complete::group(&taken);
+            let (completes, finishes) = complete::group(&taken.outcomes);
             match conn.with(|c| c.write_and_claim(&completes, &finishes, &claim)) {
                 Ok(w) => {
                     for ((_, ids), deleted) in completes.iter().zip(&w.deleted) {
-                        complete::report_completed(&cfg, ids.len(), *deleted);
+                        complete::report_completed(cfg, ids.len(), *deleted);
                     }
-                    complete::report_finished(&cfg, finishes.len(), w.held.len());
-                    complete::forget(&shared, &mut taken);
+                    complete::report_finished(cfg, finishes.len(), w.held.len());
+                    complete::forget(shared, &mut taken.outcomes);
                     Ok(w.claimed)
                 }
-                Err(e) => {
-                    // The completer writes them, with its retries.
-                    if let Some((_, tx)) = &ch.outcomes {
-                        for d in taken.drain(..) {
-                            let _ = tx.send(d);
-                        }
-                    }
-                    Err(e)
-                }
+                // The completer writes them, with its retries (`taken` gives them back).
+                Err(e) => Err(e),
             }
         };
         match claimed {
@@ -142,17 +205,18 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                     iso.succeeded();
                 }
                 let n = rows.len();
-                shared.free(reserved - n);
-                hand_to_workers(&cfg, &shared, &ch, claim.token, rows);
+                slots.free(reserved - n);
+                hand_to_workers(cfg, shared, ch, claim.token, rows);
+                slots.n = 0; // the workers free them
                 if !targeted {
                     poll_due = n == reserved;
                     if !poll_due {
-                        next_poll = Instant::now() + cfg.poll_interval;
+                        next_poll = super::later(cfg.poll_interval);
                     }
                 }
             }
             Err(ConnError::Db(e)) if !targeted && iso.may_be_a_row(&e) => {
-                shared.free(reserved);
+                drop(slots);
                 if reserved > 1 {
                     // One row may be failing the whole claim: claim half as many at once.
                     iso.cap = (reserved / 2).max(1);
@@ -164,7 +228,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                     );
                     continue;
                 }
-                if iso.isolate(&mut conn, &cfg, ch.shard, &e) {
+                if iso.isolate(conn, cfg, ch.shard, &e) {
                     continue;
                 }
                 let wait = backoff.next();
@@ -178,7 +242,7 @@ pub(super) fn fetcher<C: R2D2Connection + StoreConnection + 'static>(
                 }
             }
             Err(e) => {
-                shared.free(reserved);
+                drop(slots);
                 let wait = backoff.next();
                 log::warn!(
                     "tend: claiming tasks from shard {} failed ({e}); retrying in {wait:?}",
@@ -201,7 +265,7 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
         return;
     }
     {
-        let mut map = shared.inflight.lock().expect("inflight lock");
+        let mut map = shared.inflight();
         for r in &rows {
             map.insert(r.task.id, Lease::new(token));
         }
@@ -297,7 +361,7 @@ impl Isolation {
         // claims it again the normal way).
         let probe = Claim {
             now,
-            lease_until: now.saturating_add(cfg.lease.as_millis().min(i64::MAX as u128) as i64),
+            lease_until: now.saturating_add(super::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
             limit: 1,
@@ -341,4 +405,13 @@ impl Isolation {
             }
         }
     }
+}
+
+/// The fetcher's fault point (tests only): panics inside a transaction that has written, so
+/// that on SQLite the connection holds the write lock when the thread unwinds.
+fn panic_in_transaction<C: diesel::Connection>(c: &mut C) -> diesel::QueryResult<()> {
+    c.transaction(|c| {
+        c.batch_execute("UPDATE consistency_task SET task_status = task_status WHERE id < 0")?;
+        panic!("tend test fault: injected panic in a fetcher thread, inside a transaction");
+    })
 }

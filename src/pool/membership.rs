@@ -7,13 +7,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{select, tick, Receiver};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
 use super::complete::Conn;
+use super::supervise::{fault, supervise, Spawned};
 use super::{Config, Shared};
 use crate::error::Error;
 use crate::store::{now_ms, StoreConnection};
@@ -24,7 +24,7 @@ pub(super) fn start<C: R2D2Connection + StoreConnection + Send + 'static>(
     cfg: Arc<Config>,
     shared: Vec<Arc<Shared>>,
     stop: Receiver<()>,
-) -> Result<JoinHandle<()>, Error> {
+) -> Result<Spawned, Error> {
     let mut conn = Conn::new(pool);
     let node = register(&mut conn, &cfg)?;
     crate::shard::default_snowflake().set_node_id(node as u16);
@@ -36,10 +36,19 @@ pub(super) fn start<C: R2D2Connection + StoreConnection + Send + 'static>(
         node,
     };
     m.refresh();
-    Ok(thread::Builder::new()
-        .name("tend-membership".into())
-        .spawn(move || m.run(stop))
-        .expect("spawning the tend membership thread"))
+    Ok(super::supervise::spawn(
+        "tend-membership".into(),
+        move || {
+            let m = std::cell::RefCell::new(m);
+            supervise(
+                Some(&stop),
+                || m.borrow_mut().run(&stop),
+                // The connection is dropped; the next heartbeat takes a fresh one.
+                || m.borrow_mut().conn.reset(),
+            );
+            m.into_inner().leave();
+        },
+    ))
 }
 
 struct Membership<C: R2D2Connection + StoreConnection + 'static> {
@@ -56,7 +65,7 @@ fn period(cfg: &Config) -> Duration {
 }
 
 fn stale_after(cfg: &Config) -> i64 {
-    (cfg.lease.as_millis() * 3 / 4) as i64
+    super::millis(cfg.lease) / 4 * 3
 }
 
 /// Takes the lowest free node slot.
@@ -89,14 +98,21 @@ fn register<C: R2D2Connection + StoreConnection + 'static>(
 }
 
 impl<C: R2D2Connection + StoreConnection + 'static> Membership<C> {
-    fn run(mut self, stop: Receiver<()>) {
+    fn run(&mut self, stop: &Receiver<()>) {
         let ticker = tick(period(&self.cfg));
         loop {
             select! {
                 recv(stop) -> _ => break,
-                recv(ticker) -> _ => self.refresh(),
+                recv(ticker) -> _ => {
+                    fault::hit("membership");
+                    self.refresh()
+                }
             }
         }
+    }
+
+    /// Leaves the node registry when the pool stops.
+    fn leave(mut self) {
         let (node, owner) = (self.node, self.cfg.owner.clone());
         if let Err(e) = self.conn.with(|c| c.node_leave(node, &owner)) {
             log::warn!("tend: could not leave the node registry ({e}); the slot expires by itself");

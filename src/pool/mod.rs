@@ -15,12 +15,13 @@ mod complete;
 mod fetch;
 mod membership;
 mod run;
+pub(crate) mod supervise;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -41,6 +42,39 @@ pub(crate) use run::{info, random_token, run_one, Done};
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
 const MIN_POOL_FOR_TWO_CLAIMERS: u32 = 6;
+
+/// The longest duration any pool setting accepts: 10 years (3650 days). Every deadline the
+/// pool computes from a setting (an `Instant`, or epoch milliseconds in an `i64`) fits with
+/// room to spare.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// How long [`PoolHandle::shutdown`] may wait beyond the shutdown timeout for the completers
+/// to write the last outcomes (their retries give up after 5 s when stopping).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A duration in milliseconds, saturating at `i64::MAX`.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `Instant::now() + d`, or as far as an `Instant` goes (never panics on overflow).
+pub(crate) fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(MAX_SETTING_DURATION))
+        .unwrap_or(now)
+}
+
+/// Checks a duration setting against [`MAX_SETTING_DURATION`].
+fn at_most_max(name: &'static str, d: Duration) -> Result<(), Error> {
+    if d > MAX_SETTING_DURATION {
+        return Err(Error::invalid_setting(
+            name,
+            "must be at most 3650 days (10 years)",
+        ));
+    }
+    Ok(())
+}
 
 /// How many right-now task ids the outbox may hand over before the pool has claimed them;
 /// beyond that a hand-off is skipped and the task waits for the next poll.
@@ -134,7 +168,8 @@ where
     }
 
     /// How often an idle pool looks for due tasks; bounds the lateness of scheduled tasks and
-    /// retries. Defaults to 1 s (the seed polled every 10 s).
+    /// retries. Greater than zero, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to 1 s
+    /// (the seed polled every 10 s).
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -146,6 +181,9 @@ where
     /// assert!(builder().poll_interval(Duration::from_millis(100)).build().is_ok());
     /// let err = builder().poll_interval(Duration::ZERO).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `poll_interval`: must be greater than zero");
+    /// // Durations that would overflow an `Instant` or epoch milliseconds are refused:
+    /// let err = builder().poll_interval(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `poll_interval`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn poll_interval(mut self, d: Duration) -> Self {
@@ -155,7 +193,8 @@ where
 
     /// How long a claim holds a task before another worker may take it. The pool renews the
     /// leases of its tasks every third of this while they run, so it bounds how long a crashed
-    /// process's tasks wait, not how long a task may run. At least 1 s. Defaults to 30 s.
+    /// process's tasks wait, not how long a task may run. At least 1 s, at most
+    /// [`MAX_SETTING_DURATION`] (10 years). Defaults to 30 s.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -168,6 +207,8 @@ where
     /// assert!(builder().lease(Duration::from_secs(10)).build().is_ok());
     /// let err = builder().lease(Duration::from_millis(500)).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `lease`: must be at least 1 s");
+    /// let err = builder().lease(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `lease`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn lease(mut self, d: Duration) -> Self {
@@ -177,7 +218,7 @@ where
 
     /// How long one attempt may run before the pool stops renewing its lease; the task is then
     /// claimed again elsewhere (as an attempt) and the late attempt's outcome is refused.
-    /// At least the lease. Defaults to 15 minutes.
+    /// At least the lease, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to 15 minutes.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -190,6 +231,8 @@ where
     /// // Shorter than the lease (30 s by default):
     /// let err = builder().task_timeout(Duration::from_secs(10)).build().unwrap_err();
     /// assert_eq!(err.to_string(), "invalid setting `task_timeout`: must be at least the lease");
+    /// let err = builder().task_timeout(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `task_timeout`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn task_timeout(mut self, d: Duration) -> Self {
@@ -197,7 +240,9 @@ where
         self
     }
 
-    /// How long [`PoolHandle::shutdown`] waits for running tasks. Defaults to 30 s.
+    /// How long [`PoolHandle::shutdown`] waits for running tasks (and for threads stuck in a
+    /// database call; see [`PoolHandle::shutdown`] for the whole bound). At most
+    /// [`MAX_SETTING_DURATION`] (10 years). Defaults to 30 s.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -227,6 +272,11 @@ where
     /// # assert!(eventually(|| STARTED.load(Ordering::SeqCst)));
     /// let report = handle.shutdown(); // gives up waiting for Slow after 100 ms
     /// assert_eq!(report.abandoned, 1);
+    /// let err = WorkerPool::builder(pool.clone(), tend::Registry::new())
+    ///     .shutdown_timeout(Duration::MAX)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid setting `shutdown_timeout`: must be at most 3650 days (10 years)");
     /// # Ok(()) }
     /// ```
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
@@ -268,7 +318,8 @@ where
     /// Keeps completed rows (status `Succeeded`, with completion time in `gmt_modified` and
     /// the attempt's duration in `duration_ms`) for `retention` as an audit trail, instead of
     /// deleting them; the pool purges older ones in the background in small batches. At least
-    /// 1 s. Defaults to off: success deletes the row, as in the original framework.
+    /// 1 s, at most [`MAX_SETTING_DURATION`] (10 years). Defaults to off: success deletes the
+    /// row, as in the original framework.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -279,6 +330,11 @@ where
     /// use std::time::Duration;
     /// use tend::{TaskStatus, WorkerPool};
     /// let week = Duration::from_secs(7 * 24 * 3600);
+    /// let too_long = WorkerPool::builder(pool.clone(), tend::Registry::new())
+    ///     .keep_completed(Duration::MAX)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(too_long.to_string(), "invalid setting `keep_completed`: must be at most 3650 days (10 years)");
     /// let handle = WorkerPool::builder(pool.clone(), registry).keep_completed(week).build()?.start()?;
     /// let mut conn = pool.get()?;
     /// let id = tend::enqueue(&mut conn, &Ship { order_id: 7 })?.id().unwrap();
@@ -343,8 +399,11 @@ where
     ///
     /// # Errors
     /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) naming the first bad
-    /// setting: zero threads or batch size, a zero poll interval, a lease under 1 s, a task
-    /// timeout shorter than the lease, an empty or over-long owner.
+    /// setting: zero threads or batch size (or more than 1024 threads, 10 000 per batch), a zero
+    /// poll interval, a lease under 1 s, a task timeout shorter than the lease, a retention
+    /// under 1 s, any duration over [`MAX_SETTING_DURATION`] (10 years, so that no deadline
+    /// computed from a setting can overflow an `Instant` or epoch milliseconds), an empty or
+    /// over-long owner.
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -379,6 +438,13 @@ where
                 "poll_interval",
                 "must be greater than zero",
             ));
+        }
+        at_most_max("poll_interval", self.poll_interval)?;
+        at_most_max("lease", self.lease)?;
+        at_most_max("task_timeout", self.task_timeout)?;
+        at_most_max("shutdown_timeout", self.shutdown_timeout)?;
+        if let Some(d) = self.keep_completed {
+            at_most_max("keep_completed", d)?;
         }
         if self.lease < Duration::from_secs(1) {
             return Err(Error::invalid_setting("lease", "must be at least 1 s"));
@@ -515,8 +581,16 @@ impl EventSink {
         EventSink(Arc::new(NoEvents))
     }
 
+    /// Delivers an event; a panicking [`Events`] receiver is logged, never unwinds into the
+    /// pool's thread.
     pub(crate) fn emit(&self, e: Event<'_>) {
-        self.0.event(&e);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.event(&e)));
+        if let Err(p) = r {
+            log::error!(
+                "tend: the pool's Events receiver panicked: {}",
+                crate::registry::panic_message(&*p)
+            );
+        }
     }
 }
 
@@ -594,11 +668,7 @@ impl Lanes {
     pub(crate) fn push_leased(&self, i: usize, row: TaskRow) {
         let token = row.lease_token.unwrap_or_default();
         self.shared[i].busy.fetch_add(1, Ordering::SeqCst);
-        self.shared[i]
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .insert(row.id, Lease::new(token));
+        self.shared[i].inflight().insert(row.id, Lease::new(token));
         let job = Job {
             shard: i,
             claimed: Claimed {
@@ -726,12 +796,7 @@ where
         let (jobs_tx, jobs_rx) = (lanes.jobs.clone(), self.jobs_rx);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
-            thread::Builder::new()
-                .name(name)
-                .spawn(f)
-                .expect("spawning a tend thread")
-        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| supervise::spawn(name, f);
         let alert_thread = self.alert_thread;
         let n = self.shards.len();
         let shared = lanes.shared.clone();
@@ -822,15 +887,10 @@ where
                     freed: freed.clone(),
                 })
                 .collect();
-            let (finished_tx, finished_rx) = bounded::<()>(1);
-            let h = spawn(
+            workers.push(spawn(
                 format!("tend-worker-{i}"),
-                Box::new(move || {
-                    run::worker(cfg, links, jobs_rx, stop_rx);
-                    let _ = finished_tx.send(());
-                }),
-            );
-            workers.push((h, finished_rx));
+                Box::new(move || run::worker(cfg, links, jobs_rx, stop_rx)),
+            ));
         }
         log::info!(
             "tend: pool started ({} threads, {n} shard(s), batch {}, poll every {:?}, lease {:?}, \
@@ -930,11 +990,11 @@ struct Running {
     done_txs: Vec<Sender<Done>>,
     jobs_rx: Receiver<Job>,
     jobs_tx: Sender<Job>,
-    fetchers: Vec<JoinHandle<()>>,
-    completers: Vec<JoinHandle<()>>,
-    membership: Option<JoinHandle<()>>,
+    fetchers: Vec<supervise::Spawned>,
+    completers: Vec<supervise::Spawned>,
+    membership: Option<supervise::Spawned>,
     alert_thread: JoinHandle<()>,
-    workers: Vec<(JoinHandle<()>, Receiver<()>)>,
+    workers: Vec<supervise::Spawned>,
 }
 
 /// What a shutdown did.
@@ -948,20 +1008,26 @@ struct Running {
 /// use tend::{ShutdownReport, WorkerPool};
 /// let handle = WorkerPool::builder(pool, registry).build()?.start()?;
 /// let report = handle.shutdown();
-/// assert_eq!(report, ShutdownReport { released: 0, abandoned: 0 });
+/// assert_eq!(report, ShutdownReport { released: 0, abandoned: 0, unjoined: vec![] });
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Claimed tasks that had not started and were handed back (due now, attempt not counted).
     pub released: usize,
     /// Worker threads still running a task when the deadline passed (left detached; their
     /// tasks' leases lapse and the outcome of the late attempt is refused).
     pub abandoned: usize,
+    /// Names of the pool's other threads (`tend-fetcher-*`, `tend-completer-*`,
+    /// `tend-checkpoint-*`, `tend-membership`) that had not ended by the shutdown bound,
+    /// typically stuck in a database call that never returns (a server or network that
+    /// stopped answering). They are left detached and logged; their leases lapse.
+    pub unjoined: Vec<String>,
 }
 
 impl ShutdownReport {
-    /// Whether every worker finished within the deadline.
+    /// Whether every thread of the pool ended within the bound: no worker
+    /// [`abandoned`](Self::abandoned), no thread [`unjoined`](Self::unjoined).
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -975,7 +1041,7 @@ impl ShutdownReport {
     /// # Ok(()) }
     /// ```
     pub fn all_joined(&self) -> bool {
-        self.abandoned == 0
+        self.abandoned == 0 && self.unjoined.is_empty()
     }
 }
 
@@ -1028,6 +1094,26 @@ impl PoolHandle {
     /// Stops claiming, lets running tasks finish within the shutdown timeout, hands back the
     /// leases of claimed tasks that did not start, writes every outcome, and joins the threads.
     ///
+    /// # Bound
+    /// It returns within the shutdown timeout plus [`SHUTDOWN_GRACE`] (5 s), whatever the
+    /// database does: the workers get until the shutdown timeout, the fetchers and the
+    /// membership thread until the shutdown timeout too (at least 1 s), and the completers,
+    /// which write the last outcomes, until the end of the grace. Every
+    /// join waits for the thread's `finished` signal with that deadline; a thread that has not
+    /// ended (a worker still in its handler, or a thread stuck in a database call that never
+    /// returns: a hung server or network, a SQLite write lock held elsewhere under a long busy
+    /// timeout) is left detached and reported: workers in
+    /// [`abandoned`](ShutdownReport::abandoned), the others by name in
+    /// [`unjoined`](ShutdownReport::unjoined), with a `log::error!`. Their leases lapse and
+    /// their tasks run again elsewhere. Normally it returns in milliseconds.
+    ///
+    /// A thread of the pool that panics does not die: it logs the panic (`log::error!` with
+    /// the thread's name and message), drops the connection it held (diesel reports one left
+    /// in a transaction as broken and r2d2 discards it, which rolls the transaction back and
+    /// releases SQLite's write lock), frees the slots it had reserved, and carries on after a
+    /// backoff of 50 ms doubling to 1 s. Outcomes or tasks it had in hand are forgotten: their
+    /// leases lapse and the tasks run again (at least once).
+    ///
     /// ```
     /// # include!("../doctest_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -1048,26 +1134,34 @@ impl PoolHandle {
             return ShutdownReport {
                 released: 0,
                 abandoned: 0,
+                unjoined: Vec::new(),
             };
         };
         r.running_flag.store(false, Ordering::SeqCst); // outboxes stop pre-leasing
         for sh in &r.shared {
             sh.stopping.store(true, Ordering::SeqCst);
         }
-        let deadline = Instant::now() + r.cfg.shutdown_timeout;
+        let started = Instant::now();
+        let deadline = later(r.cfg.shutdown_timeout);
+        // The end of the bound: the completers get what is left of it.
+        let end = later(r.cfg.shutdown_timeout.saturating_add(SHUTDOWN_GRACE));
+        // Fetchers and the membership thread stop within milliseconds unless stuck; even with
+        // a tiny shutdown timeout they get a second, so that one mid-claim is joined.
+        let fetchers_by = deadline.max(started + Duration::from_secs(1)).min(end);
         drop(r.stop_tx); // wakes the fetchers, the membership thread and idle workers
-        for h in r.fetchers {
-            let _ = h.join(); // no claim after this point
-        }
-        if let Some(m) = r.membership {
-            let _ = m.join();
+                         // Every join is bounded: a thread that has not ended by its deadline (stuck in a
+                         // database call that never returns: a hung server or network, a lock held elsewhere)
+                         // is left detached and named in the report.
+        let mut unjoined = Vec::new();
+        for t in r.fetchers.into_iter().chain(r.membership) {
+            // Normally at once: no claim after this point.
+            if let Err(name) = t.join_by(fetchers_by) {
+                unjoined.push(name);
+            }
         }
         let mut abandoned = 0;
-        for (h, finished) in r.workers {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if finished.recv_timeout(left).is_ok() {
-                let _ = h.join();
-            } else {
+        for t in r.workers {
+            if t.join_by(deadline).is_err() {
                 abandoned += 1;
             }
         }
@@ -1085,8 +1179,10 @@ impl PoolHandle {
             .sum::<usize>();
         drop(r.done_txs);
         drop(r.completer_stop_tx); // the completers write what they have, then exit
-        for h in r.completers {
-            let _ = h.join();
+        for t in r.completers {
+            if let Err(name) = t.join_by(end) {
+                unjoined.push(name);
+            }
         }
         // The alert thread ends once the workers' and outboxes' senders are gone; outboxes may
         // outlive the pool, so it is not joined (it holds no lease and no connection).
@@ -1097,10 +1193,18 @@ impl PoolHandle {
                  timeout; their leases will lapse and the tasks run again"
             );
         }
+        if !unjoined.is_empty() {
+            log::error!(
+                "tend: thread(s) {} did not stop within the shutdown bound (stuck in a database \
+                 call?); left detached: their leases lapse and their tasks run again",
+                unjoined.join(", ")
+            );
+        }
         log::info!("tend: pool stopped ({released} unstarted task(s) released)");
         ShutdownReport {
             released,
             abandoned,
+            unjoined,
         }
     }
 }
@@ -1144,8 +1248,16 @@ impl Shared {
     /// Reserves between `min` and `max` slots for a claim, or none (0) when fewer than `min`
     /// are free. Outcomes not yet written count too, beyond twice the capacity, so that a slow
     /// completer slows claiming down instead of letting unwritten outcomes pile up.
+    /// The leases of claimed tasks; a lock poisoned by a panicking thread is taken anyway (the
+    /// map stays consistent: every change to it is a single insert or remove).
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Lease>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn reserve(&self, min: usize, max: usize) -> usize {
-        let unwritten = self.inflight.lock().expect("inflight lock").len();
+        let unwritten = self.inflight().len();
         let room_unwritten = (2 * self.capacity).saturating_sub(unwritten);
         let mut busy = self.busy.load(Ordering::SeqCst);
         loop {

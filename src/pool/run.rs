@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::supervise::{fault, supervise};
 use super::{Config, Job, Shared};
 use crate::alert::Alert;
 use crate::enqueue::truncate;
@@ -80,35 +81,67 @@ pub(super) struct ShardLink {
     pub freed: Vec<Sender<()>>,
 }
 
+/// A worker thread: [`work_loop`] under [`supervise`]. A handler's panic is caught around the
+/// handler (the task fails); a panic anywhere else in the loop is survived too: the task in
+/// hand gives its slot back and is forgotten, so its lease lapses and it runs again.
 pub(super) fn worker(
     cfg: Arc<Config>,
     shards: Vec<ShardLink>,
     jobs: Receiver<Job>,
     stop: Receiver<()>,
 ) {
+    let in_hand = std::cell::Cell::new(None);
+    supervise(
+        Some(&stop),
+        || work_loop(&cfg, &shards, &jobs, &stop, &in_hand),
+        || {
+            if let Some((shard, id)) = in_hand.take() {
+                let shared: &Shared = &shards[shard].shared;
+                shared.inflight().remove(&id);
+                shared.free(1);
+                log::error!(
+                    "tend: task {id} was in hand when its worker panicked; it runs again once \
+                     its lease lapses"
+                );
+            }
+        },
+    );
+}
+
+fn work_loop(
+    cfg: &Config,
+    shards: &[ShardLink],
+    jobs: &Receiver<Job>,
+    stop: &Receiver<()>,
+    in_hand: &std::cell::Cell<Option<(usize, i64)>>,
+) {
     loop {
         let job = select! {
             recv(stop) -> _ => return,
             recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
         };
+        in_hand.set(Some((job.shard, job.claimed.task.id)));
+        fault::hit("worker");
         let link = &shards[job.shard];
         let (shared, done) = (&link.shared, &link.done);
         let row = job.claimed.task;
         if shared.stopping.load(Ordering::SeqCst) {
             shared.released.fetch_add(1, Ordering::SeqCst);
+            in_hand.set(None);
             shared.free(1);
             let _ = done.send(Done::release(row));
             return;
         }
         let id = row.id;
-        if let Some(l) = shared.inflight.lock().expect("inflight lock").get_mut(&id) {
+        if let Some(l) = shared.inflight().get_mut(&id) {
             l.started = Some(Instant::now());
         }
         cfg.events.emit(Event::Started(info(&row)));
-        let outcome = run_one(&cfg, row);
-        if let Some(l) = shared.inflight.lock().expect("inflight lock").get_mut(&id) {
+        let outcome = run_one(cfg, row);
+        if let Some(l) = shared.inflight().get_mut(&id) {
             l.finished = true;
         }
+        in_hand.set(None);
         let _ = done.send(outcome);
         // The slot is free once the handler returned: the fetcher may claim while the
         // completer writes.

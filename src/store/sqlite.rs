@@ -201,6 +201,9 @@ impl SqliteSetup {
     }
 
     /// How long a writer waits for the lock before "database is locked". Defaults to 5 s.
+    /// SQLite keeps it as an `int` of milliseconds: longer than `i32::MAX` ms (about 24.8
+    /// days) is clamped to that (SQLite itself would take a larger value as 0, i.e. never
+    /// wait).
     ///
     /// ```
     /// # include!("../doctest_setup.rs");
@@ -214,12 +217,18 @@ impl SqliteSetup {
     /// let pool = Pool::builder()
     ///     .connection_customizer(Box::new(setup))
     ///     .build(ConnectionManager::<SqliteConnection>::new(url))?;
-    /// let timeout = sql::<Integer>("(SELECT * FROM pragma_busy_timeout())");
-    /// assert_eq!(diesel::select(timeout).get_result::<i32>(&mut pool.get()?)?, 30_000);
+    /// let timeout = || sql::<Integer>("(SELECT * FROM pragma_busy_timeout())");
+    /// assert_eq!(diesel::select(timeout()).get_result::<i32>(&mut pool.get()?)?, 30_000);
+    /// // Clamped, never wrapped to "no wait":
+    /// let forever = tend::SqliteSetup::new().busy_timeout(Duration::MAX);
+    /// let pool = Pool::builder()
+    ///     .connection_customizer(Box::new(forever))
+    ///     .build(ConnectionManager::<SqliteConnection>::new(url))?;
+    /// assert_eq!(diesel::select(timeout()).get_result::<i32>(&mut pool.get()?)?, i32::MAX);
     /// # Ok(()) }
     /// ```
     pub fn busy_timeout(mut self, d: std::time::Duration) -> SqliteSetup {
-        self.busy_timeout_ms = d.as_millis().min(u32::MAX as u128) as u32;
+        self.busy_timeout_ms = d.as_millis().min(i32::MAX as u128) as u32;
         self
     }
 }

@@ -3,8 +3,10 @@
 //! Up, it forwards every connection to the server. [`Proxy::down`] drops every live
 //! connection (both directions shut down, so the client sees the connection die mid-query)
 //! and makes new ones fail at once (accepted and closed before a byte is sent, so a client
-//! never waits on a half-open socket). [`Proxy::up`] forwards again. The listener and the
-//! pump threads end when the proxy is dropped.
+//! never waits on a half-open socket). [`Proxy::up`] forwards again. [`Proxy::hang`] is the
+//! server or network that stops answering: every connection, live or new, stays open but
+//! nothing is forwarded in either direction, so a client waits for an answer forever (or until
+//! its own timeout). The listener and the pump threads end when the proxy is dropped.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -16,6 +18,9 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 struct State {
     down: AtomicBool,
+    hang: AtomicBool,
+    /// Connections accepted while hanging: kept open, never answered.
+    held: Mutex<Vec<TcpStream>>,
     stopped: AtomicBool,
     /// Live forwarded connections: (id, client side, server side).
     conns: Mutex<Vec<(u64, TcpStream, TcpStream)>>,
@@ -55,9 +60,16 @@ impl Proxy {
         }
     }
 
-    /// Forwards new connections again.
+    /// Forwards new connections again (and stops hanging).
     pub fn up(&self) {
         self.state.down.store(false, Ordering::SeqCst);
+        self.state.hang.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops answering: live connections stay open but nothing more is forwarded either way;
+    /// new connections are accepted and never answered.
+    pub fn hang(&self) {
+        self.state.hang.store(true, Ordering::SeqCst);
     }
 
     /// Connections refused while down, so far.
@@ -75,6 +87,9 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.state.stopped.store(true, Ordering::SeqCst);
         self.down();
+        for c in std::mem::take(&mut *self.state.held.lock().unwrap()) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
         // Wake the accept loop so that it sees `stopped`.
         let _ = TcpStream::connect_timeout(&self.addr.parse().unwrap(), Duration::from_secs(1));
     }
@@ -86,6 +101,10 @@ fn accept_loop(listener: TcpListener, st: Arc<State>, upstream: String) {
             return;
         }
         let Ok(client) = client else { continue };
+        if st.hang.load(Ordering::SeqCst) {
+            st.held.lock().unwrap().push(client);
+            continue;
+        }
         if st.down.load(Ordering::SeqCst) {
             st.refused.fetch_add(1, Ordering::Relaxed);
             let _ = client.shutdown(Shutdown::Both);
@@ -125,6 +144,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: &State, id: u64) {
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
+            // Hanging: what arrives is swallowed, nothing is answered.
+            Ok(_) if st.hang.load(Ordering::SeqCst) => {}
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
