@@ -85,6 +85,7 @@
 //! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
 //! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
 //! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
+//! * `failover`: [`Failover`], several servers (cluster nodes) for one database, tried in order.
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
 //! * `testing` (feature `testing`): a test kit for applications: assert enqueued tasks, run
@@ -105,6 +106,7 @@ mod enqueue;
 mod error;
 mod events;
 mod expr;
+mod failover;
 mod outbox;
 mod pool;
 mod registry;
@@ -124,6 +126,7 @@ pub use crate::enqueue::{
 pub use crate::error::{Error, ErrorKind};
 pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
+pub use crate::failover::Failover;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
 pub use crate::registry::Registry;
