@@ -85,6 +85,7 @@
 //! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
 //! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
 //! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
+//! * `failover`: [`Failover`], several servers (cluster nodes) for one database, tried in order.
 //! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
 //! * `error`: [`Error`] and [`ErrorKind`].
 //! * `transaction`: [`transaction_with_retry`] and [`TransactionRetry`], which run an
@@ -109,6 +110,7 @@ mod enqueue;
 mod error;
 mod events;
 mod expr;
+mod failover;
 mod outbox;
 mod pool;
 mod registry;
@@ -131,6 +133,7 @@ pub use crate::enqueue::{
 pub use crate::error::{Error, ErrorKind};
 pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
+pub use crate::failover::Failover;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{
     PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,

@@ -27,6 +27,7 @@ use super::{now_us, Backend, TestConn, Work};
 #[derive(Debug, Clone)]
 pub struct ChildCfg {
     pub backend: Backend,
+    /// One per shard; a shard's URLs separated by spaces go through a `tend::Failover`.
     pub urls: Vec<String>,
     pub threads: usize,
     pub batch: usize,
@@ -162,6 +163,28 @@ impl ChildWorker {
         stats
     }
 
+    /// [`stop`](Self::stop), but a child whose shutdown does not finish within `limit` is
+    /// SIGKILLed instead: `None` then.
+    pub fn stop_within(mut self, limit: Duration) -> Option<String> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains("TEND_CHILD_STATS") => {
+                    let status = self.child.wait().expect("waiting for the child");
+                    assert!(status.success(), "child {} exited with {status}", self.pid);
+                    return Some(l[l.find("TEND_CHILD_STATS").unwrap()..].to_string());
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.kill();
+                    return None;
+                }
+            }
+        }
+    }
+
     /// CPU time (user + system) the child used so far, in clock ticks (1/100 s).
     pub fn cpu_ticks(&self) -> u64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
@@ -284,11 +307,20 @@ fn run<C: TestConn>() {
     log::set_max_level(log::LevelFilter::Warn);
 
     let threads: usize = env("TEND_CHILD_THREADS").parse().unwrap();
+    // A shard given as several space-separated URLs goes through a `tend::Failover`.
+    let mut failovers = Vec::new();
     let pools: Vec<diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>> = env("TEND_CHILD_URLS")
         .split('|')
-        .map(|url| {
+        .map(|urls| {
+            let list: Vec<&str> = urls.split(' ').collect();
+            let url = if list.len() > 1 {
+                failovers.push(tend::Failover::start(&list).expect("a failover"));
+                failovers.last().unwrap().url().to_string()
+            } else {
+                urls.to_string()
+            };
             super::pool_with::<C>(
-                url,
+                &url,
                 4,
                 env_ms("TEND_CHILD_CONN_TIMEOUT_MS"),
                 env_ms("TEND_CHILD_BUSY_MS"),
@@ -323,6 +355,7 @@ fn run<C: TestConn>() {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
     let report = handle.shutdown();
+    drop(failovers);
     let c = |i: usize| logger.counts[i].load(Ordering::Relaxed);
     println!(
         "TEND_CHILD_STATS released={} abandoned={} claim={} write={} renew={} gaveup={} r2d2={} other={}",

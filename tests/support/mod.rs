@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod child;
+#[cfg(feature = "mysql")]
+pub mod galera;
 pub mod proxy;
 pub mod runlog;
 pub mod verify;

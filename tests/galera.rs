@@ -1,0 +1,245 @@
+//! tend on a 3-node MariaDB Galera cluster (issue 17): the application enqueues through node
+//! 1 while worker processes drain through nodes 2 and 3 (multi-primary: row locks are local to
+//! a node, and conflicting claims are resolved at commit, the loser getting error 1213, which
+//! tend retries as a lock conflict); then node 3 is SIGKILLed mid-drain and the process that
+//! drained through it moves to node 2 through `tend::Failover`. Counts come from the run log
+//! (`support::runlog`), never from tend's bookkeeping; the conflicts from Galera's own
+//! counters (`wsrep_local_cert_failures` + `wsrep_local_bf_aborts`).
+//!
+//! The test starts and stops the cluster itself (`support::galera`); it skips with a loud line
+//! when Galera is not installed, unless `TEND_REQUIRE_GALERA=1`. It prints one `GALERA …` line.
+//!
+//! Run: `TEND_REQUIRE_GALERA=1 cargo test --all-features --test galera -- --nocapture`
+//! (as root: the nodes then run as `mysql`).
+#![cfg(feature = "mysql")]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::{Connection, MysqlConnection};
+
+use support::child::{stat, ChildCfg, ChildWorker};
+use support::galera::Cluster;
+use support::runlog::RunLog;
+use support::{figures, now_us, verify, wait_for, Backend, Work};
+
+/// The entry point of the worker processes the test starts.
+#[test]
+#[ignore = "a worker process started by the other tests"]
+fn child_worker() {
+    support::child::main()
+}
+
+/// Enqueues `Work` for `keys` in one transaction through `conn`, retrying the whole
+/// transaction on a lock conflict (as a Galera application must: a certification conflict
+/// fails the commit). Returns how many retries it took.
+fn enqueue(conn: &mut MysqlConnection, keys: &[i64], ms: u32, log: u32) -> u64 {
+    let mut retries = 0;
+    loop {
+        let r = conn.transaction(|c| {
+            let tasks: Vec<tend::NewTask> = keys
+                .iter()
+                .map(|&key| Work { key, ms, log }.new_task())
+                .collect();
+            tend::enqueue_many(c, tasks)
+        });
+        match r {
+            Ok(n) => {
+                assert_eq!(n, keys.len());
+                return retries;
+            }
+            Err(e) if e.is_transient() && retries < 50 => {
+                retries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("enqueueing through node 1: {e}"),
+        }
+    }
+}
+
+fn cfg(urls: Vec<String>) -> ChildCfg {
+    let mut c = ChildCfg::new(Backend::Mysql, urls);
+    c.threads = 4;
+    c.batch = 20;
+    c.poll = Duration::from_millis(100);
+    c.lease = Duration::from_secs(3);
+    c.conn_timeout = Duration::from_secs(10);
+    c
+}
+
+/// Stops the workers at once (closing their stdin); one whose shutdown does not finish within
+/// 10 s is SIGKILLed and counted. Returns each one's stats line, `None` for those killed.
+fn stop_all(workers: Vec<ChildWorker>) -> Vec<Option<String>> {
+    let stops: Vec<_> = workers
+        .into_iter()
+        .map(|w| std::thread::spawn(move || w.stop_within(Duration::from_secs(10))))
+        .collect();
+    stops.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn conflicts(cluster: &Cluster) -> u64 {
+    cluster.conflicts().into_iter().flatten().sum()
+}
+
+/// Drains `n` instant tasks, enqueued in one transaction through node 1, with one worker
+/// process per entry of `on` (node indexes); returns tasks per second, from the commit to
+/// the last run's end; and how many workers' shutdowns hung.
+fn throughput(
+    cluster: &Cluster,
+    app: &mut MysqlConnection,
+    on: &[usize],
+    base: i64,
+) -> (f64, usize) {
+    const N: i64 = 1500;
+    let log = RunLog::create("galera-tput");
+    let workers: Vec<ChildWorker> = on
+        .iter()
+        .map(|&i| ChildWorker::spawn(&cfg(vec![cluster.nodes[i].url()]), &log))
+        .collect();
+    let keys: Vec<i64> = (base..base + N).collect();
+    enqueue(app, &keys, 0, log.id);
+    let t0 = now_us();
+    wait_for("the throughput drain", Duration::from_secs(120), || {
+        log.read().done_keys().len() == keys.len()
+    });
+    let parsed = log.read();
+    let t1 = parsed.runs.iter().filter_map(|r| r.end).max().unwrap();
+    let hung = stop_all(workers).iter().filter(|s| s.is_none()).count();
+    let r = verify::check(&log.read(), &keys, &[]);
+    r.assert_sound("galera throughput");
+    (N as f64 / ((t1 - t0) as f64 / 1e6), hung)
+}
+
+#[test]
+fn multi_primary_drain_and_failover() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let formed = cluster.formed_in;
+    let mut app = cluster.nodes[0].connect();
+    tend::migrate(&mut app).expect("migrating through node 1");
+
+    // Throughput: one worker process on one node, three on three nodes, three on one node.
+    let (tput_1, h1) = throughput(&cluster, &mut app, &[1], 1_000_000);
+    let (tput_3, h2) = throughput(&cluster, &mut app, &[0, 1, 2], 2_000_000);
+    let (tput_3_on_1, h3) = throughput(&cluster, &mut app, &[1, 1, 1], 3_000_000);
+
+    // Multi-primary drain with a node killed midway.
+    const N: i64 = 3000;
+    let log = RunLog::create("galera-failover");
+    let (n2, n3) = (cluster.nodes[1].url(), cluster.nodes[2].url());
+    let a = ChildWorker::spawn(&cfg(vec![format!("{n2} {n3}")]), &log);
+    let b = ChildWorker::spawn(&cfg(vec![format!("{n3} {n2}")]), &log);
+    let b_pid = b.pid;
+    let conflicts_before = conflicts(&cluster);
+    let keys: Vec<i64> = (10_000_000..10_000_000 + N).collect();
+    let app_retries = Arc::new(AtomicU64::new(0));
+    let app_done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (keys, retries, done, url, log_id) = (
+            keys.clone(),
+            app_retries.clone(),
+            app_done.clone(),
+            cluster.nodes[0].url(),
+            log.id,
+        );
+        std::thread::spawn(move || {
+            let mut conn = MysqlConnection::establish(&url).unwrap();
+            // 25 tasks a transaction, about 500 tasks a second: the drain runs while the
+            // application writes.
+            for chunk in keys.chunks(25) {
+                retries.fetch_add(enqueue(&mut conn, chunk, 5, log_id), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    wait_for("a third of the tasks", Duration::from_secs(120), || {
+        log.read().done_keys().len() as i64 >= N / 3
+    });
+    // Node 3's counters, read before it dies.
+    let conflicts_node3 = cluster.conflicts()[2].unwrap_or(0);
+    let killed_at = cluster.nodes[2].kill9();
+    cluster.wait_size(2, Duration::from_secs(60));
+    let evicted_ms = (now_us() - killed_at) / 1000;
+    wait_for("every task", Duration::from_secs(120), || {
+        log.read().done_keys().len() as i64 == N
+    });
+    producer.join().expect("the application thread");
+    assert!(app_done.load(Ordering::SeqCst));
+    // Nothing left in the table once the last outcomes are written: no task was failed, held
+    // or made dead by a conflict.
+    wait_for("an empty table", Duration::from_secs(30), || {
+        support::task_count(&mut app) == 0
+    });
+    let stats = stop_all(vec![a, b]);
+    let hung = h1 + h2 + h3 + stats.iter().filter(|s| s.is_none()).count();
+    let stats: Vec<String> = stats
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| "shutdown hung: killed".into()))
+        .collect();
+    let parsed = log.read();
+    let report = verify::check(&parsed, &keys, &[]);
+    report.assert_sound("galera failover");
+
+    // What the process on node 3 did after the kill, and when the cluster ran anything again.
+    let after: Vec<&support::runlog::Run> =
+        parsed.runs.iter().filter(|r| r.start > killed_at).collect();
+    let first_any = after
+        .iter()
+        .map(|r| r.start)
+        .min()
+        .expect("runs after the kill");
+    let b_after: Vec<i64> = after
+        .iter()
+        .filter(|r| r.pid == b_pid)
+        .map(|r| r.start)
+        .collect();
+    let first_b = *b_after
+        .iter()
+        .min()
+        .expect("the process that drained through node 3 ran nothing after the kill");
+    let failover_ms = (first_b - killed_at) / 1000;
+    let stall_ms = (first_any - killed_at) / 1000;
+    // A run beyond a task's first attempt: a certification conflict never makes one (it is
+    // retried, not counted); a completion lost with node 3 may (the lease then expires).
+    let reruns = parsed.runs.iter().filter(|r| r.attempt > 1).count();
+    let rerun_keys: HashSet<i64> = parsed
+        .runs
+        .iter()
+        .filter(|r| r.attempt > 1)
+        .map(|r| r.key)
+        .collect();
+
+    let conflicts_after: u64 = conflicts(&cluster) + conflicts_node3;
+    let conflicts = conflicts_after.saturating_sub(conflicts_before);
+    figures(format!(
+        "GALERA tasks={N} runs={} duplicates={} concurrent={} lost={} reruns={reruns} \
+         rerun_tasks={} rows_left=0 cert_conflicts={conflicts} app_retries={} \
+         failover_ms={failover_ms} first_run_after_kill_ms={stall_ms} evicted_ms={evicted_ms} \
+         b_runs_after_kill={} tput_1node={tput_1:.0}/s tput_3nodes={tput_3:.0}/s \
+         tput_3procs_1node={tput_3_on_1:.0}/s formed_s={:.1} shutdowns_hung={hung}/9 \
+         child_a=[{}] child_b=[{}]",
+        report.runs,
+        report.duplicates,
+        report.overlaps.len(),
+        report.lost.len(),
+        rerun_keys.len(),
+        app_retries.load(Ordering::Relaxed),
+        b_after.len(),
+        formed.as_secs_f64(),
+        stats[0],
+        stats[1],
+    ));
+    for s in stats.iter().filter(|s| s.starts_with("TEND_CHILD_STATS")) {
+        assert_eq!(
+            stat(s, "gaveup"),
+            0,
+            "a worker gave up writing an outcome: {s}"
+        );
+    }
+}
