@@ -102,7 +102,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             "  ALERT via pager: task {} ({}) attempt {}: {} / fallback: {}",
             a.id,
             a.signature,
-            a.execute_times,
+            a.attempt(),
             a.error_msg,
             a.fallback_error_msg.as_deref().unwrap_or("-")
         );

@@ -31,7 +31,7 @@ use crate::registry::{panic_message, Registry};
 /// tend::enqueue_new(&mut pool.get()?, task.alerter("pager"))?;
 /// handle.wake();
 /// let alert = rx.recv_timeout(Duration::from_secs(10))?;
-/// assert_eq!((alert.execute_times, alert.status), (1, TaskStatus::Failed));
+/// assert_eq!((alert.attempt(), alert.status), (1, TaskStatus::Failed));
 /// assert_eq!((alert.error_msg.as_str(), alert.alerter.as_deref()), ("boom", Some("pager")));
 /// # Ok(()) }
 /// ```
@@ -47,8 +47,16 @@ pub struct Alert {
     /// The shard key.
     pub shard_key: i64,
     /// Attempts so far, this one included (`execute_times`).
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `Alert::attempt()`, a `u32` like `TaskContext::attempt()`"
+    )]
     pub execute_times: i32,
     /// Attempts allowed.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `Alert::max_attempts()`, a `u32` like `TaskContext::max_attempts()`"
+    )]
     pub max_attempts: i32,
     /// The status the task is left in (`Failed` or `Dead`).
     pub status: crate::TaskStatus,
@@ -76,7 +84,7 @@ pub struct Alert {
 /// struct Pager;
 /// impl Alerter for Pager {
 ///     fn alert(&self, alert: &Alert) {
-///         eprintln!("task {} failed {} times: {}", alert.id, alert.execute_times, alert.error_msg);
+///         eprintln!("task {} failed {} times: {}", alert.id, alert.attempt(), alert.error_msg);
 ///     }
 /// }
 /// let mut registry = tend::Registry::new();
@@ -109,6 +117,37 @@ impl fmt::Debug for AlertSink {
             .field("queued", &self.tx.len())
             .field("dropped", &self.dropped())
             .finish()
+    }
+}
+
+#[allow(deprecated)] // the i32 fields stay readable until they are removed
+impl Alert {
+    /// Attempts so far, this one included, as [`TaskContext::attempt`](crate::TaskContext::attempt)
+    /// counts them (a hand-written negative `execute_times` reads as 0).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let alert = first_alert()?;
+    /// assert_eq!((alert.attempt(), alert.max_attempts()), (1, 25));
+    /// # Ok(()) }
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        u32::try_from(self.execute_times).unwrap_or(0)
+    }
+
+    /// Attempts allowed, as [`TaskContext::max_attempts`](crate::TaskContext::max_attempts)
+    /// counts them.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let alert = first_alert()?;
+    /// assert_eq!(alert.max_attempts(), 25); // the default
+    /// # Ok(()) }
+    /// ```
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.max_attempts).unwrap_or(0)
     }
 }
 
@@ -176,8 +215,8 @@ pub(crate) fn deliver(registry: &Registry, alert: &Alert) {
         "tend: ALERT task {} ({}) attempt {}/{} is {}: `{}` fired; error: {}",
         alert.id,
         alert.signature,
-        alert.execute_times,
-        alert.max_attempts,
+        alert.attempt(),
+        alert.max_attempts(),
         alert.status,
         alert.expression,
         alert.error_msg

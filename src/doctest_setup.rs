@@ -131,3 +131,20 @@ fn eventually(mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// The first alert of an `AlwaysFails` task whose expression fires on every failure.
+#[allow(dead_code)]
+fn first_alert() -> Result<tend::Alert, Box<dyn std::error::Error>> {
+    let (pool, _db) = temp_pool("first-alert");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut registry = tend::Registry::new();
+    registry.alerter("pager", move |a: &tend::Alert| tx.send(a.clone()).unwrap())?;
+    registry.register::<AlwaysFails>()?;
+    let handle = tend::WorkerPool::builder(pool.clone(), registry).build()?.start()?;
+    let task = tend::NewTask::new(&AlwaysFails)?.alert_expression(Some("executeTimes >= 1"));
+    tend::enqueue_new(&mut pool.get()?, task.alerter("pager"))?;
+    handle.wake();
+    let alert = rx.recv_timeout(std::time::Duration::from_secs(10))?;
+    handle.shutdown();
+    Ok(alert)
+}

@@ -32,7 +32,50 @@ pub struct TaskInfo<'a> {
     /// The shard key.
     pub shard_key: i64,
     /// Attempts so far, the current one included (`execute_times`).
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `TaskInfo::attempt()`, a `u32` like `TaskContext::attempt()`"
+    )]
     pub attempt: i32,
+}
+
+#[allow(deprecated)] // the field stays readable until it is removed
+impl TaskInfo<'_> {
+    /// Attempts so far, the current one included, as [`TaskContext::attempt`](crate::TaskContext::attempt)
+    /// counts them (a hand-written negative `execute_times` reads as 0).
+    ///
+    /// ```
+    /// let info = tend::TaskInfo::new(7, "orders.ship", 0, 3);
+    /// assert_eq!(info.attempt(), 3);
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        u32::try_from(self.attempt).unwrap_or(0)
+    }
+
+    /// The view of a row, its `execute_times` as stored.
+    pub(crate) fn of(id: i64, signature: &str, shard_key: i64, execute_times: i32) -> TaskInfo<'_> {
+        TaskInfo {
+            id,
+            signature,
+            shard_key,
+            attempt: execute_times,
+        }
+    }
+
+    /// A task's event view (for tests of [`Events`] receivers).
+    ///
+    /// ```
+    /// let info = tend::TaskInfo::new(7, "orders.ship", 42, 1);
+    /// assert_eq!((info.id, info.signature, info.shard_key), (7, "orders.ship", 42));
+    /// ```
+    pub fn new(id: i64, signature: &str, shard_key: i64, attempt: u32) -> TaskInfo<'_> {
+        TaskInfo {
+            id,
+            signature,
+            shard_key,
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+        }
+    }
 }
 
 /// One thing that happened to a task.

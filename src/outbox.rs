@@ -641,12 +641,10 @@ where
 
     fn report_enqueued(&mut self) {
         for (id, signature, shard_key) in self.inserted.drain(..) {
-            self.outbox.cfg.events.emit(Event::Enqueued(TaskInfo {
-                id,
-                signature,
-                shard_key,
-                attempt: 0,
-            }));
+            self.outbox
+                .cfg
+                .events
+                .emit(Event::Enqueued(TaskInfo::of(id, signature, shard_key, 0)));
         }
     }
 

@@ -56,6 +56,11 @@ impl Database {
     /// # Errors
     /// A backend this binary was built without, named with the feature that adds it.
     pub fn parse(url: &str) -> Result<Database, String> {
+        if url.trim().is_empty() || url.trim().eq_ignore_ascii_case("sqlite://") {
+            return Err("an empty database URL: give postgres://…, mysql://… (or mariadb://…), \
+                        or the path of a SQLite file"
+                .to_string());
+        }
         let lower = url.to_ascii_lowercase();
         let (backend, target) =
             if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
@@ -268,6 +273,10 @@ mod tests {
 
     #[test]
     fn picks_the_backend_by_scheme() {
+        for empty in ["", "  ", "sqlite://"] {
+            let err = Database::parse(empty).unwrap_err();
+            assert!(err.contains("an empty database URL"), "{err}");
+        }
         if cfg!(feature = "sqlite") {
             let db = Database::parse("sqlite:///tmp/x.db").unwrap();
             assert_eq!(

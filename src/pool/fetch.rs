@@ -13,7 +13,7 @@ use super::complete::{self, Backoff, Conn, ConnError};
 use super::run::{random_token, Done};
 use super::supervise::{fault, supervise};
 use super::{Config, Job, Lease, Shared};
-use crate::events::{Event, TaskInfo};
+use crate::events::Event;
 use crate::store::{now_ms, Claim, Claimed, StoreConnection};
 use crate::TaskStatus;
 
@@ -271,12 +271,7 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
         }
     }
     for r in rows {
-        let info = TaskInfo {
-            id: r.task.id,
-            signature: &r.task.method_sign_name,
-            shard_key: r.task.shard_key,
-            attempt: r.task.execute_times,
-        };
+        let info = super::run::info(&r.task);
         cfg.events.emit(Event::Claimed(info));
         if r.prev_status == TaskStatus::Running.as_i32() {
             log::warn!(

@@ -535,7 +535,8 @@ fn alert_if(
     match expr.eval(&vars) {
         Ok(true) => {
             cfg.events.emit(Event::AlertFired(info(row)));
-            cfg.alerts.send(Alert {
+            #[allow(deprecated)] // the i32 fields stay filled until they are removed
+            let alert = Alert {
                 id: row.id,
                 task_id: row.task_id.clone(),
                 signature: row.method_sign_name.clone(),
@@ -547,7 +548,8 @@ fn alert_if(
                 fallback_error_msg: fallback.map(|e| e.message().to_string()),
                 expression: source.clone(),
                 alerter: row.alert_action_bean_name.clone(),
-            })
+            };
+            cfg.alerts.send(alert)
         }
         Ok(false) => {}
         Err(e) => log::warn!(
@@ -578,12 +580,7 @@ fn completed(cfg: &Config, row: &TaskRow, token: i64, duration: Duration) -> Don
 
 /// The event view of a row.
 pub(crate) fn info(row: &TaskRow) -> TaskInfo<'_> {
-    TaskInfo {
-        id: row.id,
-        signature: &row.method_sign_name,
-        shard_key: row.shard_key,
-        attempt: row.execute_times,
-    }
+    TaskInfo::of(row.id, &row.method_sign_name, row.shard_key, row.execute_times)
 }
 
 /// A positive random 63-bit number, for lease tokens and jitter. std's `RandomState` is
