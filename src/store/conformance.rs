@@ -691,6 +691,29 @@ fn claim_leases_the_rows<D: Db>(db: &D) {
     assert_same_row(got, &found(&mut conn, id));
 }
 
+/// A row whose attempt count is already at i32::MAX (written by hand or by another program) is
+/// still claimed: the count saturates instead of overflowing (an error on PostgreSQL and MySQL
+/// that failed every claim the row was in; a panic in `as_leased`). Found by fuzz/task_row.
+fn claim_saturates_the_attempt_count<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let at_max = NewRow {
+        execute_times: i32::MAX,
+        max_attempts: i32::MAX,
+        ..row(T0 - 2)
+    };
+    let below = NewRow {
+        execute_times: i32::MAX - 1,
+        ..row(T0 - 1)
+    };
+    let (at_max, below) = (insert(&mut conn, &at_max), insert(&mut conn, &below));
+    let claimed = claim(&mut conn, T0, T0 + 30_000, 78, 10, None);
+    assert_eq!(ids(&claimed), BTreeSet::from([at_max, below]));
+    for got in &claimed {
+        assert_eq!(got.execute_times, i32::MAX, "row {}", got.id);
+        assert_same_row(got, &found(&mut conn, got.id));
+    }
+}
+
 fn claim_reports_the_previous_status<D: Db>(db: &D) {
     let mut conn = migrated(db);
     let pending = insert(&mut conn, &row(T0 - 3));
@@ -1301,6 +1324,7 @@ conformance!(
     idempotency_key_duplicates_are_skipped,
     claim_takes_due_rows_oldest_first,
     claim_leases_the_rows,
+    claim_saturates_the_attempt_count,
     claim_reports_the_previous_status,
     claim_skips_leased_rows,
     expired_lease_is_claimed_again_with_a_new_token,

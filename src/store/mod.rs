@@ -206,7 +206,7 @@ pub struct Written {
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
     let s = stmt::Stmt::new(
-        "UPDATE consistency_task SET task_status = 1, execute_times = execute_times + 1",
+        "UPDATE consistency_task SET task_status = 1, execute_times = CASE WHEN execute_times < 2147483647 THEN execute_times + 1 ELSE execute_times END",
     );
     lease_set(s, c).sql(" WHERE id IN ").ids(ids)
 }
@@ -254,7 +254,7 @@ fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
         .map(|mut r| {
             let prev_status = r.task_status;
             r.task_status = 1;
-            r.execute_times += 1;
+            r.execute_times = r.execute_times.saturating_add(1); // as the UPDATE's CASE
             r.execute_time = c.lease_until;
             r.lease_expires_at = Some(c.lease_until);
             r.lease_token = Some(c.token);

@@ -31,7 +31,7 @@ fn returned_columns() -> &'static str {
 // by position: no per-field name lookup.
 fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
     let s = Stmt::new(
-        "UPDATE consistency_task AS t SET task_status = 1, execute_times = t.execute_times + 1",
+        "UPDATE consistency_task AS t SET task_status = 1, execute_times = CASE WHEN t.execute_times < 2147483647 THEN t.execute_times + 1 ELSE t.execute_times END",
     );
     let s = super::lease_set(s, c)
         .sql(" FROM (SELECT id, task_status AS prev_status FROM consistency_task");
