@@ -124,6 +124,16 @@ mod task;
 pub mod testing;
 mod transaction;
 
+/// Not an API: thin wrappers over internal parsers (the CLI's argument, URL, time and duration
+/// parsing) for the cargo-fuzz targets in `fuzz/`, behind the `fuzzing` feature. Everything
+/// else the targets drive is public (`Expr`, `tend::testing::TestWorker`, `migrate`). May change
+/// or disappear in any release.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::cli::fuzz_hooks::*;
+}
+
 pub use crate::alert::{Alert, Alerter};
 pub use crate::cancel::cancel;
 pub use crate::complete_in::complete_in;

@@ -28,6 +28,8 @@
 
 mod commands;
 mod db;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_hooks;
 mod text;
 
 use std::ffi::OsString;

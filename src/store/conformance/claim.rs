@@ -249,3 +249,26 @@ pub(super) fn claim_by_ids_takes_only_those<D: Db>(db: &D) {
         }
     }
 }
+
+/// A row whose attempt count is already at i32::MAX (written by hand or by another program) is
+/// still claimed: the count saturates instead of overflowing (an error on PostgreSQL and MySQL
+/// that failed every claim the row was in; a panic in `as_leased`). Found by fuzz/task_row.
+pub(super) fn claim_saturates_the_attempt_count<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let at_max = NewRow {
+        execute_times: i32::MAX,
+        max_attempts: i32::MAX,
+        ..row(T0 - 2)
+    };
+    let below = NewRow {
+        execute_times: i32::MAX - 1,
+        ..row(T0 - 1)
+    };
+    let (at_max, below) = (insert(&mut conn, &at_max), insert(&mut conn, &below));
+    let claimed = claim(&mut conn, T0, T0 + 30_000, 78, 10, None);
+    assert_eq!(ids(&claimed), BTreeSet::from([at_max, below]));
+    for got in &claimed {
+        assert_eq!(got.execute_times, i32::MAX, "row {}", got.id);
+        assert_same_row(got, &found(&mut conn, got.id));
+    }
+}

@@ -417,6 +417,7 @@ conformance!(
     idempotency_key_duplicates_are_skipped,
     claim_takes_due_rows_oldest_first,
     claim_leases_the_rows,
+    claim_saturates_the_attempt_count,
     claim_reports_the_previous_status,
     claim_skips_leased_rows,
     expired_lease_is_claimed_again_with_a_new_token,
