@@ -116,6 +116,8 @@ mod store;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use crate::alert::{Alert, Alerter};
 pub use crate::enqueue::{

@@ -111,6 +111,10 @@ fn execute(
     if let Command::Migrate = command {
         return migrate(&dbs, io);
     }
+    #[cfg(feature = "web")]
+    if let Command::Web(args) = command {
+        return crate::web::run_cli(args, urls, registry.clone(), io.err).map_err(Fail::error);
+    }
     let mut shards = Vec::with_capacity(dbs.len());
     for db in dbs {
         let mut conn = db.connect(false).map_err(Fail::error)?;
@@ -126,6 +130,8 @@ fn execute(
     }
     match command {
         Command::Migrate => unreachable!("handled above"),
+        #[cfg(feature = "web")]
+        Command::Web(_) => unreachable!("handled above"),
         Command::Tasks(TasksCommand::List(a)) => list(&mut shards, a, io),
         Command::Tasks(TasksCommand::Show(a)) => show(&mut shards, a, registry, io),
         Command::Tasks(TasksCommand::Retry(a)) => retry(&mut shards, a, io),
@@ -292,7 +298,7 @@ fn pretty(v: &[Value]) -> String {
 }
 
 /// The payload as JSON, or why it cannot be shown.
-fn decode_payload(registry: &Registry, r: &TaskRow) -> Result<Value, String> {
+pub(crate) fn decode_payload(registry: &Registry, r: &TaskRow) -> Result<Value, String> {
     let len = r.task_parameter.len();
     let sig = &r.method_sign_name;
     let Some(handler) = registry.get(sig) else {

@@ -43,7 +43,7 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub(crate) struct Database {
     /// What the driver gets.
-    target: String,
+    pub(crate) target: String,
     /// What people see: the URL with its password masked.
     pub shown: String,
     pub backend: Backend,
