@@ -105,6 +105,8 @@ mod enqueue;
 mod error;
 mod events;
 mod expr;
+#[cfg(feature = "metrics")]
+mod metrics_facade;
 mod outbox;
 mod pool;
 mod registry;
@@ -116,6 +118,8 @@ mod store;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tracing")]
+mod tracing_events;
 #[cfg(feature = "web")]
 pub mod web;
 
@@ -126,6 +130,8 @@ pub use crate::enqueue::{
 pub use crate::error::{Error, ErrorKind};
 pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
+#[cfg(feature = "metrics")]
+pub use crate::metrics_facade::MetricsFacade;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder};
 pub use crate::registry::Registry;
@@ -142,3 +148,5 @@ pub use crate::task::{
     ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay, TransactionWay,
     DEFAULT_ALERT_EXPRESSION,
 };
+#[cfg(feature = "tracing")]
+pub use crate::tracing_events::TracingEvents;
