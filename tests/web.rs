@@ -561,3 +561,117 @@ fn pools_report_to_metrics() {
         .has("Attempts by this process");
     server.shutdown();
 }
+
+/// Headless Chromium through chromedriver: every page loads, retry and cancel go through their
+/// confirmation, and the rows change. With `TEND_WEB_SCREENSHOT=PATH` the overview's screenshot
+/// is written there (docs/web-overview.png is made that way).
+#[cfg(feature = "sqlite")]
+#[test]
+fn in_a_browser() {
+    use web_support::webdriver::Driver;
+    let require = std::env::var("TEND_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let Some(driver) = Driver::start() else {
+        assert!(
+            !require,
+            "TEND_REQUIRE_BROWSER=1 but chromium/chromedriver are not installed"
+        );
+        eprintln!("\n*** SKIPPED: browser test: install the Debian packages chromium and chromium-driver ***\n");
+        return;
+    };
+    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let s = seed(&db);
+    // Some history for the chart: rows that changed over the last hour.
+    db.with_conn(|c| {
+        let now = now_ms();
+        for n in 0..120i64 {
+            let id = c.enqueue(tend::NewTask::new(&Ship { order_id: 100 + n }).unwrap());
+            let (status, parked) = match n % 6 {
+                0..=2 => (3, true),
+                3..=4 => (2, false),
+                _ => (4, true),
+            };
+            let modified = now - (n * 29_000) % 3_540_000;
+            let due = if parked { i64::MAX } else { now + 600_000 };
+            c.sql(&format!(
+                "UPDATE consistency_task SET task_status = {status}, execute_time = {due}, \
+                 execute_times = 1, gmt_modified = {modified}, \
+                 error_msg = CASE WHEN {status} = 3 THEN '' ELSE 'carrier timeout' END \
+                 WHERE id = {id}"
+            ));
+        }
+    });
+    let server = start(&db, Some(TOKEN));
+    let base = format!("http://{}", server.addr());
+
+    driver.goto(&format!("{base}/"));
+    assert!(driver.title().starts_with("Overview"), "{}", driver.title());
+    assert!(driver.source().contains("<svg"));
+    let png = driver.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+    if let Ok(path) = std::env::var("TEND_WEB_SCREENSHOT") {
+        std::fs::write(&path, &png).unwrap();
+    }
+    for (path, title) in [
+        ("/tasks".to_string(), "Tasks"),
+        ("/tasks?status=dead&limit=20".to_string(), "Tasks"),
+        (format!("/tasks/{}", s.running), "Task "),
+        ("/purge?older_than=7d".to_string(), "Purge"),
+        ("/login".to_string(), "Log in"),
+    ] {
+        driver.goto(&format!("{base}{path}"));
+        assert!(
+            driver.title().starts_with(title),
+            "{path}: {}",
+            driver.title()
+        );
+    }
+    driver.goto(&format!("{base}/metrics"));
+    assert!(driver.source().contains("tend_tasks{"), "/metrics renders");
+    // The cursor link leads to the next page.
+    driver.goto(&format!("{base}/tasks?limit=20"));
+    driver.click("a.next");
+    assert!(driver.url().contains("after_id="), "{}", driver.url());
+
+    // Log in, then retry a dead task and cancel a pending one through their confirmations.
+    driver.goto(&format!("{base}/login?next=/tasks"));
+    driver.type_into("input[name=token]", TOKEN);
+    driver.click("button[type=submit]");
+    assert!(driver.url().ends_with("/tasks"), "{}", driver.url());
+    driver.goto(&format!("{base}/tasks/{}?db=0", s.dead_old));
+    driver.click("a.button.retry");
+    assert!(
+        driver.title().starts_with("retry task"),
+        "{}",
+        driver.title()
+    );
+    assert_eq!(
+        status_of(&db, s.dead_old),
+        "dead",
+        "nothing happens before the confirmation"
+    );
+    driver.click("#confirm");
+    assert!(
+        driver.text(".flash").starts_with("Retried"),
+        "{}",
+        driver.source()
+    );
+    assert_eq!(status_of(&db, s.dead_old), "failed");
+
+    driver.goto(&format!("{base}/tasks/{}?db=0", s.pending));
+    driver.click("a.button.cancel");
+    driver.click("#confirm");
+    assert!(driver.text(".flash").starts_with("Cancelled"));
+    assert_eq!(status_of(&db, s.pending), "dead");
+    driver.goto(&format!("{base}/tasks?status=dead&limit=500"));
+    let page = driver.source();
+    assert!(
+        page.contains(&format!("id=\"task-{}\"", s.pending)),
+        "the cancelled task is listed as dead"
+    );
+    assert!(
+        !page.contains(&format!("id=\"task-{}\"", s.dead_old)),
+        "the retried task is no longer dead"
+    );
+    drop(driver);
+    server.shutdown();
+}
