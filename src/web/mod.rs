@@ -632,7 +632,7 @@ fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Resp, HttpErr
     let mut shards = Vec::new();
     for (i, d) in state.dbs.iter().enumerate() {
         let data = conns
-            .run(state, i, |c| Ok((c.stats(now)?, c.activity(since)?)))
+            .run(state, i, |c| Ok((c.summary(now)?, c.activity(since)?)))
             .map_err(|e| e.msg);
         shards.push(pages::ShardView {
             index: i,
@@ -851,7 +851,7 @@ fn metrics_text(state: &State, conns: &mut Conns) -> String {
             "tend_shard_info{{shard=\"{i}\",database=\"{}\"}} 1",
             metrics::label(&d.shown)
         );
-        match conns.run(state, i, |c| c.stats(now)) {
+        match conns.run(state, i, |c| c.summary(now)) {
             Ok(st) => {
                 let _ = writeln!(up, "tend_up{{shard=\"{i}\"}} 1");
                 for (sig, status, n) in &st.by_signature {
