@@ -106,3 +106,125 @@ impl Events for TracingEvents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event as TEvent, Metadata, Subscriber};
+
+    use super::*;
+
+    /// What a test subscriber saw, as lines.
+    #[derive(Default, Clone)]
+    struct Seen {
+        lines: Arc<Mutex<Vec<String>>>,
+        stack: Arc<Mutex<Vec<u64>>>,
+        next: Arc<AtomicU64>,
+    }
+
+    struct Fields(String);
+    impl Visit for Fields {
+        fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={v:?}", f.name()));
+        }
+    }
+
+    impl Subscriber for Seen {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, a: &Attributes<'_>) -> Id {
+            let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut f = Fields(format!("new {id} {}", a.metadata().name()));
+            a.record(&mut f);
+            self.lines.lock().unwrap().push(f.0);
+            Id::from_u64(id)
+        }
+        fn record(&self, id: &Id, r: &Record<'_>) {
+            let mut f = Fields(format!("record {}", id.into_u64()));
+            r.record(&mut f);
+            self.lines.lock().unwrap().push(f.0);
+        }
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, e: &TEvent<'_>) {
+            let parent = self.stack.lock().unwrap().last().copied().unwrap_or(0);
+            let mut f = Fields(format!("event in {parent}"));
+            e.record(&mut f);
+            self.lines.lock().unwrap().push(f.0);
+        }
+        fn enter(&self, id: &Id) {
+            self.stack.lock().unwrap().push(id.into_u64());
+        }
+        fn exit(&self, id: &Id) {
+            self.stack.lock().unwrap().retain(|x| *x != id.into_u64());
+            self.lines
+                .lock()
+                .unwrap()
+                .push(format!("exit {}", id.into_u64()));
+        }
+    }
+
+    #[test]
+    fn a_span_per_attempt_around_the_handler() {
+        let seen = Seen::default();
+        let t = TaskInfo {
+            id: 42,
+            signature: "orders.ship",
+            shard_key: 7,
+            attempt: 2,
+        };
+        tracing::subscriber::with_default(seen.clone(), || {
+            TracingEvents.event(&Event::Started(t));
+            tracing::info!("the handler logs");
+            TracingEvents.event(&Event::Failed {
+                task: t,
+                error: "boom",
+                duration: Duration::from_millis(5),
+            });
+            TracingEvents.event(&Event::Retried {
+                task: t,
+                next_attempt_at_ms: 1,
+            });
+            TracingEvents.event(&Event::Started(t));
+            TracingEvents.event(&Event::Succeeded {
+                task: t,
+                duration: Duration::from_millis(1),
+            });
+        });
+        let lines = seen.lines.lock().unwrap().clone();
+        let text = lines.join("\n");
+        assert!(
+            lines[0].starts_with("new 1 tend.attempt")
+                && lines[0].contains("task.id=42")
+                && lines[0].contains("task.signature=\"orders.ship\"")
+                && lines[0].contains("task.attempt=2")
+                && lines[0].contains("task.shard_key=7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("event in 1 message=the handler logs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("event in 1 message=attempt failed error=\"boom\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("record 1 outcome=\"failed\"\nexit 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("event in 0 message=retry scheduled"),
+            "{text}"
+        );
+        assert!(
+            text.contains("record 2 outcome=\"succeeded\"\nexit 2"),
+            "{text}"
+        );
+    }
+}
