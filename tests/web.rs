@@ -439,6 +439,46 @@ fn attacks(db: &TestDb) {
     assert_eq!(r.header("Location"), Some("/purge?db=0&purged=1"));
     assert!(db.row(s.done_old).is_none());
     assert!(db.row(s.dead_new).is_some(), "a recent dead task stays");
+    // Bulk actions: the list's filter, the CLI's rules, a confirmation with the count.
+    get(a, "/bulk/retry?db=0")
+        .send()
+        .expect(400)
+        .has("needs a filter");
+    get(a, "/bulk/retry?db=0&status=pending")
+        .send()
+        .expect(409)
+        .has("not pending");
+    get(a, "/bulk/retry?db=0&status=dead")
+        .send()
+        .expect(200)
+        .has("retry 2 tasks?");
+    let bulk = [("db", "0"), ("status", "dead")];
+    post(a, "/bulk/retry")
+        .cookie(&session)
+        .header("Origin", "http://evil.example")
+        .form(&[("db", "0"), ("status", "dead"), ("csrf", &token)])
+        .send()
+        .expect(403);
+    post(a, "/bulk/retry").form(&bulk).send().expect(403);
+    assert_eq!(status_of(db, s.dead_new), "dead");
+    let r = post(a, "/bulk/retry")
+        .bearer(TOKEN)
+        .form(&bulk)
+        .send()
+        .expect(303);
+    assert_eq!(
+        r.header("Location"),
+        Some("/tasks?db=0&status=dead&changed=2")
+    );
+    assert_eq!(status_of(db, s.dead_new), "failed");
+    assert_eq!(status_of(db, s.running), "failed");
+    let r = post(a, "/bulk/cancel")
+        .bearer(TOKEN)
+        .form(&[("db", "0"), ("signature", "payments.refund")])
+        .send()
+        .expect(303);
+    assert!(r.header("Location").unwrap().ends_with("changed=1"));
+    assert_eq!(status_of(db, s.running), "dead");
     // Logging out ends the session.
     post(a, "/logout")
         .cookie(&session)

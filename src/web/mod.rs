@@ -439,6 +439,12 @@ fn route(state: &State, conns: &mut Conns, req: &Req, ctx: &Ctx) -> Result<Resp,
             authorize(state, req)?;
             change(state, conns, req, id, action)
         }
+        (Method::Get, ["bulk", action]) => bulk_page(state, conns, req, ctx, action_of(action)?),
+        (Method::Post, ["bulk", action]) => {
+            let action = action_of(action)?;
+            authorize(state, req)?;
+            bulk(state, conns, req, action)
+        }
         (Method::Get, ["purge"]) => purge_page(state, conns, req, ctx),
         (Method::Post, ["purge"]) => {
             authorize(state, req)?;
@@ -781,6 +787,104 @@ fn change(
     } else {
         format!("/tasks/{id}?db={i}&done={word}")
     }))
+}
+
+/// The rows a bulk action applies to: the list's filter narrowed to the statuses the action
+/// may touch, as `tend tasks retry|cancel|delete` with filters (a filter or `all` required;
+/// a named status the action does not apply to is refused).
+fn bulk_filter(p: &http::Params, action: Action) -> Result<(Filter, bool), HttpError> {
+    let f = filter_of(p)?;
+    let force = p.flag("force");
+    let named = f.names_statuses()
+        || f.signature.is_some()
+        || f.shard_key.is_some()
+        || f.error_contains.is_some();
+    if !named && !p.flag("all") {
+        return Err(HttpError::bad(format!(
+            "{} every task needs a filter (status, signature, shard key or error text) or all=1",
+            action.name()
+        )));
+    }
+    let eligible = action.change(0).eligible(force);
+    let refused: Vec<&str> = f
+        .statuses
+        .iter()
+        .filter(|s| !eligible.contains(s))
+        .map(|s| s.name())
+        .collect();
+    if !refused.is_empty() {
+        let names: Vec<&str> = action
+            .change(0)
+            .eligible(false)
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        return Err(HttpError::new(
+            409,
+            format!(
+                "{} applies to {} tasks{}, not {}; nothing was changed",
+                action.name(),
+                names.join(", "),
+                if action == Action::Retry {
+                    ""
+                } else {
+                    " (and running ones when forced)"
+                },
+                refused.join(", ")
+            ),
+        ));
+    }
+    Ok((f.restricted_to(&eligible), force))
+}
+
+/// The list's filter parameters (for links and hidden fields).
+fn filter_params(p: &http::Params) -> Vec<(String, String)> {
+    p.0.iter()
+        .filter(|(k, v)| {
+            matches!(
+                k.as_str(),
+                "db" | "status" | "signature" | "shard_key" | "error" | "all" | "force"
+            ) && !v.trim().is_empty()
+        })
+        .cloned()
+        .collect()
+}
+
+fn bulk_page(
+    state: &State,
+    conns: &mut Conns,
+    req: &Req,
+    ctx: &Ctx,
+    action: Action,
+) -> Result<Resp, HttpError> {
+    let q = &req.query;
+    let i = db_of(state, q)?;
+    let (f, _) = bulk_filter(q, action)?;
+    let n = conns.run(state, i, |c| c.count(&f))?;
+    Ok(Resp::html(
+        200,
+        pages::bulk(ctx, action, &filter_params(q), n),
+    ))
+}
+
+fn bulk(state: &State, conns: &mut Conns, req: &Req, action: Action) -> Result<Resp, HttpError> {
+    let p = &req.form;
+    let i = db_of(state, p)?;
+    let (f, _) = bulk_filter(p, action)?;
+    let change = action.change(now_ms());
+    let n = conns.run(state, i, |c| c.apply(&change, &f, BATCH, &mut |_| {}))?;
+    let mut back: Vec<(String, String)> = filter_params(p)
+        .into_iter()
+        .filter(|(k, _)| k != "all" && k != "force")
+        .collect();
+    back.push(("changed".to_string(), n.to_string()));
+    Ok(Resp::see_other(&pages::url(
+        "/tasks",
+        &back
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect::<Vec<_>>(),
+    )))
 }
 
 /// The purge filter from a query or form, or `None` while no age is given.

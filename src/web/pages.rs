@@ -59,7 +59,7 @@ impl Ctx {
 }
 
 /// A URL with a query string, every value percent-encoded.
-fn url(path: &str, pairs: &[(&str, String)]) -> String {
+pub(crate) fn url(path: &str, pairs: &[(&str, String)]) -> String {
     let q = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())))
         .finish();
@@ -448,19 +448,35 @@ pub(crate) fn list(
         .filter(|s| !known.contains(s) && *s != "unknown")
         .collect();
     // The filter without the cursor, for the pager.
-    let keep: Vec<(&str, String)> =
-        q.0.iter()
-            .filter(|(k, v)| k != "after_id" && k != "done" && !v.trim().is_empty())
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
+    let keep: Vec<(&str, String)> = q
+        .0
+        .iter()
+        .filter(|(k, v)| k != "after_id" && k != "done" && k != "changed" && !v.trim().is_empty())
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
     let next_url = next.map(|n| {
         let mut with = keep.clone();
         with.push(("after_id", n.to_string()));
         url("/tasks", &with)
     });
-    let done = match q.get("done") {
-        Some("deleted") => Some("Deleted."),
+    let done = match (q.get("done"), q.get("changed")) {
+        (Some("deleted"), _) => Some("Deleted.".to_string()),
+        (_, Some(n)) => Some(format!("Changed {} tasks.", n.parse::<u64>().unwrap_or(0))),
         _ => None,
+    };
+    let bulk_link = |a: Action| {
+        let mut with: Vec<(&str, String)> = keep
+            .iter()
+            .filter(|(k, _)| *k != "limit")
+            .cloned()
+            .collect();
+        if !with
+            .iter()
+            .any(|(k, _)| matches!(*k, "status" | "signature" | "shard_key" | "error"))
+        {
+            with.push(("all", "1".to_string()));
+        }
+        url(&format!("/bulk/{}", a.name()), &with)
     };
     let body = html! {
         h1 { "Tasks" }
@@ -517,7 +533,14 @@ pub(crate) fn list(
                 a.next href=(n) { "next page »" }
             }
         }
-        p.hint { "Pages follow the id (a cursor), so they stay cheap on a big table; counts are on the overview." }
+        p.bulk {
+            "Every matching task: "
+            @for a in [Action::Retry, Action::Cancel, Action::Delete] {
+                a.button.(a.name()) href=(bulk_link(a)) { (a.name()) " all…" }
+                " "
+            }
+        }
+        p.hint { "Pages follow the id (a cursor), so they stay cheap on a big table; counts are on the overview and the confirmation pages." }
     };
     layout(ctx, "Tasks", body)
 }
@@ -637,6 +660,45 @@ pub(crate) fn confirm(ctx: &Ctx, db: usize, r: &TaskRow, action: Action, ok: boo
         }
     };
     layout(ctx, &format!("{} task {}", action.name(), r.id), body)
+}
+
+pub(crate) fn bulk(ctx: &Ctx, action: Action, filter: &[(String, String)], n: i64) -> String {
+    let what = match action {
+        Action::Retry => "They become due now, keeping their attempt counts (one more attempt where they were out of them).",
+        Action::Cancel => "They become dead and never run; they stay visible until deleted or purged.",
+        Action::Delete => "The rows are deleted for good.",
+    };
+    let shown: Vec<String> = filter
+        .iter()
+        .filter(|(k, _)| k != "db")
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    let back: Vec<(&str, String)> = filter
+        .iter()
+        .filter(|(k, _)| k != "all" && k != "force")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let body = html! {
+        h1 { (action.name()) " " (n) " task" @if n != 1 { "s" } "?" }
+        p { "Matching: " (shown.join(", ")) " (only the statuses " (action.name()) " applies to)." }
+        p { (what) " Rows are changed 1000 per statement, each re-checking the filter." }
+        @if n == 0 {
+            p { "Nothing to do." }
+        } @else if let Some(why) = ctx.locked {
+            p.error { (why) }
+        } @else if let Some(csrf) = &ctx.csrf {
+            form.confirm method="post" action=(format!("/bulk/{}", action.name())) {
+                @for (k, v) in filter { input type="hidden" name=(k) value=(v); }
+                input type="hidden" name="csrf" value=(csrf);
+                button.danger type="submit" id="confirm" { "Yes, " (action.name()) " " (n) " tasks" }
+                " "
+                a href=(url("/tasks", &back)) { "No, go back" }
+            }
+        } @else {
+            p { a href=(url("/login", &[("next", ctx.here.clone())])) { "Log in" } " to " (action.name()) " tasks." }
+        }
+    };
+    layout(ctx, &format!("{} tasks", action.name()), body)
 }
 
 pub(crate) fn purge(ctx: &Ctx, db: usize, q: &Params, count: Option<(i64, i64)>) -> String {
