@@ -68,6 +68,10 @@
 //!   (needs libmysqlclient).
 //!
 //! * `testing`: the [`testing`] module, a test kit for your own tests.
+//! * `cli`: the `tend` operator command line ([`cli`]).
+//! * `web`: `tend web`, the dashboard and Prometheus `/metrics` ([`web`]; implies `cli`).
+//! * `metrics`: `MetricsFacade`, tend's events as `metrics` crate counters and histograms.
+//! * `tracing`: `TracingEvents`, a `tracing` span per attempt.
 //!
 //! Every feature works with r2d2 pooled connections of its connection type too.
 //!

@@ -18,6 +18,9 @@ thread_local! {
 /// The worker emits `Started`, runs the handler and emits the outcome on one thread, which is
 /// what lets an [`Events`] implementation hold the span.
 ///
+/// tend's own log lines go through the `log` crate; to see them as `tracing` events too,
+/// install `tracing_log::LogTracer` in the application.
+///
 /// ```
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

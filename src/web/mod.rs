@@ -330,6 +330,15 @@ pub(crate) fn run_cli(
         metrics: None,
     };
     let server = Server::start(registry, opts).map_err(|e| e.to_string())?;
+    if writable && !server.addr().ip().is_loopback() {
+        let _ = writeln!(
+            err,
+            "tend web: warning: listening on {} over plain HTTP: the token and the session \
+             cookie cross the network unencrypted; put a TLS proxy in front, or listen on \
+             127.0.0.1",
+            server.addr()
+        );
+    }
     let _ = writeln!(
         err,
         "tend web: listening on http://{} ({})",
