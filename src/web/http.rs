@@ -347,15 +347,18 @@ pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
 }
 
 /// Whether a browser's POST comes from a page of this server: its `Origin` (or, when a browser
-/// sent none, its `Referer`) names the host the request was sent to.
+/// sent none, its `Referer`) names the host the request was sent to, over `http` or (behind a
+/// TLS proxy) `https`.
 pub(crate) fn same_origin(req: &Req) -> bool {
     let Some(host) = &req.host else { return false };
-    let own = format!("http://{host}");
-    match (&req.origin, &req.referer) {
-        (Some(o), _) => o == &own,
-        (None, Some(r)) => r == &own || r.starts_with(&format!("{own}/")),
-        (None, None) => false,
-    }
+    ["http", "https"].iter().any(|scheme| {
+        let own = format!("{scheme}://{host}");
+        match (&req.origin, &req.referer) {
+            (Some(o), _) => o == &own,
+            (None, Some(r)) => r == &own || r.starts_with(&format!("{own}/")),
+            (None, None) => false,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -374,6 +377,37 @@ mod tests {
             "tend.internal:80",
             &["tend.internal".to_string()]
         ));
+    }
+
+    #[test]
+    fn origins() {
+        let req = |origin: Option<&str>, referer: Option<&str>| Req {
+            method: Method::Post,
+            path: "/".into(),
+            query: Params::default(),
+            form: Params::default(),
+            host: Some("127.0.0.1:8080".into()),
+            origin: origin.map(Into::into),
+            referer: referer.map(Into::into),
+            authorization: None,
+            session: None,
+        };
+        assert!(same_origin(&req(Some("http://127.0.0.1:8080"), None)));
+        assert!(same_origin(&req(Some("https://127.0.0.1:8080"), None)));
+        assert!(same_origin(&req(None, Some("http://127.0.0.1:8080/tasks"))));
+        assert!(!same_origin(&req(
+            Some("http://127.0.0.1:8080.evil.example"),
+            None
+        )));
+        assert!(!same_origin(&req(
+            None,
+            Some("http://127.0.0.1:8080.evil.example/")
+        )));
+        assert!(!same_origin(&req(
+            Some("null"),
+            Some("http://127.0.0.1:8080/")
+        )));
+        assert!(!same_origin(&req(None, None)));
     }
 
     #[test]
