@@ -31,6 +31,10 @@ pub(crate) struct Filter {
     pub due_after: Option<i64>,
     /// Only rows last modified before this time (epoch ms).
     pub modified_before: Option<i64>,
+    /// Only rows whose `error_msg` contains this text (`LIKE`; case sensitivity is the
+    /// database's). A scan: the list stops at its page size, so it is cheap where matches are
+    /// common.
+    pub error_contains: Option<String>,
 }
 
 /// Rows whose `task_status` is none of [`TaskStatus`]'s values: written by a newer tend, or by
@@ -231,6 +235,15 @@ macro_rules! admin_ops {
             }
             if let Some(ts) = f.modified_before {
                 p = Box::new(p.and(t::gmt_modified.lt(ts)));
+            }
+            if let Some(text) = &f.error_contains {
+                p = Box::new(
+                    p.and(
+                        t::error_msg
+                            .like($crate::admin::like_pattern(text))
+                            .escape('!'),
+                    ),
+                );
             }
             p
         }
@@ -473,6 +486,20 @@ where
     fn stats(&mut self, now: i64) -> QueryResult<Stats> {
         (**self).stats(now)
     }
+}
+
+/// `%text%` for `LIKE … ESCAPE '!'`, with `%`, `_` and `!` in `text` matched literally.
+pub(crate) fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// Whether a stored `execute_time` means "never claimed" (dead, held, kept completed).

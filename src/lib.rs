@@ -68,6 +68,10 @@
 //!   (needs libmysqlclient).
 //!
 //! * `testing`: the [`testing`] module, a test kit for your own tests.
+//! * `cli`: the `tend` operator command line ([`cli`]).
+//! * `web`: `tend web`, the dashboard and Prometheus `/metrics` ([`web`]; implies `cli`).
+//! * `metrics`: `MetricsFacade`, tend's events as `metrics` crate counters and histograms.
+//! * `tracing`: `TracingEvents`, a `tracing` span per attempt.
 //!
 //! Every feature works with r2d2 pooled connections of its connection type too.
 //!
@@ -111,6 +115,8 @@ mod error;
 mod events;
 mod expr;
 mod failover;
+#[cfg(feature = "metrics")]
+mod metrics_facade;
 mod outbox;
 mod pool;
 mod registry;
@@ -133,6 +139,10 @@ mod transaction;
 pub mod __fuzz {
     pub use crate::cli::fuzz_hooks::*;
 }
+#[cfg(feature = "tracing")]
+mod tracing_events;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use crate::alert::{Alert, Alerter};
 pub use crate::cancel::cancel;
@@ -144,6 +154,8 @@ pub use crate::error::{Error, ErrorKind};
 pub use crate::events::{Event, Events, LogEvents, NoEvents, TaskInfo};
 pub use crate::expr::{AlertVars, Expr, ExprError};
 pub use crate::failover::Failover;
+#[cfg(feature = "metrics")]
+pub use crate::metrics_facade::MetricsFacade;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::pool::{
     PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,
@@ -162,4 +174,6 @@ pub use crate::task::{
     ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay, TransactionWay,
     DEFAULT_ALERT_EXPRESSION,
 };
+#[cfg(feature = "tracing")]
+pub use crate::tracing_events::TracingEvents;
 pub use crate::transaction::{transaction_with_retry, TransactionRetry, TransientError};

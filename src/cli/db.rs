@@ -43,7 +43,7 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub(crate) struct Database {
     /// What the driver gets.
-    target: String,
+    pub(crate) target: String,
     /// What people see: the URL with its password masked.
     pub shown: String,
     pub backend: Backend,
@@ -57,9 +57,11 @@ impl Database {
     /// A backend this binary was built without, named with the feature that adds it.
     pub fn parse(url: &str) -> Result<Database, String> {
         if url.trim().is_empty() || url.trim().eq_ignore_ascii_case("sqlite://") {
-            return Err("an empty database URL: give postgres://…, mysql://… (or mariadb://…), \
+            return Err(
+                "an empty database URL: give postgres://…, mysql://… (or mariadb://…), \
                         or the path of a SQLite file"
-                .to_string());
+                    .to_string(),
+            );
         }
         let lower = url.to_ascii_lowercase();
         let (backend, target) =

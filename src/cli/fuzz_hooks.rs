@@ -40,6 +40,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<String, String> {
             text::fmt_span(a.older_than),
         ],
         Command::Migrate | Command::Tasks(TasksCommand::Show(_)) | Command::Stats(_) => vec![],
+        #[cfg(feature = "web")]
+        Command::Web(_) => vec![],
     };
     out.push_str(&format!("\n{shown:?}"));
     Ok(out)

@@ -26,11 +26,11 @@
 //! database, a refused change), 2 for a usage error (bad flag, bad filter value, a
 //! destructive command without a target).
 
-mod commands;
-mod db;
+pub(crate) mod commands;
+pub(crate) mod db;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
-mod text;
+pub(crate) mod text;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -125,6 +125,12 @@ enum Command {
     /// The lag is how long the oldest task that a worker could claim has been due: it grows
     /// when workers are down or cannot keep up.
     Stats(JsonArg),
+    /// Serve the web dashboard and Prometheus `/metrics` (feature `web`).
+    ///
+    /// Binds 127.0.0.1:8080 unless --listen says otherwise. Read-only unless a token is given
+    /// (--token or $TEND_WEB_TOKEN): retry, cancel, delete and purge then need it.
+    #[cfg(feature = "web")]
+    Web(crate::web::WebArgs),
 }
 
 #[derive(Debug, Subcommand)]

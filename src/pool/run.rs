@@ -580,7 +580,12 @@ fn completed(cfg: &Config, row: &TaskRow, token: i64, duration: Duration) -> Don
 
 /// The event view of a row.
 pub(crate) fn info(row: &TaskRow) -> TaskInfo<'_> {
-    TaskInfo::of(row.id, &row.method_sign_name, row.shard_key, row.execute_times)
+    TaskInfo::of(
+        row.id,
+        &row.method_sign_name,
+        row.shard_key,
+        row.execute_times,
+    )
 }
 
 /// A positive random 63-bit number, for lease tokens and jitter. std's `RandomState` is

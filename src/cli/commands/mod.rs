@@ -111,6 +111,10 @@ fn execute(
     if let Command::Migrate = command {
         return migrate(&dbs, io);
     }
+    #[cfg(feature = "web")]
+    if let Command::Web(args) = command {
+        return crate::web::run_cli(args, urls, registry.clone(), io.err).map_err(Fail::error);
+    }
     let mut shards = Vec::with_capacity(dbs.len());
     for db in dbs {
         let mut conn = db.connect(false).map_err(Fail::error)?;
@@ -126,6 +130,8 @@ fn execute(
     }
     match command {
         Command::Migrate => unreachable!("handled above"),
+        #[cfg(feature = "web")]
+        Command::Web(_) => unreachable!("handled above"),
         Command::Tasks(TasksCommand::List(a)) => list(&mut shards, a, io),
         Command::Tasks(TasksCommand::Show(a)) => show(&mut shards, a, registry, io),
         Command::Tasks(TasksCommand::Retry(a)) => retry(&mut shards, a, io),
@@ -199,7 +205,7 @@ fn names(shards: &[Shard]) -> String {
 }
 
 mod change;
-mod read;
+pub(crate) mod read;
 mod stats;
 
 use change::*;

@@ -104,7 +104,7 @@ pub(super) fn pretty(v: &[Value]) -> String {
 }
 
 /// The payload as JSON, or why it cannot be shown.
-pub(super) fn decode_payload(registry: &Registry, r: &TaskRow) -> Result<Value, String> {
+pub(crate) fn decode_payload(registry: &Registry, r: &TaskRow) -> Result<Value, String> {
     let len = r.task_parameter.len();
     let sig = &r.method_sign_name;
     let Some(handler) = registry.get(sig) else {
