@@ -382,7 +382,10 @@ fn failed(
         ctx.attempt,
         ctx.max_attempts
     );
-    let next = now.saturating_add(wait.as_millis().min(i64::MAX as u128) as i64);
+    // Never PARKED: a failed row due "never" would not be retried, yet not look parked either.
+    let next = now
+        .saturating_add(wait.as_millis().min(i64::MAX as u128) as i64)
+        .min(PARKED - 1);
     cfg.events.emit(Event::Retried {
         task: info(row),
         next_attempt_at_ms: next,
