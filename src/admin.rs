@@ -253,12 +253,12 @@ macro_rules! admin_ops {
                 $crate::store::ops::Ops::backend(self)
             }
 
-            fn migrate(&mut self) -> Result<(), $crate::Error> {
-                $crate::migrate(self)
+            fn migrate(&mut self) -> Result<(), $crate::error::Error> {
+                $crate::store::migrate(self)
             }
 
-            fn check_schema(&mut self) -> Result<(), $crate::Error> {
-                $crate::check_schema(self)
+            fn check_schema(&mut self) -> Result<(), $crate::error::Error> {
+                $crate::store::check_schema(self)
             }
 
             fn list(
@@ -336,7 +336,7 @@ macro_rules! admin_ops {
                                 now,
                             } => diesel::update(rows)
                                 .set((
-                                    t::task_status.eq($crate::TaskStatus::Pending.as_i32()),
+                                    t::task_status.eq($crate::status::TaskStatus::Pending.as_i32()),
                                     t::execute_times.eq(0),
                                     t::execute_time.eq(*now),
                                     t::lease_token.eq(None::<i64>),
@@ -350,7 +350,7 @@ macro_rules! admin_ops {
                                 now,
                             } => diesel::update(rows)
                                 .set((
-                                    t::task_status.eq($crate::TaskStatus::Failed.as_i32()),
+                                    t::task_status.eq($crate::status::TaskStatus::Failed.as_i32()),
                                     t::execute_times.eq(diesel::dsl::case_when(
                                         // max_attempts > 0: `- 1` on a hand-written
                                         // i32::MIN would fail the statement (the worker then
@@ -370,7 +370,7 @@ macro_rules! admin_ops {
                                 .execute(self),
                             Change::Cancel { now, message } => diesel::update(rows)
                                 .set((
-                                    t::task_status.eq($crate::TaskStatus::Dead.as_i32()),
+                                    t::task_status.eq($crate::status::TaskStatus::Dead.as_i32()),
                                     t::execute_time.eq($crate::status::PARKED),
                                     t::error_msg.eq(message),
                                     t::lease_token.eq(None::<i64>),

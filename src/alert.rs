@@ -10,7 +10,8 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::pool::supervise::{fault, supervise};
-use crate::registry::{panic_message, Registry};
+use crate::registry::Registry;
+use crate::util::panic_message;
 
 /// A task's state when its alert expression fired.
 ///
@@ -59,7 +60,7 @@ pub struct Alert {
     )]
     pub max_attempts: i32,
     /// The status the task is left in (`Failed` or `Dead`).
-    pub status: crate::TaskStatus,
+    pub status: crate::status::TaskStatus,
     /// The attempt's error.
     pub error_msg: String,
     /// The fallback's error, when the fallback ran and failed.

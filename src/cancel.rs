@@ -1,7 +1,8 @@
 //! Cancelling a task from code, with the CLI's rules.
 
 use crate::error::Error;
-use crate::store::{now_ms, StoreConnection};
+use crate::store::StoreConnection;
+use crate::util::now_ms;
 
 /// Cancels task `id` (as `tend tasks cancel ID` does): a pending, failed or held task becomes
 /// dead and parked with the message "cancelled by the application", its lease dropped, and is

@@ -4,8 +4,9 @@ use std::sync::atomic::Ordering;
 
 use crate::error::{Error, ErrorKind};
 use crate::status::{TaskStatus, PARKED};
-use crate::store::{now_ms, Finish, StoreConnection};
+use crate::store::{Finish, StoreConnection};
 use crate::task::TaskContext;
+use crate::util::now_ms;
 
 /// Completes the running task inside the caller's transaction on `conn`, fenced by the
 /// attempt's lease: the handler's own database writes and the task's completion then commit

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
-use crate::store::{now_ms, NewRow, StoreConnection};
+use crate::store::{NewRow, StoreConnection};
 use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
+use crate::util::now_ms;
+use crate::util::truncate;
 
 /// The largest encoded task tend stores: 4 MiB. Larger data belongs in your own table, with
 /// its key in the task.
@@ -518,7 +520,7 @@ impl NewTask {
         Ok(NewRow {
             task_id: o.task_id.unwrap_or_else(|| self.signature.to_string()),
             idempotency_key: self.idempotency_key,
-            task_status: crate::TaskStatus::Pending.as_i32(),
+            task_status: crate::status::TaskStatus::Pending.as_i32(),
             execute_times: 0,
             max_attempts: o.max_attempts as i32,
             execute_time,
@@ -545,18 +547,6 @@ impl NewTask {
             gmt_modified: now,
         })
     }
-}
-
-/// Cuts a string to at most `max` bytes on a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// What an enqueue did.
@@ -744,11 +734,5 @@ mod tests {
         assert!(validate_signature("").is_err());
         assert!(validate_signature(&"a".repeat(201)).is_err());
         assert!(validate_signature("orders pay").is_err());
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 5), "abc");
     }
 }

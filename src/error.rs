@@ -154,7 +154,7 @@ impl Error {
     /// assert!(!Error::invalid_setting("threads", "must be at least 1").is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
-        matches!(&*self.0, ErrorKind::Database(e) if crate::store::is_transient(e))
+        matches!(&*self.0, ErrorKind::Database(e) if is_transient(e))
     }
 
     /// An [`ErrorKind::InvalidSetting`] error.
@@ -186,7 +186,7 @@ impl Error {
     /// Classifies a diesel error from a statement on tend's table: a missing table or column
     /// becomes [`ErrorKind::NotMigrated`] with the fix in its message.
     pub(crate) fn from_db(backend: &'static str, e: diesel::result::Error) -> Error {
-        if crate::store::is_missing_schema(&e) {
+        if is_missing_schema(&e) {
             return Error::new(ErrorKind::NotMigrated {
                 backend,
                 detail: e.to_string(),
@@ -281,5 +281,43 @@ impl From<r2d2::Error> for Error {
 impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Error {
         Error::new(ErrorKind::Database(e))
+    }
+}
+
+/// Whether a database error means tend's table or one of its columns does not exist.
+pub(crate) fn is_missing_schema(e: &diesel::result::Error) -> bool {
+    let diesel::result::Error::DatabaseError(_, info) = e else {
+        return false;
+    };
+    let m = info.message().to_ascii_lowercase();
+    // PostgreSQL: relation "consistency_task" does not exist / column ... does not exist;
+    // MySQL/MariaDB: Table 'db.consistency_task' doesn't exist / Unknown column;
+    // SQLite: no such table / no such column.
+    (m.contains("consistency_task") || m.contains("column"))
+        && (m.contains("does not exist")
+            || m.contains("doesn't exist")
+            || m.contains("no such table")
+            || m.contains("no such column")
+            || m.contains("unknown column"))
+}
+
+/// Whether a database error is a lock conflict that simply retrying the statement resolves:
+/// PostgreSQL 40001/40P01, MySQL/MariaDB 1213 (deadlock) and 1205 (lock wait timeout),
+/// SQLite busy/locked.
+pub(crate) fn is_transient(e: &diesel::result::Error) -> bool {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::SerializationFailure,
+            _,
+        ) => true,
+        diesel::result::Error::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("deadlock")
+                || m.contains("lock wait timeout")
+                || m.contains("database is locked")
+                || m.contains("database table is locked")
+                || m.contains("database is busy")
+        }
+        _ => false,
     }
 }

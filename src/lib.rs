@@ -129,6 +129,7 @@ mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transaction;
+mod util;
 
 /// Not an API: thin wrappers over internal parsers (the CLI's argument, URL, time and duration
 /// parsing) for the cargo-fuzz targets in `fuzz/`, behind the `fuzzing` feature. Everything

@@ -16,11 +16,13 @@ use diesel::r2d2::R2D2Connection;
 use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
 use crate::events::{Event, TaskInfo};
-use crate::pool::{random_token, run_one, Config, Done, Lanes};
+use crate::pool::{run_one, Config, Done, Lanes};
 use crate::shard::Shards;
 use crate::status::TaskStatus;
-use crate::store::{now_ms, StoreConnection, TaskRow};
+use crate::store::{StoreConnection, TaskRow};
 use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
+use crate::util::now_ms;
+use crate::util::random_token;
 
 /// A pool's outbox, from [`WorkerPool::outbox`](crate::WorkerPool::outbox).
 ///

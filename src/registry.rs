@@ -11,6 +11,7 @@ use crate::alert::Alerter;
 use crate::enqueue::{bincode_config, validate_signature};
 use crate::error::{Error, ErrorKind};
 use crate::task::{Task, TaskContext, TaskError, TaskOptions};
+use crate::util::panic_message;
 
 /// The task types a worker pool can run, keyed by their [`Task::SIGNATURE`].
 ///
@@ -372,16 +373,5 @@ fn guarded(f: impl FnOnce() -> Result<(), TaskError>) -> Result<(), TaskError> {
             "handler panicked: {}",
             panic_message(&*p)
         ))),
-    }
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(a panic payload that is not a string)".to_string()
     }
 }

@@ -281,8 +281,11 @@ where
     pub fn migrate_all(&self) -> Result<(), Error> {
         for (i, p) in self.pools.iter().enumerate() {
             let mut conn = p.get()?;
-            crate::migrate(&mut conn)
-                .map_err(|e| Error::new(crate::ErrorKind::Migration(format!("shard {i}: {e}"))))?;
+            crate::store::migrate(&mut conn).map_err(|e| {
+                Error::new(crate::error::ErrorKind::Migration(format!(
+                    "shard {i}: {e}"
+                )))
+            })?;
         }
         Ok(())
     }
@@ -376,7 +379,7 @@ impl Snowflake {
             .ok()
             .and_then(|v| v.trim().parse::<u16>().ok())
             .filter(|n| *n <= 1023);
-        let node = configured.unwrap_or_else(|| (crate::pool::random_token() & 1023) as u16);
+        let node = configured.unwrap_or_else(|| (crate::util::random_token() & 1023) as u16);
         Snowflake {
             node: AtomicU16::new(node),
             state: Mutex::new((0, 0)),
@@ -412,7 +415,7 @@ impl Snowflake {
 impl ShardKeyGenerator for Snowflake {
     fn next_key(&self) -> i64 {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::store::now_ms() - SNOWFLAKE_EPOCH_MS;
+        let now = crate::util::now_ms() - SNOWFLAKE_EPOCH_MS;
         // A clock that steps back keeps using the last millisecond, so keys never repeat.
         let ms = now.max(st.0);
         if ms == st.0 {

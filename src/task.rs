@@ -562,8 +562,8 @@ impl TaskOptions {
     }
 
     /// Checks every option; called at registration and at enqueue.
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
-        use crate::Error;
+    pub(crate) fn validate(&self) -> Result<(), crate::error::Error> {
+        use crate::error::Error;
         let secs = |name: &'static str, d: Duration, min: u64| {
             if d.subsec_nanos() != 0 {
                 return Err(Error::invalid_setting(name, "must be whole seconds"));

@@ -42,11 +42,12 @@ use crossbeam_channel::Receiver;
 
 use crate::alert::{deliver, Alert, AlertSink};
 use crate::error::Error;
-use crate::pool::{random_token, run_one, Config, Done, EventSink};
+use crate::pool::{run_one, Config, Done, EventSink};
 use crate::registry::{decode, Registry};
 use crate::status::TaskStatus;
 use crate::store::{Claim, StoreConnection, TaskRow};
 use crate::task::Task;
+use crate::util::random_token;
 
 /// Finds the enqueued tasks of type `T` on `conn` (inside the test's transaction if there is
 /// one) and returns the first one `matches` accepts.
@@ -319,7 +320,7 @@ impl TestWorker {
         let now = self.now_ms();
         let claim = Claim {
             now,
-            lease_until: now.saturating_add(crate::pool::millis(self.cfg.lease)),
+            lease_until: now.saturating_add(crate::util::millis(self.cfg.lease)),
             token: random_token(),
             owner: &self.cfg.owner,
             limit: 100,

@@ -57,13 +57,13 @@ pub trait TransientError {
 
 impl TransientError for diesel::result::Error {
     fn is_transient(&self) -> bool {
-        crate::store::is_transient(self)
+        crate::error::is_transient(self)
     }
 }
 
-impl TransientError for crate::Error {
+impl TransientError for crate::error::Error {
     fn is_transient(&self) -> bool {
-        crate::Error::is_transient(self)
+        crate::error::Error::is_transient(self)
     }
 }
 

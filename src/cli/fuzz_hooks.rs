@@ -36,7 +36,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<String, String> {
         }
         // As `purge` shows its cutoff.
         Command::Purge(a) => vec![
-            text::fmt_time(crate::store::now_ms().saturating_sub(a.older_than)),
+            text::fmt_time(crate::util::now_ms().saturating_sub(a.older_than)),
             text::fmt_span(a.older_than),
         ],
         Command::Migrate | Command::Tasks(TasksCommand::Show(_)) | Command::Stats(_) => vec![],

@@ -13,7 +13,8 @@ use super::run::Done;
 use super::supervise::{fault, supervise};
 use super::{Config, Shared};
 use crate::events::Event;
-use crate::store::{now_ms, retry_transient, Finish, StoreConnection};
+use crate::store::{retry_transient, Finish, StoreConnection};
+use crate::util::now_ms;
 
 /// Keeps a pooled connection across iterations and drops it after an error, so that a broken
 /// connection is replaced.
@@ -499,7 +500,7 @@ fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
         return;
     }
     let now = now_ms();
-    let until = now.saturating_add(super::millis(cfg.lease));
+    let until = now.saturating_add(crate::util::millis(cfg.lease));
     for (token, ids) in by_token {
         if let Err(e) = conn.with(|c| c.extend(token, &ids, until, now)) {
             log::warn!("tend: renewing {} lease(s) failed: {e}", ids.len());

@@ -10,12 +10,14 @@ use crossbeam_channel::{after, select, Receiver, Sender};
 use diesel::r2d2::R2D2Connection;
 
 use super::complete::{self, Backoff, Conn, ConnError};
-use super::run::{random_token, Done};
+use super::run::Done;
 use super::supervise::{fault, supervise};
 use super::{Config, Job, Lease, Shared};
 use crate::events::Event;
-use crate::store::{now_ms, Claim, Claimed, StoreConnection};
-use crate::TaskStatus;
+use crate::status::TaskStatus;
+use crate::store::{Claim, Claimed, StoreConnection};
+use crate::util::now_ms;
+use crate::util::random_token;
 
 pub(super) struct Channels {
     pub shard: usize,
@@ -164,7 +166,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         let excluded = iso.excluded.clone();
         let claim = Claim {
             now,
-            lease_until: now.saturating_add(super::millis(cfg.lease)),
+            lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
             limit: reserved as i64,
@@ -329,7 +331,7 @@ impl Isolation {
         use diesel::result::{DatabaseErrorKind as K, Error as E};
         match e {
             E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _) => false,
-            E::DatabaseError(..) => !crate::store::is_transient(e),
+            E::DatabaseError(..) => !crate::error::is_transient(e),
             E::DeserializationError(_) => true,
             _ => false,
         }
@@ -356,7 +358,7 @@ impl Isolation {
         // claims it again the normal way).
         let probe = Claim {
             now,
-            lease_until: now.saturating_add(super::millis(cfg.lease)),
+            lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
             limit: 1,
@@ -375,7 +377,7 @@ impl Isolation {
             Err(ConnError::Db(e)) if self.may_be_a_row(&e) => e,
             Err(_) => return false,
         };
-        let message = crate::enqueue::truncate(
+        let message = crate::util::truncate(
             &format!(
                 "held: no claim could lease this row ({err}; the claim before failed with: \
                  {batch_err}). Fix the row or what the error names (a trigger, a constraint, a \

@@ -16,7 +16,8 @@ use super::complete::Conn;
 use super::supervise::{fault, supervise, Spawned};
 use super::{Config, Shared};
 use crate::error::Error;
-use crate::store::{now_ms, StoreConnection};
+use crate::store::StoreConnection;
+use crate::util::now_ms;
 
 /// Registers this process and starts the heartbeat thread.
 pub(super) fn start<C: R2D2Connection + StoreConnection + Send + 'static>(
@@ -65,7 +66,7 @@ fn period(cfg: &Config) -> Duration {
 }
 
 fn stale_after(cfg: &Config) -> i64 {
-    super::millis(cfg.lease) / 4 * 3
+    crate::util::millis(cfg.lease) / 4 * 3
 }
 
 /// Takes the lowest free node slot.

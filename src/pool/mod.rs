@@ -28,7 +28,6 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
 use crate::alert::{spawn_alert_thread, AlertSink};
-use crate::enqueue::truncate;
 use crate::error::Error;
 use crate::events::{Event, Events, NoEvents};
 use crate::outbox::Outbox;
@@ -36,8 +35,10 @@ use crate::registry::Registry;
 use crate::shard::Shards;
 use crate::status::TaskStatus;
 use crate::store::{Claimed, StoreConnection, TaskRow};
+use crate::util::random_token;
+use crate::util::truncate;
 
-pub(crate) use run::{info, random_token, run_one, Done};
+pub(crate) use run::{info, run_one, Done};
 
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
@@ -51,11 +52,6 @@ pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600)
 /// How long [`PoolHandle::shutdown`] may wait beyond the shutdown timeout for the completers
 /// to write the last outcomes (their retries give up after 5 s when stopping).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// A duration in milliseconds, saturating at `i64::MAX`.
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// `Instant::now() + d`, or as far as an `Instant` goes (never panics on overflow).
 pub(crate) fn later(d: Duration) -> Instant {
@@ -588,7 +584,7 @@ impl EventSink {
         if let Err(p) = r {
             log::error!(
                 "tend: the pool's Events receiver panicked: {}",
-                crate::registry::panic_message(&*p)
+                crate::util::panic_message(&*p)
             );
         }
     }
@@ -624,7 +620,7 @@ pub(crate) struct Config {
 impl Config {
     /// The pool's clock, in epoch milliseconds.
     pub(crate) fn now_ms(&self) -> i64 {
-        crate::store::now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
+        crate::util::now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
     }
 }
 

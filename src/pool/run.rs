@@ -10,13 +10,15 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::supervise::{fault, supervise};
 use super::{Config, Job, Shared};
 use crate::alert::Alert;
-use crate::enqueue::truncate;
 use crate::events::{Event, TaskInfo};
 use crate::expr::{AlertVars, Expr};
 use crate::registry::Attempt;
 use crate::status::{TaskStatus, PARKED};
-use crate::store::{now_ms, Finish, StoreConnection, TaskRow};
+use crate::store::{Finish, StoreConnection, TaskRow};
 use crate::task::{Action, TaskContext, TaskError, TaskOptions};
+use crate::util::now_ms;
+use crate::util::random_token;
+use crate::util::truncate;
 
 /// The longest message stored in `error_msg` / `fallback_error_msg` (64 KiB).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -589,18 +591,4 @@ pub(crate) fn info(row: &TaskRow) -> TaskInfo<'_> {
         row.shard_key,
         row.execute_times,
     )
-}
-
-/// A positive random 63-bit number, for lease tokens and jitter. std's `RandomState` is
-/// randomly keyed per process and advances per instance, which is all a token needs.
-pub(crate) fn random_token() -> i64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() >> 1) as i64
 }

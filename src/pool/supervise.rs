@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError, Sender};
 
-use crate::registry::panic_message;
+use crate::util::panic_message;
 
 /// The first wait after a panic; it doubles with each panic in a row, up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);

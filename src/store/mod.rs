@@ -9,7 +9,6 @@ use std::thread;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::schema::consistency_task;
 
@@ -582,7 +581,7 @@ macro_rules! common_ops {
             // No arithmetic and no read of the row's other columns: this must work on the
             // rows the claim could not take.
             Stmt::new("UPDATE consistency_task SET task_status = ")
-                .bind(Bind::I32($crate::TaskStatus::Held.as_i32()))
+                .bind(Bind::I32($crate::status::TaskStatus::Held.as_i32()))
                 .sql(", execute_time = ")
                 .bind(Bind::I64($crate::status::PARKED))
                 .sql(", error_msg = ")
@@ -622,7 +621,7 @@ macro_rules! common_ops {
 
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
             use $crate::schema::consistency_task::dsl as t;
-            let done = $crate::TaskStatus::Succeeded.as_i32();
+            let done = $crate::status::TaskStatus::Succeeded.as_i32();
             // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select.
             let ids: Vec<i64> = t::consistency_task
                 .filter(t::task_status.eq(done))
@@ -846,48 +845,13 @@ where
     }
 }
 
-/// Whether a database error means tend's table or one of its columns does not exist.
-pub(crate) fn is_missing_schema(e: &DieselError) -> bool {
-    let DieselError::DatabaseError(_, info) = e else {
-        return false;
-    };
-    let m = info.message().to_ascii_lowercase();
-    // PostgreSQL: relation "consistency_task" does not exist / column ... does not exist;
-    // MySQL/MariaDB: Table 'db.consistency_task' doesn't exist / Unknown column;
-    // SQLite: no such table / no such column.
-    (m.contains("consistency_task") || m.contains("column"))
-        && (m.contains("does not exist")
-            || m.contains("doesn't exist")
-            || m.contains("no such table")
-            || m.contains("no such column")
-            || m.contains("unknown column"))
-}
-
-/// Whether a database error is a lock conflict that simply retrying the statement resolves:
-/// PostgreSQL 40001/40P01, MySQL/MariaDB 1213 (deadlock) and 1205 (lock wait timeout),
-/// SQLite busy/locked.
-pub(crate) fn is_transient(e: &DieselError) -> bool {
-    match e {
-        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        DieselError::DatabaseError(_, info) => {
-            let m = info.message().to_ascii_lowercase();
-            m.contains("deadlock")
-                || m.contains("lock wait timeout")
-                || m.contains("database is locked")
-                || m.contains("database table is locked")
-                || m.contains("database is busy")
-        }
-        _ => false,
-    }
-}
-
 /// Runs one of tend's own statements, retrying lock conflicts (they are not task failures).
 pub(crate) fn retry_transient<T>(mut op: impl FnMut() -> QueryResult<T>) -> QueryResult<T> {
     const ATTEMPTS: u32 = 10;
     let mut wait = Duration::from_millis(2);
     for attempt in 1.. {
         match op() {
-            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+            Err(e) if attempt < ATTEMPTS && crate::error::is_transient(&e) => {
                 log::debug!("tend: retrying after a lock conflict: {e}");
                 thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_millis(200));
@@ -896,14 +860,6 @@ pub(crate) fn retry_transient<T>(mut op: impl FnMut() -> QueryResult<T>) -> Quer
         }
     }
     unreachable!("the loop returns on its last attempt")
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs tend's embedded migrations for the connection's backend (idempotent: already applied
@@ -918,9 +874,9 @@ pub(crate) fn now_ms() -> i64 {
 /// tend::migrate(&mut conn).unwrap();
 /// tend::check_schema(&mut conn).unwrap();
 /// ```
-pub fn migrate<C: StoreConnection>(conn: &mut C) -> Result<(), crate::Error> {
+pub fn migrate<C: StoreConnection>(conn: &mut C) -> Result<(), crate::error::Error> {
     conn.run_migrations()
-        .map_err(|m| crate::Error::new(crate::ErrorKind::Migration(m)))
+        .map_err(|m| crate::error::Error::new(crate::error::ErrorKind::Migration(m)))
 }
 
 /// Checks that `consistency_task` exists with every column tend needs.
@@ -936,8 +892,8 @@ pub fn migrate<C: StoreConnection>(conn: &mut C) -> Result<(), crate::Error> {
 /// assert!(err.is_not_migrated());
 /// assert!(err.to_string().contains("tend::migrate"));
 /// ```
-pub fn check_schema<C: StoreConnection>(conn: &mut C) -> Result<(), crate::Error> {
+pub fn check_schema<C: StoreConnection>(conn: &mut C) -> Result<(), crate::error::Error> {
     let backend = conn.backend();
     conn.check_schema()
-        .map_err(|e| crate::Error::from_db(backend, e))
+        .map_err(|e| crate::error::Error::from_db(backend, e))
 }

@@ -68,7 +68,7 @@ impl MetricsEvents {
     }
 
     fn minute(c: &mut Counters, ok: bool) {
-        let now = crate::store::now_ms() / 60_000;
+        let now = crate::util::now_ms() / 60_000;
         match c.minutes.back_mut() {
             Some((m, s, f)) if *m == now => *if ok { s } else { f } += 1,
             _ => {

@@ -56,7 +56,7 @@ use crate::cli::db::{self, Database};
 use crate::cli::text::{fmt_time, parse_duration, parse_status, StatusArg};
 use crate::registry::Registry;
 use crate::status::TaskStatus;
-use crate::store::now_ms;
+use crate::util::now_ms;
 
 use self::http::{HttpError, Method, Req, Resp, Sessions};
 pub use self::metrics::MetricsEvents;

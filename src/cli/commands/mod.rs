@@ -14,7 +14,8 @@ use super::{RetryArgs, TargetArgs, TasksCommand};
 use crate::admin::{is_parked, Admin, Change, Filter, Page, TaskSummary, Unknown};
 use crate::registry::Registry;
 use crate::status::TaskStatus;
-use crate::store::{now_ms, TaskRow};
+use crate::store::TaskRow;
+use crate::util::now_ms;
 
 /// Ids listed in full when a change touches at most this many tasks.
 const FEW: i64 = 20;

@@ -67,8 +67,8 @@ pub(super) fn lock_conflicts_are_transient<D: Db>(db: &D) {
 pub(super) fn pooled_connections_store_like_their_connection<D: Db>(db: &D) {
     let pool = db.pool();
     let mut pc = pool.get().unwrap();
-    crate::migrate(&mut pc).unwrap();
-    crate::check_schema(&mut pc).unwrap();
+    crate::store::migrate(&mut pc).unwrap();
+    crate::store::check_schema(&mut pc).unwrap();
     assert_eq!(Ops::backend(&pc), D::BACKEND);
     let a = pc.insert_one(&row(T0)).unwrap().unwrap();
     assert_eq!(pc.insert_many(&[row(T0 + 1)]).unwrap(), 1);

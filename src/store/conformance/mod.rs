@@ -22,9 +22,8 @@ use super::ops::Ops;
 use super::testdb::SqliteFile;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use super::testdb::{Server, ServerDb};
-use super::{
-    is_missing_schema, is_transient, retry_transient, Claim, Claimed, Finish, NewRow, TaskRow,
-};
+use super::{retry_transient, Claim, Claimed, Finish, NewRow, TaskRow};
+use crate::error::{is_missing_schema, is_transient};
 use crate::schema::consistency_task::dsl as t;
 
 #[cfg(feature = "cli")]

@@ -9,7 +9,7 @@ pub(super) fn check_schema_reports_a_missing_table<D: Db>(db: &D) {
         is_missing_schema(&e),
         "not recognised as a missing schema: {e}"
     );
-    let err = crate::check_schema(&mut conn).unwrap_err();
+    let err = crate::store::check_schema(&mut conn).unwrap_err();
     assert!(err.is_not_migrated(), "{err:?}");
     assert!(err.to_string().contains("tend::migrate"), "{err}");
     // Every statement of the contract fails the same recognisable way.
@@ -18,8 +18,8 @@ pub(super) fn check_schema_reports_a_missing_table<D: Db>(db: &D) {
     let e = conn.claim(&claim_args(T0, T0 + 1, 1, 1, None)).unwrap_err();
     assert!(is_missing_schema(&e), "claim: {e}");
     // And migrating fixes it.
-    crate::migrate(&mut conn).unwrap();
-    crate::check_schema(&mut conn).unwrap();
+    crate::store::migrate(&mut conn).unwrap();
+    crate::store::check_schema(&mut conn).unwrap();
 }
 
 pub(super) fn check_schema_reports_a_missing_column<D: Db>(db: &D) {
@@ -33,19 +33,19 @@ pub(super) fn check_schema_reports_a_missing_column<D: Db>(db: &D) {
         is_missing_schema(&e),
         "not recognised as a missing column: {e}"
     );
-    let err = crate::check_schema(&mut conn).unwrap_err();
+    let err = crate::store::check_schema(&mut conn).unwrap_err();
     assert!(err.is_not_migrated(), "{err:?}");
     assert!(err.to_string().contains("tend::migrate"), "{err}");
 }
 
 pub(super) fn migrate_twice_is_idempotent<D: Db>(db: &D) {
     let mut conn = db.connect();
-    crate::migrate(&mut conn).unwrap();
+    crate::store::migrate(&mut conn).unwrap();
     let id = insert(&mut conn, &row(T0));
-    crate::migrate(&mut conn).unwrap();
+    crate::store::migrate(&mut conn).unwrap();
     // A second connection (another process starting up) finds nothing to do either.
-    crate::migrate(&mut db.connect()).unwrap();
-    crate::check_schema(&mut conn).unwrap();
+    crate::store::migrate(&mut db.connect()).unwrap();
+    crate::store::check_schema(&mut conn).unwrap();
     assert_eq!(
         D::rows(&mut conn).iter().map(|r| r.id).collect::<Vec<_>>(),
         [id]
@@ -61,7 +61,7 @@ pub(super) fn large_payloads_round_trip<D: Db>(db: &D) {
         ..row(T0)
     };
     let max = NewRow {
-        task_parameter: bytes(crate::MAX_PAYLOAD_BYTES),
+        task_parameter: bytes(crate::enqueue::MAX_PAYLOAD_BYTES),
         ..row(T0 + 1)
     };
     let id = insert(&mut conn, &one_mib);
