@@ -21,29 +21,51 @@
 //!
 //! Pooled connections (bb8, deadpool, mobc) dereference to these: pass `&mut *pooled`.
 //!
+//! The README's example (`cargo test --doc` compiles and runs it):
+//!
 //! ```
 //! # include!("doctest_setup.rs");
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use diesel::SqliteConnection;
 //! use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
-//! use diesel_async::{AsyncConnection, RunQueryDsl};
+//! use diesel_async::AsyncConnection; // AsyncPgConnection / AsyncMysqlConnection work the same
+//! use serde::{Deserialize, Serialize};
+//! use tend::{Task, TaskContext, TaskError};
 //!
-//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-//! runtime.block_on(async {
-//!     let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(":memory:").await?;
-//!     conn.spawn_blocking(|conn| Ok(tend::migrate(conn))).await??; // migrate on the sync side
+//! #[derive(Serialize, Deserialize)]
+//! struct SendConfirmation {
+//!     order_id: i64,
+//! }
 //!
-//!     let id = conn
-//!         .transaction(async |conn| {
-//!             // diesel::insert_into(orders::table)...execute(conn).await?; then:
-//!             tend::enqueue_async::enqueue(conn, &Ship { order_id: 42 }).await
-//!         })
-//!         .await?
-//!         .id();
-//!     assert!(id.is_some());
-//!     Ok::<_, Box<dyn std::error::Error>>(())
-//! })?;
-//! # Ok(()) }
+//! impl Task for SendConfirmation {
+//!     const SIGNATURE: &'static str = "orders.send_confirmation";
+//!     fn execute(&self, _ctx: &TaskContext) -> Result<(), TaskError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! async fn place_order(conn: &mut SyncConnectionWrapper<SqliteConnection>) -> Result<(), tend::Error> {
+//!     conn.transaction(async |conn| {
+//!         // diesel::insert_into(orders::table).values(...).execute(conn).await?; then:
+//!         tend::enqueue_async::enqueue(conn, &SendConfirmation { order_id: 42 }).await?;
+//!         Ok(())
+//!     })
+//!     .await
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // tend::migrate and the WorkerPool stay synchronous: run them at startup as usual.
+//!     let url = "shop.db";
+//! # let db = TempDb::new("enqueue-async"); let url = db.url();
+//!     let mut sync_conn = <SqliteConnection as diesel::Connection>::establish(url)?;
+//!     tend::migrate(&mut sync_conn)?;
+//!
+//!     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//!     runtime.block_on(async {
+//!         let mut conn = SyncConnectionWrapper::<SqliteConnection>::establish(url).await?;
+//!         place_order(&mut conn).await?;
+//!         Ok(())
+//!     })
+//! }
 //! ```
 
 use std::future::Future;
