@@ -659,11 +659,33 @@ pub fn enqueue<C: StoreConnection, T: Task>(conn: &mut C, task: &T) -> Result<En
 /// # Ok(()) }
 /// ```
 pub fn enqueue_new<C: StoreConnection>(conn: &mut C, task: NewTask) -> Result<Enqueued, Error> {
-    task.check_written_here()?;
-    let row = task.into_row(now_ms())?;
+    let row = row_to_write(task, now_ms())?;
     let backend = conn.backend();
     // No retry here: inside the caller's transaction a lock conflict is theirs to handle.
-    match conn.insert_one(&row) {
+    enqueued(backend, conn.insert_one(&row))
+}
+
+/// The row the `enqueue` functions write for `task` (sync and async alike): refuses what they
+/// cannot honour, validates, encodes.
+pub(crate) fn row_to_write(task: NewTask, now: i64) -> Result<NewRow, Error> {
+    task.check_written_here()?;
+    task.into_row(now)
+}
+
+/// The rows of `enqueue_many` (sync and async alike): every task checked before any SQL.
+pub(crate) fn rows_to_write(
+    tasks: impl IntoIterator<Item = NewTask>,
+    now: i64,
+) -> Result<Vec<NewRow>, Error> {
+    tasks.into_iter().map(|t| row_to_write(t, now)).collect()
+}
+
+/// What an insert of one row did, as the `enqueue` functions report it.
+pub(crate) fn enqueued(
+    backend: &'static str,
+    inserted: diesel::QueryResult<Option<i64>>,
+) -> Result<Enqueued, Error> {
+    match inserted {
         Ok(Some(id)) => Ok(Enqueued::Inserted(id)),
         Ok(None) => Ok(Enqueued::Duplicate),
         Err(e) => Err(Error::from_db(backend, e)),
@@ -696,14 +718,7 @@ pub fn enqueue_many<C: StoreConnection>(
     conn: &mut C,
     tasks: impl IntoIterator<Item = NewTask>,
 ) -> Result<usize, Error> {
-    let now = now_ms();
-    let rows = tasks
-        .into_iter()
-        .map(|t| {
-            t.check_written_here()?;
-            t.into_row(now)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = rows_to_write(tasks, now_ms())?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -721,7 +736,7 @@ pub fn enqueue_many<C: StoreConnection>(
 
 /// The most rows one multi-row `INSERT` of [`enqueue_many`] carries: 27 binds a row stay under
 /// SQLite's 32 766.
-const INSERT_CHUNK: usize = 1000;
+pub(crate) const INSERT_CHUNK: usize = 1000;
 
 #[cfg(test)]
 mod tests {

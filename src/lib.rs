@@ -67,6 +67,9 @@
 //! * `mysql`: [`MysqlConnection`](diesel::MysqlConnection) for MySQL 8 and MariaDB 10.6+
 //!   (needs libmysqlclient).
 //!
+//! * `async`: the [`enqueue_async`] module, enqueue on diesel-async connections
+//!   (`AsyncPgConnection`, `AsyncMysqlConnection`, `SyncConnectionWrapper<SqliteConnection>`,
+//!   for the backend features that are on) inside an async transaction.
 //! * `testing`: the [`testing`] module, a test kit for your own tests.
 //! * `cli`: the `tend` operator command line ([`cli`]).
 //! * `web`: `tend web`, the dashboard and Prometheus `/metrics` ([`web`]; implies `cli`).
@@ -83,6 +86,7 @@
 //! * `retry`: [`RetryPolicy`].
 //! * `expr`: alert expressions ([`Expr`]).
 //! * `enqueue`: [`NewTask`] and the `enqueue` functions.
+//! * `enqueue_async` (feature `async`): the same on diesel-async connections.
 //! * `registry`: [`Registry`], signatures to task types and names to alerters.
 //! * `events`: [`Events`], what happens to tasks, for metrics.
 //! * `alert`: [`Alerter`], [`Alert`] and the alert thread.
@@ -111,6 +115,8 @@ mod cancel;
 pub mod cli;
 mod complete_in;
 mod enqueue;
+#[cfg(feature = "async")]
+pub mod enqueue_async;
 mod error;
 mod events;
 mod expr;
