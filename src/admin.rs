@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use crate::error::Error;
 use crate::status::{TaskStatus, PARKED};
-use crate::store::TaskRow;
+use crate::store::row::TaskRow;
 
 /// Which rows an operator command is about. Every field narrows; the default matches all rows.
 #[derive(Debug, Clone, Default)]
@@ -280,7 +280,7 @@ macro_rules! admin_ops {
                 }
             }
 
-            fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::TaskRow>> {
+            fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::row::TaskRow>> {
                 $crate::store::ops::Ops::find(self, id)
             }
 

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, ErrorKind};
-use crate::status::{TaskStatus, PARKED};
-use crate::store::{Finish, StoreConnection};
+use crate::store::row::Finish;
+use crate::store::StoreConnection;
 use crate::task::TaskContext;
 use crate::util::now_ms;
 
@@ -68,17 +68,7 @@ pub fn complete_in<C: StoreConnection>(conn: &mut C, ctx: &TaskContext) -> Resul
     let backend = conn.backend();
     let held = if ctx.keep_completed {
         let now = now_ms();
-        let kept = Finish {
-            id: ctx.id,
-            token: ctx.token,
-            status: TaskStatus::Succeeded.as_i32(),
-            execute_time: PARKED,
-            error_msg: String::new(),
-            fallback_error_msg: None,
-            attempts_delta: 0,
-            duration_ms: None,
-            now,
-        };
+        let kept = Finish::kept(ctx.id, ctx.token, String::new(), None, None, now);
         conn.finish(std::slice::from_ref(&kept))
             .map(|held| held.len())
     } else {

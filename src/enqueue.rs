@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
-use crate::store::{NewRow, StoreConnection};
+use crate::store::row::NewRow;
+use crate::store::StoreConnection;
 use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
 use crate::util::now_ms;
 use crate::util::truncate;

@@ -71,9 +71,10 @@
 use std::future::Future;
 
 use crate::enqueue::{enqueued, row_to_write, rows_to_write, INSERT_CHUNK};
+use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
+use crate::task::Task;
 use crate::util::now_ms;
-use crate::{Enqueued, NewTask, Task};
 
 /// A diesel-async connection tend can enqueue on: `AsyncPgConnection` (feature `postgres`),
 /// `AsyncMysqlConnection` (feature `mysql`) and `SyncConnectionWrapper<SqliteConnection>`
@@ -109,7 +110,7 @@ pub(crate) mod ops {
 
     use diesel::QueryResult;
 
-    use crate::store::NewRow;
+    use crate::store::row::NewRow;
 
     /// The async half of the storage contract: only the inserts of the `enqueue` functions,
     /// the same statements as the synchronous `Ops::insert_one` / `insert_many`.
@@ -280,9 +281,9 @@ mod pg {
     use diesel::{OptionalExtension, QueryResult};
     use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-    use super::ops::AsyncOps;
+    use crate::enqueue_async::ops::AsyncOps;
     use crate::schema::consistency_task::dsl as t;
-    use crate::store::NewRow;
+    use crate::store::row::NewRow;
 
     /// The statements of the synchronous `Ops for PgConnection`.
     impl AsyncOps for AsyncPgConnection {
@@ -314,9 +315,9 @@ mod mysql {
     use diesel::QueryResult;
     use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
-    use super::ops::AsyncOps;
+    use crate::enqueue_async::ops::AsyncOps;
     use crate::schema::consistency_task::dsl as t;
-    use crate::store::NewRow;
+    use crate::store::row::NewRow;
 
     async fn insert_one(conn: &mut AsyncMysqlConnection, row: &NewRow) -> QueryResult<Option<i64>> {
         // As the synchronous insert: a duplicate key fails only this statement on InnoDB (the
@@ -376,9 +377,9 @@ mod sqlite {
     use diesel::{QueryResult, SqliteConnection};
     use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 
-    use super::ops::AsyncOps;
+    use crate::enqueue_async::ops::AsyncOps;
     use crate::store::ops::Ops;
-    use crate::store::NewRow;
+    use crate::store::row::NewRow;
 
     /// The synchronous `Ops for SqliteConnection` itself, on the wrapped connection (in the
     /// wrapper's transaction: its transaction manager is the wrapped connection's).

@@ -119,6 +119,7 @@ mod enqueue;
 pub mod enqueue_async;
 mod error;
 mod events;
+mod exec;
 mod expr;
 mod failover;
 #[cfg(feature = "metrics")]
@@ -131,6 +132,7 @@ mod schema;
 mod shard;
 mod status;
 mod store;
+mod supervise;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -16,10 +16,12 @@ use diesel::r2d2::R2D2Connection;
 use crate::enqueue::{Enqueued, NewTask};
 use crate::error::Error;
 use crate::events::{Event, TaskInfo};
-use crate::pool::{run_one, Config, Done, Lanes};
+use crate::exec::{info, run_one, Done, Executor};
+use crate::pool::{Lanes, WorkerPool};
 use crate::shard::Shards;
 use crate::status::TaskStatus;
-use crate::store::{StoreConnection, TaskRow};
+use crate::store::row::TaskRow;
+use crate::store::StoreConnection;
 use crate::task::{ExecuteWay, Task, ThreadWay, TransactionWay};
 use crate::util::now_ms;
 use crate::util::random_token;
@@ -64,7 +66,9 @@ use crate::util::random_token;
 /// ```
 pub struct Outbox<C: R2D2Connection + 'static> {
     shards: Shards<C>,
-    cfg: Arc<Config>,
+    /// How a sync task runs in the caller's thread.
+    exec: Arc<Executor>,
+    /// The hand-off to the pool: its queues, its lease and owner.
     lanes: Lanes,
 }
 
@@ -72,7 +76,7 @@ impl<C: R2D2Connection + 'static> Clone for Outbox<C> {
     fn clone(&self) -> Self {
         Outbox {
             shards: self.shards.clone(),
-            cfg: self.cfg.clone(),
+            exec: self.exec.clone(),
             lanes: self.lanes.clone(),
         }
     }
@@ -331,8 +335,12 @@ impl<C> Outbox<C>
 where
     C: R2D2Connection + StoreConnection + Send + 'static,
 {
-    pub(crate) fn new(shards: Shards<C>, cfg: Arc<Config>, lanes: Lanes) -> Outbox<C> {
-        Outbox { shards, cfg, lanes }
+    pub(crate) fn new(shards: Shards<C>, exec: Arc<Executor>, lanes: Lanes) -> Outbox<C> {
+        Outbox {
+            shards,
+            exec,
+            lanes,
+        }
     }
 
     /// Runs `f` in a transaction on `conn`; `f` writes business rows on the connection and
@@ -480,16 +488,14 @@ where
 
     /// Gives a committed task leased to the pool at insert straight to a worker.
     fn give_to_pool(&self, shard: usize, row: TaskRow) {
-        self.cfg
-            .events
-            .emit(Event::Claimed(crate::pool::info(&row)));
+        self.exec.events.emit(Event::Claimed(info(&row)));
         self.lanes.push_leased(shard, row);
     }
 
     /// Runs a sync task (already leased by its insert) and writes its outcome.
     fn run_sync<S: StoreConnection>(&self, conn: &mut S, row: TaskRow) -> SyncOutcome {
         let id = row.id;
-        let done = run_one(&self.cfg, row);
+        let done = run_one(&self.exec, row);
         match done.write(conn) {
             Ok(true) => match done {
                 Done::Complete { .. } | Done::CompletedIn { .. } => SyncOutcome::Succeeded { id },
@@ -644,7 +650,7 @@ where
     fn report_enqueued(&mut self) {
         for (id, signature, shard_key) in self.inserted.drain(..) {
             self.outbox
-                .cfg
+                .exec
                 .events
                 .emit(Event::Enqueued(TaskInfo::of(id, signature, shard_key, 0)));
         }
@@ -694,17 +700,17 @@ where
         let now = now_ms();
         let mut row = task.into_row(now)?;
         if sync || to_pool {
-            let cfg = &self.outbox.cfg;
-            let until = now + cfg.lease.as_millis() as i64;
+            let lanes = &self.outbox.lanes;
+            let until = now.saturating_add(crate::util::millis(lanes.lease));
             row.task_status = TaskStatus::Running.as_i32();
             row.execute_times = 1;
             row.execute_time = until;
             row.lease_expires_at = Some(until);
             row.lease_token = Some(random_token());
             row.lease_owner = Some(if sync {
-                format!("{} (sync caller)", cfg.owner)
+                format!("{} (sync caller)", lanes.owner)
             } else {
-                cfg.owner.clone()
+                lanes.owner.clone()
             });
         }
         let backend = conn.backend();
@@ -759,4 +765,40 @@ where
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Err(last.expect("the loop ran"))
+}
+
+impl<C> WorkerPool<C>
+where
+    C: R2D2Connection + StoreConnection + Send + 'static,
+{
+    /// The outbox of this pool: transactions that hand their right-now tasks to the pool the
+    /// moment they commit, run sync tasks in the caller's thread, and write without-transaction
+    /// tasks on their own. Take it before [`start`](Self::start); it can be cloned freely and
+    /// outlives the pool (tasks then wait for the next pool's poll).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("outbox");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::time::Duration;
+    /// use tend::WorkerPool;
+    /// let hourly = Duration::from_secs(3600); // no poll during this example
+    /// let workers = WorkerPool::builder(pool.clone(), registry).poll_interval(hourly).build()?;
+    /// let outbox = workers.outbox();
+    /// let handle = workers.start()?;
+    /// let mut conn = pool.get()?;
+    /// outbox.transaction(&mut conn, |conn, tx| tx.enqueue(conn, &Ship { order_id: 7 }))?;
+    /// // Handed to a worker at the commit: it runs without a poll or a wake.
+    /// assert!(eventually(|| task_count(&mut conn) == 0));
+    /// # Ok(()) }
+    /// ```
+    pub fn outbox(&self) -> Outbox<C> {
+        Outbox::new(
+            self.shards.clone(),
+            self.cfg.exec.clone(),
+            self.lanes.clone(),
+        )
+    }
 }

@@ -1,6 +1,6 @@
 //! The registry: which task types this process can run, found by signature.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::alert::Alerter;
 use crate::enqueue::{bincode_config, validate_signature};
 use crate::error::{Error, ErrorKind};
-use crate::task::{Task, TaskContext, TaskError, TaskOptions};
+use crate::task::{States, Task, TaskContext, TaskError, TaskOptions};
 use crate::util::panic_message;
 
 /// The task types a worker pool can run, keyed by their [`Task::SIGNATURE`].
@@ -37,22 +37,6 @@ pub struct Registry {
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
     alerters: HashMap<String, Arc<dyn Alerter>>,
     states: States,
-}
-
-/// Application state by type, shared by every handler ([`TaskContext::state`]).
-#[derive(Clone, Default)]
-pub(crate) struct States(Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
-
-impl States {
-    pub(crate) fn get<S: Send + Sync + 'static>(&self) -> Option<&S> {
-        self.0.get(&TypeId::of::<S>())?.downcast_ref::<S>()
-    }
-}
-
-impl fmt::Debug for States {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "States({} registered)", self.0.len())
-    }
 }
 
 impl fmt::Debug for Registry {
@@ -171,6 +155,31 @@ impl Registry {
     /// ```
     pub fn get_state<S: Send + Sync + 'static>(&self) -> Option<&S> {
         self.states.get::<S>()
+    }
+
+    /// A stored row's payload as JSON for operators (`tend tasks show`, the dashboard), or why
+    /// it cannot be shown.
+    #[cfg(feature = "cli")]
+    pub(crate) fn describe_row(
+        &self,
+        r: &crate::store::row::TaskRow,
+    ) -> Result<serde_json::Value, String> {
+        let len = r.task_parameter.len();
+        let sig = &r.method_sign_name;
+        let Some(handler) = self.get(sig) else {
+            return Err(format!(
+                "<{len} bytes, signature {sig}, not decodable by this binary>"
+            ));
+        };
+        handler.describe(&r.task_parameter).map_err(|e| {
+            format!(
+                "<{len} bytes, signature {sig}, does not decode as {} (stored payload_version {}, \
+                 this binary's is {}): {e}>",
+                handler.type_name(),
+                r.payload_version,
+                handler.version()
+            )
+        })
     }
 
     /// The states, for the executor to put in each [`TaskContext`].

@@ -1,6 +1,9 @@
 //! What a task is: the [`Task`] trait, its options, and what a handler returns.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -623,6 +626,22 @@ impl TaskOptions {
     }
 }
 
+/// Application state by type, shared by every handler ([`TaskContext::state`]).
+#[derive(Clone, Default)]
+pub(crate) struct States(pub(crate) Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
+
+impl States {
+    pub(crate) fn get<S: Send + Sync + 'static>(&self) -> Option<&S> {
+        self.0.get(&TypeId::of::<S>())?.downcast_ref::<S>()
+    }
+}
+
+impl fmt::Debug for States {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "States({} registered)", self.0.len())
+    }
+}
+
 /// [`TaskOptions::snooze_limit`]'s default: a day.
 const DEFAULT_SNOOZE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// The longest snooze limit: ten years.
@@ -663,7 +682,7 @@ pub struct TaskContext {
     /// Whether a success keeps the row (as `Succeeded`) instead of deleting it.
     pub(crate) keep_completed: bool,
     /// The application state registered with [`Registry::state`](crate::Registry::state).
-    pub(crate) states: crate::registry::States,
+    pub(crate) states: States,
     /// Set by [`crate::complete_in`]: the handler's own transaction completes the task.
     pub(crate) completed_in: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }

@@ -40,12 +40,18 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use crate::alert::{deliver, Alert, AlertSink};
+use crate::alert::Alert;
 use crate::error::Error;
-use crate::pool::{run_one, Config, Done, EventSink};
+use crate::exec::alerts::{deliver, AlertSink};
+use crate::exec::{run_one, Done, EventSink, Executor};
+use crate::pool::DEFAULT_LEASE;
+
+/// Who holds the test kit's leases.
+const TEST_OWNER: &str = "tend-test-worker";
 use crate::registry::{decode, Registry};
 use crate::status::TaskStatus;
-use crate::store::{Claim, StoreConnection, TaskRow};
+use crate::store::row::{Claim, TaskRow};
+use crate::store::StoreConnection;
 use crate::task::Task;
 use crate::util::random_token;
 
@@ -117,7 +123,7 @@ fn enqueued_rows<C: StoreConnection>(conn: &mut C, signature: &str) -> Vec<TaskR
 /// # Ok(()) }
 /// ```
 pub struct TestWorker {
-    cfg: Config,
+    exec: Executor,
     alerts: Receiver<Alert>,
 }
 
@@ -181,20 +187,11 @@ impl TestWorker {
     pub fn new(registry: Registry) -> TestWorker {
         let (alerts, rx) = AlertSink::new();
         TestWorker {
-            cfg: Config {
+            exec: Executor {
                 registry,
                 alerts,
                 events: EventSink::none(),
                 keep_completed: None,
-                threads: 1,
-                batch_size: 100,
-                claimers: 1,
-                poll_interval: Duration::from_secs(1),
-                lease: Duration::from_secs(30),
-                task_timeout: Duration::from_secs(15 * 60),
-                shutdown_timeout: Duration::from_secs(30),
-                owner: "tend-test-worker".into(),
-                affinity: false,
                 clock_offset_ms: Arc::new(AtomicI64::new(0)),
             },
             alerts: rx,
@@ -221,7 +218,7 @@ impl TestWorker {
     /// # Ok(()) }
     /// ```
     pub fn advance(&self, d: Duration) {
-        self.cfg.clock_offset_ms.fetch_add(
+        self.exec.clock_offset_ms.fetch_add(
             d.as_millis().min(i64::MAX as u128) as i64,
             Ordering::Relaxed,
         );
@@ -238,7 +235,7 @@ impl TestWorker {
     /// assert!(worker.now_ms() >= start + 60_000);
     /// ```
     pub fn now_ms(&self) -> i64 {
-        self.cfg.now_ms()
+        self.exec.now_ms()
     }
 
     /// Runs every task due at the test clock, repeatedly, until none is due (tasks a run makes
@@ -320,9 +317,9 @@ impl TestWorker {
         let now = self.now_ms();
         let claim = Claim {
             now,
-            lease_until: now.saturating_add(crate::util::millis(self.cfg.lease)),
+            lease_until: now.saturating_add(crate::util::millis(DEFAULT_LEASE)),
             token: random_token(),
-            owner: &self.cfg.owner,
+            owner: TEST_OWNER,
             limit: 100,
             ids,
             exclude: &[],
@@ -342,7 +339,7 @@ impl TestWorker {
         row: TaskRow,
         out: &mut Drained,
     ) -> Result<(), Error> {
-        let done = run_one(&self.cfg, row);
+        let done = run_one(&self.exec, row);
         let backend = conn.backend();
         done.write(conn).map_err(|e| Error::from_db(backend, e))?;
         match &done {
@@ -355,7 +352,7 @@ impl TestWorker {
             },
         }
         for alert in self.alerts.try_iter() {
-            deliver(&self.cfg.registry, &alert);
+            deliver(&self.exec.registry, &alert);
         }
         Ok(())
     }
@@ -369,17 +366,17 @@ impl TestWorker {
 /// Not part of the API: it exists only with the `testing` feature.
 #[doc(hidden)]
 pub fn inject_panics(kind: &str, times: usize) {
-    crate::pool::supervise::fault::arm(kind, times);
+    crate::supervise::fault::arm(kind, times);
 }
 
 /// Panics injected so far into threads of `kind`; see [`inject_panics`].
 #[doc(hidden)]
 pub fn injected_panics(kind: &str) -> usize {
-    crate::pool::supervise::fault::hits(kind)
+    crate::supervise::fault::hits(kind)
 }
 
 /// Armed panics of `kind` not yet injected; see [`inject_panics`].
 #[doc(hidden)]
 pub fn pending_panics(kind: &str) -> usize {
-    crate::pool::supervise::fault::pending(kind)
+    crate::supervise::fault::pending(kind)
 }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, select, tick, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
-use super::run::Done;
-use super::supervise::{fault, supervise};
 use super::{Config, Shared};
 use crate::events::Event;
-use crate::store::{retry_transient, Finish, StoreConnection};
+use crate::exec::Done;
+use crate::store::row::Finish;
+use crate::store::{retry_transient, StoreConnection};
+use crate::supervise::{fault, supervise};
 use crate::util::now_ms;
 
 /// Keeps a pooled connection across iterations and drops it after an error, so that a broken
@@ -262,7 +263,7 @@ fn complete_loop<C: R2D2Connection + StoreConnection + 'static>(
 ) {
     let heartbeat = tick(cfg.lease / 3);
     // Kept completed rows are purged every tenth of the retention (1 s to 60 s).
-    let purge = match cfg.keep_completed {
+    let purge = match cfg.exec.keep_completed {
         Some(r) => tick((r / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))),
         None => crossbeam_channel::never(),
     };
@@ -352,7 +353,7 @@ pub(super) fn report_completed(cfg: &Config, asked: usize, deleted: usize) {
              expiry); their completion was refused",
             asked - deleted
         );
-        cfg.events.emit(Event::OutcomesRefused {
+        cfg.exec.events.emit(Event::OutcomesRefused {
             count: asked - deleted,
         });
     }
@@ -366,7 +367,7 @@ pub(super) fn report_finished(cfg: &Config, asked: usize, held: usize) {
              expiry",
             asked - held
         );
-        cfg.events.emit(Event::OutcomesRefused {
+        cfg.exec.events.emit(Event::OutcomesRefused {
             count: asked - held,
         });
     }
@@ -445,7 +446,7 @@ fn purge_completed<C: R2D2Connection + StoreConnection + 'static>(
     conn: &mut Conn<C>,
     cfg: &Config,
 ) {
-    let Some(retention) = cfg.keep_completed else {
+    let Some(retention) = cfg.exec.keep_completed else {
         return;
     };
     let before = now_ms().saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);

@@ -10,12 +10,13 @@ use crossbeam_channel::{after, select, Receiver, Sender};
 use diesel::r2d2::R2D2Connection;
 
 use super::complete::{self, Backoff, Conn, ConnError};
-use super::run::Done;
-use super::supervise::{fault, supervise};
 use super::{Config, Job, Lease, Shared};
 use crate::events::Event;
+use crate::exec::Done;
 use crate::status::TaskStatus;
-use crate::store::{Claim, Claimed, StoreConnection};
+use crate::store::row::{Claim, Claimed};
+use crate::store::StoreConnection;
+use crate::supervise::{fault, supervise};
 use crate::util::now_ms;
 use crate::util::random_token;
 
@@ -273,8 +274,8 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
         }
     }
     for r in rows {
-        let info = super::run::info(&r.task);
-        cfg.events.emit(Event::Claimed(info));
+        let info = crate::exec::info(&r.task);
+        cfg.exec.events.emit(Event::Claimed(info));
         if r.prev_status == TaskStatus::Running.as_i32() {
             log::warn!(
                 "tend: task {} ({}) claimed again: the lease of its previous attempt expired \
@@ -282,7 +283,7 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
                 info.id,
                 info.signature
             );
-            cfg.events.emit(Event::LeaseExpired(info));
+            cfg.exec.events.emit(Event::LeaseExpired(info));
         }
         let _ = ch.jobs.send(Job {
             shard: ch.shard,

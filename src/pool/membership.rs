@@ -13,10 +13,10 @@ use crossbeam_channel::{select, tick, Receiver};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
 use super::complete::Conn;
-use super::supervise::{fault, supervise, Spawned};
 use super::{Config, Shared};
 use crate::error::Error;
 use crate::store::StoreConnection;
+use crate::supervise::{fault, supervise, Spawned};
 use crate::util::now_ms;
 
 /// Registers this process and starts the heartbeat thread.
@@ -37,7 +37,7 @@ pub(super) fn start<C: R2D2Connection + StoreConnection + Send + 'static>(
         node,
     };
     m.refresh();
-    Ok(super::supervise::spawn(
+    Ok(crate::supervise::spawn(
         "tend-membership".into(),
         move || {
             let m = std::cell::RefCell::new(m);

@@ -14,8 +14,7 @@
 mod complete;
 mod fetch;
 mod membership;
-mod run;
-pub(crate) mod supervise;
+mod worker;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,18 +26,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
-use crate::alert::{spawn_alert_thread, AlertSink};
 use crate::error::Error;
-use crate::events::{Event, Events, NoEvents};
-use crate::outbox::Outbox;
+use crate::events::{Events, NoEvents};
+use crate::exec::alerts::{spawn_alert_thread, AlertSink};
+use crate::exec::{Done, EventSink, Executor};
 use crate::registry::Registry;
 use crate::shard::Shards;
 use crate::status::TaskStatus;
-use crate::store::{Claimed, StoreConnection, TaskRow};
+use crate::store::row::{Claimed, TaskRow};
+use crate::store::StoreConnection;
 use crate::util::random_token;
 use crate::util::truncate;
-
-pub(crate) use run::{info, run_one, Done};
 
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
@@ -52,6 +50,14 @@ pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600)
 /// How long [`PoolHandle::shutdown`] may wait beyond the shutdown timeout for the completers
 /// to write the last outcomes (their retries give up after 5 s when stopping).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The builder's defaults, the one place they are written (the test kit uses them too).
+pub(crate) const DEFAULT_THREADS: usize = 4;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 100;
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `Instant::now() + d`, or as far as an `Instant` goes (never panics on overflow).
 pub(crate) fn later(d: Duration) -> Instant {
@@ -490,6 +496,8 @@ where
                 dispatch,
                 shared,
                 jobs,
+                lease: self.lease,
+                owner: owner.clone(),
                 running: Arc::new(AtomicBool::new(false)),
             },
             dispatch_rx,
@@ -498,12 +506,14 @@ where
             // starts are delivered too; it ends when the last outbox and the pool are gone.
             alert_thread: spawn_alert_thread(self.registry.clone(), alerts_rx),
             cfg: Arc::new(Config {
-                alerts,
-                events: EventSink(self.events),
-                keep_completed: self.keep_completed,
+                exec: Arc::new(Executor {
+                    alerts,
+                    events: EventSink(self.events),
+                    keep_completed: self.keep_completed,
+                    clock_offset_ms: Arc::new(AtomicI64::new(0)),
+                    registry: self.registry,
+                }),
                 affinity: self.affinity,
-                clock_offset_ms: Arc::new(AtomicI64::new(0)),
-                registry: self.registry,
                 threads: self.threads,
                 batch_size: self.batch_size,
                 claimers,
@@ -550,9 +560,9 @@ where
 /// # drop(pool); let _ = std::fs::remove_file(&path);
 /// ```
 pub struct WorkerPool<C: R2D2Connection + 'static> {
-    shards: Shards<C>,
-    cfg: Arc<Config>,
-    lanes: Lanes,
+    pub(crate) shards: Shards<C>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) lanes: Lanes,
     dispatch_rx: Vec<Receiver<i64>>,
     jobs_rx: Receiver<Job>,
     alert_thread: JoinHandle<()>,
@@ -567,42 +577,11 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
     }
 }
 
-/// The pool's [`Events`] receiver.
-#[derive(Clone)]
-pub(crate) struct EventSink(Arc<dyn Events>);
-
-impl EventSink {
-    #[cfg(feature = "testing")]
-    pub(crate) fn none() -> EventSink {
-        EventSink(Arc::new(NoEvents))
-    }
-
-    /// Delivers an event; a panicking [`Events`] receiver is logged, never unwinds into the
-    /// pool's thread.
-    pub(crate) fn emit(&self, e: Event<'_>) {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.event(&e)));
-        if let Err(p) = r {
-            log::error!(
-                "tend: the pool's Events receiver panicked: {}",
-                crate::util::panic_message(&*p)
-            );
-        }
-    }
-}
-
-impl fmt::Debug for EventSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EventSink")
-    }
-}
-
 /// What every thread of a pool (and its outbox) shares.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) registry: Registry,
-    pub(crate) alerts: AlertSink,
-    pub(crate) events: EventSink,
-    pub(crate) keep_completed: Option<Duration>,
+    /// How a claimed task runs (shared with the outboxes of this pool).
+    pub(crate) exec: Arc<Executor>,
     pub(crate) threads: usize,
     pub(crate) batch_size: usize,
     /// Fetcher threads per shard.
@@ -613,15 +592,6 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) owner: String,
     pub(crate) affinity: bool,
-    /// Added to the system clock: zero, except under the test kit's clock.
-    pub(crate) clock_offset_ms: Arc<AtomicI64>,
-}
-
-impl Config {
-    /// The pool's clock, in epoch milliseconds.
-    pub(crate) fn now_ms(&self) -> i64 {
-        crate::util::now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
-    }
 }
 
 /// A claimed task and the shard it came from.
@@ -640,6 +610,10 @@ pub(crate) struct Lanes {
     shared: Vec<Arc<Shared>>,
     jobs: Sender<Job>,
     running: Arc<AtomicBool>,
+    /// The pool's lease, which a row pre-leased for it gets.
+    pub(crate) lease: Duration,
+    /// The pool's lease owner.
+    pub(crate) owner: String,
 }
 
 impl fmt::Debug for Lanes {
@@ -744,12 +718,12 @@ where
         WorkerPoolBuilder {
             shards,
             registry,
-            threads: 4,
-            batch_size: 100,
-            poll_interval: Duration::from_secs(1),
-            lease: Duration::from_secs(30),
-            task_timeout: Duration::from_secs(15 * 60),
-            shutdown_timeout: Duration::from_secs(30),
+            threads: DEFAULT_THREADS,
+            batch_size: DEFAULT_BATCH_SIZE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            lease: DEFAULT_LEASE,
+            task_timeout: DEFAULT_TASK_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             owner: None,
             events: Arc::new(NoEvents),
             keep_completed: None,
@@ -792,7 +766,7 @@ where
         let (jobs_tx, jobs_rx) = (lanes.jobs.clone(), self.jobs_rx);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (completer_stop_tx, completer_stop_rx) = bounded::<()>(0);
-        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| supervise::spawn(name, f);
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| crate::supervise::spawn(name, f);
         let alert_thread = self.alert_thread;
         let n = self.shards.len();
         let shared = lanes.shared.clone();
@@ -877,7 +851,7 @@ where
             let (cfg, stop_rx, jobs_rx) = (cfg.clone(), stop_rx.clone(), jobs_rx.clone());
             let links = links
                 .iter()
-                .map(|(shared, done, freed)| run::ShardLink {
+                .map(|(shared, done, freed)| worker::ShardLink {
                     shared: Arc::clone(shared),
                     done: Sender::clone(done),
                     freed: freed.clone(),
@@ -885,7 +859,7 @@ where
                 .collect();
             workers.push(spawn(
                 format!("tend-worker-{i}"),
-                Box::new(move || run::worker(cfg, links, jobs_rx, stop_rx)),
+                Box::new(move || worker::worker(cfg, links, jobs_rx, stop_rx)),
             ));
         }
         log::info!(
@@ -916,33 +890,6 @@ where
                 workers,
             }),
         })
-    }
-
-    /// The outbox of this pool: transactions that hand their right-now tasks to the pool the
-    /// moment they commit, run sync tasks in the caller's thread, and write without-transaction
-    /// tasks on their own. Take it before [`start`](Self::start); it can be cloned freely and
-    /// outlives the pool (tasks then wait for the next pool's poll).
-    ///
-    /// ```
-    /// # include!("../doctest_setup.rs");
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (pool, _db) = temp_pool("outbox");
-    /// # let mut registry = tend::Registry::new();
-    /// # registry.register::<Ship>()?;
-    /// use std::time::Duration;
-    /// use tend::WorkerPool;
-    /// let hourly = Duration::from_secs(3600); // no poll during this example
-    /// let workers = WorkerPool::builder(pool.clone(), registry).poll_interval(hourly).build()?;
-    /// let outbox = workers.outbox();
-    /// let handle = workers.start()?;
-    /// let mut conn = pool.get()?;
-    /// outbox.transaction(&mut conn, |conn, tx| tx.enqueue(conn, &Ship { order_id: 7 }))?;
-    /// // Handed to a worker at the commit: it runs without a poll or a wake.
-    /// assert!(eventually(|| task_count(&mut conn) == 0));
-    /// # Ok(()) }
-    /// ```
-    pub fn outbox(&self) -> Outbox<C> {
-        Outbox::new(self.shards.clone(), self.cfg.clone(), self.lanes.clone())
     }
 }
 
@@ -986,11 +933,11 @@ struct Running {
     done_txs: Vec<Sender<Done>>,
     jobs_rx: Receiver<Job>,
     jobs_tx: Sender<Job>,
-    fetchers: Vec<supervise::Spawned>,
-    completers: Vec<supervise::Spawned>,
-    membership: Option<supervise::Spawned>,
+    fetchers: Vec<crate::supervise::Spawned>,
+    completers: Vec<crate::supervise::Spawned>,
+    membership: Option<crate::supervise::Spawned>,
     alert_thread: JoinHandle<()>,
-    workers: Vec<supervise::Spawned>,
+    workers: Vec<crate::supervise::Spawned>,
 }
 
 /// What a shutdown did.
@@ -1084,7 +1031,9 @@ impl PoolHandle {
     /// # Ok(()) }
     /// ```
     pub fn dropped_alerts(&self) -> u64 {
-        self.running.as_ref().map_or(0, |r| r.cfg.alerts.dropped())
+        self.running
+            .as_ref()
+            .map_or(0, |r| r.cfg.exec.alerts.dropped())
     }
 
     /// Stops claiming, lets running tasks finish within the shutdown timeout, hands back the

@@ -29,8 +29,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::ops::Ops;
+use super::row::{Claim, Claimed, NewRow, TaskRow};
 use super::stmt::Stmt;
-use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
@@ -88,7 +89,7 @@ impl Ops for MysqlConnection {
         self.isolate_next()?;
         self.transaction(|conn| {
             let due = Stmt::new("SELECT * FROM consistency_task");
-            let rows: Vec<TaskRow> = super::due_rows(due, c, "task_status")
+            let rows: Vec<TaskRow> = super::lease::due_rows(due, c, "task_status")
                 .sql(" FOR UPDATE SKIP LOCKED")
                 .load(conn)?;
             conn.lease(c, rows)
@@ -115,5 +116,5 @@ impl Ops for MysqlConnection {
         }
     }
 
-    super::common_ops!();
+    super::common::common_ops!();
 }

@@ -8,8 +8,9 @@ use diesel::prelude::*;
 use diesel::sql_types::Integer;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::ops::Ops;
+use super::row::{Claim, Claimed, NewRow, TaskRow};
 use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
-use super::{ops::Ops, Claim, Claimed, NewRow, TaskRow};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -37,15 +38,15 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
     let s = Stmt::new(
         "WITH s AS MATERIALIZED (SELECT id, task_status AS prev_status FROM consistency_task",
     );
-    let s = super::due_rows(s, c, "task_status")
+    let s = super::lease::due_rows(s, c, "task_status")
         .sql(" FOR UPDATE SKIP LOCKED) UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
-        .sql(&super::next_attempt("t.execute_times"));
+        .sql(&super::lease::next_attempt("t.execute_times"));
     // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
     // the other backends: PostgreSQL's row lock already guarantees it, a server that
     // emulates PostgreSQL and skips without locking (CockroachDB, YugabyteDB) may not.
-    super::lease_set(s, c)
+    super::lease::lease_set(s, c)
         .sql(" FROM s WHERE t.id = s.id AND t.task_status IN ")
-        .sql(super::CLAIMABLE_SQL)
+        .sql(super::lease::CLAIMABLE_SQL)
         .sql(" AND t.execute_time <= ")
         .bind(super::stmt::Bind::I64(c.now))
         .sql(" RETURNING ")
@@ -92,5 +93,5 @@ impl Ops for PgConnection {
             .map_err(|e| e.to_string())
     }
 
-    super::common_ops!();
+    super::common::common_ops!();
 }

@@ -6,8 +6,9 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::ops::Ops;
+use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
-use super::{ops::Ops, Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -130,7 +131,7 @@ impl Ops for SqliteConnection {
             .map_err(|e| e.to_string())
     }
 
-    super::common_ops!();
+    super::common::common_ops!();
 }
 
 /// The claim, inside a write transaction the caller opened.
@@ -145,7 +146,7 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     let due = Stmt::new("SELECT ")
         .sql(TASK_COLUMNS)
         .sql(" FROM consistency_task");
-    let rows: Vec<TaskRow> = super::due_rows(due, c, "+task_status")
+    let rows: Vec<TaskRow> = super::lease::due_rows(due, c, "+task_status")
         .typed::<TaskRowSql<Sqlite>>()
         .load(conn)?;
     conn.lease(c, rows)

@@ -35,7 +35,7 @@ pub(crate) struct Stmt<'a, ST = Untyped> {
     st: PhantomData<ST>,
 }
 
-/// The columns of [`TaskRow`](super::TaskRow) in its field order, for positional loads.
+/// The columns of [`TaskRow`](super::row::TaskRow) in its field order, for positional loads.
 pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
     execute_times, max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
@@ -45,7 +45,7 @@ pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status
 
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
 pub(crate) type TaskRowSql<DB> =
-    diesel::dsl::SqlTypeOf<<super::TaskRow as diesel::Selectable<DB>>::SelectExpression>;
+    diesel::dsl::SqlTypeOf<<super::row::TaskRow as diesel::Selectable<DB>>::SelectExpression>;
 
 /// The smallest id-list length a statement is prepared for; lists are padded up to a power of
 /// two at or above it.
@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn task_columns_are_in_task_row_order() {
         use diesel::SelectableHelper;
-        let select = super::super::TaskRow::as_select();
+        let select = super::super::row::TaskRow::as_select();
         let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string();
         let sql = sql.split(" -- binds").next().unwrap();
         let names: Vec<&str> = sql

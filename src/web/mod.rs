@@ -705,7 +705,7 @@ fn find(
     conns: &mut Conns,
     i: usize,
     id: i64,
-) -> Result<crate::store::TaskRow, HttpError> {
+) -> Result<crate::store::row::TaskRow, HttpError> {
     conns
         .run(state, i, |c| c.find(id))?
         .ok_or_else(|| HttpError::new(404, format!("no task with id {id} in database {i}")))
@@ -720,7 +720,7 @@ fn detail(
 ) -> Result<Resp, HttpError> {
     let i = db_of(state, &req.query)?;
     let row = find(state, conns, i, id)?;
-    let payload = crate::cli::commands::read::decode_payload(&state.registry, &row);
+    let payload = state.registry.describe_row(&row);
     let done = req.query.get("done");
     Ok(Resp::html(200, pages::detail(ctx, i, &row, &payload, done)))
 }

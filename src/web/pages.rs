@@ -9,7 +9,7 @@ use super::{Action, State};
 use crate::admin::{is_parked, Stats, TaskSummary};
 use crate::cli::text::{clip, fmt_span, fmt_time, status_name};
 use crate::status::TaskStatus;
-use crate::store::TaskRow;
+use crate::store::row::TaskRow;
 
 /// What every page needs to know about the viewer and the server.
 pub(crate) struct Ctx {

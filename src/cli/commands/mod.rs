@@ -14,7 +14,7 @@ use super::{RetryArgs, TargetArgs, TasksCommand};
 use crate::admin::{is_parked, Admin, Change, Filter, Page, TaskSummary, Unknown};
 use crate::registry::Registry;
 use crate::status::TaskStatus;
-use crate::store::TaskRow;
+use crate::store::row::TaskRow;
 use crate::util::now_ms;
 
 /// Ids listed in full when a change touches at most this many tasks.
@@ -206,7 +206,7 @@ fn names(shards: &[Shard]) -> String {
 }
 
 mod change;
-pub(crate) mod read;
+mod read;
 mod stats;
 
 use change::*;

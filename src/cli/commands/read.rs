@@ -103,26 +103,6 @@ pub(super) fn pretty(v: &[Value]) -> String {
     serde_json::to_string_pretty(v).expect("JSON values always serialize")
 }
 
-/// The payload as JSON, or why it cannot be shown.
-pub(crate) fn decode_payload(registry: &Registry, r: &TaskRow) -> Result<Value, String> {
-    let len = r.task_parameter.len();
-    let sig = &r.method_sign_name;
-    let Some(handler) = registry.get(sig) else {
-        return Err(format!(
-            "<{len} bytes, signature {sig}, not decodable by this binary>"
-        ));
-    };
-    handler.describe(&r.task_parameter).map_err(|e| {
-        format!(
-            "<{len} bytes, signature {sig}, does not decode as {} (stored payload_version {}, \
-             this binary's is {}): {e}>",
-            handler.type_name(),
-            r.payload_version,
-            handler.version()
-        )
-    })
-}
-
 pub(super) fn row_json(r: &TaskRow, payload: &Result<Value, String>) -> Value {
     json!({
         "id": r.id,
@@ -258,7 +238,7 @@ pub(super) fn show(
     let mut docs = Vec::new();
     let n = shards.len();
     for (k, (i, row)) in found.iter().enumerate() {
-        let payload = decode_payload(registry, row);
+        let payload = registry.describe_row(row);
         let s = &shards[*i];
         if a.json.json {
             docs.push(json!({

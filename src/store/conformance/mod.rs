@@ -18,11 +18,12 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::result::Error as DieselError;
 
 use super::ops::Ops;
+use super::retry_transient;
+use super::row::{Claim, Claimed, Finish, NewRow, TaskRow};
 #[cfg(feature = "sqlite")]
 use super::testdb::SqliteFile;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use super::testdb::{Server, ServerDb};
-use super::{retry_transient, Claim, Claimed, Finish, NewRow, TaskRow};
 use crate::error::{is_missing_schema, is_transient};
 use crate::schema::consistency_task::dsl as t;
 

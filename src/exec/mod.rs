@@ -1,24 +1,75 @@
-//! Running one claimed task and deciding what to write back. Shared by the pool's workers and
-//! by the outbox, which runs sync tasks in the caller's thread.
+//! The executor: runs ONE claimed task and decides its outcome (the model is River's
+//! `internal/jobexecutor`). Shared by the pool's workers, the outbox (sync tasks in the
+//! caller's thread) and the test kit, so a change to how a task runs or how its outcome is
+//! written is made once. It knows neither the pool nor the outbox.
 
-use std::sync::atomic::Ordering;
+pub(crate) mod alerts;
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
-
-use super::supervise::{fault, supervise};
-use super::{Config, Job, Shared};
 use crate::alert::Alert;
-use crate::events::{Event, TaskInfo};
+use crate::events::{Event, Events, TaskInfo};
 use crate::expr::{AlertVars, Expr};
-use crate::registry::Attempt;
+use crate::registry::{Attempt, Registry};
 use crate::status::{TaskStatus, PARKED};
-use crate::store::{Finish, StoreConnection, TaskRow};
+use crate::store::row::{Finish, TaskRow};
+use crate::store::StoreConnection;
 use crate::task::{Action, TaskContext, TaskError, TaskOptions};
-use crate::util::now_ms;
-use crate::util::random_token;
-use crate::util::truncate;
+use crate::util::{now_ms, random_token, truncate};
+
+use self::alerts::AlertSink;
+
+/// What running a task needs: the handlers, where events and alerts go, whether successes are
+/// kept, and the clock.
+#[derive(Debug)]
+pub(crate) struct Executor {
+    pub(crate) registry: Registry,
+    pub(crate) alerts: AlertSink,
+    pub(crate) events: EventSink,
+    pub(crate) keep_completed: Option<Duration>,
+    /// Added to the system clock: zero, except under the test kit's clock.
+    pub(crate) clock_offset_ms: Arc<AtomicI64>,
+}
+
+impl Executor {
+    /// The executor's clock, in epoch milliseconds.
+    pub(crate) fn now_ms(&self) -> i64 {
+        now_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The pool's [`Events`] receiver.
+#[derive(Clone)]
+pub(crate) struct EventSink(pub(crate) Arc<dyn Events>);
+
+impl EventSink {
+    /// No receiver (the test kit's).
+    #[cfg(feature = "testing")]
+    pub(crate) fn none() -> EventSink {
+        EventSink(Arc::new(crate::events::NoEvents))
+    }
+
+    /// Delivers an event; a panicking [`Events`] receiver is logged, never unwinds into the
+    /// caller's thread.
+    pub(crate) fn emit(&self, e: Event<'_>) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.event(&e)));
+        if let Err(p) = r {
+            log::error!(
+                "tend: the pool's Events receiver panicked: {}",
+                crate::util::panic_message(&*p)
+            );
+        }
+    }
+}
+
+impl fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventSink")
+    }
+}
 
 /// The longest message stored in `error_msg` / `fallback_error_msg` (64 KiB).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -39,22 +90,8 @@ impl Done {
     /// Hands a claimed task back unstarted: due now, attempt not counted.
     pub(crate) fn release(row: TaskRow) -> Done {
         let now = now_ms();
-        let status = if row.execute_times <= 1 {
-            TaskStatus::Pending
-        } else {
-            TaskStatus::Failed
-        };
-        Done::Finish(Finish {
-            id: row.id,
-            token: row.lease_token.unwrap_or_default(),
-            status: status.as_i32(),
-            execute_time: now,
-            error_msg: row.error_msg,
-            fallback_error_msg: row.fallback_error_msg,
-            attempts_delta: -1,
-            duration_ms: None,
-            now,
-        })
+        let (msg, fallback) = (row.error_msg.clone(), row.fallback_error_msg.clone());
+        Done::Finish(Finish::give_back(&row, now, msg, fallback, now))
     }
 
     pub(crate) fn id(&self) -> i64 {
@@ -76,86 +113,8 @@ impl Done {
     }
 }
 
-/// What a worker needs of each shard: its state, its completer and its fetchers' wake-ups.
-pub(super) struct ShardLink {
-    pub shared: Arc<Shared>,
-    pub done: Sender<Done>,
-    pub freed: Vec<Sender<()>>,
-}
-
-/// A worker thread: [`work_loop`] under [`supervise`]. A handler's panic is caught around the
-/// handler (the task fails); a panic anywhere else in the loop is survived too: the task in
-/// hand gives its slot back and is forgotten, so its lease lapses and it runs again.
-pub(super) fn worker(
-    cfg: Arc<Config>,
-    shards: Vec<ShardLink>,
-    jobs: Receiver<Job>,
-    stop: Receiver<()>,
-) {
-    let in_hand = std::cell::Cell::new(None);
-    supervise(
-        Some(&stop),
-        || work_loop(&cfg, &shards, &jobs, &stop, &in_hand),
-        || {
-            if let Some((shard, id)) = in_hand.take() {
-                let shared: &Shared = &shards[shard].shared;
-                shared.inflight().remove(&id);
-                shared.free(1);
-                log::error!(
-                    "tend: task {id} was in hand when its worker panicked; it runs again once \
-                     its lease lapses"
-                );
-            }
-        },
-    );
-}
-
-fn work_loop(
-    cfg: &Config,
-    shards: &[ShardLink],
-    jobs: &Receiver<Job>,
-    stop: &Receiver<()>,
-    in_hand: &std::cell::Cell<Option<(usize, i64)>>,
-) {
-    loop {
-        let job = select! {
-            recv(stop) -> _ => return,
-            recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
-        };
-        in_hand.set(Some((job.shard, job.claimed.task.id)));
-        fault::hit("worker");
-        let link = &shards[job.shard];
-        let (shared, done) = (&link.shared, &link.done);
-        let row = job.claimed.task;
-        if shared.stopping.load(Ordering::SeqCst) {
-            shared.released.fetch_add(1, Ordering::SeqCst);
-            in_hand.set(None);
-            shared.free(1);
-            let _ = done.send(Done::release(row));
-            return;
-        }
-        let id = row.id;
-        if let Some(l) = shared.inflight().get_mut(&id) {
-            l.started = Some(Instant::now());
-        }
-        cfg.events.emit(Event::Started(info(&row)));
-        let outcome = run_one(cfg, row);
-        if let Some(l) = shared.inflight().get_mut(&id) {
-            l.finished = true;
-        }
-        in_hand.set(None);
-        let _ = done.send(outcome);
-        // The slot is free once the handler returned: the fetcher may claim while the
-        // completer writes.
-        shared.free(1);
-        for f in &link.freed {
-            let _ = f.try_send(());
-        }
-    }
-}
-
 /// Runs one claimed task and decides what to write. Never panics on a task's account.
-pub(crate) fn run_one(cfg: &Config, row: TaskRow) -> Done {
+pub(crate) fn run_one(cfg: &Executor, row: TaskRow) -> Done {
     let token = row.lease_token.unwrap_or_default();
     if let Some(msg) = out_of_range(&row) {
         return park(
@@ -339,7 +298,7 @@ fn fallback_due(has_fallback: bool, opts: &TaskOptions, attempt: u32, e: &TaskEr
 
 /// A failed attempt: dead when out of attempts or given up, else retried on the schedule.
 fn failed(
-    cfg: &Config,
+    cfg: &Executor,
     row: &TaskRow,
     ctx: &TaskContext,
     opts: &TaskOptions,
@@ -392,24 +351,14 @@ fn failed(
         task: info(row),
         next_attempt_at_ms: next,
     });
-    Done::Finish(Finish {
-        id: row.id,
-        token,
-        status: TaskStatus::Failed.as_i32(),
-        execute_time: next,
-        error_msg: msg,
-        fallback_error_msg: fallback_msg,
-        attempts_delta: 0,
-        duration_ms: None,
-        now,
-    })
+    Done::Finish(Finish::retry(row.id, token, next, msg, fallback_msg, now))
 }
 
 /// A snooze: due again after `wait`, the attempt given back. `None` once the task has snoozed
 /// past its type's snooze limit since it was enqueued: the snooze then counts as an attempt, so
 /// that a task cannot postpone itself forever unseen.
 fn snoozed(
-    cfg: &Config,
+    cfg: &Executor,
     row: &TaskRow,
     opts: &TaskOptions,
     wait: Duration,
@@ -439,28 +388,20 @@ fn snoozed(
         task: info(row),
         next_attempt_at_ms: next,
     });
-    // The attempt is given back: as after a release, pending if it never counted one.
-    let status = if row.execute_times <= 1 {
-        TaskStatus::Pending
-    } else {
-        TaskStatus::Failed
-    };
-    Some(Done::Finish(Finish {
-        id: row.id,
-        token: row.lease_token.unwrap_or_default(),
-        status: status.as_i32(),
-        execute_time: next,
-        error_msg: truncate(&format!("snoozed for {wait:?}: {msg}"), MAX_MESSAGE_BYTES),
-        fallback_error_msg: fallback_msg,
-        attempts_delta: -1,
-        duration_ms: None,
+    // The attempt is given back, as after a release.
+    let msg = truncate(&format!("snoozed for {wait:?}: {msg}"), MAX_MESSAGE_BYTES);
+    Some(Done::Finish(Finish::give_back(
+        row,
+        next,
+        msg,
+        fallback_msg,
         now,
-    }))
+    )))
 }
 
 /// Parks a row (dead or held): kept with its message, never claimed again by itself.
 fn park(
-    cfg: &Config,
+    cfg: &Executor,
     row: &TaskRow,
     token: i64,
     status: TaskStatus,
@@ -485,24 +426,21 @@ fn park(
             error: &error_msg,
         }
     });
-    Done::Finish(Finish {
-        id: row.id,
+    Done::Finish(Finish::park(
+        row.id,
         token,
-        status: status.as_i32(),
-        execute_time: PARKED,
+        status,
         error_msg,
-        fallback_error_msg: fallback_msg,
-        attempts_delta: 0,
-        duration_ms: None,
-        now: cfg.now_ms(),
-    })
+        fallback_msg,
+        cfg.now_ms(),
+    ))
 }
 
 /// Evaluates the task's alert expression after a failure and queues an alert when it holds.
 /// As in the seed: without a fallback, after every failure; with one, only when it ran and
 /// failed.
 fn alert_if(
-    cfg: &Config,
+    cfg: &Executor,
     row: &TaskRow,
     done: &Done,
     fallback: Option<&TaskError>,
@@ -566,21 +504,18 @@ fn alert_if(
 
 /// A successful attempt: the row is deleted, or kept as `Succeeded` when the pool keeps
 /// completed rows.
-fn completed(cfg: &Config, row: &TaskRow, token: i64, duration: Duration) -> Done {
+fn completed(cfg: &Executor, row: &TaskRow, token: i64, duration: Duration) -> Done {
     if cfg.keep_completed.is_none() {
         return Done::Complete { id: row.id, token };
     }
-    Done::Finish(Finish {
-        id: row.id,
+    Done::Finish(Finish::kept(
+        row.id,
         token,
-        status: TaskStatus::Succeeded.as_i32(),
-        execute_time: PARKED,
-        error_msg: row.error_msg.clone(),
-        fallback_error_msg: row.fallback_error_msg.clone(),
-        attempts_delta: 0,
-        duration_ms: Some(duration.as_millis().min(i64::MAX as u128) as i64),
-        now: cfg.now_ms(),
-    })
+        row.error_msg.clone(),
+        row.fallback_error_msg.clone(),
+        Some(crate::util::millis(duration)),
+        cfg.now_ms(),
+    ))
 }
 
 /// The event view of a row.

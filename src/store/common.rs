@@ -1,0 +1,284 @@
+//! The statements every backend shares, written once with diesel's DSL and stamped out per
+//! connection type.
+
+/// The statements every backend shares, written once with diesel's DSL.
+macro_rules! common_ops {
+    () => {
+        fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
+            use $crate::store::stmt::{Bind, Stmt};
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            self.isolate_next()?;
+            Stmt::new("DELETE FROM consistency_task WHERE lease_token = ")
+                .bind(Bind::I64(token))
+                .sql(" AND id IN ")
+                .ids(ids)
+                .execute(self)
+        }
+
+        fn finish(&mut self, rows: &[$crate::store::row::Finish]) -> QueryResult<Vec<i64>> {
+            use $crate::store::stmt::{Bind, Stmt};
+            self.isolate_next()?;
+            self.transaction(|conn| {
+                let mut held = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let n = Stmt::new("UPDATE consistency_task SET task_status = ")
+                        .bind(Bind::I32(r.status))
+                        .sql(", execute_time = ")
+                        .bind(Bind::I64(r.execute_time))
+                        // Saturating at the column's minimum (`attempts_delta` is 0 or -1).
+                        .sql(
+                            ", execute_times = CASE WHEN execute_times > -2147483648 \
+                             THEN execute_times + ",
+                        )
+                        .bind(Bind::I32(r.attempts_delta))
+                        .sql(" ELSE execute_times END")
+                        .sql(", error_msg = ")
+                        .bind(Bind::Text(&r.error_msg))
+                        .sql(", fallback_error_msg = ")
+                        .bind(Bind::OptText(r.fallback_error_msg.as_deref()))
+                        .sql(
+                            ", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+                             gmt_modified = ",
+                        )
+                        .bind(Bind::I64(r.now))
+                        .sql(", duration_ms = ")
+                        .bind(Bind::OptI64(r.duration_ms))
+                        .sql(" WHERE id = ")
+                        .bind(Bind::I64(r.id))
+                        .sql(" AND lease_token = ")
+                        .bind(Bind::I64(r.token))
+                        .execute(conn)?;
+                    if n > 0 {
+                        held.push(r.id);
+                    }
+                }
+                Ok(held)
+            })
+        }
+
+        fn lease(
+            &mut self,
+            c: &$crate::store::row::Claim<'_>,
+            rows: Vec<$crate::store::row::TaskRow>,
+        ) -> QueryResult<Vec<$crate::store::row::Claimed>> {
+            $crate::store::lease::lease_rows!(self, c, rows)
+        }
+
+        fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
+            use $crate::store::stmt::{Bind, Stmt};
+            let s = Stmt::new("SELECT id FROM consistency_task WHERE execute_time <= ")
+                .bind(Bind::I64(now))
+                .sql(" AND task_status IN ")
+                .sql($crate::store::lease::CLAIMABLE_SQL);
+            let s = if exclude.is_empty() {
+                s
+            } else {
+                s.sql(" AND id NOT IN ").ids(exclude)
+            };
+            s.sql(" ORDER BY execute_time LIMIT 1")
+                .typed::<diesel::sql_types::BigInt>()
+                .get_result::<i64>(self)
+                .optional()
+        }
+
+        fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
+            use $crate::store::stmt::{Bind, Stmt};
+            Stmt::new("UPDATE consistency_task SET task_status = ")
+                .bind(Bind::I32($crate::status::TaskStatus::Dead.as_i32()))
+                .sql(", execute_time = ")
+                .bind(Bind::I64($crate::status::PARKED))
+                .sql(", error_msg = ")
+                .bind(Bind::Text(message))
+                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
+                .sql(", gmt_modified = ")
+                .bind(Bind::I64(now))
+                .sql(" WHERE id = ")
+                .bind(Bind::I64(id))
+                .sql(if running {
+                    " AND task_status IN (0, 1, 2, 5)"
+                } else {
+                    " AND task_status IN (0, 2, 5)"
+                })
+                .execute(self)
+                .map(|n| n == 1)
+        }
+
+        fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
+            use $crate::store::stmt::{Bind, Stmt};
+            // No arithmetic and no read of the row's other columns: this must work on the
+            // rows the claim could not take.
+            Stmt::new("UPDATE consistency_task SET task_status = ")
+                .bind(Bind::I32($crate::status::TaskStatus::Held.as_i32()))
+                .sql(", execute_time = ")
+                .bind(Bind::I64($crate::status::PARKED))
+                .sql(", error_msg = ")
+                .bind(Bind::Text(message))
+                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
+                .sql(", gmt_modified = ")
+                .bind(Bind::I64(now))
+                .sql(" WHERE id = ")
+                .bind(Bind::I64(id))
+                .sql(" AND task_status IN ")
+                .sql($crate::store::lease::CLAIMABLE_SQL)
+                .sql(" AND execute_time <= ")
+                .bind(Bind::I64(now))
+                .execute(self)
+        }
+
+        fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
+            use $crate::store::stmt::{Bind, Stmt};
+            let mut n = 0;
+            // Chunks keep the padded lists within every backend's bind limit.
+            for chunk in ids.chunks(1024) {
+                self.isolate_next()?;
+                n += Stmt::new("UPDATE consistency_task SET execute_time = ")
+                    .bind(Bind::I64(until))
+                    .sql(", lease_expires_at = ")
+                    .bind(Bind::I64(until))
+                    .sql(", gmt_modified = ")
+                    .bind(Bind::I64(now))
+                    .sql(" WHERE lease_token = ")
+                    .bind(Bind::I64(token))
+                    .sql(" AND id IN ")
+                    .ids(chunk)
+                    .execute(self)?;
+            }
+            Ok(n)
+        }
+
+        fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
+            use $crate::schema::consistency_task::dsl as t;
+            let done = $crate::status::TaskStatus::Succeeded.as_i32();
+            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select.
+            let ids: Vec<i64> = t::consistency_task
+                .filter(t::task_status.eq(done))
+                .filter(t::gmt_modified.lt(before))
+                .select(t::id)
+                .limit(limit)
+                .load(self)?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            self.isolate_next()?;
+            diesel::delete(
+                t::consistency_task
+                    .filter(t::id.eq_any(&ids))
+                    .filter(t::task_status.eq(done)),
+            )
+            .execute(self)
+        }
+
+        fn node_claim(
+            &mut self,
+            node_id: i32,
+            owner: &str,
+            now: i64,
+            stale_before: i64,
+        ) -> QueryResult<bool> {
+            use $crate::schema::tend_node::dsl as n;
+            let taken = diesel::update(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::heartbeat_at.lt(stale_before)),
+            )
+            .set((
+                n::owner.eq(owner),
+                n::heartbeat_at.eq(now),
+                n::started_at.eq(now),
+            ))
+            .execute(self)?;
+            if taken == 1 {
+                return Ok(true);
+            }
+            // Free slot: insert; a unique violation means another process was faster (a plain
+            // statement, so no transaction is left aborted on PostgreSQL).
+            let exists: i64 = n::tend_node
+                .filter(n::node_id.eq(node_id))
+                .count()
+                .get_result(self)?;
+            if exists > 0 {
+                return Ok(false);
+            }
+            match diesel::insert_into(n::tend_node)
+                .values((
+                    n::node_id.eq(node_id),
+                    n::owner.eq(owner),
+                    n::heartbeat_at.eq(now),
+                    n::started_at.eq(now),
+                ))
+                .execute(self)
+            {
+                Ok(_) => Ok(true),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+
+        fn node_heartbeat(&mut self, node_id: i32, owner: &str, now: i64) -> QueryResult<bool> {
+            use $crate::schema::tend_node::dsl as n;
+            diesel::update(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::owner.eq(owner)),
+            )
+            .set(n::heartbeat_at.eq(now))
+            .execute(self)
+            .map(|k| k == 1)
+        }
+
+        fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>> {
+            use $crate::schema::tend_node::dsl as n;
+            n::tend_node
+                .filter(n::heartbeat_at.ge(since))
+                .select(n::node_id)
+                .order(n::node_id)
+                .load(self)
+        }
+
+        fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize> {
+            use $crate::schema::tend_node::dsl as n;
+            diesel::delete(
+                n::tend_node
+                    .filter(n::node_id.eq(node_id))
+                    .filter(n::owner.eq(owner)),
+            )
+            .execute(self)
+        }
+
+        fn by_signature(
+            &mut self,
+            signature: &str,
+        ) -> QueryResult<Vec<$crate::store::row::TaskRow>> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .filter(t::method_sign_name.eq(signature))
+                .order(t::id)
+                .select($crate::store::row::TaskRow::as_select())
+                .load(self)
+        }
+
+        fn find(&mut self, id: i64) -> QueryResult<Option<$crate::store::row::TaskRow>> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .filter(t::id.eq(id))
+                .select($crate::store::row::TaskRow::as_select())
+                .first(self)
+                .optional()
+        }
+
+        fn check_schema(&mut self) -> QueryResult<()> {
+            use $crate::schema::consistency_task::dsl as t;
+            t::consistency_task
+                .select($crate::store::row::TaskRow::as_select())
+                .limit(0)
+                .load::<$crate::store::row::TaskRow>(self)
+                .map(|_| ())
+        }
+    };
+}
+pub(crate) use common_ops;

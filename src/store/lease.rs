@@ -1,0 +1,156 @@
+//! The one definition of a leased row: which rows a claim takes, the lease every claim writes,
+//! the re-check that only still-claimable rows are leased, and a read row as the lease left it.
+
+use super::row::{Claim, Claimed, TaskRow};
+use super::stmt;
+
+/// The claim's lease as one statement over listed ids (for backends that read the due rows
+/// first: MySQL, which has no `UPDATE … RETURNING`, and SQLite, whose `RETURNING` costs a
+/// temporary table per run).
+///
+/// The lease re-checks that each row is still claimable (status and due time): on a server
+/// whose `SKIP LOCKED` takes no lock (TiDB) or locks on one node only (Galera), another
+/// claimer may have leased a row between the read and this update, and it must not be leased
+/// twice. Only rows the update matched are run (see `lease_rows!`).
+pub(crate) fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
+    use stmt::Bind;
+    let s = stmt::Stmt::new("UPDATE consistency_task SET task_status = 1, execute_times = ")
+        .sql(&next_attempt("execute_times"));
+    lease_set(s, c)
+        .sql(" WHERE id IN ")
+        .ids(ids)
+        .sql(" AND task_status IN ")
+        .sql(CLAIMABLE_SQL)
+        .sql(" AND execute_time <= ")
+        .bind(Bind::I64(c.now))
+}
+
+/// The claimable statuses as SQL (`TaskStatus::is_claimable`): pending, running (when its lease
+/// expired), failed.
+pub(crate) const CLAIMABLE_SQL: &str = "(0, 1, 2)";
+
+/// `execute_times` plus one, saturating at `i32::MAX` (the column is a 32-bit INTEGER on every
+/// backend: a plain `+ 1` on a row at the maximum fails the whole claim on PostgreSQL and
+/// MySQL, and would stop every other row from being claimed).
+pub(crate) fn next_attempt(column: &str) -> String {
+    format!("CASE WHEN {column} < 2147483647 THEN {column} + 1 ELSE {column} END")
+}
+
+/// Leases rows read by a due-rows `SELECT` (MySQL, SQLite) with [`lease_by_ids`], and returns
+/// those actually leased: all of them when the update matched every id (the common case, no
+/// extra statement), else the ones now holding this claim's token. A macro because the
+/// statements need the concrete connection type.
+macro_rules! lease_rows {
+    ($conn:expr, $c:expr, $rows:expr) => {{
+        let (conn, c, rows): (
+            _,
+            &$crate::store::row::Claim<'_>,
+            Vec<$crate::store::row::TaskRow>,
+        ) = ($conn, $c, $rows);
+        if rows.is_empty() {
+            Ok(Vec::new())
+        } else {
+            // Sorted: one lock order for every statement tend runs by id.
+            let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            ids.sort_unstable();
+            let leased = $crate::store::lease::lease_by_ids(c, &ids).execute(&mut *conn)?;
+            if leased == rows.len() {
+                Ok($crate::store::lease::as_leased(rows, c))
+            } else {
+                // Some rows changed between the read and the lease: keep only ours.
+                let ours: std::collections::HashSet<i64> = $crate::store::lease::leased_by(c, &ids)
+                    .load::<i64>(&mut *conn)?
+                    .into_iter()
+                    .collect();
+                log::warn!(
+                    "tend: {} of {} rows read as due were no longer claimable when leased \
+                     (another claimer took them: the server's SKIP LOCKED did not lock them); \
+                     they are left to it",
+                    rows.len() - ours.len(),
+                    rows.len()
+                );
+                let rows = rows.into_iter().filter(|r| ours.contains(&r.id)).collect();
+                Ok($crate::store::lease::as_leased(rows, c))
+            }
+        }
+    }};
+}
+pub(crate) use lease_rows;
+
+/// The ids among `ids` that hold this claim's token.
+pub(crate) fn leased_by<'a>(
+    c: &Claim<'a>,
+    ids: &[i64],
+) -> stmt::Stmt<'a, diesel::sql_types::BigInt> {
+    stmt::Stmt::new("SELECT id FROM consistency_task WHERE lease_token = ")
+        .bind(stmt::Bind::I64(c.token))
+        .sql(" AND id IN ")
+        .ids(ids)
+        .typed()
+}
+
+/// The lease every claim writes after `task_status` and `execute_times`: `, execute_time = …,
+/// lease_expires_at = …, lease_token = …, lease_owner = …, gmt_modified = …`.
+pub(crate) fn lease_set<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>) -> stmt::Stmt<'a, ST> {
+    use stmt::Bind;
+    s.sql(", execute_time = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_expires_at = ")
+        .bind(Bind::I64(c.lease_until))
+        .sql(", lease_token = ")
+        .bind(Bind::I64(c.token))
+        .sql(", lease_owner = ")
+        .bind(Bind::Text(c.owner))
+        .sql(", gmt_modified = ")
+        .bind(Bind::I64(c.now))
+}
+
+/// Which rows every claim takes: ` WHERE execute_time <= now AND <status> IN (0, 1, 2) [AND id
+/// IN (…)] ORDER BY execute_time LIMIT n`. `status` is the column as the backend should read it
+/// (SQLite's `+task_status` keeps its planner on the execute_time index).
+pub(crate) fn due_rows<'a, ST>(
+    s: stmt::Stmt<'a, ST>,
+    c: &Claim<'a>,
+    status: &str,
+) -> stmt::Stmt<'a, ST> {
+    use stmt::Bind;
+    let s = s
+        .sql(" WHERE execute_time <= ")
+        .bind(Bind::I64(c.now))
+        .sql(" AND ")
+        .sql(status)
+        .sql(" IN ")
+        .sql(CLAIMABLE_SQL);
+    let s = match c.ids {
+        Some(ids) => s.sql(" AND id IN ").ids(ids),
+        None => s,
+    };
+    let s = if c.exclude.is_empty() {
+        s
+    } else {
+        s.sql(" AND id NOT IN ").ids(c.exclude)
+    };
+    s.sql(" ORDER BY execute_time LIMIT ")
+        .bind(Bind::I64(c.limit))
+}
+
+/// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status
+/// each had before.
+pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
+    rows.into_iter()
+        .map(|mut r| {
+            let prev_status = r.task_status;
+            r.task_status = 1;
+            r.execute_times = r.execute_times.saturating_add(1);
+            r.execute_time = c.lease_until;
+            r.lease_expires_at = Some(c.lease_until);
+            r.lease_token = Some(c.token);
+            r.lease_owner = Some(c.owner.to_string());
+            r.gmt_modified = c.now;
+            Claimed {
+                task: r,
+                prev_status,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,265 @@
+//! The rows tend moves: a row as stored, a row to insert, a claim and what it returns, and the
+//! fenced update of a claimed row (with one constructor per outcome).
+
+use diesel::prelude::*;
+
+use crate::schema::consistency_task;
+use crate::status::{TaskStatus, PARKED};
+
+/// A row as stored.
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = consistency_task)]
+pub struct TaskRow {
+    pub id: i64,
+    pub task_id: String,
+    pub idempotency_key: Option<String>,
+    pub task_status: i32,
+    pub execute_times: i32,
+    pub max_attempts: i32,
+    pub execute_time: i64,
+    pub parameter_types: String,
+    pub method_name: String,
+    pub method_sign_name: String,
+    pub execute_interval_sec: i32,
+    pub delay_time: i32,
+    pub task_parameter: Vec<u8>,
+    pub payload_version: i32,
+    pub execute_way: i32,
+    pub thread_way: i32,
+    pub transaction_way: i32,
+    pub error_msg: String,
+    pub alert_expression: Option<String>,
+    pub alert_action_bean_name: Option<String>,
+    pub fallback_class_name: Option<String>,
+    pub fallback_error_msg: Option<String>,
+    pub shard_key: i64,
+    pub lease_token: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub gmt_create: i64,
+    pub gmt_modified: i64,
+    pub duration_ms: Option<i64>,
+}
+
+/// A claimed row (the field is `task` because the derive uses the name `row` itself), with the
+/// status it had before the claim (1 = its previous lease expired:
+/// the worker that held it crashed or hung).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    #[diesel(embed)]
+    pub task: TaskRow,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub prev_status: i32,
+}
+
+/// A row to insert.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = consistency_task)]
+#[diesel(treat_none_as_default_value = false)]
+pub struct NewRow {
+    pub task_id: String,
+    pub idempotency_key: Option<String>,
+    pub task_status: i32,
+    pub execute_times: i32,
+    pub max_attempts: i32,
+    pub execute_time: i64,
+    pub parameter_types: String,
+    pub method_name: String,
+    pub method_sign_name: String,
+    pub execute_interval_sec: i32,
+    pub delay_time: i32,
+    pub task_parameter: Vec<u8>,
+    pub payload_version: i32,
+    pub execute_way: i32,
+    pub thread_way: i32,
+    pub transaction_way: i32,
+    pub error_msg: String,
+    pub alert_expression: Option<String>,
+    pub alert_action_bean_name: Option<String>,
+    pub fallback_class_name: Option<String>,
+    pub fallback_error_msg: Option<String>,
+    pub shard_key: i64,
+    pub lease_token: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub gmt_create: i64,
+    pub gmt_modified: i64,
+}
+
+impl NewRow {
+    /// The row as stored under `id`, without reading it back.
+    pub(crate) fn into_task_row(self, id: i64) -> TaskRow {
+        TaskRow {
+            id,
+            task_id: self.task_id,
+            idempotency_key: self.idempotency_key,
+            task_status: self.task_status,
+            execute_times: self.execute_times,
+            max_attempts: self.max_attempts,
+            execute_time: self.execute_time,
+            parameter_types: self.parameter_types,
+            method_name: self.method_name,
+            method_sign_name: self.method_sign_name,
+            execute_interval_sec: self.execute_interval_sec,
+            delay_time: self.delay_time,
+            task_parameter: self.task_parameter,
+            payload_version: self.payload_version,
+            execute_way: self.execute_way,
+            thread_way: self.thread_way,
+            transaction_way: self.transaction_way,
+            error_msg: self.error_msg,
+            alert_expression: self.alert_expression,
+            alert_action_bean_name: self.alert_action_bean_name,
+            fallback_class_name: self.fallback_class_name,
+            fallback_error_msg: self.fallback_error_msg,
+            shard_key: self.shard_key,
+            lease_token: self.lease_token,
+            lease_owner: self.lease_owner,
+            lease_expires_at: self.lease_expires_at,
+            gmt_create: self.gmt_create,
+            gmt_modified: self.gmt_modified,
+            duration_ms: None,
+        }
+    }
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    /// Claim rows due at or before this time (epoch ms).
+    pub now: i64,
+    /// The lease expiry written into claimed rows.
+    pub lease_until: i64,
+    /// The fencing token written into claimed rows.
+    pub token: i64,
+    /// Who holds the lease.
+    pub owner: &'a str,
+    /// At most this many rows.
+    pub limit: i64,
+    /// Only these ids (a targeted claim, e.g. of a task just enqueued); `None` for any due row.
+    pub ids: Option<&'a [i64]>,
+    /// Never these ids: rows no claim could lease and no update could hold (see the
+    /// fetcher's isolation of bad rows). Almost always empty.
+    pub exclude: &'a [i64],
+}
+
+/// What [`write_and_claim`](ops::Ops::write_and_claim) did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Rows each `complete` deleted, in order.
+    pub deleted: Vec<usize>,
+    /// Ids whose fenced update applied.
+    pub held: Vec<i64>,
+    /// The claimed rows.
+    pub claimed: Vec<Claimed>,
+}
+
+/// A fenced update of one claimed row after its attempt.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: i64,
+    pub token: i64,
+    pub status: i32,
+    pub execute_time: i64,
+    pub error_msg: String,
+    pub fallback_error_msg: Option<String>,
+    /// How much to add to `execute_times`: 0, or -1 when a claimed task is released
+    /// unstarted (the update saturates at the column's minimum).
+    pub attempts_delta: i32,
+    /// How long the attempt ran (written for kept completed rows).
+    pub duration_ms: Option<i64>,
+    pub now: i64,
+}
+
+impl Finish {
+    /// A retry at `next`: status failed, the attempt counted.
+    pub(crate) fn retry(
+        id: i64,
+        token: i64,
+        next: i64,
+        error_msg: String,
+        fallback: Option<String>,
+        now: i64,
+    ) -> Finish {
+        Finish::new(
+            id,
+            token,
+            TaskStatus::Failed,
+            next,
+            error_msg,
+            fallback,
+            0,
+            now,
+        )
+    }
+
+    /// Due again at `next` with this attempt given back (a release, a snooze): pending when it
+    /// was the first attempt, else failed.
+    pub(crate) fn give_back(
+        row: &TaskRow,
+        next: i64,
+        error_msg: String,
+        fallback: Option<String>,
+        now: i64,
+    ) -> Finish {
+        let status = if row.execute_times <= 1 {
+            TaskStatus::Pending
+        } else {
+            TaskStatus::Failed
+        };
+        let token = row.lease_token.unwrap_or_default();
+        Finish::new(row.id, token, status, next, error_msg, fallback, -1, now)
+    }
+
+    /// Parked (dead or held, or kept succeeded): kept with its message, never claimed again by
+    /// itself.
+    pub(crate) fn park(
+        id: i64,
+        token: i64,
+        status: TaskStatus,
+        error_msg: String,
+        fallback: Option<String>,
+        now: i64,
+    ) -> Finish {
+        Finish::new(id, token, status, PARKED, error_msg, fallback, 0, now)
+    }
+
+    /// A success kept for the audit trail, with how long it ran when known.
+    pub(crate) fn kept(
+        id: i64,
+        token: i64,
+        error_msg: String,
+        fallback: Option<String>,
+        duration_ms: Option<i64>,
+        now: i64,
+    ) -> Finish {
+        Finish {
+            duration_ms,
+            ..Finish::park(id, token, TaskStatus::Succeeded, error_msg, fallback, now)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the columns of one fenced update, named at each constructor
+    fn new(
+        id: i64,
+        token: i64,
+        status: TaskStatus,
+        execute_time: i64,
+        error_msg: String,
+        fallback_error_msg: Option<String>,
+        attempts_delta: i32,
+        now: i64,
+    ) -> Finish {
+        Finish {
+            id,
+            token,
+            status: status.as_i32(),
+            execute_time,
+            error_msg,
+            fallback_error_msg,
+            attempts_delta,
+            duration_ms: None,
+            now,
+        }
+    }
+}
