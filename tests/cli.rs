@@ -8,7 +8,7 @@
 //! (`tend::migrate`, `tend::enqueue`) and raw SQL turns them dead, held, running, …; every
 //! change the CLI makes is checked by reading the row back with `tend tasks show --json`.
 
-mod cli_support;
+mod support;
 
 #[cfg(feature = "sqlite")] // the run_from test spawns itself
 use std::process::Command;
@@ -16,7 +16,8 @@ use std::process::Command;
 use serde_json::Value;
 use tend::NewTask;
 
-use cli_support::*;
+use support::cli::*;
+use support::per_backend;
 
 /// A time in RFC 3339 long before any seeded row (the parser's own tests cover the format).
 const Y2000: &str = "2000-01-01T00:00:00Z";
@@ -25,7 +26,7 @@ const Y2000: &str = "2000-01-01T00:00:00Z";
 // The scenarios, run against every backend
 
 /// A database that was never migrated: every command but `migrate` says how to fix it.
-fn unmigrated(db: &TestDb) {
+fn unmigrated(db: &Db) {
     if db.backend == Backend::Sqlite {
         // An existing file without tend's table (a missing file is another error).
         db.with_conn(|c| c.sql("CREATE TABLE unrelated (id INTEGER)"));
@@ -48,7 +49,7 @@ fn unmigrated(db: &TestDb) {
 }
 
 /// list, show and stats, with every filter and both output formats.
-fn inspect(db: &TestDb) {
+fn inspect(db: &Db) {
     let s = seed(db);
     let now = now_ms();
 
@@ -255,7 +256,7 @@ fn inspect(db: &TestDb) {
 }
 
 /// retry, cancel and delete: targets, refusals, dry runs, and what they write.
-fn changes(db: &TestDb) {
+fn changes(db: &Db) {
     let s = seed(db);
     let id = |n: i64| n.to_string();
 
@@ -397,7 +398,7 @@ fn changes(db: &TestDb) {
 }
 
 /// purge: old dead and kept completed rows, in batches, with progress and a dry run.
-fn purge(db: &TestDb) {
+fn purge(db: &Db) {
     let s = seed(db);
     let old = now_ms() - 10 * DAY_MS;
     db.with_conn(|c| {
@@ -463,7 +464,7 @@ fn purge(db: &TestDb) {
 /// Statuses this build does not know (a newer tend wrote them, or a hand-written row) are
 /// counted by `stats`, listed and filtered by `--status unknown` or their value, and changed
 /// only when named.
-fn unknown_statuses(db: &TestDb) {
+fn unknown_statuses(db: &Db) {
     let s = seed(db);
     db.sql(&format!(
         "UPDATE consistency_task SET task_status = 9 WHERE id = {}",
@@ -509,7 +510,7 @@ fn unknown_statuses(db: &TestDb) {
     assert!(db.row(s.failed).is_none());
 }
 
-per_backend!(unmigrated, inspect, changes, purge, unknown_statuses);
+per_backend!(processes: unmigrated, inspect, changes, purge, unknown_statuses);
 
 // ---------------------------------------------------------------------------------------------
 // Backend-independent errors, the URL handling, several shards, help
@@ -579,7 +580,7 @@ fn no_database_is_a_usage_error() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn database_url_comes_from_the_environment() {
-    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let db = Db::for_processes(Backend::Sqlite).unwrap();
     tend_env(&["migrate"], &[("DATABASE_URL", &db.url)])
         .ok()
         .says("migrated");
@@ -609,8 +610,8 @@ fn a_missing_sqlite_file_is_not_created() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn several_shards_are_reported_separately() {
-    let a = TestDb::new(Backend::Sqlite).unwrap();
-    let b = TestDb::new(Backend::Sqlite).unwrap();
+    let a = Db::for_processes(Backend::Sqlite).unwrap();
+    let b = Db::for_processes(Backend::Sqlite).unwrap();
     let sa = seed(&a);
     b.with_conn(|c| {
         c.migrate();
@@ -723,7 +724,7 @@ fn run_from_child() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn run_from_decodes_payloads_with_the_applications_registry() {
-    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let db = Db::for_processes(Backend::Sqlite).unwrap();
     let s = seed(&db);
     db.sql(&format!(
         "UPDATE consistency_task SET task_parameter = X'FFFFFFFFFF' WHERE id = {}",

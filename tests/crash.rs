@@ -11,7 +11,7 @@
 //! Children report what they do as rows in `tend_test_marks`, written on their own
 //! connections, never through tend.
 
-mod common;
+mod support;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tend::{Event, NewTask, Registry, Task, TaskContext, TaskError, WorkerPool};
 
-use common::{
-    connect, new_run, now_ms, per_backend, pool_for, wait_for, Backend, DbConn, Mark, Ran, Row,
+use support::{
+    connect, new_run, now_ms, per_backend, pool_for, wait_for, Backend, Mark, Ran, Row, TestConn,
     TestDb,
 };
 
@@ -103,7 +103,7 @@ struct Resume<const LATE: bool> {
 impl<const LATE: bool> Task for Resume<LATE> {
     const SIGNATURE: &'static str = if LATE { "crash.late" } else { "crash.hang" };
     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
-        let run = common::run(self.run);
+        let run = support::run(self.run);
         let (start, start_ms) = (Instant::now(), now_ms());
         let opened = run.wait_gate();
         run.record(Ran {
@@ -188,8 +188,8 @@ fn child_process() {
     }
 }
 
-fn child_main<C: DbConn>() {
-    common::init_logs();
+fn child_main<C: TestConn>() {
+    support::init_logs();
     let (role, url, owner) = (
         env("TEND_CRASH_ROLE"),
         env("TEND_CRASH_URL"),
@@ -297,7 +297,7 @@ struct ChildProc {
 }
 
 impl ChildProc {
-    fn spawn<C: DbConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
+    fn spawn<C: TestConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
         let log =
             std::env::temp_dir().join(format!("tend-crash-{}-{owner}.log", std::process::id()));
         let out = File::create(&log).expect("child log file");
@@ -365,12 +365,12 @@ impl Drop for ChildProc {
     }
 }
 
-fn wait_row<C: DbConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
+fn wait_row<C: TestConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
     wait_for(what, PATIENCE, || db.row(id).filter(|r| pred(r)))
 }
 
 /// Waits for a child's mark on `task`, failing early if the child died.
-fn wait_mark<C: DbConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task: i64) -> Mark {
+fn wait_mark<C: TestConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task: i64) -> Mark {
     wait_for(&format!("the child to mark `{label}`"), PATIENCE, || {
         proc.assert_running();
         db.marks(label).into_iter().find(|m| m.task == task)
@@ -380,7 +380,7 @@ fn wait_mark<C: DbConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task:
 /// A child is SIGKILLed while running a task. Its row keeps the dead lease (status 1, the
 /// child's token and owner) until the lease expires; then the test's pool claims the task
 /// under a new token, reports the reclaim, and runs it to completion.
-fn a_killed_workers_task_runs_again_after_its_lease<C: DbConn>() {
+fn a_killed_workers_task_runs_again_after_its_lease<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -459,7 +459,7 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: DbConn>() {
 /// pool takes the task over and holds it. The child then finishes and tries to complete the
 /// task under its old token: refused, the row stays the new holder's, and the new holder
 /// completes it. A second task the child holds all along completes normally.
-fn a_stale_workers_completion_is_refused<C: DbConn>() {
+fn a_stale_workers_completion_is_refused<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -555,7 +555,7 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
 }
 
 /// Two worker processes drain one table: every task runs exactly once, and both take part.
-fn two_processes_never_run_a_task_twice<C: DbConn>() {
+fn two_processes_never_run_a_task_twice<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };

@@ -27,7 +27,9 @@ use tend::{Task, TaskContext, TaskError, TaskOptions};
 use support::child::{stat, ChildCfg, ChildWorker};
 use support::runlog::RunLog;
 use support::verify::{self, Kill};
-use support::{figures, now_us, quick, task_count, wait_for, Backend, Cutter, Db, Rng, TestConn};
+use support::{
+    figures, now_us, per_backend, quick, task_count, wait_for, Backend, Cutter, Db, Rng, TestConn,
+};
 
 /// The entry point of the worker processes the scenarios start.
 #[test]
@@ -42,30 +44,7 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One `#[test]` per backend, `<scenario>::<backend>`, from a generic body.
-macro_rules! per_backend {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[cfg(feature = "postgres")]
-            #[test]
-            fn pg() {
-                super::$scenario::<diesel::PgConnection>();
-            }
-            #[cfg(feature = "mysql")]
-            #[test]
-            fn mysql() {
-                super::$scenario::<diesel::MysqlConnection>();
-            }
-            #[cfg(feature = "sqlite")]
-            #[test]
-            fn sqlite() {
-                super::$scenario::<diesel::SqliteConnection>();
-            }
-        }
-    )*};
-}
-
-per_backend!(crash, outage, contention, atomicity, poison, bad_input);
+per_backend!(scenarios: crash, outage, contention, atomicity, poison, bad_input);
 
 // ------------------------------------------------------------------------------- 1. crash
 
@@ -1095,7 +1074,7 @@ fn bad_input<C: TestConn>() {
     // A bad database URL: r2d2 reports it when the pool is built; a pool built unchecked
     // fails tend's start with a pool error within the checkout timeout.
     let bad_url = match C::BACKEND {
-        Backend::Pg => "postgres://postgres@127.0.0.1:1/test".to_string(),
+        Backend::Postgres => "postgres://postgres@127.0.0.1:1/test".to_string(),
         Backend::Mysql => "mysql://root@127.0.0.1:1/test".to_string(),
         Backend::Sqlite => "/nonexistent-tend-dir/sub/x.db".to_string(),
     };

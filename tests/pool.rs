@@ -4,7 +4,7 @@
 //!
 //! Rows are read back with plain diesel on the test's own connections.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,8 +18,8 @@ use tend::{
     TaskError, TaskOptions, WorkerPool, WorkerPoolBuilder,
 };
 
-use common::{
-    new_run, now_ms, per_backend, wait_for, wait_for_or, DbConn, Ran, Row, TestDb, PARKED,
+use support::{
+    new_run, now_ms, per_backend, wait_for, wait_for_or, Ran, Row, TestConn, TestDb, PARKED,
 };
 
 /// How long any single wait may take before the test fails.
@@ -68,7 +68,7 @@ impl<const POOL: u8, const FIXED: bool> Task for Job<POOL, FIXED> {
     }
 
     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
-        let run = common::run(self.run);
+        let run = support::run(self.run);
         let (start, start_ms) = (Instant::now(), now_ms());
         run.start(self.n);
         let outcome = match &self.act {
@@ -160,13 +160,13 @@ fn registry<T: Task>() -> Registry {
 }
 
 /// A pool as the tests run it: 2 threads, polling every 50 ms.
-fn builder<C: DbConn>(db: &TestDb<C>, registry: Registry) -> WorkerPoolBuilder<C> {
+fn builder<C: TestConn>(db: &TestDb<C>, registry: Registry) -> WorkerPoolBuilder<C> {
     WorkerPool::builder(db.pool.clone(), registry)
         .threads(2)
         .poll_interval(Duration::from_millis(50))
 }
 
-fn enqueue_one<C: DbConn>(db: &TestDb<C>, task: NewTask) -> i64 {
+fn enqueue_one<C: TestConn>(db: &TestDb<C>, task: NewTask) -> i64 {
     tend::enqueue_new(&mut db.pooled(), task)
         .unwrap()
         .id()
@@ -174,7 +174,7 @@ fn enqueue_one<C: DbConn>(db: &TestDb<C>, task: NewTask) -> i64 {
 }
 
 /// Waits until row `id` satisfies `pred` and returns it.
-fn wait_row<C: DbConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
+fn wait_row<C: TestConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
     let mut last = None;
     let what = format!("{what} (row {id})");
     let found = wait_for_or(PATIENCE, || {
@@ -200,7 +200,7 @@ fn no_lease(r: &Row) -> bool {
 // Enqueue in the caller's transaction
 
 /// Rolled back: neither the order nor the task exists. Committed: exactly one of each.
-fn enqueue_follows_the_transaction<C: DbConn, Conn>(db: &TestDb<C>, conn: &mut Conn)
+fn enqueue_follows_the_transaction<C: TestConn, Conn>(db: &TestDb<C>, conn: &mut Conn)
 where
     Conn: Connection + tend::StoreConnection,
 {
@@ -230,21 +230,21 @@ where
     assert!(no_lease(r));
 }
 
-fn enqueue_commits_and_rolls_back_with_the_transaction<C: DbConn>() {
+fn enqueue_commits_and_rolls_back_with_the_transaction<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
     enqueue_follows_the_transaction(&db, &mut db.connect());
 }
 
-fn enqueue_on_a_pooled_connection_follows_the_transaction<C: DbConn>() {
+fn enqueue_on_a_pooled_connection_follows_the_transaction<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
     enqueue_follows_the_transaction(&db, &mut db.pooled());
 }
 
-fn enqueue_many_follows_the_transaction<C: DbConn>() {
+fn enqueue_many_follows_the_transaction<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -271,7 +271,7 @@ fn enqueue_many_follows_the_transaction<C: DbConn>() {
 // ---------------------------------------------------------------------------------------------
 // Draining
 
-fn pool_drains_every_task_once<C: DbConn>() {
+fn pool_drains_every_task_once<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -306,11 +306,11 @@ fn pool_drains_every_task_once<C: DbConn>() {
 
 /// On a small r2d2 pool (max 3) tend keeps one claimer, so it holds 2 connections and the
 /// application can still enqueue while it drains.
-fn a_small_r2d2_pool_still_leaves_the_application_a_connection<C: DbConn>() {
+fn a_small_r2d2_pool_still_leaves_the_application_a_connection<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
-    let small = common::pool_for::<C>(&db.url, 3);
+    let small = support::pool_for::<C>(&db.url, 3);
     const N: u64 = 100;
     let (run, rec) = new_run();
     let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
@@ -346,7 +346,7 @@ fn a_small_r2d2_pool_still_leaves_the_application_a_connection<C: DbConn>() {
 
 /// Two pools (two deployments: each registers its own type under the signature) drain one
 /// table: every task runs exactly once, and both pools take part.
-fn two_pools_never_run_a_task_twice<C: DbConn>() {
+fn two_pools_never_run_a_task_twice<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -402,7 +402,7 @@ fn two_pools_never_run_a_task_twice<C: DbConn>() {
 
 /// Between polls an idle pool waits: for its poll interval, a wake, or a hand-off, never in a
 /// loop against the database.
-fn an_idle_pool_waits_for_its_poll_interval<C: DbConn>() {
+fn an_idle_pool_waits_for_its_poll_interval<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -441,7 +441,7 @@ fn an_idle_pool_waits_for_its_poll_interval<C: DbConn>() {
 /// Runs a task that always fails, 3 attempts with a 2 s interval, waking the pool (polling
 /// hourly) only once each retry is due, and checks each scheduled wait exactly:
 /// `execute_time - gmt_modified` of the failed row is the policy's wait.
-fn failing_three_times<C: DbConn, T: Task>(db: &TestDb<C>, task: &T, waits_ms: [i64; 2]) {
+fn failing_three_times<C: TestConn, T: Task>(db: &TestDb<C>, task: &T, waits_ms: [i64; 2]) {
     let task = NewTask::new(task)
         .unwrap()
         .max_attempts(3)
@@ -477,7 +477,7 @@ fn failing_three_times<C: DbConn, T: Task>(db: &TestDb<C>, task: &T, waits_ms: [
     handle.shutdown();
 }
 
-fn retry_schedule_is_linear_by_default_then_dead<C: DbConn>() {
+fn retry_schedule_is_linear_by_default_then_dead<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -487,7 +487,7 @@ fn retry_schedule_is_linear_by_default_then_dead<C: DbConn>() {
     assert_eq!(ran.iter().map(|r| r.attempt).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
-fn retry_schedule_fixed<C: DbConn>() {
+fn retry_schedule_fixed<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -503,7 +503,7 @@ fn retry_schedule_fixed<C: DbConn>() {
 
 /// With a pool that polls every 50 ms, a failed task is not run again before its wait is
 /// over, and is run soon after.
-fn a_retry_waits_for_its_due_time_then_succeeds<C: DbConn>() {
+fn a_retry_waits_for_its_due_time_then_succeeds<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -529,7 +529,7 @@ fn a_retry_waits_for_its_due_time_then_succeeds<C: DbConn>() {
     assert!(gap < Duration::from_secs(10), "retried only after {gap:?}");
 }
 
-fn retry_after_overrides_the_schedule<C: DbConn>() {
+fn retry_after_overrides_the_schedule<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -549,7 +549,7 @@ fn retry_after_overrides_the_schedule<C: DbConn>() {
     handle.shutdown();
 }
 
-fn dead_after_max_attempts<C: DbConn>() {
+fn dead_after_max_attempts<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -585,7 +585,7 @@ fn dead_after_max_attempts<C: DbConn>() {
     );
 }
 
-fn give_up_is_dead_at_once<C: DbConn>() {
+fn give_up_is_dead_at_once<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -606,7 +606,7 @@ fn give_up_is_dead_at_once<C: DbConn>() {
 
 /// Rows this deployment cannot run are held with a message, never deleted, never counted as
 /// done, while the healthy tasks around them run.
-fn unknown_and_undecodable_tasks_are_held_while_others_run<C: DbConn>() {
+fn unknown_and_undecodable_tasks_are_held_while_others_run<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -673,7 +673,7 @@ fn unknown_and_undecodable_tasks_are_held_while_others_run<C: DbConn>() {
     assert_eq!(format!("{:?}", db.rows()), format!("{held:?}"));
 }
 
-fn a_panicking_handler_fails_and_its_thread_survives<C: DbConn>() {
+fn a_panicking_handler_fails_and_its_thread_survives<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -722,7 +722,7 @@ fn a_panicking_handler_fails_and_its_thread_survives<C: DbConn>() {
 // ---------------------------------------------------------------------------------------------
 // Schema and settings
 
-fn an_unmigrated_database_is_refused_with_the_fix<C: DbConn>() {
+fn an_unmigrated_database_is_refused_with_the_fix<C: TestConn>() {
     let Some(db) = TestDb::<C>::unmigrated() else {
         return;
     };
@@ -752,7 +752,7 @@ fn an_unmigrated_database_is_refused_with_the_fix<C: DbConn>() {
     handle.shutdown();
 }
 
-fn bad_builder_settings_are_errors<C: DbConn>() {
+fn bad_builder_settings_are_errors<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -798,7 +798,7 @@ fn bad_builder_settings_are_errors<C: DbConn>() {
         .unwrap();
 }
 
-fn scheduled_tasks_wait_for_their_delay<C: DbConn>() {
+fn scheduled_tasks_wait_for_their_delay<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -830,7 +830,7 @@ fn scheduled_tasks_wait_for_their_delay<C: DbConn>() {
 
 /// 1 thread, batch 50: a task holds the thread while 19 more are claimed behind it. Shutdown
 /// lets the running one finish and hands the 19 back: pending, attempt not counted, no lease.
-fn shutdown_releases_claimed_but_unstarted_tasks<C: DbConn>() {
+fn shutdown_releases_claimed_but_unstarted_tasks<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -882,7 +882,7 @@ fn shutdown_releases_claimed_but_unstarted_tasks<C: DbConn>() {
 
 /// A task still running at the shutdown deadline is abandoned: the others are handed back,
 /// its lease lapses, and another pool runs it again (at least once).
-fn shutdown_abandons_a_stuck_task_which_runs_again_later<C: DbConn>() {
+fn shutdown_abandons_a_stuck_task_which_runs_again_later<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -981,7 +981,7 @@ fn sqlite_checkpoints_run_beside_the_writer_and_the_default_comes_back() {
     }
 
     let db = TestDb::<SqliteConnection>::fresh().expect("SQLite always runs");
-    let small = common::pool_for::<SqliteConnection>(&db.url, 3);
+    let small = support::pool_for::<SqliteConnection>(&db.url, 3);
     let wal = std::path::PathBuf::from(format!("{}-wal", db.url));
     let (run, rec) = new_run();
     const N: u64 = 20_000;

@@ -2,8 +2,7 @@
 //! post-commit hand-off, sync and without-transaction tasks, fallback and alerts, idempotency
 //! keys, events, kept completed rows and the test kit.
 
-#[path = "../src/store/testdb.rs"]
-mod testdb;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,144 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use serde::{Deserialize, Serialize};
 use tend::{
     Alert, Enqueued, Event, ExecuteWay, NewTask, Registry, SyncOutcome, Task, TaskContext,
     TaskError, TaskOptions, TaskStatus, ThreadWay, TransactionWay, WorkerPool,
 };
 
-// ---------------------------------------------------------------------------------------------
-// Harness: one fresh migrated database per test, an r2d2 pool, and a few probes written once
-// per concrete connection type.
-
-/// What the tests need from a backend's connection beyond tend's contract.
-trait Conn: R2D2Connection + tend::StoreConnection + Send + 'static {
-    fn count_where(conn: &mut Self, sql_where: &str) -> i64;
-    fn row(conn: &mut Self, id: i64) -> Option<Row>;
-    /// `SELECT … FOR UPDATE` of one row (servers only).
-    fn lock_row(conn: &mut Self, id: i64);
-}
-
-#[derive(Debug, Clone, QueryableByName)]
-struct Row {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    task_status: i32,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    execute_times: i32,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    execute_time: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    error_msg: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-    fallback_error_msg: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    duration_ms: Option<i64>,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-macro_rules! impl_conn {
-    ($c:ty) => {
-        impl Conn for $c {
-            fn count_where(conn: &mut Self, sql_where: &str) -> i64 {
-                diesel::sql_query(format!(
-                    "SELECT COUNT(*) AS n FROM consistency_task WHERE {sql_where}"
-                ))
-                .get_result::<Count>(conn)
-                .expect("count")
-                .n
-            }
-            fn row(conn: &mut Self, id: i64) -> Option<Row> {
-                diesel::sql_query(format!(
-                    "SELECT task_status, execute_times, execute_time, error_msg, \
-                     fallback_error_msg, duration_ms FROM consistency_task WHERE id = {id}"
-                ))
-                .get_result::<Row>(conn)
-                .optional()
-                .expect("row")
-            }
-            fn lock_row(conn: &mut Self, id: i64) {
-                diesel::sql_query(format!(
-                    "SELECT id AS n FROM consistency_task WHERE id = {id} FOR UPDATE"
-                ))
-                .get_result::<Count>(conn)
-                .expect("lock row");
-            }
-        }
-    };
-}
-impl_conn!(diesel::SqliteConnection);
-#[cfg(feature = "postgres")]
-impl_conn!(diesel::PgConnection);
-#[cfg(feature = "mysql")]
-impl_conn!(diesel::MysqlConnection);
-
-struct Db<C: R2D2Connection + 'static> {
-    pool: Pool<ConnectionManager<C>>,
-    _sqlite: Option<testdb::SqliteFile>,
-    _server: Option<testdb::ServerDb>,
-}
-
-fn sqlite_db() -> Option<Db<diesel::SqliteConnection>> {
-    let file = testdb::SqliteFile::create();
-    let pool = Pool::builder()
-        .max_size(8)
-        .connection_customizer(Box::new(tend::SqliteSetup::new()))
-        .build(ConnectionManager::new(file.url.clone()))
-        .expect("sqlite pool");
-    tend::migrate(&mut pool.get().unwrap()).unwrap();
-    Some(Db {
-        pool,
-        _sqlite: Some(file),
-        _server: None,
-    })
-}
-
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn server_db<C: Conn + diesel::Connection>(server: testdb::Server) -> Option<Db<C>> {
-    let db = testdb::ServerDb::create(server, "semantics")?;
-    let pool = Pool::builder()
-        .max_size(8)
-        .build(ConnectionManager::<C>::new(db.url.clone()))
-        .expect("server pool");
-    tend::migrate(&mut pool.get().unwrap()).unwrap();
-    Some(Db {
-        pool,
-        _sqlite: None,
-        _server: Some(db),
-    })
-}
-
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() {
-                if let Some(db) = super::sqlite_db() { super::$name(&db) }
-            })*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $(#[test] fn $name() {
-                if let Some(db) = super::server_db::<diesel::PgConnection>(
-                    super::testdb::Server::Postgres) { super::$name(&db) }
-            })*
-        }
-        #[cfg(feature = "mysql")]
-        mod mysql {
-            $(#[test] fn $name() {
-                if let Some(db) = super::server_db::<diesel::MysqlConnection>(
-                    super::testdb::Server::Mysql) { super::$name(&db) }
-            })*
-        }
-    };
-}
+use support::{per_backend, wait_until, Backend, TestConn, TestDb};
 
 per_backend!(
+    fresh:
     right_now_tasks_start_before_any_poll,
     rollback_never_hands_off,
     lost_hand_off_still_runs_from_the_table,
@@ -167,20 +38,6 @@ per_backend!(
     kept_completed_rows_are_purged_after_retention,
     test_worker_runs_tasks_on_a_test_clock,
 );
-
-/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Task types. Each test uses its own "lane" number so that tests sharing a process never see
@@ -328,7 +185,7 @@ fn registry() -> Registry {
     r
 }
 
-fn builder<C: Conn>(db: &Db<C>) -> tend::WorkerPoolBuilder<C> {
+fn builder<C: TestConn>(db: &TestDb<C>) -> tend::WorkerPoolBuilder<C> {
     WorkerPool::builder(db.pool.clone(), registry())
         .threads(2)
         .poll_interval(Duration::from_millis(50))
@@ -348,7 +205,7 @@ fn work(lane: u64, key: i64, fail_first: u32) -> Work {
 // ---------------------------------------------------------------------------------------------
 // Execute mode and hand-off.
 
-fn right_now_tasks_start_before_any_poll<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn right_now_tasks_start_before_any_poll<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     // A poll interval far longer than the test: only the hand-off can start the task.
     let workers = builder(db)
@@ -382,7 +239,7 @@ fn right_now_tasks_start_before_any_poll<C: Conn + diesel::Connection>(db: &Db<C
     handle.shutdown();
 }
 
-fn rollback_never_hands_off<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn rollback_never_hands_off<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
@@ -408,7 +265,7 @@ fn rollback_never_hands_off<C: Conn + diesel::Connection>(db: &Db<C>) {
     assert_eq!(C::count_where(&mut conn, "1 = 1"), 0);
 }
 
-fn lost_hand_off_still_runs_from_the_table<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn lost_hand_off_still_runs_from_the_table<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     // A pool that is never started: its outbox's hand-off goes nowhere, as when the process
     // dies between the commit and the run.
@@ -431,7 +288,7 @@ fn lost_hand_off_still_runs_from_the_table<C: Conn + diesel::Connection>(db: &Db
 // ---------------------------------------------------------------------------------------------
 // Thread mode.
 
-fn sync_task_returns_its_outcome_to_the_caller<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn sync_task_returns_its_outcome_to_the_caller<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
@@ -455,7 +312,7 @@ fn sync_task_returns_its_outcome_to_the_caller<C: Conn + diesel::Connection>(db:
     handle.shutdown();
 }
 
-fn kept_sync_success_is_a_success<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn kept_sync_success_is_a_success<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let workers = builder(db)
         .keep_completed(Duration::from_secs(3600))
@@ -475,9 +332,7 @@ fn kept_sync_success_is_a_success<C: Conn + diesel::Connection>(db: &Db<C>) {
     assert_eq!(row.task_status, TaskStatus::Succeeded.as_i32());
 }
 
-fn alerts_of_an_outbox_without_a_running_pool_are_delivered<C: Conn + diesel::Connection>(
-    db: &Db<C>,
-) {
+fn alerts_of_an_outbox_without_a_running_pool_are_delivered<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let workers = builder(db).build().unwrap(); // never started
     let outbox = workers.outbox();
@@ -495,7 +350,7 @@ fn alerts_of_an_outbox_without_a_running_pool_are_delivered<C: Conn + diesel::Co
     assert!(wait_until(Duration::from_secs(5), || alerts_of(lane).len() == 1));
 }
 
-fn failed_sync_task_is_retried_by_the_pool<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn failed_sync_task_is_retried_by_the_pool<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
@@ -530,9 +385,9 @@ fn failed_sync_task_is_retried_by_the_pool<C: Conn + diesel::Connection>(db: &Db
 // ---------------------------------------------------------------------------------------------
 // Transaction mode.
 
-fn without_transaction_survives_rollback<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn without_transaction_survives_rollback<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
-    let sqlite = db._sqlite.is_some();
+    let sqlite = db.backend == Backend::Sqlite;
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
     let mut conn = db.pool.get().unwrap();
@@ -566,9 +421,9 @@ fn without_transaction_survives_rollback<C: Conn + diesel::Connection>(db: &Db<C
 /// MariaDB write it at once on their own connection (and it survives the rollback); SQLite,
 /// whose single write lock the caller holds, refuses it at once, and the caller's transaction
 /// goes on and commits.
-fn without_transaction_never_waits_on_its_caller<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn without_transaction_never_waits_on_its_caller<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
-    let sqlite = db._sqlite.is_some();
+    let sqlite = db.backend == Backend::Sqlite;
     let workers = builder(db).build().unwrap();
     let outbox = workers.outbox();
     let mut conn = db.pool.get().unwrap();
@@ -637,9 +492,7 @@ fn without_transaction_never_waits_on_its_caller<C: Conn + diesel::Connection>(d
 // ---------------------------------------------------------------------------------------------
 // Fallback and alerts.
 
-fn fallback_threshold_zero_runs_after_exactly_one_failure<C: Conn + diesel::Connection>(
-    db: &Db<C>,
-) {
+fn fallback_threshold_zero_runs_after_exactly_one_failure<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
     tend::enqueue(
@@ -661,7 +514,7 @@ fn fallback_threshold_zero_runs_after_exactly_one_failure<C: Conn + diesel::Conn
     assert_eq!(fb, vec![1]);
 }
 
-fn fallback_threshold_two_waits_for_the_third_failure<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn fallback_threshold_two_waits_for_the_third_failure<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
     tend::enqueue(&mut conn, &LateFallback { lane }).unwrap();
@@ -675,7 +528,7 @@ fn fallback_threshold_two_waits_for_the_third_failure<C: Conn + diesel::Connecti
     assert_eq!(fb, vec![3], "the fallback runs once failures exceed 2");
 }
 
-fn failed_fallback_records_message_and_fires_alert<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn failed_fallback_records_message_and_fires_alert<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
     // The lane as shard key tells this test's alerts from other tests'.
@@ -715,7 +568,7 @@ fn failed_fallback_records_message_and_fires_alert<C: Conn + diesel::Connection>
     assert_eq!(mine[2].status, TaskStatus::Dead);
 }
 
-fn panicking_alerter_does_not_hurt_the_pool<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn panicking_alerter_does_not_hurt_the_pool<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
     // Fails once; the expression fires on every failure; the alerter panics.
@@ -742,7 +595,7 @@ fn panicking_alerter_does_not_hurt_the_pool<C: Conn + diesel::Connection>(db: &D
 // ---------------------------------------------------------------------------------------------
 // Idempotency.
 
-fn concurrent_duplicate_keys_leave_one_row<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn concurrent_duplicate_keys_leave_one_row<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let results: Vec<Enqueued> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6)
@@ -783,7 +636,7 @@ fn concurrent_duplicate_keys_leave_one_row<C: Conn + diesel::Connection>(db: &Db
 // ---------------------------------------------------------------------------------------------
 // Events, retention, test kit.
 
-fn events_report_the_life_of_a_task<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn events_report_the_life_of_a_task<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = seen.clone();
@@ -828,7 +681,7 @@ fn events_report_the_life_of_a_task<C: Conn + diesel::Connection>(db: &Db<C>) {
     );
 }
 
-fn kept_completed_rows_are_purged_after_retention<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn kept_completed_rows_are_purged_after_retention<C: TestConn>(db: &TestDb<C>) {
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
     let id = tend::enqueue(&mut conn, &work(lane, 1, 0))
@@ -856,7 +709,7 @@ fn kept_completed_rows_are_purged_after_retention<C: Conn + diesel::Connection>(
 }
 
 #[cfg(feature = "testing")]
-fn test_worker_runs_tasks_on_a_test_clock<C: Conn + diesel::Connection>(db: &Db<C>) {
+fn test_worker_runs_tasks_on_a_test_clock<C: TestConn>(db: &TestDb<C>) {
     use tend::testing::{assert_enqueued, TestWorker};
     let lane = lane();
     let mut conn = db.pool.get().unwrap();
@@ -881,7 +734,7 @@ fn test_worker_runs_tasks_on_a_test_clock<C: Conn + diesel::Connection>(db: &Db<
 }
 
 #[cfg(not(feature = "testing"))]
-fn test_worker_runs_tasks_on_a_test_clock<C: Conn>(_: &Db<C>) {
+fn test_worker_runs_tasks_on_a_test_clock<C: TestConn>(_: &TestDb<C>) {
     eprintln!("SKIPPED: the `testing` feature is off");
 }
 
@@ -931,7 +784,7 @@ fn unknown_alerter_names_are_rejected_at_registration() {
 
 #[test]
 fn an_outbox_transaction_must_be_the_outermost() {
-    let db = sqlite_db().unwrap();
+    let db = TestDb::<diesel::SqliteConnection>::fresh().unwrap();
     let workers = builder(&db).build().unwrap();
     let outbox = workers.outbox();
     let mut conn = db.pool.get().unwrap();

@@ -8,17 +8,15 @@
 //! browser test drives headless Chromium through chromedriver when they are installed (Debian
 //! `chromium`, `chromium-driver`), and fails instead of skipping with `TEND_REQUIRE_BROWSER=1`.
 
-#[allow(dead_code, unused_imports)]
-mod cli_support;
-#[allow(dead_code)]
-mod web_support;
+mod support;
 
 use std::net::SocketAddr;
 
-use cli_support::*;
+use support::cli::*;
+use support::per_backend;
+use support::web::{get, login, post, raw};
 use tend::web::{Options, Server};
 use tend::Registry;
-use web_support::{get, login, post, raw};
 
 const TOKEN: &str = "correct-horse-battery-staple";
 
@@ -30,7 +28,7 @@ fn registry() -> Registry {
     r
 }
 
-fn start(db: &TestDb, token: Option<&str>) -> Server {
+fn start(db: &Db, token: Option<&str>) -> Server {
     let opts = Options::new([db.url.clone()])
         .listen("127.0.0.1:0")
         .token(token.map(str::to_string));
@@ -38,7 +36,7 @@ fn start(db: &TestDb, token: Option<&str>) -> Server {
 }
 
 /// A task's status as `tend tasks show` reads it.
-fn status_of(db: &TestDb, id: i64) -> String {
+fn status_of(db: &Db, id: i64) -> String {
     db.status(id)
 }
 
@@ -52,9 +50,11 @@ fn csrf(addr: SocketAddr, path: &str, session: &str) -> String {
         .unwrap_or_else(|| panic!("{path} has no CSRF field"))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Every page
 /// Every page renders, payloads decode, filters and the cursor work, and HTML in a task's
 /// columns is shown as text.
-fn pages(db: &TestDb) {
+fn pages(db: &Db) {
     let s = seed(db);
     let hostile_sig = "<script>alert('sig')</script>";
     db.sql(&format!(
@@ -193,9 +193,11 @@ fn pages(db: &TestDb) {
     server.shutdown();
 }
 
+// ---------------------------------------------------------------------------------------------
+// The attacks a dashboard must refuse
 /// Changes need the token, the same origin and the session's CSRF value; each attack leaves
 /// the row as it was.
-fn attacks(db: &TestDb) {
+fn attacks(db: &Db) {
     let s = seed(db);
     let read_only = start(db, None);
     let a = read_only.addr();
@@ -495,7 +497,7 @@ fn attacks(db: &TestDb) {
     server.shutdown();
 }
 
-per_backend!(pages, attacks);
+per_backend!(processes: pages, attacks);
 
 #[test]
 fn passwords_are_never_shown() {
@@ -520,7 +522,7 @@ fn passwords_are_never_shown() {
 fn the_binary_serves() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let db = Db::for_processes(Backend::Sqlite).unwrap();
     seed(&db);
     let mut child = Command::new(env!("CARGO_BIN_EXE_tend"))
         .args(["web", "--database-url", &db.url, "--listen", "127.0.0.1:0"])
@@ -552,7 +554,7 @@ fn the_binary_serves() {
 fn pools_report_to_metrics() {
     use diesel::r2d2::{ConnectionManager, Pool};
     use diesel::SqliteConnection;
-    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let db = Db::for_processes(Backend::Sqlite).unwrap();
     let pool = Pool::builder()
         .connection_customizer(Box::new(tend::SqliteSetup::new()))
         .build(ConnectionManager::<SqliteConnection>::new(&db.url))
@@ -608,7 +610,7 @@ fn pools_report_to_metrics() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn in_a_browser() {
-    use web_support::webdriver::Driver;
+    use support::web::webdriver::Driver;
     let require = std::env::var("TEND_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
     let Some(driver) = Driver::start() else {
         assert!(
@@ -618,7 +620,7 @@ fn in_a_browser() {
         eprintln!("\n*** SKIPPED: browser test: install the Debian packages chromium and chromium-driver ***\n");
         return;
     };
-    let db = TestDb::new(Backend::Sqlite).unwrap();
+    let db = Db::for_processes(Backend::Sqlite).unwrap();
     let s = seed(&db);
     // Some history for the chart: rows that changed over the last hour.
     db.with_conn(|c| {
@@ -714,4 +716,14 @@ fn in_a_browser() {
     );
     drop(driver);
     server.shutdown();
+}
+
+/// The WebDriver client's base64 decoder (screenshots). Here, not in `support/web/webdriver.rs`,
+/// so that the other test binaries, which include the same harness, do not run it too.
+#[test]
+fn decodes_base64() {
+    use support::web::webdriver::base64_decode;
+    assert_eq!(base64_decode("aGVsbG8="), b"hello");
+    assert_eq!(base64_decode("aGk="), b"hi");
+    assert_eq!(base64_decode("YWJj"), b"abc");
 }

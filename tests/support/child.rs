@@ -245,7 +245,7 @@ pub fn main() {
     }
     match Backend::parse(&env("TEND_CHILD_BACKEND")) {
         #[cfg(feature = "postgres")]
-        Backend::Pg => run::<diesel::PgConnection>(),
+        Backend::Postgres => run::<diesel::PgConnection>(),
         #[cfg(feature = "mysql")]
         Backend::Mysql => run::<diesel::MysqlConnection>(),
         #[cfg(feature = "sqlite")]
