@@ -1,4 +1,4 @@
-//! The `tend` binary as a process (`tests/cli.rs`, `tests/web.rs`): the task types the tests
+//! The `tend` binary as a process (`tests/cli/`, `tests/web/`): the task types the tests
 //! seed, a database of its own per test (a [`Db`], handed to the processes by URL) seeded
 //! through the library, and running `tend` against it.
 
