@@ -13,9 +13,6 @@
 
 mod support;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
@@ -24,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tend::{Event, NewTask, Registry, Task, TaskContext, TaskError, WorkerPool};
 
+use support::child::{self_as, ChildProc};
 use support::{
     connect, new_run, now_ms, per_backend, pool_for, wait_for, Backend, Mark, Ran, Row, TestConn,
     TestDb,
@@ -289,80 +287,14 @@ fn child_main<C: TestConn>() {
 // ---------------------------------------------------------------------------------------------
 // The parent side.
 
-/// A child worker process; killed (if still running) when dropped, so a failing test leaves
-/// none behind.
-struct ChildProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildProc {
-    fn spawn<C: TestConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
-        let log =
-            std::env::temp_dir().join(format!("tend-crash-{}-{owner}.log", std::process::id()));
-        let out = File::create(&log).expect("child log file");
-        let child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["child_process", "--exact", "--ignored", "--nocapture"])
-            .env("TEND_CRASH_ROLE", role)
-            .env("TEND_CRASH_BACKEND", C::BACKEND.name())
-            .env("TEND_CRASH_URL", &db.url)
-            .env("TEND_CRASH_OWNER", owner)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("spawning the child worker");
-        ChildProc { child, log }
-    }
-
-    fn pid(&self) -> i64 {
-        self.child.id().into()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails the test, with the child's output, if it has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the child exited early ({status}):\n{}", self.output());
-        }
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the child") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the child did not exit:\n{}",
-                self.output()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("reaping the child");
-        assert!(!status.success(), "{status}");
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!("child output:\n{}", self.output());
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// Starts a child worker in `role`, its output going to a log file.
+fn spawn_child<C: TestConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
+    let mut cmd = self_as("child_process");
+    cmd.env("TEND_CRASH_ROLE", role)
+        .env("TEND_CRASH_BACKEND", C::BACKEND.name())
+        .env("TEND_CRASH_URL", &db.url)
+        .env("TEND_CRASH_OWNER", owner);
+    ChildProc::spawn(cmd, &format!("tend-crash-{}-{owner}", std::process::id()))
 }
 
 fn wait_row<C: TestConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
@@ -390,7 +322,7 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: TestConn>() {
         .id()
         .unwrap();
     let owner = format!("child-hang-{}", C::BACKEND.name());
-    let mut proc = ChildProc::spawn(&db, "hang", &owner);
+    let mut proc = spawn_child(&db, "hang", &owner);
     let started = wait_mark(&db, &mut proc, "started", id);
     assert_eq!(started.pid, proc.pid());
     let running = db.row(id).unwrap();
@@ -472,7 +404,7 @@ fn a_stale_workers_completion_is_refused<C: TestConn>() {
     };
     let (stale, kept, filler) = (enqueue(), enqueue(), enqueue());
     let owner = format!("child-late-{}", C::BACKEND.name());
-    let mut proc = ChildProc::spawn(&db, "late", &owner);
+    let mut proc = spawn_child(&db, "late", &owner);
     wait_mark(&db, &mut proc, "started", stale);
     let child_token = db
         .row(stale)
@@ -568,8 +500,8 @@ fn two_processes_never_run_a_task_twice<C: TestConn>() {
     );
     let b = C::BACKEND.name();
     let mut procs = [
-        ChildProc::spawn(&db, "drain", &format!("child-a-{b}")),
-        ChildProc::spawn(&db, "drain", &format!("child-b-{b}")),
+        spawn_child(&db, "drain", &format!("child-a-{b}")),
+        spawn_child(&db, "drain", &format!("child-b-{b}")),
     ];
     wait_for("both children to be ready", PATIENCE, || {
         for p in &mut procs {
