@@ -12,7 +12,7 @@
 //! Size: 4 threads × 500 transactions per setting by default; `TEND_LONG=1` runs the issue's
 //! 4 × 2500. The counts are printed (`cargo test --test app_transactions -- --nocapture`).
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -24,7 +24,7 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use tend::{Registry, Task, TaskContext, TaskError, WorkerPool};
 
-use common::{per_backend, wait_for, DbConn, TestDb};
+use support::{per_backend, wait_for, TestConn, TestDb};
 
 /// The load: 4 application threads.
 const APP_THREADS: u64 = 4;
@@ -68,10 +68,10 @@ struct Outcome {
     elapsed: Duration,
 }
 
-fn stress<C: DbConn + Connection>(run: u64, batch: usize) -> Option<Outcome> {
+fn stress<C: TestConn + Connection>(run: u64, batch: usize) -> Option<Outcome> {
     let db = TestDb::<C>::fresh()?;
     // One r2d2 pool for the application and tend, as a service has.
-    let pool = common::pool_for::<C>(&db.url, 16);
+    let pool = support::pool_for::<C>(&db.url, 16);
     let mut registry = Registry::new();
     registry.register::<Checkout>().unwrap();
     let handle = WorkerPool::builder(pool.clone(), registry)
@@ -129,7 +129,7 @@ fn stress<C: DbConn + Connection>(run: u64, batch: usize) -> Option<Outcome> {
     })
 }
 
-fn application_transactions_never_fail_because_of_tend<C: DbConn + Connection>() {
+fn application_transactions_never_fail_because_of_tend<C: TestConn + Connection>() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let total = APP_THREADS * per_thread();
     let mut failed_somewhere = Vec::new();
@@ -183,7 +183,7 @@ fn conflict() -> diesel::result::Error {
     )
 }
 
-fn retry_helper_runs_the_whole_transaction_again<C: DbConn + Connection>() {
+fn retry_helper_runs_the_whole_transaction_again<C: TestConn + Connection>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -233,8 +233,8 @@ fn retry_helper_runs_the_whole_transaction_again<C: DbConn + Connection>() {
 
 /// A real deadlock between two application transactions on the servers (rows taken in opposite
 /// orders): the server rolls one back, the helper runs it again, and both commit.
-fn retry_helper_resolves_a_real_deadlock<C: DbConn + Connection>() {
-    if C::BACKEND == common::Backend::Sqlite {
+fn retry_helper_resolves_a_real_deadlock<C: TestConn + Connection>() {
+    if C::BACKEND == support::Backend::Sqlite {
         return; // one writer: the second transaction waits, it cannot deadlock
     }
     let Some(db) = TestDb::<C>::fresh() else {

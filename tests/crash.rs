@@ -11,11 +11,8 @@
 //! Children report what they do as rows in `tend_test_marks`, written on their own
 //! connections, never through tend.
 
-mod common;
+mod support;
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
@@ -24,8 +21,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tend::{Event, NewTask, Registry, Task, TaskContext, TaskError, WorkerPool};
 
-use common::{
-    connect, new_run, now_ms, per_backend, pool_for, wait_for, Backend, DbConn, Mark, Ran, Row,
+use support::child::{self_as, ChildProc};
+use support::{
+    connect, new_run, now_ms, per_backend, pool_for, wait_for, Backend, Mark, Ran, Row, TestConn,
     TestDb,
 };
 
@@ -103,7 +101,7 @@ struct Resume<const LATE: bool> {
 impl<const LATE: bool> Task for Resume<LATE> {
     const SIGNATURE: &'static str = if LATE { "crash.late" } else { "crash.hang" };
     fn execute(&self, ctx: &TaskContext) -> Result<(), TaskError> {
-        let run = common::run(self.run);
+        let run = support::run(self.run);
         let (start, start_ms) = (Instant::now(), now_ms());
         let opened = run.wait_gate();
         run.record(Ran {
@@ -188,8 +186,8 @@ fn child_process() {
     }
 }
 
-fn child_main<C: DbConn>() {
-    common::init_logs();
+fn child_main<C: TestConn>() {
+    support::init_logs();
     let (role, url, owner) = (
         env("TEND_CRASH_ROLE"),
         env("TEND_CRASH_URL"),
@@ -289,88 +287,22 @@ fn child_main<C: DbConn>() {
 // ---------------------------------------------------------------------------------------------
 // The parent side.
 
-/// A child worker process; killed (if still running) when dropped, so a failing test leaves
-/// none behind.
-struct ChildProc {
-    child: Child,
-    log: PathBuf,
+/// Starts a child worker in `role`, its output going to a log file.
+fn spawn_child<C: TestConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
+    let mut cmd = self_as("child_process");
+    cmd.env("TEND_CRASH_ROLE", role)
+        .env("TEND_CRASH_BACKEND", C::BACKEND.name())
+        .env("TEND_CRASH_URL", &db.url)
+        .env("TEND_CRASH_OWNER", owner);
+    ChildProc::spawn(cmd, &format!("tend-crash-{}-{owner}", std::process::id()))
 }
 
-impl ChildProc {
-    fn spawn<C: DbConn>(db: &TestDb<C>, role: &str, owner: &str) -> ChildProc {
-        let log =
-            std::env::temp_dir().join(format!("tend-crash-{}-{owner}.log", std::process::id()));
-        let out = File::create(&log).expect("child log file");
-        let child = Command::new(std::env::current_exe().expect("the test binary"))
-            .args(["child_process", "--exact", "--ignored", "--nocapture"])
-            .env("TEND_CRASH_ROLE", role)
-            .env("TEND_CRASH_BACKEND", C::BACKEND.name())
-            .env("TEND_CRASH_URL", &db.url)
-            .env("TEND_CRASH_OWNER", owner)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("spawning the child worker");
-        ChildProc { child, log }
-    }
-
-    fn pid(&self) -> i64 {
-        self.child.id().into()
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Fails the test, with the child's output, if it has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the child exited early ({status}):\n{}", self.output());
-        }
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the child") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the child did not exit:\n{}",
-                self.output()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("reaping the child");
-        assert!(!status.success(), "{status}");
-    }
-}
-
-impl Drop for ChildProc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if thread::panicking() {
-            eprintln!("child output:\n{}", self.output());
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn wait_row<C: DbConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
+fn wait_row<C: TestConn>(db: &TestDb<C>, id: i64, what: &str, pred: impl Fn(&Row) -> bool) -> Row {
     wait_for(what, PATIENCE, || db.row(id).filter(|r| pred(r)))
 }
 
 /// Waits for a child's mark on `task`, failing early if the child died.
-fn wait_mark<C: DbConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task: i64) -> Mark {
+fn wait_mark<C: TestConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task: i64) -> Mark {
     wait_for(&format!("the child to mark `{label}`"), PATIENCE, || {
         proc.assert_running();
         db.marks(label).into_iter().find(|m| m.task == task)
@@ -380,7 +312,7 @@ fn wait_mark<C: DbConn>(db: &TestDb<C>, proc: &mut ChildProc, label: &str, task:
 /// A child is SIGKILLed while running a task. Its row keeps the dead lease (status 1, the
 /// child's token and owner) until the lease expires; then the test's pool claims the task
 /// under a new token, reports the reclaim, and runs it to completion.
-fn a_killed_workers_task_runs_again_after_its_lease<C: DbConn>() {
+fn a_killed_workers_task_runs_again_after_its_lease<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -390,7 +322,7 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: DbConn>() {
         .id()
         .unwrap();
     let owner = format!("child-hang-{}", C::BACKEND.name());
-    let mut proc = ChildProc::spawn(&db, "hang", &owner);
+    let mut proc = spawn_child(&db, "hang", &owner);
     let started = wait_mark(&db, &mut proc, "started", id);
     assert_eq!(started.pid, proc.pid());
     let running = db.row(id).unwrap();
@@ -459,7 +391,7 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: DbConn>() {
 /// pool takes the task over and holds it. The child then finishes and tries to complete the
 /// task under its old token: refused, the row stays the new holder's, and the new holder
 /// completes it. A second task the child holds all along completes normally.
-fn a_stale_workers_completion_is_refused<C: DbConn>() {
+fn a_stale_workers_completion_is_refused<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -472,7 +404,7 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
     };
     let (stale, kept, filler) = (enqueue(), enqueue(), enqueue());
     let owner = format!("child-late-{}", C::BACKEND.name());
-    let mut proc = ChildProc::spawn(&db, "late", &owner);
+    let mut proc = spawn_child(&db, "late", &owner);
     wait_mark(&db, &mut proc, "started", stale);
     let child_token = db
         .row(stale)
@@ -555,7 +487,7 @@ fn a_stale_workers_completion_is_refused<C: DbConn>() {
 }
 
 /// Two worker processes drain one table: every task runs exactly once, and both take part.
-fn two_processes_never_run_a_task_twice<C: DbConn>() {
+fn two_processes_never_run_a_task_twice<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -568,8 +500,8 @@ fn two_processes_never_run_a_task_twice<C: DbConn>() {
     );
     let b = C::BACKEND.name();
     let mut procs = [
-        ChildProc::spawn(&db, "drain", &format!("child-a-{b}")),
-        ChildProc::spawn(&db, "drain", &format!("child-b-{b}")),
+        spawn_child(&db, "drain", &format!("child-a-{b}")),
+        spawn_child(&db, "drain", &format!("child-b-{b}")),
     ];
     wait_for("both children to be ready", PATIENCE, || {
         for p in &mut procs {

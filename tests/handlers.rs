@@ -2,7 +2,7 @@
 //! snooze that gives its attempt back (and its bound), `fallback` per enqueue, cancelling from
 //! code, and plain `enqueue` refusing a `Sync` task.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use tend::{
     WorkerPool,
 };
 
-use common::{now_ms, per_backend, wait_for, DbConn, TestDb, PARKED};
+use support::{now_ms, per_backend, wait_for, TestConn, TestDb, PARKED};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -107,7 +107,7 @@ fn gate_open(run: u64) -> bool {
     gates().lock().unwrap().contains(&run)
 }
 
-fn start<C: DbConn>(db: &TestDb<C>) -> PoolHandle {
+fn start<C: TestConn>(db: &TestDb<C>) -> PoolHandle {
     let mut registry = Registry::new();
     registry.register::<Job>().unwrap();
     WorkerPool::builder(db.pool.clone(), registry)
@@ -123,20 +123,20 @@ fn job(run: u64, key: u64, act: Act) -> NewTask {
     NewTask::new(&Job { run, key, act }).unwrap()
 }
 
-fn enqueue<C: DbConn>(db: &TestDb<C>, t: NewTask) -> i64 {
+fn enqueue<C: TestConn>(db: &TestDb<C>, t: NewTask) -> i64 {
     tend::enqueue_new(&mut db.pooled(), t)
         .unwrap()
         .id()
         .unwrap()
 }
 
-fn gone<C: DbConn>(db: &TestDb<C>, id: i64) -> bool {
+fn gone<C: TestConn>(db: &TestDb<C>, id: i64) -> bool {
     db.row(id).is_none()
 }
 
 /// `run_at` stores the absolute time as the due time; a past time is due at once, a future
 /// one waits for it.
-fn run_at_is_the_due_time<C: DbConn>() {
+fn run_at_is_the_due_time<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -166,7 +166,7 @@ fn run_at_is_the_due_time<C: DbConn>() {
 }
 
 /// Three snoozes and a success with `max_attempts = 2`: snoozes gave their attempts back.
-fn a_snooze_gives_its_attempt_back<C: DbConn>() {
+fn a_snooze_gives_its_attempt_back<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -182,7 +182,7 @@ fn a_snooze_gives_its_attempt_back<C: DbConn>() {
 }
 
 /// A task enqueued longer ago than its snooze limit: each snooze counts, so it dies.
-fn snoozing_is_bounded<C: DbConn>() {
+fn snoozing_is_bounded<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -204,7 +204,7 @@ fn snoozing_is_bounded<C: DbConn>() {
 
 /// `fallback(None)` turns the type's fallback off for one task; `fallback(Some(..))` turns it
 /// on for a type whose options have none.
-fn fallback_is_set_per_enqueue<C: DbConn>() {
+fn fallback_is_set_per_enqueue<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -230,7 +230,7 @@ fn fallback_is_set_per_enqueue<C: DbConn>() {
 
 /// `tend::cancel` with the CLI's rules: a pending task is cancelled; a running one only when
 /// asked, and then its worker's result is discarded.
-fn cancel_from_code<C: DbConn>() {
+fn cancel_from_code<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -274,7 +274,7 @@ fn cancel_from_code<C: DbConn>() {
 
 /// Plain `enqueue` cannot run a task in the caller's thread after a commit it does not see:
 /// a `Sync` task is refused, as a `WithoutTransaction` one is, with the fix in the message.
-fn plain_enqueue_refuses_sync<C: DbConn>() {
+fn plain_enqueue_refuses_sync<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };

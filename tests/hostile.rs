@@ -3,7 +3,7 @@
 //! application trigger refuses to let tend lease, on every backend. Each hostile row ends in a
 //! visible state with a message naming what is wrong; none is deleted; no thread dies.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tend::{NewTask, Registry, Task, TaskContext, TaskError, WorkerPool};
 
-use common::{now_ms, per_backend, wait_for, Backend, DbConn, Row, TestDb, PARKED};
+use support::{now_ms, per_backend, wait_for, Backend, Row, TestConn, TestDb, PARKED};
 
 const HEALTHY: usize = 1000;
 
@@ -39,7 +39,7 @@ impl Task for Healthy {
 /// A trigger, as an application might have one, that refuses some updates of tend's rows:
 /// `task_id = 'poison'` cannot be leased (status 1), `task_id = 'poison-any'` cannot be
 /// updated at all.
-fn install_poison_trigger<C: DbConn>(db: &TestDb<C>) {
+fn install_poison_trigger<C: TestConn>(db: &TestDb<C>) {
     match C::BACKEND {
         Backend::Postgres => db.exec(
             "CREATE FUNCTION tend_test_poison() RETURNS trigger AS $$ BEGIN \
@@ -201,7 +201,7 @@ fn hostile_rows(backend: Backend) -> Vec<Hostile> {
     ]
 }
 
-fn drains_1000_healthy_tasks_past_hostile_rows<C: DbConn>() {
+fn drains_1000_healthy_tasks_past_hostile_rows<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
@@ -320,7 +320,7 @@ fn drains_1000_healthy_tasks_past_hostile_rows<C: DbConn>() {
 
 /// `enqueue_many` of more rows than one statement may bind (SQLite takes 32 766 binds, the
 /// servers 65 535; a row has 27) is one transaction of several statements, not an error.
-fn enqueue_many_takes_more_rows_than_one_statement_binds<C: DbConn>() {
+fn enqueue_many_takes_more_rows_than_one_statement_binds<C: TestConn>() {
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };

@@ -24,7 +24,9 @@ use diesel::Connection;
 use support::child::{stat, ChildCfg, ChildWorker};
 use support::runlog::RunLog;
 use support::verify::{self, Kill};
-use support::{figures, now_us, quick, task_count, wait_for, Backend, Cutter, Db, TestConn, Work};
+use support::{
+    figures, now_us, per_backend, quick, task_count, wait_for, Backend, Cutter, Db, TestConn, Work,
+};
 
 /// The entry point of the worker processes the affinity test starts.
 #[test]
@@ -39,29 +41,7 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-macro_rules! per_backend {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[cfg(feature = "postgres")]
-            #[test]
-            fn pg() {
-                super::$test::<diesel::PgConnection>();
-            }
-            #[cfg(feature = "mysql")]
-            #[test]
-            fn mysql() {
-                super::$test::<diesel::MysqlConnection>();
-            }
-            #[cfg(feature = "sqlite")]
-            #[test]
-            fn sqlite() {
-                super::$test::<diesel::SqliteConnection>();
-            }
-        }
-    )*};
-}
-
-per_backend!(routing, shard_outage, affinity, affinity_balance);
+per_backend!(scenarios: routing, shard_outage, affinity, affinity_balance);
 
 const ORDERS: &str = "CREATE TABLE tend_orders (k BIGINT PRIMARY KEY)";
 

@@ -5,11 +5,8 @@
 //! TEND_MYSQL_URL=mysql://root@127.0.0.1:3306/test TEND_REQUIRE_DBS=1
 //! cargo test --all-features --test threads -- --nocapture`.
 
-mod common;
+mod support;
 #[allow(dead_code)]
-#[path = "support/proxy.rs"]
-mod proxy;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
@@ -21,7 +18,7 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use serde::{Deserialize, Serialize};
 use tend::{NewTask, Registry, Task, TaskContext, TaskError, TaskOptions, WorkerPool};
 
-use common::{per_backend, wait_for, Backend, DbConn, TestDb};
+use support::{per_backend, wait_for, Backend, TestConn, TestDb};
 
 /// The fault hook and the figures are process-wide: these tests run one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -66,7 +63,7 @@ fn registry() -> Registry {
     r
 }
 
-fn enqueue_counted<C: DbConn>(pool: &Pool<ConnectionManager<C>>, n: usize) {
+fn enqueue_counted<C: TestConn>(pool: &Pool<ConnectionManager<C>>, n: usize) {
     let mut conn = pool.get().unwrap();
     for _ in 0..n {
         let mut tries = 0;
@@ -91,12 +88,12 @@ fn wait_counted(target: usize, what: &str) {
 /// No pool thread dies: a panic is injected into each kind of thread in turn (the fetcher's
 /// inside a transaction that has written, so that on SQLite it holds the write lock), and after
 /// each the pool still drains new tasks; at the end 200 more drain and every thread joins.
-fn every_thread_kind_survives_a_panic<C: DbConn>() {
+fn every_thread_kind_survives_a_panic<C: TestConn>() {
     let _serial = serial();
     let Some(db) = TestDb::<C>::fresh() else {
         return;
     };
-    let pool = common::pool_for::<C>(&db.url, 8);
+    let pool = support::pool_for::<C>(&db.url, 8);
     COUNTED.store(0, Ordering::SeqCst);
     let handle = WorkerPool::builder(pool.clone(), registry())
         .threads(2)
@@ -188,9 +185,9 @@ fn mysql_a_cached_statement_whose_read_failed_runs_again_after_the_cache_reset()
         .batch_execute("BEGIN; SELECT * FROM tend_test_orders WHERE id = 2 FOR UPDATE")
         .unwrap();
     let query = || {
-        common::tend_test_orders::table
-            .select(common::tend_test_orders::id)
-            .order(common::tend_test_orders::id)
+        support::tend_test_orders::table
+            .select(support::tend_test_orders::id)
+            .order(support::tend_test_orders::id)
             .for_update()
     };
     let err = victim
@@ -226,7 +223,7 @@ fn mysql_a_cached_statement_whose_read_failed_runs_again_after_the_cache_reset()
 
 /// How the hang test builds its r2d2 pool: as usual on the servers (the proxy hangs); on
 /// SQLite with a busy timeout far beyond the shutdown's, the equivalent of a hung server.
-trait HangPool: DbConn {
+trait HangPool: TestConn {
     fn hang_pool(
         b: diesel::r2d2::Builder<ConnectionManager<Self>>,
         url: &str,
@@ -271,7 +268,7 @@ fn shutdown_is_bounded_when_the_database_hangs<C: HangPool>() {
                 .and_then(|rest| rest.split('/').next())
                 .expect("host:port in the URL")
                 .to_string();
-            let p = proxy::Proxy::start(&addr);
+            let p = support::proxy::Proxy::start(&addr);
             let url = db.url.replacen(&addr, &p.addr, 1);
             (Some(p), url)
         }
@@ -348,7 +345,7 @@ fn mysql_fifty_shutdown_cycles_with_application_transactions() {
     let Some(db) = TestDb::<diesel::MysqlConnection>::fresh() else {
         return;
     };
-    let pool = common::pool_for::<diesel::MysqlConnection>(&db.url, 16);
+    let pool = support::pool_for::<diesel::MysqlConnection>(&db.url, 16);
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicUsize::new(0));
     let app_failures = Arc::new(AtomicUsize::new(0));
@@ -363,10 +360,10 @@ fn mysql_fifty_shutdown_cycles_with_application_transactions() {
                     n += 1;
                     let id = t * 10_000_000 + n;
                     let r = conn.transaction(|c| {
-                        diesel::insert_into(common::tend_test_orders::table)
+                        diesel::insert_into(support::tend_test_orders::table)
                             .values((
-                                common::tend_test_orders::id.eq(id),
-                                common::tend_test_orders::note.eq("order"),
+                                support::tend_test_orders::id.eq(id),
+                                support::tend_test_orders::note.eq("order"),
                             ))
                             .execute(c)?;
                         tend::enqueue(c, &Count).map_err(|e| {
@@ -518,7 +515,7 @@ fn mysql_statements_interrupted_mid_result_never_wedge_the_pool() {
     const N: usize = 3000;
     COUNTED.store(0, Ordering::SeqCst);
     enqueue_counted(&db.pool, N);
-    let pool = common::pool_for::<diesel::MysqlConnection>(&db.url, 8);
+    let pool = support::pool_for::<diesel::MysqlConnection>(&db.url, 8);
     let handle = WorkerPool::builder(pool.clone(), registry())
         .threads(4)
         .batch_size(50)
@@ -557,7 +554,7 @@ fn mysql_statements_interrupted_mid_result_never_wedge_the_pool() {
             }
         })
     };
-    let drained = common::wait_for_or(Duration::from_secs(45), || {
+    let drained = support::wait_for_or(Duration::from_secs(45), || {
         (COUNTED.load(Ordering::SeqCst) >= N).then_some(())
     });
     stop.store(true, Ordering::SeqCst);

@@ -1,5 +1,9 @@
-//! Real worker processes: the test binary re-executes itself running only its `#[ignore]`d
-//! `child_worker` test, configured by `TEND_CHILD_*` variables. The child starts a tend pool
+//! Real worker processes: the test binary re-executes itself running only one of its
+//! `#[ignore]`d tests ([`self_as`]), so the children are real processes with their own
+//! connections, killed for real with SIGKILL, and never left behind by a failing test.
+//!
+//! [`ChildWorker`] is the reliability suites' worker: their `child_worker` test, configured by
+//! `TEND_CHILD_*` variables. The child starts a tend pool
 //! draining `Work` tasks, says `TEND_CHILD_READY` on stdout, and runs until its stdin closes
 //! (a graceful shutdown, after which it prints `TEND_CHILD_STATS ...`) or it is SIGKILLed.
 //!
@@ -11,8 +15,10 @@
 //! fn child_worker() { support::child::main() }
 //! ```
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -75,34 +81,27 @@ impl std::fmt::Debug for ChildWorker {
 impl ChildWorker {
     /// Starts a child writing to `log` and waits until its pool runs.
     pub fn spawn(cfg: &ChildCfg, log: &RunLog) -> ChildWorker {
-        let exe = std::env::current_exe().expect("the test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "child_worker",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TEND_CHILD", "1")
-        .env("TEND_CHILD_BACKEND", cfg.backend.name())
-        .env("TEND_CHILD_URLS", cfg.urls.join("|"))
-        .env("TEND_CHILD_LOG_ID", log.id.to_string())
-        .env("TEND_CHILD_LOG_PATH", &log.path)
-        .env("TEND_CHILD_THREADS", cfg.threads.to_string())
-        .env("TEND_CHILD_BATCH", cfg.batch.to_string())
-        .env("TEND_CHILD_LEASE_MS", cfg.lease.as_millis().to_string())
-        .env("TEND_CHILD_POLL_MS", cfg.poll.as_millis().to_string())
-        .env("TEND_CHILD_AFFINITY", if cfg.affinity { "1" } else { "0" })
-        .env(
-            "TEND_CHILD_CONN_TIMEOUT_MS",
-            cfg.conn_timeout.as_millis().to_string(),
-        )
-        .env("TEND_CHILD_BUSY_MS", cfg.busy.as_millis().to_string())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let mut cmd = self_as("child_worker");
+        cmd.arg("--test-threads=1")
+            .env("TEND_CHILD", "1")
+            .env("TEND_CHILD_BACKEND", cfg.backend.name())
+            .env("TEND_CHILD_URLS", cfg.urls.join("|"))
+            .env("TEND_CHILD_LOG_ID", log.id.to_string())
+            .env("TEND_CHILD_LOG_PATH", &log.path)
+            .env("TEND_CHILD_THREADS", cfg.threads.to_string())
+            .env("TEND_CHILD_BATCH", cfg.batch.to_string())
+            .env("TEND_CHILD_LEASE_MS", cfg.lease.as_millis().to_string())
+            .env("TEND_CHILD_POLL_MS", cfg.poll.as_millis().to_string())
+            .env("TEND_CHILD_AFFINITY", if cfg.affinity { "1" } else { "0" })
+            .env(
+                "TEND_CHILD_CONN_TIMEOUT_MS",
+                cfg.conn_timeout.as_millis().to_string(),
+            )
+            .env("TEND_CHILD_BUSY_MS", cfg.busy.as_millis().to_string())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let started_us = now_us();
         let mut child = cmd.spawn().expect("spawning a child worker");
         let out = child.stdout.take().unwrap();
@@ -213,10 +212,95 @@ impl ChildWorker {
 
 impl Drop for ChildWorker {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        reap(&mut self.child);
+    }
+}
+
+/// The test binary, to be run as exactly its `#[ignore]`d test `test`: how every child process
+/// of the suites starts.
+pub fn self_as(test: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([test, "--exact", "--ignored", "--nocapture"]);
+    cmd
+}
+
+/// Kills and reaps a child that still runs.
+fn reap(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// How long a child may take to exit.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A child process whose stdout and stderr go to a log file (shown when the test fails);
+/// killed (if still running) when dropped, so a failing test leaves none behind. The crash
+/// suite's children (`tests/crash.rs`, roles `hang`, `late`, `drain`) run as these.
+pub struct ChildProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ChildProc {
+    /// Starts `cmd` (see [`self_as`]) with its output in the temp file `<name>.log`.
+    pub fn spawn(mut cmd: Command, name: &str) -> ChildProc {
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let out = File::create(&log).expect("child log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("spawning the child worker");
+        ChildProc { child, log }
+    }
+
+    pub fn pid(&self) -> i64 {
+        self.child.id().into()
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test, with the child's output, if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the child exited early ({status}):\n{}", self.output());
         }
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the child did not exit:\n{}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("reaping the child");
+        assert!(!status.success(), "{status}");
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        reap(&mut self.child);
+        if thread::panicking() {
+            eprintln!("child output:\n{}", self.output());
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -245,7 +329,7 @@ pub fn main() {
     }
     match Backend::parse(&env("TEND_CHILD_BACKEND")) {
         #[cfg(feature = "postgres")]
-        Backend::Pg => run::<diesel::PgConnection>(),
+        Backend::Postgres => run::<diesel::PgConnection>(),
         #[cfg(feature = "mysql")]
         Backend::Mysql => run::<diesel::MysqlConnection>(),
         #[cfg(feature = "sqlite")]

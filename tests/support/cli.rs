@@ -1,32 +1,139 @@
-//! Databases for the CLI tests: one of its own per test on every backend, seeded through the
-//! library.
+//! The `tend` binary as a process (`tests/cli/`, `tests/web/`): the task types the tests
+//! seed, a database of its own per test (a [`Db`], handed to the processes by URL) seeded
+//! through the library, and running `tend` against it.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use diesel::Connection;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tend::NewTask;
+use tend::{NewTask, Task, TaskContext, TaskError};
 
-use super::{now_ms, tend, Refund, Run, Ship, DAY_MS, PARKED};
+pub use super::{now_ms, Backend, Db, PARKED};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-    Mysql,
+pub const DAY_MS: i64 = 86_400_000;
+
+#[derive(Serialize, Deserialize)]
+pub struct Ship {
+    pub order_id: i64,
 }
 
-/// A database of its own for one test, dropped (or deleted) afterwards.
-pub struct TestDb {
-    pub backend: Backend,
-    pub url: String,
-    /// The server URL it was created from (to drop it), or `None` for a SQLite file.
-    server: Option<String>,
-    name: String,
+impl Task for Ship {
+    const SIGNATURE: &'static str = "orders.ship";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
+
+#[derive(Serialize, Deserialize)]
+pub struct Refund {
+    pub order_id: i64,
+    pub cents: u64,
+}
+
+impl Task for Refund {
+    const SIGNATURE: &'static str = "payments.refund";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Bulk {
+    pub n: u32,
+}
+
+impl Task for Bulk {
+    const SIGNATURE: &'static str = "reports.bulk";
+    fn execute(&self, _: &TaskContext) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+/// What one run of `tend` did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+    #[track_caller]
+    pub fn fails(self, code: i32, needle: &str) -> Run {
+        assert_eq!(self.code, code, "expected exit code {code}: {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+    #[track_caller]
+    pub fn says(self, needle: &str) -> Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+    /// The ids in the first column of a `tasks list` table.
+    pub fn ids(&self) -> Vec<i64> {
+        self.stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// Runs `tend` with `args`, without `DATABASE_URL` unless `env` sets it.
+pub fn tend_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tend"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the tend binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn tend(args: &[&str]) -> Run {
+    tend_env(args, &[])
+}
+
+/// Runs a scenario of `per_backend!(processes: ..)` on a fresh database of `backend`, or says
+/// why it is skipped.
+pub fn run(backend: Backend, scenario: fn(&Db)) {
+    if let Some(db) = Db::for_processes(backend) {
+        scenario(&db);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Databases, seeded through the library
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A name of this process no other call returns (for the SQLite-only tests' own files).
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}",
@@ -35,57 +142,22 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// `url` with its database name replaced by `name`.
-fn with_db_name(url: &str, name: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    let host_end = base[start..].find('/').map_or(base.len(), |i| start + i);
-    format!("{}/{name}{query}", &base[..host_end])
-}
-
-impl TestDb {
+impl Db {
     /// A fresh empty database, or `None` (after a SKIPPED line) when the backend is not
-    /// configured.
-    pub fn new(backend: Backend) -> Option<TestDb> {
-        let (var, feature_on) = match backend {
-            Backend::Sqlite => {
-                let name = unique("tend-cli");
-                let path = std::env::temp_dir().join(format!("{name}.db"));
-                return Some(TestDb {
-                    backend,
-                    url: path.to_str().unwrap().to_string(),
-                    server: None,
-                    name,
-                });
-            }
-            Backend::Postgres => ("TEND_PG_URL", cfg!(feature = "postgres")),
-            Backend::Mysql => ("TEND_MYSQL_URL", cfg!(feature = "mysql")),
+    /// configured or tend was built without its feature.
+    pub fn for_processes(backend: Backend) -> Option<Db> {
+        let feature_on = match backend {
+            Backend::Sqlite => true,
+            Backend::Postgres => cfg!(feature = "postgres"),
+            Backend::Mysql => cfg!(feature = "mysql"),
         };
-        let require = std::env::var("TEND_REQUIRE_DBS").is_ok_and(|v| v == "1");
         if !feature_on {
             eprintln!(
                 "\n*** SKIPPED: {backend:?} CLI test: tend was built without its feature ***\n"
             );
             return None;
         }
-        let Ok(server) = std::env::var(var) else {
-            assert!(!require, "TEND_REQUIRE_DBS=1 but {var} is not set");
-            eprintln!("\n*** SKIPPED: {backend:?} CLI test: set {var} to run it ***\n");
-            return None;
-        };
-        let name = unique("tend_cli");
-        admin_sql(backend, &server, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
-            panic!("cannot create a {backend:?} test database with {var}: {e}")
-        });
-        Some(TestDb {
-            backend,
-            url: with_db_name(&server, &name),
-            server: Some(server),
-            name,
-        })
+        Db::create(backend, "CLI")
     }
 
     /// Runs `tend --database-url <this> args…`.
@@ -94,7 +166,6 @@ impl TestDb {
         all.extend_from_slice(args);
         tend(&all)
     }
-
     /// Migrates through the library and runs `f` on a connection.
     pub fn with_conn<R>(&self, f: impl FnOnce(&mut dyn Seed) -> R) -> R {
         match self.backend {
@@ -144,47 +215,6 @@ impl TestDb {
     pub fn status(&self, id: i64) -> String {
         let row = self.row(id).unwrap_or_else(|| panic!("task {id} is gone"));
         row["status"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        match &self.server {
-            None => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", self.url));
-                }
-            }
-            Some(server) => {
-                // FORCE: a backend of a CLI process that just exited may not be gone yet.
-                let force = if self.backend == Backend::Postgres {
-                    " WITH (FORCE)"
-                } else {
-                    ""
-                };
-                let sql = format!("DROP DATABASE IF EXISTS {}{force}", self.name);
-                if let Err(e) = admin_sql(self.backend, server, &sql) {
-                    eprintln!("warning: could not drop test database {}: {e}", self.name);
-                }
-            }
-        }
-    }
-}
-
-/// Runs a statement on the server database (to create or drop a test database).
-fn admin_sql(backend: Backend, server: &str, sql: &str) -> Result<(), String> {
-    #[cfg(any(feature = "postgres", feature = "mysql"))]
-    fn run<C: Connection>(server: &str, sql: &str) -> Result<(), String> {
-        let mut c = C::establish(server).map_err(|e| e.to_string())?;
-        c.batch_execute(sql).map_err(|e| e.to_string())
-    }
-    match backend {
-        #[cfg(feature = "postgres")]
-        Backend::Postgres => run::<diesel::PgConnection>(server, sql),
-        #[cfg(feature = "mysql")]
-        Backend::Mysql => run::<diesel::MysqlConnection>(server, sql),
-        #[allow(unreachable_patterns)] // SQLite has no server; others are skipped without features
-        _ => unreachable!("{backend:?} has no server here ({server}, {sql})"),
     }
 }
 
@@ -240,7 +270,7 @@ impl Seeded {
     }
 }
 
-pub fn seed(db: &TestDb) -> Seeded {
+pub fn seed(db: &Db) -> Seeded {
     db.with_conn(|c| {
         c.migrate();
         let now = now_ms();

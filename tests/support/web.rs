@@ -1,5 +1,5 @@
-//! The harness of `tests/web.rs`: a raw HTTP/1.1 client (so that a test can send exactly the
-//! bytes an attacker would, malformed or oversized), and a tiny W3C WebDriver client over it.
+//! The dashboard's tests (`tests/web/`): a raw HTTP/1.1 client (so that a test can send exactly
+//! the bytes an attacker would, malformed or oversized), and a tiny W3C WebDriver client over it.
 
 pub mod webdriver;
 

@@ -1,0 +1,310 @@
+//! The measurements, generic over the backend: setup, the enqueue figures, and the helpers of every phase.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// The measurements, generic over the backend
+// ---------------------------------------------------------------------------------------------
+
+pub(crate) struct Bench<D: Db> {
+    /// For setup, enqueue, dispatch and lateness; each drain gets a pool of its own, sized
+    /// for it, so that idle connections (SQLite page caches) of other phases stay out of rss.
+    pub(crate) pool: Pool<Cm<D::C>>,
+    pub(crate) url: String,
+    pub(crate) s: &'static Settings,
+}
+
+pub(crate) type Pooled<D> = PooledConnection<Cm<<D as Db>::C>>;
+
+impl<D: Db> Bench<D> {
+    pub(crate) fn conn(&self) -> Res<Pooled<D>> {
+        Ok(self.pool.get()?)
+    }
+
+    pub(crate) fn clear(&self) -> Res<()> {
+        let mut c = self.conn()?;
+        D::clear(&mut c)?;
+        Ok(())
+    }
+
+    /// `n` due no-op tasks (and, for the backlog, rows due in a day), generated on the server.
+    pub(crate) fn fill(&self, due: usize, future: usize) -> Res<()> {
+        let mut c = self.conn()?;
+        let now = now_ms();
+        if future > 0 {
+            D::fill(&mut c, future, now + 86_400_000)?;
+        }
+        if due > 0 {
+            D::fill(&mut c, due, now - 20 * 60_000)?;
+        }
+        D::analyze(&mut c)?;
+        Ok(())
+    }
+
+    pub(crate) fn figure(
+        &self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        system: &'static str,
+        n: usize,
+    ) {
+        figure(name, value, unit, D::NAME, system, n);
+    }
+
+    pub(crate) fn run(&self) -> Res<()> {
+        let t0 = Instant::now();
+        let phase = |name: &str, f: &dyn Fn() -> Res<()>| -> Res<()> {
+            if !self.s.wants(name) {
+                return Ok(());
+            }
+            let t = Instant::now();
+            expect_done(PHASE_BUDGET, format!("{} {name}", D::NAME));
+            f()?;
+            log(format!(
+                "{}: {name} took {:.1} s",
+                D::NAME,
+                t.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        };
+        phase("enqueue", &|| self.enqueue())?;
+        phase("drains", &|| self.drains())?;
+        phase("dispatch", &|| self.dispatch())?;
+        phase("lateness", &|| self.lateness())?;
+        log(format!(
+            "{}: done in {:.1} s",
+            D::NAME,
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    // ----- enqueue -------------------------------------------------------------------------
+
+    /// Business-only, tend and limit transactions, interleaved in rounds so that drift of the
+    /// machine hits all three alike.
+    pub(crate) fn enqueue(&self) -> Res<()> {
+        let n = self.s.n;
+        const ROUNDS: usize = 4;
+        let per = n / ROUNDS;
+        // business (tend slot), tend, limit, business (limit slot)
+        let mut t = [Duration::ZERO; 4];
+        let mut done = [0usize; 4];
+        let mut c = self.conn()?;
+        self.clear()?;
+        let mut order = 0i64;
+        for round in 0..ROUNDS {
+            let mut parts: Vec<usize> = vec![0, 1, 2, 3];
+            parts.rotate_left(round);
+            for part in parts {
+                let sys = ["business", "tend", "limit", "business"][part];
+                profile_phase(&format!("{} enqueue {sys}", D::NAME), per * ROUNDS);
+                let start = Instant::now();
+                for _ in 0..per {
+                    if start.elapsed() > ENQUEUE_CAP {
+                        break;
+                    }
+                    done[part] += 1;
+                    order += 1;
+                    let i = order;
+                    match part {
+                        0 | 3 => c.transaction(|c| D::insert_order(c, i))?,
+                        1 => c.transaction(|c| -> Res<()> {
+                            D::insert_order(c, i)?;
+                            tend::enqueue(c, &Noop { order_id: i })?;
+                            Ok(())
+                        })?,
+                        _ => c.transaction(|c| -> Res<()> {
+                            D::insert_order(c, i)?;
+                            D::insert_task(c, &LimitRow::noop(i, now_ms()))?;
+                            Ok(())
+                        })?,
+                    }
+                }
+                t[part] += start.elapsed();
+            }
+            self.clear()?;
+        }
+        if done.iter().any(|&d| d < per * ROUNDS) {
+            log(format!(
+                "{}: enqueue capped at {ENQUEUE_CAP:?} per round: {done:?} of {} transactions",
+                D::NAME,
+                per * ROUNDS
+            ));
+        }
+        let rate = |p: usize| done[p] as f64 / t[p].as_secs_f64();
+        profile_phase("-", 0);
+        self.figure("enqueue_tx_per_s", rate(1), "tx/s", "tend", done[1]);
+        self.figure("enqueue_tx_per_s", rate(2), "tx/s", "limit", done[2]);
+        let name = "enqueue_business_only_tx_per_s";
+        self.figure(name, rate(0), "tx/s", "tend", done[0]);
+        self.figure(name, rate(3), "tx/s", "limit", done[3]);
+
+        // 100 tasks per transaction.
+        let txs = n / BATCH;
+        let mut tb = [Duration::ZERO; 2];
+        for round in 0..2 {
+            for part in [round, 1 - round] {
+                self.clear()?;
+                profile_phase(
+                    &format!("{} enqueue batch {}", D::NAME, ["tend", "limit"][part]),
+                    n,
+                );
+                let start = Instant::now();
+                for tx in 0..txs / 2 {
+                    let base = (tx * BATCH) as i64;
+                    if part == 0 {
+                        let tasks = (0..BATCH as i64)
+                            .map(|i| NewTask::new(&Noop { order_id: base + i }))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        c.transaction(|c| -> Res<()> {
+                            tend::enqueue_many(c, tasks)?;
+                            Ok(())
+                        })?;
+                    } else {
+                        let now = now_ms();
+                        let rows: Vec<LimitRow> = (0..BATCH as i64)
+                            .map(|i| LimitRow::noop(base + i, now))
+                            .collect();
+                        c.transaction(|c| D::insert_tasks(c, &rows))?;
+                    }
+                }
+                tb[part] += start.elapsed();
+            }
+        }
+        self.clear()?;
+        let total = txs / 2 * 2 * BATCH;
+        self.figure(
+            "enqueue_batch_tasks_per_s",
+            total as f64 / tb[0].as_secs_f64(),
+            "tasks/s",
+            "tend",
+            total,
+        );
+        self.figure(
+            "enqueue_batch_tasks_per_s",
+            total as f64 / tb[1].as_secs_f64(),
+            "tasks/s",
+            "limit",
+            total,
+        );
+        Ok(())
+    }
+}
+
+/// Sleeps until `next`, then moves it one `gap` on (never into the past: no catching up).
+pub(crate) fn pace(next: &mut Instant, gap: Duration) {
+    let now = Instant::now();
+    if *next > now {
+        thread::sleep(*next - now);
+    }
+    *next = (*next).max(now) + gap;
+}
+
+pub(crate) fn wait_for(mut done: impl FnMut() -> bool, what: &str) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("{what}: timed out after 120 s").into());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// What a drain did: handler runs (of `n` tasks) in how long, and whether `DRAIN_CAP` cut it.
+pub(crate) struct Drained {
+    pub(crate) ran: usize,
+    pub(crate) took: Duration,
+    pub(crate) capped: bool,
+}
+
+impl Drained {
+    pub(crate) fn new(n: usize, took: Duration, who: &str) -> Drained {
+        let ran = RAN.load(Ordering::SeqCst);
+        let capped = took >= DRAIN_CAP;
+        if capped {
+            log(format!(
+                "WARNING: {who} drain CAPPED at {DRAIN_CAP:?} after {ran} of {n} tasks; \
+                 its rate is of the tasks it ran"
+            ));
+        } else if ran != n {
+            log(format!("WARNING: {who} ran {ran} handlers for {n} tasks"));
+        }
+        Drained { ran, took, capped }
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.ran as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// Handler start − commit return, per probe, in µs (clamped at 0: a handler may start before
+/// the caller's `Instant::now()` after the return).
+pub(crate) fn latencies_us(returned: &[Instant]) -> Vec<f64> {
+    let starts = STARTS.lock().unwrap();
+    let mut negative = 0;
+    let lat: Vec<f64> = starts
+        .iter()
+        .map(
+            |s| match s.at.checked_duration_since(returned[s.seq as usize]) {
+                Some(d) => d.as_secs_f64() * 1e6,
+                None => {
+                    negative += 1;
+                    0.0
+                }
+            },
+        )
+        .collect();
+    if negative > 0 {
+        log(format!(
+            "dispatch: {negative} handler(s) started before the caller saw the return"
+        ));
+    }
+    lat
+}
+
+pub(crate) fn lateness_ms(due: &HashMap<i64, i64>) -> Vec<f64> {
+    let starts = STARTS.lock().unwrap();
+    let mut missing = 0;
+    let late: Vec<f64> = starts
+        .iter()
+        .filter_map(|s| match due.get(&s.id) {
+            Some(&d) => Some(s.wall_us as f64 / 1000.0 - d as f64),
+            None => {
+                missing += 1;
+                None
+            }
+        })
+        .collect();
+    if missing > 0 {
+        log(format!(
+            "lateness: {missing} task(s) without a known due time were left out"
+        ));
+    }
+    late
+}
+
+/// Whether a transaction's error is a lock conflict (a MariaDB deadlock between the producer
+/// and the workers, SQLite busy): the caller retries the transaction, tend's or the limit's.
+pub(crate) fn is_transient_box(e: &BoxError) -> bool {
+    if let Some(d) = e.downcast_ref::<DieselError>() {
+        return is_transient(d);
+    }
+    e.downcast_ref::<tend::Error>()
+        .is_some_and(|t| t.is_transient())
+}
+
+pub(crate) fn retry_tx<T>(mut op: impl FnMut() -> Res<T>) -> Res<T> {
+    let mut attempt = 0;
+    loop {
+        match op() {
+            Err(e) if attempt < 50 && is_transient_box(&e) => {
+                attempt += 1;
+                thread::sleep(Duration::from_micros(200 * attempt));
+            }
+            other => return other,
+        }
+    }
+}

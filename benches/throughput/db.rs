@@ -1,0 +1,374 @@
+//! Per-backend statements of the bench and the limit (`Db`, one module per backend), and the
+//! provisioning of a server database, written once for PostgreSQL and MariaDB/MySQL.
+
+use super::*;
+
+/// A server database for one backend's run: `db` (`tend_bench_<pid>`) on the server of `url`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) struct Server {
+    /// The backend's name in figures and `on_abort`.
+    pub(crate) backend: &'static str,
+    /// Its name in messages.
+    pub(crate) label: &'static str,
+    pub(crate) url: String,
+    pub(crate) db: String,
+    /// What `DROP DATABASE` needs to end connections a hung phase left open.
+    pub(crate) force: &'static str,
+    pub(crate) admin: fn(&str, &str) -> QueryResult<()>,
+    pub(crate) run: fn(&'static Settings, &str) -> Res<()>,
+}
+
+/// Creates the server's database, runs the bench on it and drops it again (the watchdog drops
+/// it too when a phase hangs). Written once for PostgreSQL and MariaDB/MySQL.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn on_server(sv: &Server, s: &'static Settings) -> Res<()> {
+    let (backend, label, db, admin) = (sv.backend, sv.label, sv.db.as_str(), sv.admin);
+    let url = sv.url.clone();
+    let force = sv.force;
+    let run = sv.run;
+    let drop_sql = format!("DROP DATABASE IF EXISTS {db}{force}");
+    admin(&url, &format!("CREATE DATABASE {db}"))
+        .map_err(BoxError::from)
+        .and_then(|()| {
+            let (u, d) = (url.clone(), drop_sql.clone());
+            on_abort(backend, move || {
+                let _ = admin(&u, &d);
+            });
+            let r = run(s, &with_db(&url, db));
+            if let Err(e) = admin(&url, &drop_sql) {
+                log(format!("could not drop the {label} database {db}: {e}"));
+            }
+            cleaned_up(backend);
+            r
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-backend statements
+// ---------------------------------------------------------------------------------------------
+
+/// A backend: its connection type and the statements that differ.
+pub(crate) trait Db: 'static {
+    type C: R2D2Connection + StoreConnection + Send + 'static;
+    const NAME: &'static str;
+    fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>>;
+    /// One connection outside any pool, set up like the pool's.
+    fn connect(url: &str) -> Res<Self::C> {
+        Ok(<Self::C as diesel::Connection>::establish(url)?)
+    }
+    /// Creates `bench_orders` and `bench_digits`.
+    fn setup(c: &mut Self::C) -> QueryResult<()>;
+    /// Empties the task and business tables.
+    fn clear(c: &mut Self::C) -> QueryResult<()>;
+    /// Refreshes planner statistics after a fill.
+    fn analyze(c: &mut Self::C) -> QueryResult<()>;
+    fn insert_order(c: &mut Self::C, i: i64) -> QueryResult<()>;
+    fn insert_task(c: &mut Self::C, row: &LimitRow) -> QueryResult<()>;
+    fn insert_task_id(c: &mut Self::C, row: &LimitRow, signature: &'static str)
+        -> QueryResult<i64>;
+    /// A right-now task inserted already leased to this process: no claim is needed to run it.
+    fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64>;
+    fn insert_tasks(c: &mut Self::C, rows: &[LimitRow]) -> QueryResult<()>;
+    fn fill(c: &mut Self::C, n: usize, base: i64) -> QueryResult<usize>;
+    fn count_below(c: &mut Self::C, t: i64) -> QueryResult<i64>;
+    fn due_time(c: &mut Self::C, id: i64) -> QueryResult<i64>;
+    /// The limit's claim: at most `BATCH` due rows leased, their ids and payloads.
+    fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>>;
+    fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize>;
+    /// Deletes every row below `t` (what a capped drain left).
+    fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize>;
+}
+
+/// The statements that are the same SQL on every backend.
+macro_rules! shared_ops {
+    () => {
+        fn insert_order(c: &mut Self::C, i: i64) -> QueryResult<()> {
+            raw::<InsertOrder>(vec![Bind::T("customer"), Bind::I(i), Bind::I(now_ms())])
+                .execute(c)
+                .map(|_| ())
+        }
+        fn insert_task(c: &mut Self::C, row: &LimitRow) -> QueryResult<()> {
+            let mut b = Vec::with_capacity(6);
+            row.push_binds(&mut b, Noop::SIGNATURE);
+            raw::<InsertTask>(b).execute(c).map(|_| ())
+        }
+        fn insert_tasks(c: &mut Self::C, rows: &[LimitRow]) -> QueryResult<()> {
+            assert_eq!(rows.len(), BATCH);
+            let mut b = Vec::with_capacity(6 * BATCH);
+            for r in rows {
+                r.push_binds(&mut b, Noop::SIGNATURE);
+            }
+            raw::<InsertTasks>(b).execute(c).map(|_| ())
+        }
+        fn fill(c: &mut Self::C, n: usize, base: i64) -> QueryResult<usize> {
+            let now = now_ms();
+            raw::<Fill>(vec![
+                Bind::B(encode(&Noop { order_id: 1 })),
+                Bind::I(base),
+                Bind::I(now),
+                Bind::I(now),
+                Bind::I(n as i64),
+            ])
+            .execute(c)
+        }
+        fn count_below(c: &mut Self::C, t: i64) -> QueryResult<i64> {
+            raw::<CountBelow>(vec![Bind::I(t)]).get_result(c)
+        }
+        fn due_time(c: &mut Self::C, id: i64) -> QueryResult<i64> {
+            raw::<DueTime>(vec![Bind::I(id)]).get_result(c)
+        }
+        fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize> {
+            raw::<DeleteBelow>(vec![Bind::I(t)]).execute(c)
+        }
+        fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize> {
+            raw::<DeleteBatch>(vec![Bind::I(token), Bind::ids(ids)]).execute(c)
+        }
+    };
+}
+
+pub(crate) const DIGITS: &str = "CREATE TABLE bench_digits (d BIGINT NOT NULL); \
+     INSERT INTO bench_digits (d) VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9);";
+
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite_db {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+    use diesel::sqlite::SqliteConnection;
+
+    pub struct Sqlite;
+
+    // `+task_status`: without ANALYZE statistics SQLite's planner takes the (task_status,
+    // gmt_modified) index for `task_status IN (…)` and sorts every pending row to find the
+    // first 100 by execute_time (5 ms per claim at 20k rows, 220 ms at 1M); the unary plus
+    // keeps it on the execute_time index, O(batch). See benches/README.md.
+    sql!(SqliteClaim, (BigInt, Binary), {
+        static S: OnceLock<String> = OnceLock::new();
+        S.get_or_init(|| {
+            format!(
+                "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
+                 WHERE execute_time <= ? AND +task_status IN (0, 1, 2) ORDER BY execute_time \
+                 LIMIT {BATCH}) RETURNING id, task_parameter"
+            )
+        })
+    });
+
+    impl Db for Sqlite {
+        type C = SqliteConnection;
+        const NAME: &'static str = "sqlite";
+
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
+            Ok(Pool::builder()
+                .max_size(size)
+                .test_on_check_out(false)
+                .connection_customizer(Box::new(tend::SqliteSetup::new()))
+                .build(ConnectionManager::new(url))?)
+        }
+        fn connect(url: &str) -> Res<Self::C> {
+            use diesel::r2d2::CustomizeConnection;
+            let mut c = SqliteConnection::establish(url)?;
+            tend::SqliteSetup::new().on_acquire(&mut c)?;
+            Ok(c)
+        }
+        fn setup(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(
+                "CREATE TABLE bench_orders (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 customer TEXT NOT NULL, amount_cents BIGINT NOT NULL, created_at BIGINT NOT NULL);",
+            )?;
+            c.batch_execute(DIGITS)
+        }
+        fn clear(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute("DELETE FROM consistency_task; DELETE FROM bench_orders;")
+        }
+        fn analyze(_c: &mut Self::C) -> QueryResult<()> {
+            Ok(())
+        }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeasedReturning>(row.leased_binds(l)).get_result(c)
+        }
+        fn insert_task_id(
+            c: &mut Self::C,
+            row: &LimitRow,
+            signature: &'static str,
+        ) -> QueryResult<i64> {
+            let mut b = Vec::with_capacity(6);
+            row.push_binds(&mut b, signature);
+            raw::<InsertTaskReturning>(b).get_result(c)
+        }
+        fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
+            // One autocommit statement: SQLite takes the write lock when the UPDATE starts.
+            let mut b = l.set_binds();
+            b.push(Bind::I(l.now));
+            raw::<SqliteClaim>(b).load(c)
+        }
+        shared_ops!();
+    }
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) mod pg_db {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+    use diesel::pg::PgConnection;
+
+    pub struct Pg;
+
+    sql!(PgClaim, (BigInt, Binary), {
+        static S: OnceLock<String> = OnceLock::new();
+        S.get_or_init(|| {
+            format!(
+                "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
+                 WHERE execute_time <= ? AND task_status IN (0, 1, 2) ORDER BY execute_time \
+                 LIMIT {BATCH} FOR UPDATE SKIP LOCKED) RETURNING id, task_parameter"
+            )
+        })
+    });
+
+    impl Db for Pg {
+        type C = PgConnection;
+        const NAME: &'static str = "pg";
+
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
+            Ok(Pool::builder()
+                .max_size(size)
+                .test_on_check_out(false)
+                .build(ConnectionManager::new(url))?)
+        }
+        fn setup(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(
+                "CREATE TABLE bench_orders (id BIGSERIAL PRIMARY KEY, customer VARCHAR(100) NOT NULL, \
+                 amount_cents BIGINT NOT NULL, created_at BIGINT NOT NULL);",
+            )?;
+            c.batch_execute(DIGITS)
+        }
+        fn clear(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute("TRUNCATE consistency_task, bench_orders")
+        }
+        fn analyze(c: &mut Self::C) -> QueryResult<()> {
+            // Also clears the dead index entries a previous drain left at the due end.
+            c.batch_execute("VACUUM ANALYZE consistency_task")
+        }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeasedReturning>(row.leased_binds(l)).get_result(c)
+        }
+        fn insert_task_id(
+            c: &mut Self::C,
+            row: &LimitRow,
+            signature: &'static str,
+        ) -> QueryResult<i64> {
+            let mut b = Vec::with_capacity(6);
+            row.push_binds(&mut b, signature);
+            raw::<InsertTaskReturning>(b).get_result(c)
+        }
+        fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
+            let mut b = l.set_binds();
+            b.push(Bind::I(l.now));
+            raw::<PgClaim>(b).load(c)
+        }
+        shared_ops!();
+    }
+
+    /// Creates and drops the bench database on the server.
+    pub fn admin(url: &str, sql: &str) -> QueryResult<()> {
+        let mut c = PgConnection::establish(url).map_err(|e| {
+            DieselError::QueryBuilderError(format!("connecting to {url}: {e}").into())
+        })?;
+        c.batch_execute(sql)
+    }
+}
+
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql_db {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+    use diesel::mysql::MysqlConnection;
+
+    pub struct My;
+
+    // No UPDATE … RETURNING and no self-referencing UPDATE subquery on MariaDB/MySQL: a short
+    // transaction of SELECT … FOR UPDATE SKIP LOCKED, then UPDATE of the listed ids.
+    sql!(MyClaimSelect, (BigInt, Binary), {
+        static S: OnceLock<String> = OnceLock::new();
+        S.get_or_init(|| {
+            format!(
+                "SELECT id, task_parameter FROM consistency_task WHERE execute_time <= ? \
+                 AND task_status IN (0, 1, 2) ORDER BY execute_time LIMIT {BATCH} \
+                 FOR UPDATE SKIP LOCKED"
+            )
+        })
+    });
+    sql!(MyClaimUpdate, BigInt, {
+        static S: OnceLock<String> = OnceLock::new();
+        S.get_or_init(|| format!("UPDATE consistency_task {LEASE_SET} WHERE id IN (@)"))
+    });
+    sql!(
+        LastInsertId,
+        BigInt,
+        "SELECT CAST(LAST_INSERT_ID() AS SIGNED)"
+    );
+
+    fn lease_rows(c: &mut MysqlConnection, l: &Lease, rows: &[(i64, Vec<u8>)]) -> QueryResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let mut b = l.set_binds();
+        b.push(Bind::ids(&ids));
+        raw::<MyClaimUpdate>(b).execute(c).map(|_| ())
+    }
+
+    impl Db for My {
+        type C = MysqlConnection;
+        const NAME: &'static str = "mysql";
+
+        fn pool(url: &str, size: u32) -> Res<Pool<Cm<Self::C>>> {
+            Ok(Pool::builder()
+                .max_size(size)
+                .test_on_check_out(false)
+                .build(ConnectionManager::new(url))?)
+        }
+        fn setup(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(
+                "CREATE TABLE bench_orders (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+                 customer VARCHAR(100) NOT NULL, amount_cents BIGINT NOT NULL, \
+                 created_at BIGINT NOT NULL) ENGINE = InnoDB;",
+            )?;
+            c.batch_execute(DIGITS)
+        }
+        fn clear(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute("TRUNCATE TABLE consistency_task; TRUNCATE TABLE bench_orders;")
+        }
+        fn analyze(_c: &mut Self::C) -> QueryResult<()> {
+            Ok(())
+        }
+        fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
+            raw::<InsertLeased>(row.leased_binds(l)).execute(c)?;
+            raw::<LastInsertId>(vec![]).get_result(c)
+        }
+        fn insert_task_id(
+            c: &mut Self::C,
+            row: &LimitRow,
+            signature: &'static str,
+        ) -> QueryResult<i64> {
+            let mut b = Vec::with_capacity(6);
+            row.push_binds(&mut b, signature);
+            raw::<InsertTask>(b).execute(c)?;
+            raw::<LastInsertId>(vec![]).get_result(c)
+        }
+        fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
+            c.transaction(|c| {
+                let rows: Vec<(i64, Vec<u8>)> =
+                    raw::<MyClaimSelect>(vec![Bind::I(l.now)]).load(c)?;
+                lease_rows(c, l, &rows)?;
+                Ok(rows)
+            })
+        }
+        shared_ops!();
+    }
+
+    pub fn admin(url: &str, sql: &str) -> QueryResult<()> {
+        let mut c = MysqlConnection::establish(url).map_err(|e| {
+            DieselError::QueryBuilderError(format!("connecting to {url}: {e}").into())
+        })?;
+        c.batch_execute(sql)
+    }
+}

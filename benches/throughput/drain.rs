@@ -1,0 +1,217 @@
+//! The drain figures: tend's pool and the limit's loop on the same due rows, and RSS.
+
+use super::*;
+
+impl<D: Db> Bench<D> {
+    // ----- drains --------------------------------------------------------------------------
+
+    /// Starts a pool of `k` threads on `n` due tasks and waits until they ran and none of the
+    /// rows below `below` is left (or `DRAIN_CAP` passed).
+    pub(crate) fn tend_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
+        RAN.store(0, Ordering::SeqCst);
+        // tend takes 2 connections (fetcher, completer), 1 more to check the schema; 1 counts.
+        // 6: the smallest pool on which tend gives a shard its second claimer (it holds 3).
+        let pool = D::pool(&self.url, 6)?;
+        let workers = tend::WorkerPool::builder(pool.clone(), registry())
+            .threads(k)
+            .batch_size(self.s.tend_batch)
+            .poll_interval(self.s.poll)
+            .build()?;
+        let mut c = pool.get()?;
+        let start = Instant::now();
+        let deadline = start + DRAIN_CAP;
+        let handle = workers.start()?;
+        while RAN.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        while Instant::now() < deadline && D::count_below(&mut c, below)? > 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let d = Drained::new(n, start.elapsed(), "tend");
+        handle.shutdown();
+        Ok(d)
+    }
+
+    /// `k` threads, each looping claim → run → delete on its own connection until a claim
+    /// comes back empty (or `DRAIN_CAP` passed).
+    pub(crate) fn limit_drain(&self, k: usize, n: usize, below: i64) -> Res<Drained> {
+        RAN.store(0, Ordering::SeqCst);
+        let conflicts = LOCK_CONFLICTS.load(Ordering::Relaxed);
+        let conns = (0..k)
+            .map(|_| D::connect(&self.url))
+            .collect::<Res<Vec<_>>>()?;
+        let url = self.url.as_str();
+        let start = Instant::now();
+        let deadline = start + DRAIN_CAP;
+        thread::scope(|s| -> Res<()> {
+            let hs: Vec<_> = conns
+                .into_iter()
+                .map(|mut c| {
+                    s.spawn(move || -> Res<()> {
+                        while Instant::now() < deadline {
+                            let l = Lease::new();
+                            let rows = retry_fresh::<D, _>(&mut c, url, |c| D::claim(c, &l))?;
+                            if rows.is_empty() {
+                                return Ok(());
+                            }
+                            for (_, p) in &rows {
+                                limit_run_noop(p);
+                            }
+                            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                            retry_fresh::<D, _>(&mut c, url, |c| D::delete(c, l.token, &ids))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("limit thread panicked")?;
+            }
+            Ok(())
+        })?;
+        let mut c = self.conn()?;
+        let left = D::count_below(&mut c, below)?;
+        let d = Drained::new(n, start.elapsed(), "limit");
+        let conflicts = LOCK_CONFLICTS.load(Ordering::Relaxed) - conflicts;
+        if conflicts > 0 {
+            log(format!(
+                "{}: limit w{k} retried {conflicts} lock conflict(s)",
+                D::NAME
+            ));
+        }
+        if left > 0 && !d.capped {
+            return Err(format!("limit drain left {left} rows").into());
+        }
+        Ok(d)
+    }
+
+    pub(crate) fn drains(&self) -> Res<()> {
+        let n = self.s.n;
+        let below = now_ms() + 3_600_000;
+        let rss_ok = reset_peak_rss();
+        if !rss_ok {
+            log("cannot reset VmHWM (/proc/self/clear_refs): rss_mb is the process-wide peak");
+        }
+        let mut rss = [0f64; 2];
+        let mut w4 = [0f64; 2];
+        for k in [1usize, 2, 4, 8] {
+            let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            for rep in 0..DRAIN_REPEATS {
+                // Alternate who goes first.
+                let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+                for sys in order {
+                    expect_done(
+                        DRAIN_CAP + Duration::from_secs(60),
+                        format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
+                    );
+                    self.clear()?;
+                    self.fill(n, 0)?;
+                    profile_phase(
+                        &format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
+                        n * DRAIN_REPEATS,
+                    );
+                    reset_peak_rss();
+                    let before = rss_now_mb();
+                    let d = if sys == 0 {
+                        self.tend_drain(k, n, below)?
+                    } else {
+                        self.limit_drain(k, n, below)?
+                    };
+                    rss[sys] = rss[sys].max(peak_rss_mb());
+                    if rep == 0 {
+                        log(format!(
+                            "{}: drain w{k} {}: rss {before:.1} MiB before, peak {:.1} MiB",
+                            D::NAME,
+                            ["tend", "limit"][sys],
+                            peak_rss_mb()
+                        ));
+                    }
+                    profile_phase("-", 0);
+                    runs[sys].push(d.rate());
+                }
+            }
+            log(format!(
+                "{}: drain w{k} runs (tasks/s): tend {:?}, limit {:?}",
+                D::NAME,
+                runs[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
+                runs[1].iter().map(|r| r.round()).collect::<Vec<_>>()
+            ));
+            let rates = [percentile(&runs[0], 50.0), percentile(&runs[1], 50.0)];
+            let name = format!("drain_w{k}_tasks_per_s");
+            self.figure(&name, rates[0], "tasks/s", "tend", n);
+            self.figure(&name, rates[1], "tasks/s", "limit", n);
+            if k == 4 {
+                w4 = rates;
+            }
+        }
+        if self.s.large {
+            // The rows due in a day are written once; each system then gets its n due rows.
+            let future = BACKLOG_ROWS - n;
+            let mut rates = [0f64; 2];
+            self.clear()?;
+            let t = Instant::now();
+            self.fill(0, future)?;
+            log(format!(
+                "{}: wrote {future} rows due in a day in {:.1} s",
+                D::NAME,
+                t.elapsed().as_secs_f64()
+            ));
+            for sys in [0, 1] {
+                expect_done(
+                    DRAIN_CAP + Duration::from_secs(60),
+                    format!("{} backlog drain {}", D::NAME, ["tend", "limit"][sys]),
+                );
+                self.fill(n, 0)?;
+                profile_phase(
+                    &format!("{} backlog w4 {}", D::NAME, ["tend", "limit"][sys]),
+                    n,
+                );
+                reset_peak_rss();
+                let before = rss_now_mb();
+                let d = if sys == 0 {
+                    self.tend_drain(4, n, below)?
+                } else {
+                    self.limit_drain(4, n, below)?
+                };
+                rss[sys] = rss[sys].max(peak_rss_mb());
+                log(format!(
+                    "{}: backlog drain {}: rss {before:.1} MiB before, peak {:.1} MiB",
+                    D::NAME,
+                    ["tend", "limit"][sys],
+                    peak_rss_mb()
+                ));
+                profile_phase("-", 0);
+                rates[sys] = d.rate();
+                // A capped drain leaves due rows behind: start the next one clean.
+                if d.capped {
+                    let mut c = self.conn()?;
+                    D::delete_due(&mut c, below)?;
+                }
+            }
+            self.figure(
+                "drain_backlog_1m_tasks_per_s",
+                rates[0],
+                "tasks/s",
+                "tend",
+                n,
+            );
+            self.figure(
+                "drain_backlog_1m_tasks_per_s",
+                rates[1],
+                "tasks/s",
+                "limit",
+                n,
+            );
+            log(format!(
+                "{}: backlog / 20k drain (w4): tend {:.2}, limit {:.2}",
+                D::NAME,
+                rates[0] / w4[0],
+                rates[1] / w4[1]
+            ));
+        }
+        self.clear()?;
+        self.figure("rss_mb", rss[0], "MiB", "tend", n);
+        self.figure("rss_mb", rss[1], "MiB", "limit", n);
+        Ok(())
+    }
+}
