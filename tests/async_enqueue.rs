@@ -7,8 +7,7 @@
 
 // Its `per_backend!` is for synchronous connections; `per_async_backend!` below pairs each with
 // its async connection type.
-#[allow(unused_macros, unused_imports)]
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tend::enqueue_async::{self as tend_async, AsyncStoreConnection};
 use tend::{Enqueued, ErrorKind, NewTask, Registry, Task, TaskContext, TaskError, WorkerPool};
 
-use common::{wait_for, DbConn, Row, TestDb};
+use support::{wait_for, Row, TestConn as DbConn, TestDb};
 
 /// The ids each run's handler saw, by the run id in the payload.
 static RAN: LazyLock<Mutex<HashMap<u64, HashSet<u64>>>> = LazyLock::new(Default::default);

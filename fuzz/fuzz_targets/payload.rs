@@ -1,5 +1,5 @@
 //! Payload decoding: a stored `task_parameter` of arbitrary bytes, run the way a worker runs it,
-//! through the public API (as `tests/fuzz.rs` does): a task is enqueued into an in-memory SQLite
+//! through the public API (as `tests/fuzz/` does): a task is enqueued into an in-memory SQLite
 //! database migrated with `tend::migrate`, its payload is overwritten by SQL (as a corrupt row
 //! or another deployment's row would be), and `tend::testing::TestWorker` runs it.
 //!

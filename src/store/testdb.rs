@@ -3,7 +3,7 @@
 //! Each is removed again by a drop guard, which only ever removes what it created itself.
 //!
 //! This file depends on nothing in tend, so that the unit tests (`store::conformance`) and the
-//! integration tests (`tests/common`, through `#[path]`) provision databases the same way.
+//! integration tests (`tests/support`, through `#[path]`) provision databases the same way.
 //!
 //! Policy: a backend whose URL is unset is skipped with a loud line on stderr, unless
 //! `TEND_REQUIRE_DBS=1` (CI), where that fails the test. A URL that is set but unreachable is
