@@ -60,7 +60,7 @@ pub struct Alert {
 }
 
 /// Receives alerts (the seed's `ConsistencyFrameworkAlerter`). Register it by name with
-/// [`Registry::alerter`]; tasks name it with
+/// [`Registry::alerter`](crate::Registry::alerter); tasks name it with
 /// [`TaskOptions::alerter`](crate::TaskOptions::alerter).
 ///
 /// Alerts are delivered on the pool's alert thread through a bounded queue: a slow alerter

@@ -80,27 +80,36 @@
 //!
 //! # Layout
 //!
-//! * `task`: the [`Task`] trait, [`TaskOptions`] (the seed's annotation attributes) and
-//!   [`TaskError`], what a handler returns.
-//! * `status`: [`TaskStatus`], the one table of status values.
-//! * `retry`: [`RetryPolicy`].
-//! * `expr`: alert expressions ([`Expr`]).
-//! * `enqueue`: [`NewTask`] and the `enqueue` functions.
-//! * `enqueue_async` (feature `async`): the same on diesel-async connections.
-//! * `registry`: [`Registry`], signatures to task types and names to alerters.
-//! * `events`: [`Events`], what happens to tasks, for metrics.
-//! * `alert`: [`Alerter`], [`Alert`] and the alert thread.
-//! * `outbox`: [`Outbox`], the transaction wrapper that hands tasks over after the commit.
-//! * `store`: the storage contract and one file per backend; [`migrate`], [`check_schema`].
-//! * `shard`: [`Shards`] over several databases, [`Router`], [`Snowflake`] shard keys.
-//! * `failover`: [`Failover`], several servers (cluster nodes) for one database, tried in order.
-//! * `pool`: [`WorkerPool`], its builder and [`PoolHandle`].
-//! * `error`: [`Error`] and [`ErrorKind`].
-//! * `transaction`: [`transaction_with_retry`] and [`TransactionRetry`], which run an
-//!   application's transaction again after a deadlock or another lock conflict.
-//! * `testing` (feature `testing`): a test kit for applications: assert enqueued tasks, run
-//!   them in the test's thread, control the clock.
-//! * `admin` and `cli` (feature `cli`): the operator queries and the `tend` command line.
+//! The crate is layered; every import points down, and inside the crate a name is imported
+//! from the module that defines it (this file's re-exports are for users).
+//! `tests/architecture.rs` keeps both rules, and keeps every file under 600 lines of code.
+//!
+//! 1. **Leaves** (std, serde, diesel only): `util` (clock, random tokens, text cutting, panic
+//!    messages), `status` ([`TaskStatus`], the one table of status values and the SQL set of
+//!    claimable ones), `retry` ([`RetryPolicy`]), `expr` (alert expressions, [`Expr`]),
+//!    `events` ([`Events`], [`Event`]), `schema` (diesel's `table!`), `supervise` (threads that
+//!    survive a panic).
+//! 2. **What a task is**: `error` ([`Error`], [`ErrorKind`], which errors are transient),
+//!    `task` ([`Task`], [`TaskOptions`], [`TaskContext`], [`TaskError`]), `alert` ([`Alert`],
+//!    [`Alerter`]). Import only leaves.
+//! 3. **Storage**: `store` (the sealed contract [`StoreConnection`], the rows in `store::row`,
+//!    the one definition of a leased row in `store::lease`, one file per backend, the shared
+//!    statements, the conformance suite), `shard` ([`Shards`], [`Router`], [`Snowflake`]),
+//!    `failover` ([`Failover`]). Import layers 1-2.
+//! 4. **Writing tasks**: `enqueue` ([`NewTask`], the `enqueue` functions, the payload codec),
+//!    `enqueue_async` (feature `async`), `registry` ([`Registry`]: signatures to handlers,
+//!    alerters, application state), `complete_in`, `cancel`, `transaction`
+//!    ([`transaction_with_retry`]). Import layers 1-3.
+//! 5. **Running one task**: `exec` (the executor: runs one claimed task and decides its outcome;
+//!    the alert thread). Knows neither the pool nor the outbox. Imports layers 1-4.
+//! 6. **Running many**: `pool` ([`WorkerPool`], its builder, fetchers, workers, completers,
+//!    membership, [`PoolHandle`]). Imports layers 1-5.
+//! 7. **Above the pool**: `outbox` ([`Outbox`]: hands tasks to a pool through its hand-off
+//!    after the commit, runs sync tasks through the executor), `testing` (feature `testing`:
+//!    the test kit, an executor without a pool). Import layers 1-6.
+//! 8. **Operators**: `admin` (the operator queries), `cli` (the `tend` command line), `web`
+//!    (the dashboard and `/metrics`), `metrics_facade`, `tracing_events`. Import layers 1-7;
+//!    `cli` dispatches to `web`, which uses `cli`'s URL and text helpers.
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
