@@ -250,8 +250,8 @@ impl NewTask {
     /// let now = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
     /// let later = now.clone().execute_way(ExecuteWay::Schedule);
     /// // The right-now sync task ran in this thread; the scheduled one waits for its delay.
-    /// assert_eq!(outbox.enqueue_new(now)?.sync_outcomes().len(), 1);
-    /// assert!(outbox.enqueue_new(later)?.sync_outcomes().is_empty());
+    /// assert_eq!(outbox.enqueue_new_detached(now)?.sync_outcomes().len(), 1);
+    /// assert!(outbox.enqueue_new_detached(later)?.sync_outcomes().is_empty());
     /// # Ok(()) }
     /// ```
     pub fn execute_way(mut self, w: ExecuteWay) -> Self {
@@ -269,7 +269,7 @@ impl NewTask {
     /// # let outbox = tend::WorkerPool::builder(pool, registry).build()?.outbox();
     /// use tend::{NewTask, ThreadWay};
     /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
-    /// let committed = outbox.enqueue_new(task)?;
+    /// let committed = outbox.enqueue_new_detached(task)?;
     /// assert!(committed.sync_outcomes()[0].is_success()); // it ran in this thread
     /// # Ok(()) }
     /// ```

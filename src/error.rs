@@ -90,6 +90,9 @@ pub enum ErrorKind {
         /// The task's id.
         id: i64,
     },
+    /// An API was used in a way it cannot work (an `Outbox::transaction` nested in another
+    /// transaction, a test kit asked to run a task that is not due): the message says how.
+    Misuse(String),
 }
 
 impl Error {
@@ -249,6 +252,7 @@ impl fmt::Display for Error {
                 "no alerter is registered under the name `{name}`; register it with \
                  `Registry::alerter` before the task types that name it"
             ),
+            ErrorKind::Misuse(how) => write!(f, "{how}"),
             ErrorKind::LeaseLost { id } => write!(
                 f,
                 "task {id} is no longer held by this attempt (its lease expired and another \

@@ -19,7 +19,7 @@ use std::time::Duration;
 /// };
 /// let outbox = WorkerPool::builder(pool, Registry::new()).events(events).build()?.outbox();
 /// let task = NewTask::new(&Ship { order_id: 7 })?.shard_key(42);
-/// let id = outbox.enqueue_new(task)?.into_value().id().unwrap();
+/// let id = outbox.enqueue_new_detached(task)?.into_value().id().unwrap();
 /// assert_eq!(rx.try_recv()?, (id, "orders.ship".to_string(), 42, 0));
 /// # Ok(()) }
 /// ```
@@ -94,7 +94,7 @@ impl TaskInfo<'_> {
 /// let mut registry = Registry::new();
 /// registry.register::<AlwaysFails>()?; // every attempt fails with "boom"
 /// let outbox = WorkerPool::builder(pool, registry).events(events).build()?.outbox();
-/// outbox.enqueue_new(NewTask::new(&AlwaysFails)?.thread_way(ThreadWay::Sync))?;
+/// outbox.enqueue_new_detached(NewTask::new(&AlwaysFails)?.thread_way(ThreadWay::Sync))?;
 /// assert_eq!(rx.try_recv()?, "demo.always_fails: boom");
 /// # Ok(()) }
 /// ```

@@ -14,7 +14,7 @@ use diesel::connection::{Connection, TransactionManager};
 use diesel::r2d2::R2D2Connection;
 
 use crate::enqueue::{Enqueued, NewTask};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::events::{Event, TaskInfo};
 use crate::exec::{info, run_one, Done, Executor};
 use crate::pool::{Lanes, WorkerPool};
@@ -204,7 +204,7 @@ impl<T> Committed<T> {
 /// # let mut conn = pool.get()?;
 /// use tend::{NewTask, SyncOutcome, TaskStatus, ThreadWay};
 /// let task = NewTask::new(&AlwaysFails)?.thread_way(ThreadWay::Sync); // fails with "boom"
-/// match &outbox.enqueue_new(task)?.sync_outcomes()[0] {
+/// match &outbox.enqueue_new_detached(task)?.sync_outcomes()[0] {
 ///     // Recorded: the pool retries it on its schedule.
 ///     SyncOutcome::Failed { status, error, .. } => {
 ///         assert_eq!((*status, error.as_str()), (TaskStatus::Failed, "boom"));
@@ -253,7 +253,7 @@ impl SyncOutcome {
     /// # let mut conn = pool.get()?;
     /// use tend::{NewTask, ThreadWay};
     /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
-    /// assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// assert_eq!(task_count(&mut conn), 0); // complete, so its row is deleted
     /// # Ok(()) }
     /// ```
@@ -272,7 +272,7 @@ impl SyncOutcome {
     /// # let mut conn = pool.get()?;
     /// use tend::{NewTask, ThreadWay};
     /// let task = NewTask::new(&Ship { order_id: 7 })?.thread_way(ThreadWay::Sync);
-    /// let committed = outbox.enqueue_new(task)?;
+    /// let committed = outbox.enqueue_new_detached(task)?;
     /// assert_eq!(Some(committed.sync_outcomes()[0].id()), committed.value().id());
     /// # Ok(()) }
     /// ```
@@ -381,11 +381,11 @@ where
         let depth =
             Conn::TransactionManager::transaction_manager_status_mut(conn).transaction_depth()?;
         if depth.is_some() {
-            return Err(Error::invalid_setting(
-                "transaction",
+            return Err(Error::new(ErrorKind::Misuse(
                 "Outbox::transaction was called inside another transaction; it must be the \
-                 outermost one, or its tasks would be handed over before the real commit",
-            )
+                 outermost one, or its tasks would be handed over before the real commit"
+                    .to_string(),
+            ))
             .into());
         }
         let mut tx = OutboxTx {
@@ -428,19 +428,38 @@ where
     /// # let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
     /// # let mut conn = pool.get()?;
     /// // No business rows go with it: the outbox writes it in a transaction of its own.
-    /// let committed = outbox.enqueue(&Ship { order_id: 7 })?;
+    /// let committed = outbox.enqueue_detached(&Ship { order_id: 7 })?;
     /// assert!(committed.value().id().is_some());
     /// assert_eq!(task_count(&mut conn), 1);
     /// # Ok(()) }
     /// ```
-    pub fn enqueue<T: Task>(&self, task: &T) -> Result<Committed<Enqueued>, Error> {
-        self.enqueue_new(NewTask::new(task)?)
+    pub fn enqueue_detached<T: Task>(&self, task: &T) -> Result<Committed<Enqueued>, Error> {
+        self.enqueue_new_detached(NewTask::new(task)?)
     }
 
-    /// [`enqueue`](Self::enqueue) for a [`NewTask`].
+    /// The old name of [`enqueue_detached`](Self::enqueue_detached), which says what
+    /// `tend::enqueue` does not: the task is written in its own transaction.
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `enqueue_detached`: it writes in its own transaction, not the caller's"
+    )]
+    pub fn enqueue<T: Task>(&self, task: &T) -> Result<Committed<Enqueued>, Error> {
+        self.enqueue_detached(task)
+    }
+
+    /// The old name of [`enqueue_new_detached`](Self::enqueue_new_detached).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `enqueue_new_detached`: it writes in its own transaction, not the caller's"
+    )]
+    pub fn enqueue_new(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
+        self.enqueue_new_detached(task)
+    }
+
+    /// [`enqueue_detached`](Self::enqueue_detached) for a [`NewTask`].
     ///
     /// # Errors
-    /// As [`enqueue`](Self::enqueue).
+    /// As [`enqueue_detached`](Self::enqueue_detached).
     ///
     /// ```
     /// # include!("doctest_setup.rs");
@@ -452,12 +471,12 @@ where
     /// # let mut conn = pool.get()?;
     /// use tend::NewTask;
     /// let task = NewTask::new(&Ship { order_id: 7 })?.idempotency_key("ship-7");
-    /// assert!(!outbox.enqueue_new(task.clone())?.value().is_duplicate());
-    /// assert!(outbox.enqueue_new(task)?.value().is_duplicate());
+    /// assert!(!outbox.enqueue_new_detached(task.clone())?.value().is_duplicate());
+    /// assert!(outbox.enqueue_new_detached(task)?.value().is_duplicate());
     /// assert_eq!(task_count(&mut conn), 1);
     /// # Ok(()) }
     /// ```
-    pub fn enqueue_new(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
+    pub fn enqueue_new_detached(&self, task: NewTask) -> Result<Committed<Enqueued>, Error> {
         let mut tx = OutboxTx {
             outbox: self,
             inserted: Vec::new(),
@@ -600,7 +619,7 @@ where
     ///     Ok::<_, tend::Error>(()) // and the transaction goes on
     /// })?;
     /// assert_eq!(task_count(&mut conn), 1);
-    /// outbox.enqueue_new(audit)?; // written on its own, outside the transaction
+    /// outbox.enqueue_new_detached(audit)?; // written on its own, outside the transaction
     /// assert_eq!(task_count(&mut conn), 2);
     /// # Ok(()) }
     /// ```
@@ -777,7 +796,7 @@ where
     /// outlives the pool (tasks then wait for the next pool's poll).
     ///
     /// ```
-    /// # include!("../doctest_setup.rs");
+    /// # include!("doctest_setup.rs");
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let (pool, _db) = temp_pool("outbox");
     /// # let mut registry = tend::Registry::new();

@@ -283,7 +283,7 @@ impl TaskOptions {
     /// }
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Remind>();
-    /// let committed = outbox.enqueue(&Remind)?;
+    /// let committed = outbox.enqueue_detached(&Remind)?;
     /// // Even a sync task waits for its delay (60 s by default) when it is scheduled.
     /// assert!(committed.sync_outcomes().is_empty());
     /// # Ok(()) }
@@ -309,7 +309,7 @@ impl TaskOptions {
     /// }
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Receipt>();
-    /// let committed = outbox.enqueue(&Receipt)?;
+    /// let committed = outbox.enqueue_detached(&Receipt)?;
     /// assert!(committed.sync_outcomes()[0].is_success()); // it ran in this thread
     /// # Ok(()) }
     /// ```
@@ -337,7 +337,7 @@ impl TaskOptions {
     /// # let outbox = outbox_for::<Audit>();
     /// // The plain functions write on your connection, so they refuse it; an Outbox takes it.
     /// assert!(tend::enqueue(&mut conn, &Audit).is_err());
-    /// assert!(outbox.enqueue(&Audit)?.value().id().is_some());
+    /// assert!(outbox.enqueue_detached(&Audit)?.value().id().is_some());
     /// # Ok(()) }
     /// ```
     pub fn transaction_way(mut self, w: TransactionWay) -> Self {
@@ -394,7 +394,7 @@ impl TaskOptions {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>();
     /// // The attempt failed, the fallback succeeded: the task is complete.
-    /// assert!(outbox.enqueue(&Charge)?.sync_outcomes()[0].is_success());
+    /// assert!(outbox.enqueue_detached(&Charge)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn fallback(mut self, name: impl Into<String>) -> Self {
@@ -423,7 +423,7 @@ impl TaskOptions {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>();
     /// // One failure is not past the threshold: no fallback yet, a retry is scheduled.
-    /// let outcome = outbox.enqueue(&Charge)?.sync_outcomes()[0].clone();
+    /// let outcome = outbox.enqueue_detached(&Charge)?.sync_outcomes()[0].clone();
     /// assert!(matches!(outcome, SyncOutcome::Failed { status: TaskStatus::Failed, .. }));
     /// # Ok(()) }
     /// ```
@@ -497,7 +497,7 @@ impl TaskOptions {
     /// }
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>();
-    /// assert!(outbox.enqueue(&Charge)?.sync_outcomes()[0].is_success());
+    /// assert!(outbox.enqueue_detached(&Charge)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn task_id(mut self, id: impl Into<String>) -> Self {
@@ -666,7 +666,7 @@ const MAX_SNOOZE_LIMIT: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
 /// # let task = tend::NewTask::new(&Charge { order_id: 7 })?.thread_way(tend::ThreadWay::Sync);
-/// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+/// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -704,7 +704,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn id(&self) -> i64 {
@@ -726,7 +726,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn task_id(&self) -> &str {
@@ -748,7 +748,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn signature(&self) -> &str {
@@ -770,7 +770,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn attempt(&self) -> u32 {
@@ -792,7 +792,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.max_attempts(3).thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn max_attempts(&self) -> u32 {
@@ -814,7 +814,7 @@ impl TaskContext {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Charge>(); // the task runs once, in this thread:
     /// # let task = tend::NewTask::new(&Charge)?.shard_key(42).thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// # Ok(()) }
     /// ```
     pub fn shard_key(&self) -> i64 {
@@ -849,7 +849,7 @@ impl TaskContext {
     /// # let (pool, _db) = temp_pool("ctx-state");
     /// # let outbox = tend::WorkerPool::builder(pool, registry.clone()).build()?.outbox();
     /// # let task = tend::NewTask::new(&Welcome { user_id: 7 })?.thread_way(tend::ThreadWay::Sync);
-    /// # assert!(outbox.enqueue_new(task)?.sync_outcomes()[0].is_success());
+    /// # assert!(outbox.enqueue_new_detached(task)?.sync_outcomes()[0].is_success());
     /// assert_eq!(registry.get_state::<Mailer>().unwrap().sent.load(Ordering::SeqCst), 1);
     /// # Ok(()) }
     /// ```
@@ -971,7 +971,7 @@ impl TaskError {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let outbox = outbox_for::<Refund>();
     /// # let task = tend::NewTask::new(&Refund { order_id: 7 })?.thread_way(tend::ThreadWay::Sync);
-    /// let outcome = outbox.enqueue_new(task)?.sync_outcomes()[0].clone(); // ran once, right now
+    /// let outcome = outbox.enqueue_new_detached(task)?.sync_outcomes()[0].clone(); // ran once, right now
     /// assert!(matches!(outcome, SyncOutcome::Failed { status: TaskStatus::Dead, .. }));
     /// # Ok(()) }
     /// ```

@@ -300,10 +300,9 @@ impl TestWorker {
         let mut out = Drained::default();
         let mut rows = self.claim(conn, Some(&[id]))?;
         let Some(row) = rows.pop() else {
-            return Err(Error::invalid_setting(
-                "id",
-                format!("task {id} is not due at the test clock (missing, parked, running or due later)"),
-            ));
+            return Err(Error::new(crate::error::ErrorKind::Misuse(format!(
+                "task {id} is not due at the test clock (missing, parked, running or due later)"
+            ))));
         };
         self.run_row(conn, row, &mut out)?;
         Ok(out)

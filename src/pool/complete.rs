@@ -154,6 +154,17 @@ pub(super) enum ConnError {
     Db(diesel::result::Error),
 }
 
+impl ConnError {
+    /// The public error, its cause kept as `source()`.
+    pub(super) fn into_error(self) -> crate::error::Error {
+        use crate::error::{Error, ErrorKind};
+        match self {
+            ConnError::Pool(e) => Error::new(ErrorKind::Pool(e)),
+            ConnError::Db(e) => Error::new(ErrorKind::Database(e)),
+        }
+    }
+}
+
 impl std::fmt::Display for ConnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

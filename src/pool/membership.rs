@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{select, tick, Receiver};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 
-use super::complete::Conn;
+use super::complete::{Conn, ConnError};
 use super::{Config, Shared};
 use crate::error::Error;
 use crate::store::StoreConnection;
@@ -78,18 +78,13 @@ fn register<C: R2D2Connection + StoreConnection + 'static>(
     let stale_before = now - stale_after(cfg);
     let live = conn
         .with(|c| c.node_live(stale_before))
-        .map_err(|e| Error::invalid_setting("shard_affinity", format!("node registry: {e}")))?;
+        .map_err(ConnError::into_error)?;
     for candidate in (0..1024).filter(|n| !live.contains(n)) {
         let owner = cfg.owner.as_str();
         match conn.with(|c| c.node_claim(candidate, owner, now, stale_before)) {
             Ok(true) => return Ok(candidate),
             Ok(false) => continue,
-            Err(e) => {
-                return Err(Error::invalid_setting(
-                    "shard_affinity",
-                    format!("node registry: {e}"),
-                ))
-            }
+            Err(e) => return Err(e.into_error()),
         }
     }
     Err(Error::invalid_setting(
