@@ -154,3 +154,19 @@ pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::status::TaskStatus;
+
+    /// The SQL's claimable set is `TaskStatus::is_claimable`, written out once.
+    #[test]
+    fn claimable_sql_is_the_claimable_statuses() {
+        let claimable: Vec<String> = TaskStatus::ALL
+            .iter()
+            .filter(|s| s.is_claimable())
+            .map(|s| s.as_i32().to_string())
+            .collect();
+        assert_eq!(super::CLAIMABLE_SQL, format!("({})", claimable.join(", ")));
+    }
+}
