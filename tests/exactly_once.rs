@@ -18,7 +18,9 @@ use diesel::Connection;
 use serde::{Deserialize, Serialize};
 use support::child::{ChildCfg, ChildWorker};
 use support::runlog::RunLog;
-use support::{task_count, wait_for, Db, Increment, Rng, TestConn, COUNTER_DDL};
+use support::{
+    per_backend, quick, task_count, wait_for, Db, Increment, Rng, TestConn, COUNTER_DDL,
+};
 use tend::{ErrorKind, Registry, Task, TaskContext, TaskError, WorkerPool};
 
 #[test]
@@ -27,33 +29,7 @@ fn child_worker() {
     support::child::main()
 }
 
-fn quick() -> bool {
-    std::env::var("TEND_FAULTS_QUICK").is_ok_and(|v| v == "1")
-}
-
-macro_rules! per_backend {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[cfg(feature = "postgres")]
-            #[test]
-            fn pg() {
-                super::$scenario::<diesel::PgConnection>();
-            }
-            #[cfg(feature = "mysql")]
-            #[test]
-            fn mysql() {
-                super::$scenario::<diesel::MysqlConnection>();
-            }
-            #[cfg(feature = "sqlite")]
-            #[test]
-            fn sqlite() {
-                super::$scenario::<diesel::SqliteConnection>();
-            }
-        }
-    )*};
-}
-
-per_backend!(crash_exactly_once, lost_lease_rolls_back);
+per_backend!(scenarios: crash_exactly_once, lost_lease_rolls_back);
 
 fn counter<C: TestConn>(conn: &mut C) -> i64 {
     conn.i64s("SELECT n AS v FROM tend_test_counter WHERE id = 1")[0]
