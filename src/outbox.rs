@@ -589,7 +589,7 @@ where
     /// busy timeout and then fail both. The error is an
     /// [`ErrorKind::InvalidSetting`](crate::ErrorKind::InvalidSetting) named `transaction_way`;
     /// this transaction is unharmed and may go on. Enqueue such a task with
-    /// [`Outbox::enqueue_new`] before or after the transaction instead. On PostgreSQL and
+    /// [`Outbox::enqueue_new_detached`] before or after the transaction instead. On PostgreSQL and
     /// MySQL/MariaDB the task's transaction takes no lock this one holds (unless it locked
     /// ranges of `consistency_task` itself, say with `SELECT … FOR UPDATE` or `LOCK TABLE`).
     ///
@@ -637,7 +637,7 @@ where
                          Outbox transaction: SQLite has one writer, and this transaction holds \
                          the write lock once it has written, so the task's own transaction \
                          would wait for it and fail both; nothing was written and this \
-                         transaction may go on. Enqueue it with `Outbox::enqueue_new` before or \
+                         transaction may go on. Enqueue it with `Outbox::enqueue_new_detached` before or \
                          after the transaction",
                         task.signature()
                     ),

@@ -131,7 +131,7 @@ pub enum TransactionWay {
     /// rolls back. No atomicity with business data (stored as 2). On SQLite,
     /// [`OutboxTx::enqueue_new`](crate::OutboxTx::enqueue_new) refuses it inside an
     /// [`Outbox::transaction`](crate::Outbox::transaction) (it would wait for the caller's own
-    /// write lock); enqueue it with [`Outbox::enqueue_new`](crate::Outbox::enqueue_new) instead.
+    /// write lock); enqueue it with [`Outbox::enqueue_new_detached`](crate::Outbox::enqueue_new_detached) instead.
     WithoutTransaction,
 }
 
