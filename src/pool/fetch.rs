@@ -327,12 +327,31 @@ impl Isolation {
         self.cap = (self.cap * 2).min(self.batch);
     }
 
-    /// Whether a failed claim may have failed because of a row's values.
+    /// Whether a failed claim may have failed because of a row's values: a database error
+    /// that is neither a lock conflict nor a statement cut short from outside (a killed or
+    /// cancelled query, a lost connection, a timeout), which says nothing about the rows.
     fn may_be_a_row(&self, e: &diesel::result::Error) -> bool {
         use diesel::result::{DatabaseErrorKind as K, Error as E};
         match e {
             E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _) => false,
-            E::DatabaseError(..) => !crate::error::is_transient(e),
+            E::DatabaseError(_, info) => {
+                let m = info.message().to_ascii_lowercase();
+                let cut_short = [
+                    "interrupted",
+                    "cancel",
+                    "killed",
+                    "terminating connection",
+                    "lost connection",
+                    "gone away",
+                    "server closed the connection",
+                    "timeout",
+                    "shutdown",
+                    "read-only",
+                ]
+                .iter()
+                .any(|w| m.contains(w));
+                !cut_short && !crate::error::is_transient(e)
+            }
             E::DeserializationError(_) => true,
             _ => false,
         }
@@ -366,18 +385,25 @@ impl Isolation {
             ids: Some(&[id]),
             exclude: &[],
         };
-        let err = match conn.with(|c| c.claim(&probe)) {
-            Ok(rows) => {
-                // It can be claimed: the failure was not this row's. Hand it back unstarted.
-                let released: Vec<_> = rows.into_iter().map(|r| Done::release(r.task)).collect();
-                let (completes, finishes) = complete::group(&released);
-                debug_assert!(completes.is_empty());
-                let _ = conn.with(|c| c.finish(&finishes));
-                return false;
+        // A row that fails every claim fails this one twice; a failure from outside (one
+        // killed statement) does not, and a healthy row must never be held for it.
+        let mut err = None;
+        for _ in 0..2 {
+            match conn.with(|c| c.claim(&probe)) {
+                Ok(rows) => {
+                    // It can be claimed: the failure was not this row's. Hand it back unstarted.
+                    let released: Vec<_> =
+                        rows.into_iter().map(|r| Done::release(r.task)).collect();
+                    let (completes, finishes) = complete::group(&released);
+                    debug_assert!(completes.is_empty());
+                    let _ = conn.with(|c| c.finish(&finishes));
+                    return false;
+                }
+                Err(ConnError::Db(e)) if self.may_be_a_row(&e) => err = Some(e),
+                Err(_) => return false,
             }
-            Err(ConnError::Db(e)) if self.may_be_a_row(&e) => e,
-            Err(_) => return false,
-        };
+        }
+        let Some(err) = err else { return false };
         let message = crate::util::truncate(
             &format!(
                 "held: no claim could lease this row ({err}; the claim before failed with: \
