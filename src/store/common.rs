@@ -84,18 +84,7 @@ macro_rules! common_ops {
         }
 
         fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
-            use $crate::store::stmt::{Bind, Stmt};
-            Stmt::new("UPDATE consistency_task SET task_status = ")
-                .bind(Bind::I32($crate::status::TaskStatus::Dead.as_i32()))
-                .sql(", execute_time = ")
-                .bind(Bind::I64($crate::status::PARKED))
-                .sql(", error_msg = ")
-                .bind(Bind::Text(message))
-                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
-                .sql(", gmt_modified = ")
-                .bind(Bind::I64(now))
-                .sql(" WHERE id = ")
-                .bind(Bind::I64(id))
+            $crate::store::lease::park_by_id($crate::status::TaskStatus::Dead, id, now, message)
                 .sql(if running {
                     " AND task_status IN (0, 1, 2, 5)"
                 } else {
@@ -106,20 +95,10 @@ macro_rules! common_ops {
         }
 
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
-            use $crate::store::stmt::{Bind, Stmt};
+            use $crate::store::stmt::Bind;
             // No arithmetic and no read of the row's other columns: this must work on the
             // rows the claim could not take.
-            Stmt::new("UPDATE consistency_task SET task_status = ")
-                .bind(Bind::I32($crate::status::TaskStatus::Held.as_i32()))
-                .sql(", execute_time = ")
-                .bind(Bind::I64($crate::status::PARKED))
-                .sql(", error_msg = ")
-                .bind(Bind::Text(message))
-                .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
-                .sql(", gmt_modified = ")
-                .bind(Bind::I64(now))
-                .sql(" WHERE id = ")
-                .bind(Bind::I64(id))
+            $crate::store::lease::park_by_id($crate::status::TaskStatus::Held, id, now, message)
                 .sql(" AND task_status IN ")
                 .sql($crate::store::lease::CLAIMABLE_SQL)
                 .sql(" AND execute_time <= ")

@@ -155,6 +155,29 @@ pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
         .collect()
 }
 
+/// `UPDATE … SET` a row parked in `status` with `message`, its lease dropped, `WHERE id = id`
+/// (callers add the statuses it may be in): what cancelling a task and holding an unclaimable
+/// row both write.
+pub(crate) fn park_by_id<'a>(
+    status: crate::status::TaskStatus,
+    id: i64,
+    now: i64,
+    message: &'a str,
+) -> stmt::Stmt<'a> {
+    use stmt::Bind;
+    stmt::Stmt::new("UPDATE consistency_task SET task_status = ")
+        .bind(Bind::I32(status.as_i32()))
+        .sql(", execute_time = ")
+        .bind(Bind::I64(crate::status::PARKED))
+        .sql(", error_msg = ")
+        .bind(Bind::Text(message))
+        .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
+        .sql(", gmt_modified = ")
+        .bind(Bind::I64(now))
+        .sql(" WHERE id = ")
+        .bind(Bind::I64(id))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::status::TaskStatus;
