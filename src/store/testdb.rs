@@ -83,9 +83,23 @@ fn skip_or_fail<T>(server: Server, suite: &str, why: &str) -> Option<T> {
 /// The server's URL, or `None` when its tests are to be skipped.
 pub fn server_url(server: Server, suite: &str) -> Option<String> {
     match std::env::var(server.env_var()) {
-        Ok(u) if !u.trim().is_empty() => Some(u.trim().to_string()),
+        Ok(u) if !u.trim().is_empty() => Some(without_tls(server, u.trim())),
         _ => skip_or_fail(server, suite, &format!("{} not set", server.env_var())),
     }
+}
+
+/// A PostgreSQL URL that names no `sslmode` gets `sslmode=disable`. With TLS, libpq's OpenSSL
+/// registers an exit handler that frees OpenSSL's state while r2d2's connection threads may
+/// still be opening or closing a TLS connection, and the process then dies of SIGSEGV after
+/// its work is done (diesel-rs/diesel#3441, sfackler/r2d2#137). The tests start and stop many
+/// processes, so that race would fail a run now and then; TLS itself is not what they test.
+/// A URL that sets `sslmode` is left alone.
+pub fn without_tls(server: Server, url: &str) -> String {
+    if server != Server::Postgres || url.contains("sslmode=") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
 }
 
 /// `url` with its database (the path) replaced by `db`, keeping any query string.
