@@ -7,6 +7,7 @@ use crate::error::{Error, ErrorKind};
 use crate::store::row::NewRow;
 use crate::store::StoreConnection;
 use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
+use crate::trace::TraceParent;
 use crate::util::now_ms;
 use crate::util::truncate;
 
@@ -48,6 +49,14 @@ pub const MAX_SIGNATURE_BYTES: usize = 200;
 
 /// The bincode configuration of every payload. Decoding is limited to [`MAX_PAYLOAD_BYTES`] so
 /// that a corrupt length prefix cannot make a worker allocate without bound.
+/// The current span's trace context (the `opentelemetry` feature), else none.
+fn current_trace() -> Option<TraceParent> {
+    #[cfg(feature = "opentelemetry")]
+    return TraceParent::current();
+    #[cfg(not(feature = "opentelemetry"))]
+    None
+}
+
 pub(crate) fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD_BYTES>()
 }
@@ -113,6 +122,8 @@ pub struct NewTask {
     shard_key: i64,
     /// An absolute due time (epoch ms), set by [`NewTask::run_at`].
     run_at: Option<i64>,
+    /// The trace context the task's runs continue.
+    trace_parent: Option<TraceParent>,
 }
 
 impl NewTask {
@@ -163,7 +174,33 @@ impl NewTask {
             idempotency_key: None,
             shard_key: crate::shard::next_shard_key(),
             run_at: None,
+            trace_parent: current_trace(),
         })
+    }
+
+    /// Sets the W3C trace context the task's runs continue (`None`: none). By default it is
+    /// the current `tracing` span's with the `opentelemetry` feature, and none without it.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// use tend::{NewTask, TraceParent};
+    /// // From the request's `traceparent` header, say.
+    /// let parent = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")?;
+    /// let task = NewTask::new(&Ship { order_id: 7 })?.trace_parent(Some(parent));
+    /// assert_eq!(task.get_trace_parent().unwrap().trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// tend::enqueue_new(&mut conn, task)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn trace_parent(mut self, parent: Option<TraceParent>) -> Self {
+        self.trace_parent = parent;
+        self
+    }
+
+    /// The trace context the task's runs will continue, if any.
+    pub fn get_trace_parent(&self) -> Option<&TraceParent> {
+        self.trace_parent.as_ref()
     }
 
     /// Runs the task at `when` (an absolute time) instead of now or after a delay: the row is
@@ -546,6 +583,7 @@ impl NewTask {
             lease_expires_at: None,
             gmt_create: now,
             gmt_modified: now,
+            trace_parent: self.trace_parent.map(TraceParent::into_string),
         })
     }
 }
@@ -725,7 +763,7 @@ pub fn enqueue_many<C: StoreConnection>(
     }
     let backend = conn.backend();
     // Every backend caps the binds of one statement (SQLite 32 766, PostgreSQL and MySQL
-    // 65 535) and a row has 27: insert in chunks that stay under all of them.
+    // 65 535) and a row has 28: insert in chunks that stay under all of them.
     let mut inserted = 0;
     for chunk in rows.chunks(INSERT_CHUNK) {
         inserted += conn

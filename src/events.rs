@@ -37,10 +37,13 @@ pub struct TaskInfo<'a> {
         note = "use `TaskInfo::attempt()`, a `u32` like `TaskContext::attempt()`"
     )]
     pub attempt: i32,
+    /// The W3C `traceparent` stored with the task (see [`TraceParent`](crate::TraceParent)),
+    /// when it has a valid one.
+    pub trace_parent: Option<&'a str>,
 }
 
 #[allow(deprecated)] // the field stays readable until it is removed
-impl TaskInfo<'_> {
+impl<'a> TaskInfo<'a> {
     /// Attempts so far, the current one included, as [`TaskContext::attempt`](crate::TaskContext::attempt)
     /// counts them (a hand-written negative `execute_times` reads as 0).
     ///
@@ -59,6 +62,7 @@ impl TaskInfo<'_> {
             signature,
             shard_key,
             attempt: execute_times,
+            trace_parent: None,
         }
     }
 
@@ -74,6 +78,21 @@ impl TaskInfo<'_> {
             signature,
             shard_key,
             attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+            trace_parent: None,
+        }
+    }
+
+    /// The same view with a trace context (for tests of [`Events`] receivers).
+    ///
+    /// ```
+    /// let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// let info = tend::TaskInfo::new(7, "orders.ship", 42, 1).with_trace_parent(Some(tp));
+    /// assert_eq!(info.trace_parent, Some(tp));
+    /// ```
+    pub fn with_trace_parent(self, trace_parent: Option<&'a str>) -> TaskInfo<'a> {
+        TaskInfo {
+            trace_parent,
+            ..self
         }
     }
 }

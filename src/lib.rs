@@ -145,8 +145,14 @@ mod supervise;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace;
 mod transaction;
 mod util;
+
+/// The README's Rust examples, compiled and run as doctests so that they cannot rot.
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Not an API: thin wrappers over internal parsers (the CLI's argument, URL, time and duration
 /// parsing) for the cargo-fuzz targets in `fuzz/`, behind the `fuzzing` feature. Everything
@@ -192,6 +198,7 @@ pub use crate::task::{
     ExecuteWay, Task, TaskContext, TaskError, TaskOptions, ThreadWay, TransactionWay,
     DEFAULT_ALERT_EXPRESSION,
 };
+pub use crate::trace::TraceParent;
 #[cfg(feature = "tracing")]
 pub use crate::tracing_events::TracingEvents;
 pub use crate::transaction::{transaction_with_retry, TransactionRetry, TransientError};

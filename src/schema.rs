@@ -62,6 +62,8 @@ diesel::table! {
         gmt_modified -> BigInt,
         /// How long the successful attempt ran (kept completed rows only).
         duration_ms -> Nullable<BigInt>,
+        /// The W3C `traceparent` of the span that enqueued the task, if known.
+        trace_parent -> Nullable<Text>,
     }
 }
 

@@ -10,10 +10,16 @@ thread_local! {
 }
 
 /// Opens a span `tend.attempt` (fields `task.id`, `task.signature`, `task.attempt`,
-/// `task.shard_key`, `outcome`) when a worker starts a task, entered on the worker's thread
-/// while the handler runs, so the handler's own spans and events are its children; it closes
-/// with the attempt's outcome (`succeeded`, `failed`, `dead`, `held`). The other events
-/// (enqueued, retried, dead, alerts, …) become `tracing` events at target `tend::events`.
+/// `task.shard_key`, `trace.parent`, `outcome`) when a worker starts a task, entered on the
+/// worker's thread while the handler runs, so the handler's own spans and events are its
+/// children; it closes with the attempt's outcome (`succeeded`, `failed`, `dead`, `held`). The
+/// other events (enqueued, retried, dead, alerts, …) become `tracing` events at target
+/// `tend::events`.
+///
+/// `trace.parent` is the W3C [`TraceParent`](crate::TraceParent) stored with the task. With
+/// the `opentelemetry` feature and a `tracing-opentelemetry` layer installed, tend stores the
+/// enqueuing span's context there by itself and makes it the parent of every attempt's span,
+/// so a request's trace shows the task's runs, on whichever process and however late they run.
 ///
 /// The worker emits `Started`, runs the handler and emits the outcome on one thread, which is
 /// what lets an [`Events`] implementation hold the span.
@@ -60,8 +66,19 @@ impl Events for TracingEvents {
                     task.signature = t.signature,
                     task.attempt = t.attempt(),
                     task.shard_key = t.shard_key,
+                    trace.parent = t.trace_parent,
                     outcome = tracing::field::Empty,
                 );
+                // The enqueuing span's trace goes on in this attempt's span.
+                #[cfg(feature = "opentelemetry")]
+                if let Some(cx) = t
+                    .trace_parent
+                    .and_then(|s| crate::trace::TraceParent::parse(s).ok())
+                    .and_then(|tp| tp.otel_context())
+                {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    let _ = span.set_parent(cx);
+                }
                 OPEN.with(|o| {
                     // A span left open (an outcome this version does not close on) ends here.
                     *o.borrow_mut() = Some((t.id, span.entered()));

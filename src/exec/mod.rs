@@ -520,10 +520,13 @@ fn completed(cfg: &Executor, row: &TaskRow, token: i64, duration: Duration) -> D
 
 /// The event view of a row.
 pub(crate) fn info(row: &TaskRow) -> TaskInfo<'_> {
+    let trace = row.trace_parent.as_deref();
     TaskInfo::of(
         row.id,
         &row.method_sign_name,
         row.shard_key,
         row.execute_times,
     )
+    // Only a valid one: a hand-edited value is ignored, it never stops the task.
+    .with_trace_parent(trace.filter(|_| crate::trace::stored(row.id, trace).is_some()))
 }

@@ -39,6 +39,7 @@ pub struct TaskRow {
     pub gmt_create: i64,
     pub gmt_modified: i64,
     pub duration_ms: Option<i64>,
+    pub trace_parent: Option<String>,
 }
 
 /// A claimed row (the field is `task` because the derive uses the name `row` itself), with the
@@ -84,6 +85,7 @@ pub struct NewRow {
     pub lease_expires_at: Option<i64>,
     pub gmt_create: i64,
     pub gmt_modified: i64,
+    pub trace_parent: Option<String>,
 }
 
 impl NewRow {
@@ -119,6 +121,7 @@ impl NewRow {
             gmt_create: self.gmt_create,
             gmt_modified: self.gmt_modified,
             duration_ms: None,
+            trace_parent: self.trace_parent,
         }
     }
 }

@@ -41,7 +41,7 @@ pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
     transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
     fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
-    gmt_modified, duration_ms";
+    gmt_modified, duration_ms, trace_parent";
 
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
 pub(crate) type TaskRowSql<DB> =

@@ -153,6 +153,7 @@ pub(crate) fn inspect(db: &Db) {
         "gmt_create",
         "gmt_modified",
         "duration_ms",
+        "trace_parent",
     ] {
         assert!(
             shown

@@ -35,6 +35,7 @@ diesel::table! {
         gmt_create -> BigInt,
         gmt_modified -> BigInt,
         duration_ms -> Nullable<BigInt>,
+        trace_parent -> Nullable<Text>,
     }
 }
 
@@ -75,6 +76,7 @@ pub struct Row {
     pub gmt_create: i64,
     pub gmt_modified: i64,
     pub duration_ms: Option<i64>,
+    pub trace_parent: Option<String>,
 }
 
 diesel::table! {

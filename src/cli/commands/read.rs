@@ -139,6 +139,7 @@ pub(super) fn row_json(r: &TaskRow, payload: &Result<Value, String>) -> Value {
         "gmt_create": r.gmt_create,
         "gmt_modified": r.gmt_modified,
         "duration_ms": r.duration_ms,
+        "trace_parent": r.trace_parent,
     })
 }
 
@@ -200,6 +201,7 @@ pub(super) fn row_text(r: &TaskRow, payload: &Result<Value, String>) -> String {
         ("gmt_create", time(r.gmt_create)),
         ("gmt_modified", time(r.gmt_modified)),
         ("duration_ms", opt_num(r.duration_ms)),
+        ("trace_parent", opt(&r.trace_parent)),
     ];
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut s = String::new();

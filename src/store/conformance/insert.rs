@@ -33,6 +33,7 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
         lease_expires_at: Some(T0 + 30_000),
         gmt_create: T0 - 5,
         gmt_modified: T0 - 1,
+        trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     };
     let bare = NewRow {
         task_parameter: Vec::new(),

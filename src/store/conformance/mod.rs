@@ -252,6 +252,7 @@ fn row(execute_time: i64) -> NewRow {
         lease_expires_at: None,
         gmt_create: T0,
         gmt_modified: T0,
+        trace_parent: None,
     }
 }
 
@@ -288,7 +289,8 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
         lease_owner,
         lease_expires_at,
         gmt_create,
-        gmt_modified
+        gmt_modified,
+        trace_parent
     );
     assert_eq!(got.duration_ms, None, "column `duration_ms` of a new row");
     // Compared apart: a failing 4 MiB assert_eq would print 4 MiB.

@@ -182,6 +182,7 @@ pub(crate) fn detail(
             "duration",
             r.duration_ms.map_or("–".to_string(), |d| format!("{d} ms")),
         ),
+        ("trace parent", opt(&r.trace_parent)),
     ];
     let q = [("db", db.to_string())];
     let body = html! {

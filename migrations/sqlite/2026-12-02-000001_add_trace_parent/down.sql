@@ -1,0 +1,1 @@
+ALTER TABLE consistency_task DROP COLUMN trace_parent;
