@@ -24,6 +24,7 @@ use std::time::Duration;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // build one with `TaskInfo::new`; fields are added as tend learns more
 pub struct TaskInfo<'a> {
     /// The row id.
     pub id: i64,

@@ -10,7 +10,7 @@ use crate::error::Error;
 /// `trace_parent`) so that its runs join the trace of the request that enqueued it.
 ///
 /// With the `opentelemetry` feature, [`NewTask::new`](crate::NewTask::new) takes it from the
-/// current `tracing` span (through `tracing-opentelemetry`) and [`TracingEvents`] makes it the
+/// current `tracing` span (through `tracing-opentelemetry`) and `TracingEvents` makes it the
 /// parent of each attempt's span. Without it, set one with
 /// [`NewTask::trace_parent`](crate::NewTask::trace_parent) (from an incoming `traceparent`
 /// header, say) and read it back from [`TaskInfo::trace_parent`](crate::TaskInfo) in your own
@@ -29,12 +29,6 @@ use crate::error::Error;
 /// assert!(TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_err());
 /// # Ok::<(), tend::Error>(())
 /// ```
-///
-#[cfg_attr(feature = "tracing", doc = "[`TracingEvents`]: crate::TracingEvents")]
-#[cfg_attr(
-    not(feature = "tracing"),
-    doc = "[`TracingEvents`]: https://docs.rs/tend/latest/tend/struct.TracingEvents.html"
-)]
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TraceParent(String);
 

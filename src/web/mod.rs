@@ -35,8 +35,12 @@
 //! * Every value from the database is HTML-escaped (maud escapes whatever it interpolates);
 //!   pages run no script, and the Content-Security-Policy allows none.
 //! * Database URLs are shown with their passwords masked, and error messages are scrubbed.
-//! * Request targets, bodies and parameters are bounded; bad input gets a 4xx page.
+//! * Request targets, bodies and parameters are bounded; bad input gets a 4xx page. A guard
+//!   in front of the HTTP server reads each request head within 16 KiB and 10 s (else `431` or
+//!   `408`) and serves one request per connection, so no client can grow its memory or hold
+//!   its threads.
 
+mod guard;
 pub(crate) mod handlers;
 mod http;
 mod metrics;
@@ -190,6 +194,7 @@ impl State {
 /// A running dashboard.
 pub struct Server {
     addr: SocketAddr,
+    guard: guard::Guard,
     http: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -231,12 +236,19 @@ impl Server {
             })?;
             dbs.push(d);
         }
-        let http = tiny_http::Server::http(opts.listen.as_str())
+        // tiny_http serves on a private Unix socket; the guard in front bounds request heads.
+        let (dir, sock) = guard::socket_path().map_err(|e| {
+            fail(format!(
+                "cannot create the dashboard's socket directory: {e}"
+            ))
+        })?;
+        let http = tiny_http::Server::http_unix(&sock).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            fail(format!("cannot listen on {}: {e}", sock.display()))
+        })?;
+        let guard = guard::Guard::start(opts.listen.as_str(), sock, dir)
             .map_err(|e| fail(format!("cannot listen on {}: {e}", opts.listen)))?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| fail("not listening on an IP address".to_string()))?;
+        let addr = guard.addr();
         let http = Arc::new(http);
         let state = Arc::new(State {
             registry,
@@ -260,6 +272,7 @@ impl Server {
         }
         Ok(Server {
             addr,
+            guard,
             http,
             stopping,
             threads,
@@ -284,6 +297,7 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        self.guard.stop();
         self.stopping.store(true, Ordering::SeqCst);
         for _ in 0..self.threads.len() {
             self.http.unblock();

@@ -17,7 +17,9 @@ mod refusals;
 use dashboard::*;
 use refusals::*;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use support::cli::*;
 use support::per_backend;

@@ -192,6 +192,39 @@ pub(crate) fn attacks(db: &Db) {
     assert!((400..500).contains(&garbage.status), "{garbage:?}");
     let no_host = raw(a, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert!((400..500).contains(&no_host.status), "{no_host:?}");
+    // An endless header line, and very many headers: answered 431 once the head passes
+    // 16 KiB, without reading (or holding) the rest.
+    let endless = format!(
+        "GET / HTTP/1.1\r\nHost: {a}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(8 << 20)
+    );
+    assert_eq!(raw(a, endless.as_bytes()).status, 431);
+    let many: String = (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: {a}\r\n{many}\r\n");
+    assert_eq!(raw(a, many.as_bytes()).status, 431);
+    // A client that sends half a head and stalls gets 408 and loses the connection (in
+    // 10 s); meanwhile the dashboard serves others.
+    let mut slow = std::net::TcpStream::connect(a).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: ").unwrap();
+    get(a, "/").send().expect(200);
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // Keep-alive asked for is not granted: one request per connection, so each passes the
+    // guard. The server closes after its answer (a kept connection would time this out).
+    let mut kept = std::net::TcpStream::connect(a).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    kept.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {a}\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    kept.read_to_string(&mut answer)
+        .expect("the server closes the connection");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert_eq!(status_of(db, s.dead_old), "dead");
     // The server still answers after all that.
     get(a, "/").send().expect(200);
