@@ -134,6 +134,7 @@ mod failover;
 #[cfg(feature = "metrics")]
 mod metrics_facade;
 mod outbox;
+mod periodic;
 mod pool;
 mod registry;
 mod retry;
@@ -175,6 +176,7 @@ pub use crate::failover::Failover;
 #[cfg(feature = "metrics")]
 pub use crate::metrics_facade::MetricsFacade;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
+pub use crate::periodic::{Missed, Periodic, MAX_SCHEDULE_NAME_BYTES};
 pub use crate::pool::{
     PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,
 };
