@@ -196,12 +196,62 @@ fn child_main<C: TestConn>() {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The in-process pools of this file run one at a time, so that a panic injected into "the"
+/// scheduler thread (process-wide) lands in the pool of the test that armed it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The scheduler thread survives a panic: after it, the schedule goes on, and the slots that
+/// passed meanwhile are caught up, each once.
+#[cfg(feature = "testing")]
+fn the_scheduler_survives_a_panic<C: TestConn>(db: &TestDb<C>) {
+    let _serial = serial();
+    let mut registry = Registry::new();
+    registry.register::<Tick>().unwrap();
+    registry.state(marker::<C>(&db.url)).unwrap();
+    let handle = WorkerPool::builder(db.pool.clone(), registry)
+        .threads(1)
+        .keep_completed(Duration::from_secs(3600))
+        .periodic(
+            tick_schedule("survivor", Duration::from_millis(50)).missed(Missed::CatchUp(1000)),
+        )
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    wait_for("three slots", PATIENCE, || enqueued(db).len() >= 3);
+    let before = tend::testing::injected_panics("scheduler");
+    tend::testing::inject_panics("scheduler", 1);
+    wait_for("the injected panic", PATIENCE, || {
+        tend::testing::injected_panics("scheduler") > before
+    });
+    let at_panic = enqueued(db).len();
+    wait_for("slots after the panic", PATIENCE, || {
+        enqueued(db).len() >= at_panic + 5
+    });
+    assert!(handle.shutdown().all_joined());
+    let slots = enqueued(db);
+    for w in slots.windows(2) {
+        assert_eq!(w[1] - w[0], 50, "each slot once, none skipped: {slots:?}");
+    }
+    figures(format!(
+        "periodic {}: scheduler panicked once, {} slots enqueued once each",
+        C::BACKEND.name(),
+        slots.len()
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+
 /// Ten-day slots (aligned on the epoch): the test cannot straddle a slot boundary in practice.
 const DAYS_10: i64 = 10 * 24 * 3600 * 1000;
 
 /// Slots missed while no process ran: RunOnce enqueues the latest, CatchUp(3) the latest three,
 /// a schedule seen for the first time nothing (its first run is its next slot).
 fn missed_slots_follow_the_policy<C: TestConn>(db: &TestDb<C>) {
+    let _serial = serial();
     let now = support::now_ms();
     let latest = now.div_euclid(DAYS_10) * DAYS_10;
     let ten_missed = latest - 10 * DAYS_10;
@@ -252,6 +302,7 @@ fn missed_slots_follow_the_policy<C: TestConn>(db: &TestDb<C>) {
 /// A schedule on a database whose migrations predate `tend_schedule` is refused at start,
 /// with the error that says to migrate.
 fn a_schedule_needs_the_schedule_table<C: TestConn>(db: &TestDb<C>) {
+    let _serial = serial();
     db.exec("DROP TABLE tend_schedule");
     let start = |periodic: bool| {
         let mut registry = Registry::new();
@@ -275,6 +326,8 @@ per_backend!(
     fresh: four_processes_enqueue_each_slot_once,
     missed_slots_follow_the_policy,
     a_schedule_needs_the_schedule_table,
+    #[cfg(feature = "testing")]
+    the_scheduler_survives_a_panic,
 );
 
 /// The README's periodic example is code of `examples/periodic.rs` (which CI compiles and
