@@ -63,6 +63,7 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
             .field("lease", &self.lease)
             .field("task_timeout", &self.task_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("periodics", &self.periodics)
             .finish()
     }
 }
@@ -324,7 +325,8 @@ where
     /// shard 0, in one transaction with a compare-and-set on the schedule's row in
     /// `tend_schedule`. Every process may register the same schedules: each slot is enqueued
     /// once across all of them, with no leader. The task type must be registered with the
-    /// registry of the processes that run it, like any task.
+    /// registry of the processes that run it, like any task. The scheduler keeps one
+    /// connection of shard 0's r2d2 pool (size that pool for it).
     ///
     /// [`build`](Self::build) refuses two schedules with one name, a schedule without a task,
     /// and a task the scheduler could not enqueue (sync or without-transaction options).
