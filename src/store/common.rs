@@ -285,8 +285,10 @@ macro_rules! common_ops {
                 if moved != 1 {
                     return Ok(false);
                 }
-                if !tasks.is_empty() {
-                    conn.insert_many(tasks)?;
+                // In statements of at most 1000 rows, as `enqueue_many`: a catch-up of many
+                // slots stays under every backend's limit on binds per statement.
+                for chunk in tasks.chunks(1000) {
+                    conn.insert_many(chunk)?;
                 }
                 Ok(true)
             })

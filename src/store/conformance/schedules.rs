@@ -36,11 +36,18 @@ pub(super) fn schedule_rows_are_created_once_and_moved_by_compare_and_set<D: Db>
     assert!(conn.schedule_advance(T0 + 1000, &caught_up, &rows).unwrap());
     assert_eq!(D::rows(&mut conn).len(), 3);
     assert_eq!(conn.schedules().unwrap(), [caught_up]);
+    // A long catch-up: more rows than one statement may carry on SQLite (27 binds a row).
+    let long: Vec<NewRow> = (0..2500).map(|k| row(T0 + 4000 + k)).collect();
+    let after_long = schedule("s", T0 + 4000 + 2499);
+    assert!(conn
+        .schedule_advance(T0 + 3000, &after_long, &long)
+        .unwrap());
+    assert_eq!(D::rows(&mut conn).len(), 3 + 2500);
     // No row, no move.
     assert!(!conn
         .schedule_advance(T0, &schedule("other", T0 + 1000), &[row(T0)])
         .unwrap());
-    assert_eq!(D::rows(&mut conn).len(), 3);
+    assert_eq!(D::rows(&mut conn).len(), 3 + 2500);
 }
 
 /// Four processes find the same slot due at once: one enqueues it, the others insert nothing.
