@@ -255,12 +255,27 @@ impl Periodic {
     /// How the schedule repeats, as `tend_schedule.spec` and the CLI show it.
     ///
     /// ```
-    /// let p = tend::Periodic::every("sweep", std::time::Duration::from_millis(1500)).unwrap();
+    /// use std::time::Duration;
+    /// let p = tend::Periodic::every("sweep", Duration::from_millis(1500)).unwrap();
     /// assert_eq!(p.spec(), "every 1500ms");
+    /// let p = tend::Periodic::every("sweep", Duration::from_secs(300)).unwrap();
+    /// assert_eq!(p.spec(), "every 5m");
     /// ```
     pub fn spec(&self) -> String {
         match &self.every {
-            Every::Interval(ms) => format!("every {ms}ms"),
+            Every::Interval(ms) => {
+                // The largest unit that divides it: `every 5m`, `every 1500ms`.
+                let (n, unit) = [
+                    (86_400_000, "d"),
+                    (3_600_000, "h"),
+                    (60_000, "m"),
+                    (1000, "s"),
+                ]
+                .into_iter()
+                .find(|(u, _)| ms % u == 0)
+                .map_or((*ms, "ms"), |(u, name)| (ms / u, name));
+                format!("every {n}{unit}")
+            }
             #[cfg(feature = "cron")]
             Every::Cron(c) => c.describe(),
         }
