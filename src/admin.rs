@@ -10,7 +10,7 @@ use diesel::prelude::*;
 
 use crate::error::Error;
 use crate::status::{TaskStatus, PARKED};
-use crate::store::row::TaskRow;
+use crate::store::row::{ScheduleRow, TaskRow};
 
 /// Which rows an operator command is about. Every field narrows; the default matches all rows.
 #[derive(Debug, Clone, Default)]
@@ -183,6 +183,8 @@ pub(crate) trait Admin {
     ) -> QueryResult<usize>;
     /// Counts by status and signature, and the oldest due task.
     fn stats(&mut self, now: i64) -> QueryResult<Stats>;
+    /// The periodic schedules (`tend_schedule`), by name; an error when the table is missing.
+    fn schedules(&mut self) -> QueryResult<Vec<ScheduleRow>>;
 }
 
 /// The operator queries for one concrete connection type (`$db` is its backend).
@@ -426,6 +428,10 @@ macro_rules! admin_ops {
                     oldest_due,
                 })
             }
+
+            fn schedules(&mut self) -> QueryResult<Vec<$crate::store::row::ScheduleRow>> {
+                $crate::store::ops::Ops::schedules(self)
+            }
         }
     };
 }
@@ -485,6 +491,9 @@ where
     }
     fn stats(&mut self, now: i64) -> QueryResult<Stats> {
         (**self).stats(now)
+    }
+    fn schedules(&mut self) -> QueryResult<Vec<ScheduleRow>> {
+        (**self).schedules()
     }
 }
 

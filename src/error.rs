@@ -213,8 +213,7 @@ impl fmt::Display for Error {
             }
             ErrorKind::NotMigrated { backend, detail } => write!(
                 f,
-                "the `consistency_task` table is missing or incomplete ({detail}); run the \
-                 migrations first: call `tend::migrate(&mut conn)` at startup, or copy \
+                "tend's tables are missing or incomplete ({detail}); run the migrations first: call `tend::migrate(&mut conn)` at startup, or copy \
                  `migrations/{backend}` into your diesel migrations and run `diesel migration run`"
             ),
             ErrorKind::Migration(m) => write!(f, "running tend's migrations failed: {m}"),
@@ -288,7 +287,8 @@ impl From<diesel::result::Error> for Error {
     }
 }
 
-/// Whether a database error means tend's table or one of its columns does not exist.
+/// Whether a database error means one of tend's tables (`consistency_task`, or
+/// `tend_schedule` for periodic tasks) or one of their columns does not exist.
 pub(crate) fn is_missing_schema(e: &diesel::result::Error) -> bool {
     let diesel::result::Error::DatabaseError(_, info) = e else {
         return false;
@@ -297,7 +297,7 @@ pub(crate) fn is_missing_schema(e: &diesel::result::Error) -> bool {
     // PostgreSQL: relation "consistency_task" does not exist / column ... does not exist;
     // MySQL/MariaDB: Table 'db.consistency_task' doesn't exist / Unknown column;
     // SQLite: no such table / no such column.
-    (m.contains("consistency_task") || m.contains("column"))
+    (m.contains("consistency_task") || m.contains("tend_schedule") || m.contains("column"))
         && (m.contains("does not exist")
             || m.contains("doesn't exist")
             || m.contains("no such table")

@@ -75,6 +75,8 @@
 //! * `web`: `tend web`, the dashboard and Prometheus `/metrics` ([`web`]; implies `cli`).
 //! * `metrics`: `MetricsFacade`, tend's events as `metrics` crate counters and histograms.
 //! * `tracing`: `TracingEvents`, a `tracing` span per attempt.
+//! * `cron`: `Periodic::cron`, periodic tasks on cron expressions in a time zone (fixed
+//!   intervals, [`Periodic::every`], need no feature).
 //!
 //! Every feature works with r2d2 pooled connections of its connection type too.
 //!
@@ -99,11 +101,12 @@
 //! 4. **Writing tasks**: `enqueue` ([`NewTask`], the `enqueue` functions, the payload codec),
 //!    `enqueue_async` (feature `async`), `registry` ([`Registry`]: signatures to handlers,
 //!    alerters, application state), `complete_in`, `cancel`, `transaction`
-//!    ([`transaction_with_retry`]). Import layers 1-3.
+//!    ([`transaction_with_retry`]), `periodic` ([`Periodic`], [`Missed`]: schedules and their
+//!    slots). Import layers 1-3.
 //! 5. **Running one task**: `exec` (the executor: runs one claimed task and decides its outcome;
 //!    the alert thread). Knows neither the pool nor the outbox. Imports layers 1-4.
 //! 6. **Running many**: `pool` ([`WorkerPool`], its builder, fetchers, workers, completers,
-//!    membership, [`PoolHandle`]). Imports layers 1-5.
+//!    membership, the periodic scheduler, [`PoolHandle`]). Imports layers 1-5.
 //! 7. **Above the pool**: `outbox` ([`Outbox`]: hands tasks to a pool through its hand-off
 //!    after the commit, runs sync tasks through the executor), `testing` (feature `testing`:
 //!    the test kit, an executor without a pool). Import layers 1-6.
@@ -134,6 +137,7 @@ mod failover;
 #[cfg(feature = "metrics")]
 mod metrics_facade;
 mod outbox;
+mod periodic;
 mod pool;
 mod registry;
 mod retry;
@@ -181,6 +185,7 @@ pub use crate::failover::Failover;
 #[cfg(feature = "metrics")]
 pub use crate::metrics_facade::MetricsFacade;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
+pub use crate::periodic::{Missed, Periodic, MAX_SCHEDULE_NAME_BYTES};
 pub use crate::pool::{
     PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,
 };

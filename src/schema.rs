@@ -80,3 +80,19 @@ diesel::table! {
         started_at -> BigInt,
     }
 }
+
+diesel::table! {
+    /// Periodic schedules: the last slot enqueued per name (the compare-and-set target).
+    tend_schedule (name) {
+        /// The schedule's name (unique).
+        name -> Text,
+        /// How it repeats, for operators (`every 5s`, `cron 0 */5 * * * * in Europe/Berlin`).
+        spec -> Text,
+        /// The last slot whose task was enqueued (epoch ms).
+        last_slot_ms -> BigInt,
+        /// The slot after it: when the schedule next runs (epoch ms).
+        next_slot_ms -> BigInt,
+        /// When a process last wrote the row (epoch ms).
+        updated_at -> BigInt,
+    }
+}

@@ -50,6 +50,7 @@ pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
     pub(super) events: Arc<dyn Events>,
     pub(super) keep_completed: Option<Duration>,
     pub(super) affinity: bool,
+    pub(super) periodics: Vec<Periodic>,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
@@ -62,6 +63,7 @@ impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
             .field("lease", &self.lease)
             .field("task_timeout", &self.task_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("periodics", &self.periodics)
             .finish()
     }
 }
@@ -318,6 +320,41 @@ where
         self
     }
 
+    /// Registers a periodic schedule: the pool starts a scheduler thread (`tend-scheduler`,
+    /// only when at least one schedule is registered) that enqueues each due slot's task on
+    /// shard 0, in one transaction with a compare-and-set on the schedule's row in
+    /// `tend_schedule`. Every process may register the same schedules: each slot is enqueued
+    /// once across all of them, with no leader. The task type must be registered with the
+    /// registry of the processes that run it, like any task. The scheduler keeps one
+    /// connection of shard 0's r2d2 pool (size that pool for it).
+    ///
+    /// [`build`](Self::build) refuses two schedules with one name, a schedule without a task,
+    /// and a task the scheduler could not enqueue (sync or without-transaction options).
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("periodic-builder");
+    /// use std::time::Duration;
+    /// use tend::{Periodic, Registry, WorkerPool};
+    /// let mut registry = Registry::new();
+    /// registry.register::<Ship>()?;
+    /// let sweep = Periodic::every("orders.sweep", Duration::from_secs(60))?
+    ///     .task(|_slot| Ship { order_id: 0 });
+    /// let handle = WorkerPool::builder(pool.clone(), registry)
+    ///     .periodic(sweep.clone())
+    ///     .build()?
+    ///     .start()?;
+    /// handle.shutdown();
+    /// let twice = WorkerPool::builder(pool, Registry::new()).periodic(sweep.clone()).periodic(sweep);
+    /// assert!(twice.build().unwrap_err().to_string().contains("orders.sweep"));
+    /// # Ok(()) }
+    /// ```
+    pub fn periodic(mut self, schedule: Periodic) -> Self {
+        self.periodics.push(schedule);
+        self
+    }
+
     /// The name written into `lease_owner`. Defaults to `host/pid/random`.
     ///
     /// ```
@@ -412,6 +449,16 @@ where
             Some(o) => o,
             None => default_owner(),
         };
+        let now = crate::util::now_ms();
+        for (i, p) in self.periodics.iter().enumerate() {
+            if self.periodics[..i].iter().any(|q| q.name == p.name) {
+                return Err(Error::invalid_setting(
+                    "periodic",
+                    format!("schedule `{}` is registered twice", p.name),
+                ));
+            }
+            p.validate(now)?;
+        }
         let (alerts, alerts_rx) = AlertSink::new();
         let n = self.shards.len();
         let (dispatch, dispatch_rx) = (0..n).map(|_| bounded(DISPATCH_QUEUE)).unzip();
@@ -441,6 +488,7 @@ where
             },
             dispatch_rx,
             jobs_rx,
+            periodics: self.periodics,
             // Started here, not in `start`, so that alerts of an outbox whose pool never
             // starts are delivered too; it ends when the last outbox and the pool are gone.
             alert_thread: spawn_alert_thread(self.registry.clone(), alerts_rx),

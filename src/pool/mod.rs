@@ -15,6 +15,7 @@ mod builder;
 mod complete;
 mod fetch;
 mod membership;
+mod scheduler;
 mod worker;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::error::Error;
 use crate::events::{Events, NoEvents};
 use crate::exec::alerts::{spawn_alert_thread, AlertSink};
 use crate::exec::{Done, EventSink, Executor};
+use crate::periodic::Periodic;
 use crate::registry::Registry;
 use crate::shard::Shards;
 use crate::status::TaskStatus;
@@ -113,6 +115,8 @@ pub struct WorkerPool<C: R2D2Connection + 'static> {
     dispatch_rx: Vec<Receiver<i64>>,
     jobs_rx: Receiver<Job>,
     alert_thread: JoinHandle<()>,
+    /// Periodic schedules, run by a scheduler thread on shard 0 (none: no thread).
+    periodics: Vec<Periodic>,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPool<C> {
@@ -275,6 +279,7 @@ where
             events: Arc::new(NoEvents),
             keep_completed: None,
             affinity: false,
+            periodics: Vec::new(),
         }
     }
 
@@ -307,6 +312,13 @@ where
             crate::store::check_schema(&mut conn)?;
             conn.check_setup()
                 .map_err(|reason| Error::invalid_setting("pool", reason))?;
+        }
+        if !self.periodics.is_empty() {
+            // Schedules live on shard 0: its `tend_schedule` must exist.
+            let mut conn = self.shards.pools()[0].get()?;
+            let backend = conn.backend();
+            conn.schedule_get("")
+                .map_err(|e| Error::from_db(backend, e))?;
         }
         let cfg = self.cfg;
         let lanes = self.lanes;
@@ -393,6 +405,14 @@ where
         } else {
             None
         };
+        let scheduler = (!self.periodics.is_empty()).then(|| {
+            scheduler::start(
+                self.shards.pools()[0].clone(),
+                self.periodics,
+                wake_txs[0].clone(),
+                stop_rx.clone(),
+            )
+        });
         let mut workers = Vec::new();
         for i in 0..cfg.threads {
             let (cfg, stop_rx, jobs_rx) = (cfg.clone(), stop_rx.clone(), jobs_rx.clone());
@@ -433,6 +453,7 @@ where
                 fetchers,
                 completers,
                 membership,
+                scheduler,
                 alert_thread,
                 workers,
             }),
@@ -483,6 +504,7 @@ struct Running {
     fetchers: Vec<crate::supervise::Spawned>,
     completers: Vec<crate::supervise::Spawned>,
     membership: Option<crate::supervise::Spawned>,
+    scheduler: Option<crate::supervise::Spawned>,
     alert_thread: JoinHandle<()>,
     workers: Vec<crate::supervise::Spawned>,
 }
@@ -509,7 +531,7 @@ pub struct ShutdownReport {
     /// tasks' leases lapse and the outcome of the late attempt is refused).
     pub abandoned: usize,
     /// Names of the pool's other threads (`tend-fetcher-*`, `tend-completer-*`,
-    /// `tend-checkpoint-*`, `tend-membership`) that had not ended by the shutdown bound,
+    /// `tend-checkpoint-*`, `tend-membership`, `tend-scheduler`) that had not ended by the shutdown bound,
     /// typically stuck in a database call that never returns (a server or network that
     /// stopped answering). They are left detached and logged; their leases lapse.
     pub unjoined: Vec<String>,
@@ -645,7 +667,12 @@ impl PoolHandle {
                          // database call that never returns: a hung server or network, a lock held elsewhere)
                          // is left detached and named in the report.
         let mut unjoined = Vec::new();
-        for t in r.fetchers.into_iter().chain(r.membership) {
+        for t in r
+            .fetchers
+            .into_iter()
+            .chain(r.membership)
+            .chain(r.scheduler)
+        {
             // Normally at once: no claim after this point.
             if let Err(name) = t.join_by(fetchers_by) {
                 unjoined.push(name);

@@ -229,6 +229,79 @@ macro_rules! common_ops {
             .execute(self)
         }
 
+        fn schedule_get(
+            &mut self,
+            name: &str,
+        ) -> QueryResult<Option<$crate::store::row::ScheduleRow>> {
+            use $crate::schema::tend_schedule::dsl as s;
+            s::tend_schedule
+                .filter(s::name.eq(name))
+                .select($crate::store::row::ScheduleRow::as_select())
+                .first(self)
+                .optional()
+        }
+
+        fn schedule_create(&mut self, row: &$crate::store::row::ScheduleRow) -> QueryResult<bool> {
+            use $crate::schema::tend_schedule::dsl as s;
+            // As `node_claim`: a plain statement, a unique violation means another process
+            // created it first (no backend-specific "insert or ignore" needed).
+            match diesel::insert_into(s::tend_schedule)
+                .values(row)
+                .execute(self)
+            {
+                Ok(n) => Ok(n == 1),
+                Err(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                )) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+
+        fn schedule_advance(
+            &mut self,
+            expected_last: i64,
+            row: &$crate::store::row::ScheduleRow,
+            tasks: &[$crate::store::row::NewRow],
+        ) -> QueryResult<bool> {
+            use $crate::schema::tend_schedule::dsl as s;
+            self.isolate_next()?;
+            self.transaction(|conn| {
+                // The compare-and-set: a concurrent process blocks on the row lock (SQLite: on
+                // the write lock) until this commits, then finds `last_slot_ms` changed and
+                // updates nothing.
+                let moved = diesel::update(
+                    s::tend_schedule
+                        .filter(s::name.eq(&row.name))
+                        .filter(s::last_slot_ms.eq(expected_last)),
+                )
+                .set((
+                    s::spec.eq(&row.spec),
+                    s::last_slot_ms.eq(row.last_slot_ms),
+                    s::next_slot_ms.eq(row.next_slot_ms),
+                    s::updated_at.eq(row.updated_at),
+                ))
+                .execute(conn)?;
+                if moved != 1 {
+                    return Ok(false);
+                }
+                // In statements of at most 1000 rows, as `enqueue_many`: a catch-up of many
+                // slots stays under every backend's limit on binds per statement.
+                for chunk in tasks.chunks(1000) {
+                    conn.insert_many(chunk)?;
+                }
+                Ok(true)
+            })
+        }
+
+        fn schedules(&mut self) -> QueryResult<Vec<$crate::store::row::ScheduleRow>> {
+            use $crate::schema::tend_schedule::dsl as s;
+            s::tend_schedule
+                .order(s::name)
+                .select($crate::store::row::ScheduleRow::as_select())
+                .load(self)
+        }
+
         fn by_signature(
             &mut self,
             signature: &str,

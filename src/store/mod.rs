@@ -57,7 +57,7 @@ pub trait StoreConnection: ops::Ops {}
 impl<T: ops::Ops> StoreConnection for T {}
 
 pub(crate) mod ops {
-    use crate::store::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
+    use crate::store::row::{Claim, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written};
     use diesel::QueryResult;
 
     /// The storage contract. Every method is one short transaction (or one statement) on
@@ -130,6 +130,24 @@ pub(crate) mod ops {
         fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>>;
         /// Gives our slot back.
         fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize>;
+        /// The periodic schedule `name`, if its row exists (an error when `tend_schedule` is
+        /// missing: the check that the schedule migration ran).
+        fn schedule_get(&mut self, name: &str) -> QueryResult<Option<ScheduleRow>>;
+        /// Inserts `row` unless a schedule of that name exists; returns whether it did (a
+        /// plain statement: a process that loses the race sees a unique violation, which is
+        /// `false`, and leaves no transaction aborted).
+        fn schedule_create(&mut self, row: &ScheduleRow) -> QueryResult<bool>;
+        /// In one transaction: the compare-and-set of schedule `row.name` from `expected_last`
+        /// to `row`'s slots and, only if this process moved it, the insert of `tasks`. Returns
+        /// whether it moved (false: another process enqueued those slots first).
+        fn schedule_advance(
+            &mut self,
+            expected_last: i64,
+            row: &ScheduleRow,
+            tasks: &[NewRow],
+        ) -> QueryResult<bool>;
+        /// Every periodic schedule, by name (operators' view).
+        fn schedules(&mut self) -> QueryResult<Vec<ScheduleRow>>;
         /// Every row with this signature, oldest first (the test kit's view).
         fn by_signature(&mut self, signature: &str) -> QueryResult<Vec<TaskRow>>;
         /// Reads one row.

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::ops;
-use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
+use super::row::{Claim, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written};
 
 /// Pooled connections store tasks exactly like the connection they wrap.
 impl<C> ops::Ops for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
@@ -69,6 +69,23 @@ where
     }
     fn node_live(&mut self, since: i64) -> QueryResult<Vec<i32>> {
         (**self).node_live(since)
+    }
+    fn schedule_get(&mut self, name: &str) -> QueryResult<Option<ScheduleRow>> {
+        (**self).schedule_get(name)
+    }
+    fn schedule_create(&mut self, row: &ScheduleRow) -> QueryResult<bool> {
+        (**self).schedule_create(row)
+    }
+    fn schedule_advance(
+        &mut self,
+        expected_last: i64,
+        row: &ScheduleRow,
+        tasks: &[NewRow],
+    ) -> QueryResult<bool> {
+        (**self).schedule_advance(expected_last, row, tasks)
+    }
+    fn schedules(&mut self) -> QueryResult<Vec<ScheduleRow>> {
+        (**self).schedules()
     }
     fn node_leave(&mut self, node_id: i32, owner: &str) -> QueryResult<usize> {
         (**self).node_leave(node_id, owner)

@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use crate::schema::consistency_task;
+use crate::schema::{consistency_task, tend_schedule};
 use crate::status::{TaskStatus, PARKED};
 
 /// A row as stored.
@@ -40,6 +40,17 @@ pub struct TaskRow {
     pub gmt_modified: i64,
     pub duration_ms: Option<i64>,
     pub trace_parent: Option<String>,
+}
+
+/// A periodic schedule as stored in `tend_schedule`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = tend_schedule)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub spec: String,
+    pub last_slot_ms: i64,
+    pub next_slot_ms: i64,
+    pub updated_at: i64,
 }
 
 /// A claimed row (the field is `task` because the derive uses the name `row` itself), with the

@@ -12,8 +12,10 @@
 mod support;
 
 mod scenarios;
+mod schedules;
 
 use scenarios::*;
+use schedules::*;
 
 #[cfg(feature = "sqlite")] // the run_from test spawns itself
 use std::process::Command;
@@ -27,7 +29,7 @@ use support::per_backend;
 /// A time in RFC 3339 long before any seeded row (the parser's own tests cover the format).
 const Y2000: &str = "2000-01-01T00:00:00Z";
 
-per_backend!(processes: unmigrated, inspect, changes, purge, unknown_statuses);
+per_backend!(processes: unmigrated, inspect, changes, purge, unknown_statuses, stats_lists_schedules);
 
 // ---------------------------------------------------------------------------------------------
 // Backend-independent errors, the URL handling, several shards, help

@@ -41,6 +41,12 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
                 .map(|x| x.1)
                 .sum::<i64>()
         };
+        // Periodic schedules are opt-in: a database migrated before `tend_schedule` has none.
+        let schedules = match s.conn.schedules() {
+            Ok(rows) => rows,
+            Err(e) if crate::error::is_missing_schema(&e) => Vec::new(),
+            Err(e) => return Err(db_err(s, e)),
+        };
         let lag_ms = st
             .oldest_due
             .as_ref()
@@ -75,6 +81,13 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
                     "execute_time": o.execute_time,
                     "lag_seconds": lag_ms.unwrap_or(0) as f64 / 1000.0,
                 })),
+                "schedules": schedules.iter().map(|r| json!({
+                    "name": r.name,
+                    "spec": r.spec,
+                    "last_slot_ms": r.last_slot_ms,
+                    "next_run_ms": r.next_slot_ms,
+                    "next_run": fmt_time(r.next_slot_ms),
+                })).collect::<Vec<_>>(),
             }));
             continue;
         }
@@ -122,9 +135,46 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
             )?,
             _ => writeln!(io.out, "due now: none (no lag)")?,
         }
+        if !schedules.is_empty() {
+            writeln!(io.out)?;
+            write!(io.out, "{}", schedule_table(&schedules, now))?;
+        }
     }
     if as_json {
         writeln!(io.out, "{}", pretty(&docs))?;
     }
     Ok(())
+}
+
+/// The periodic schedules and their next run, one line each.
+fn schedule_table(rows: &[crate::store::row::ScheduleRow], now: i64) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let next = if r.next_slot_ms <= now {
+                format!("{} (due)", fmt_time(r.next_slot_ms))
+            } else {
+                format!(
+                    "{} (in {})",
+                    fmt_time(r.next_slot_ms),
+                    fmt_span(r.next_slot_ms - now)
+                )
+            };
+            vec![
+                r.name.clone(),
+                r.spec.clone(),
+                fmt_time(r.last_slot_ms),
+                next,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("SCHEDULE", Align::Left),
+            ("EVERY", Align::Left),
+            ("LAST SLOT", Align::Left),
+            ("NEXT RUN", Align::Left),
+        ],
+        &rows,
+    )
 }

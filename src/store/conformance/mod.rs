@@ -35,6 +35,7 @@ mod hostile;
 mod insert;
 mod nodes;
 mod outcome;
+mod schedules;
 mod schema;
 
 #[cfg(feature = "cli")]
@@ -45,6 +46,7 @@ use hostile::*;
 use insert::*;
 use nodes::*;
 use outcome::*;
+use schedules::*;
 use schema::*;
 
 /// The suite's "now".
@@ -447,6 +449,8 @@ conformance!(
     cancel_parks_what_the_rules_allow,
     node_slots_are_taken_once_and_taken_over_when_stale,
     racing_node_claims_give_a_slot_to_one,
+    schedule_rows_are_created_once_and_moved_by_compare_and_set,
+    racing_schedule_advances_enqueue_a_slot_once,
 );
 
 #[cfg(feature = "cli")]
