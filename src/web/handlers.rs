@@ -9,7 +9,14 @@ pub(super) fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Re
     let mut shards = Vec::new();
     for (i, d) in state.dbs.iter().enumerate() {
         let data = conns
-            .run(state, i, |c| Ok((c.summary(now)?, c.activity(since)?)))
+            .run(state, i, |c| {
+                // Periodic schedules are opt-in: a database migrated before them has none.
+                let schedules = match c.schedules() {
+                    Err(e) if crate::error::is_missing_schema(&e) => Vec::new(),
+                    other => other?,
+                };
+                Ok((c.summary(now)?, c.activity(since)?, schedules))
+            })
             .map_err(|e| e.msg);
         shards.push(pages::ShardView {
             index: i,

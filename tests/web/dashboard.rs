@@ -19,6 +19,21 @@ pub(crate) fn pages(db: &Db) {
         "UPDATE consistency_task SET task_status = 9 WHERE id = {}",
         s.done_old
     ));
+    // Two periodic schedules: one on time, one whose slot passed with no process to enqueue it
+    // (and a name with HTML in it, shown as text).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    db.sql(&format!(
+        "INSERT INTO tend_schedule (name, spec, last_slot_ms, next_slot_ms, updated_at) VALUES \
+         ('reports.nightly', 'cron 0 3 * * * Europe/Berlin', {}, {}, {now}), \
+         ('<b>cleanup</b>', 'every 5m', {}, {}, {now})",
+        now - 3_600_000,
+        now + 7_200_000,
+        now - 900_000,
+        now - 600_000
+    ));
     let server = start(db, None);
     let a = server.addr();
 
@@ -34,9 +49,18 @@ pub(crate) fn pages(db: &Db) {
         "payments.refund",
         "oldest due",
         "unknown(9)",
+        "Periodic schedules",
+        "reports.nightly",
+        "cron 0 3 * * * Europe/Berlin",
+        "&lt;b&gt;cleanup&lt;/b&gt;",
+        "is a process running it?",
     ] {
         assert!(home.body.contains(needle), "overview lacks {needle}");
     }
+    assert!(
+        !home.body.contains("<b>cleanup"),
+        "a schedule's name is escaped"
+    );
     assert!(home.body.contains("<svg"), "the overview has its chart");
     let csp = home.header("Content-Security-Policy").unwrap();
     assert!(csp.contains("default-src 'none'"), "{csp}");

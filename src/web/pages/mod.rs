@@ -9,7 +9,7 @@ use super::{Action, State};
 use crate::admin::{is_parked, Stats, TaskSummary};
 use crate::cli::text::{clip, fmt_span, fmt_time, status_name};
 use crate::status::TaskStatus;
-use crate::store::row::TaskRow;
+use crate::store::row::{ScheduleRow, TaskRow};
 
 mod tasks;
 pub(crate) use tasks::{bulk, confirm, detail, list, purge};
@@ -171,7 +171,7 @@ pub(crate) fn login(ctx: &Ctx, next: String, failed: Option<&str>) -> String {
 pub(crate) struct ShardView {
     pub index: usize,
     pub shown: String,
-    pub data: Result<(Stats, Activity), String>,
+    pub data: Result<(Stats, Activity, Vec<ScheduleRow>), String>,
 }
 
 fn status_class(v: i32) -> &'static str {
@@ -277,7 +277,7 @@ pub(crate) fn overview(
                         tr {
                             td { a href=(url("/tasks", &[("db", sh.index.to_string())])) { (sh.index) ": " (sh.shown) } }
                             @match &sh.data {
-                                Ok((st, _)) => {
+                                Ok((st, _, _)) => {
                                     @for s in TaskStatus::ALL {
                                         td.num { (count_of(st, s.as_i32())) }
                                     }
@@ -298,7 +298,10 @@ pub(crate) fn overview(
                 @if shards.len() > 1 { h2 { "Database " (sh.index) ": " (sh.shown) } }
                 @match &sh.data {
                     Err(e) => { p.error { (e) } }
-                    Ok((st, activity)) => { (shard_overview(sh.index, now, first_minute, st, activity)) }
+                    Ok((st, activity, schedules)) => {
+                        (shard_overview(sh.index, now, first_minute, st, activity))
+                        (schedules_table(now, schedules))
+                    }
                 }
             }
         }
@@ -411,6 +414,32 @@ fn shard_overview(
                             }
                             td.num { (v.iter().filter(|x| TaskStatus::from_i32(x.0).is_none()).map(|x| x.1).sum::<i64>()) }
                             td.num { (v.iter().map(|x| x.1).sum::<i64>()) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The periodic schedules of one database (nothing when it has none).
+fn schedules_table(now: i64, schedules: &[ScheduleRow]) -> Markup {
+    html! {
+        @if !schedules.is_empty() {
+            h3 { "Periodic schedules" }
+            table.grid {
+                thead { tr { th { "schedule" } th { "every" } th { "last slot enqueued" } th { "next run" } } }
+                tbody {
+                    @for r in schedules {
+                        tr {
+                            td { (r.name) }
+                            td { (r.spec) }
+                            td { (fmt_time(r.last_slot_ms)) }
+                            @if r.next_slot_ms <= now {
+                                td.warn { (fmt_time(r.next_slot_ms)) " (due " (fmt_span(now - r.next_slot_ms)) " ago: is a process running it?)" }
+                            } @else {
+                                td { (fmt_time(r.next_slot_ms)) " (in " (fmt_span(r.next_slot_ms - now)) ")" }
+                            }
                         }
                     }
                 }
