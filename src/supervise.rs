@@ -117,18 +117,19 @@ pub(crate) mod fault {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// The thread kinds with a fault point, in the order of [`ARMED`].
-    pub(crate) const KINDS: [&str; 6] = [
+    pub(crate) const KINDS: [&str; 7] = [
         "fetcher",
         "completer",
         "checkpoint",
         "membership",
         "worker",
         "alerts",
+        "listener",
     ];
 
     static ANY: AtomicBool = AtomicBool::new(false);
-    static ARMED: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
-    static HIT: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+    static ARMED: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+    static HIT: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
 
     fn index(kind: &str) -> usize {
         KINDS

@@ -15,6 +15,7 @@ mod builder;
 mod complete;
 mod fetch;
 mod membership;
+mod wake;
 mod worker;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use crate::util::random_token;
 use crate::util::truncate;
 
 pub use builder::WorkerPoolBuilder;
+pub use wake::{WakeUp, DEFAULT_WAKE_PROBE};
 
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
@@ -139,6 +141,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) owner: String,
     pub(crate) affinity: bool,
+    /// Cross-process wake-up (see `wake`).
+    pub(crate) wake: wake::Wake,
 }
 
 /// A claimed task and the shard it came from.
@@ -161,6 +165,8 @@ pub(crate) struct Lanes {
     pub(crate) lease: Duration,
     /// The pool's lease owner.
     pub(crate) owner: String,
+    /// Sends `NOTIFY tend_wake` after commits (with `WakeUp::Listen` on PostgreSQL).
+    pub(crate) notifier: Option<wake::Notifier>,
 }
 
 impl fmt::Debug for Lanes {
@@ -173,6 +179,21 @@ impl fmt::Debug for Lanes {
 }
 
 impl Lanes {
+    /// After a commit that left right-now tasks due on shard `i`: tells the other processes'
+    /// listeners (a no-op unless this pool was built with LISTEN/NOTIFY wake-up).
+    pub(crate) fn notify(&self, i: usize) {
+        if let Some(n) = &self.notifier {
+            n.notify(i);
+        }
+    }
+
+    /// [`notify`](Self::notify) for every shard.
+    pub(crate) fn notify_all(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify_all();
+        }
+    }
+
     /// Whether shard `i`'s pool runs and has room for a task leased to it at insert time.
     pub(crate) fn has_room(&self, i: usize) -> bool {
         self.running.load(Ordering::SeqCst)
@@ -275,6 +296,7 @@ where
             events: Arc::new(NoEvents),
             keep_completed: None,
             affinity: false,
+            wake: WakeUp::Off,
         }
     }
 
@@ -358,6 +380,8 @@ where
                     wake: wake_rx.clone(),
                     freed: freed_rx,
                     dispatch: dispatch.clone(),
+                    // One prober per shard is enough: it wakes the claim of either fetcher.
+                    probe: if k == 0 { cfg.wake.probe } else { None },
                     outcomes: (!C::CONCURRENT_CLAIMS).then(|| (done_rx.clone(), done_tx.clone())),
                 };
                 // A single-writer backend has one claimer, which shares the completer's
@@ -379,6 +403,15 @@ where
                 format!("tend-completer-{i}"),
                 Box::new(move || complete::completer(completer_conn, c, s, done_rx, stop, freed)),
             ));
+            if cfg.wake.listen {
+                // Joined with the fetchers at shutdown.
+                fetchers.push(wake::spawn_listener(
+                    i,
+                    pool.clone(),
+                    wake_tx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             links.push((sh, done_tx.clone(), freed_txs));
             done_txs.push(done_tx);
             wake_txs.push(wake_tx);
@@ -509,7 +542,7 @@ pub struct ShutdownReport {
     /// tasks' leases lapse and the outcome of the late attempt is refused).
     pub abandoned: usize,
     /// Names of the pool's other threads (`tend-fetcher-*`, `tend-completer-*`,
-    /// `tend-checkpoint-*`, `tend-membership`) that had not ended by the shutdown bound,
+    /// `tend-checkpoint-*`, `tend-listener-*`, `tend-membership`) that had not ended by the shutdown bound,
     /// typically stuck in a database call that never returns (a server or network that
     /// stopped answering). They are left detached and logged; their leases lapse.
     pub unjoined: Vec<String>,
