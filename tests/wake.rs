@@ -103,7 +103,16 @@ fn starts_long_before_the_poll<C: TestConn>() {
 #[cfg(feature = "postgres")]
 mod pg {
     use super::*;
+    use diesel::r2d2::{ConnectionManager, Pool};
     use diesel::PgConnection;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// The fault hook is process-wide, and the listener's session is found by its statement:
+    /// these tests run one at a time.
+    fn serial() -> MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     fn listener_pids(conn: &mut PgConnection) -> Vec<i64> {
         conn.i64s(
@@ -113,71 +122,125 @@ mod pg {
         )
     }
 
-    /// The listener's connection is killed by the server; it comes back on a new connection
-    /// and wake-ups work again. While it is down, the poll still runs tasks.
-    #[test]
-    fn listener_reconnects_after_its_connection_is_killed() {
-        let Some(db) = Db::create(support::Backend::Postgres, "wake-reconnect") else {
-            return;
-        };
-        let pool = support::migrated::<PgConnection>(&db, 6);
-        let log = RunLog::create("wake-reconnect");
-        let registry = || {
-            let mut r = Registry::new();
-            r.register::<Work>().unwrap();
-            r
-        };
-        // Process B, here in-process with its own pool and connections.
-        let handle = WorkerPool::builder(support::migrated::<PgConnection>(&db, 6), registry())
-            .poll_interval(Duration::from_secs(600))
-            .wake_up(WakeUp::Listen)
-            .build()
-            .unwrap()
-            .start()
-            .unwrap();
-        // Process A: enqueue only.
-        let outbox = WorkerPool::builder(pool.clone(), registry())
-            .wake_up(WakeUp::Listen)
-            .build()
-            .unwrap()
-            .outbox();
-        let mut watch = support::connect::<PgConnection>(&db.url);
-        let first = wait_for("the listener to listen", Duration::from_secs(10), || {
-            listener_pids(&mut watch).first().copied()
-        });
-        let mut conn = pool.get().unwrap();
-        let run_one = |conn: &mut diesel::r2d2::PooledConnection<_>, key: i64| {
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register::<Work>().unwrap();
+        r
+    }
+
+    /// Process B (in-process, its own pool and connections) polling every 10 minutes with
+    /// LISTEN/NOTIFY wake-up, and process A's outbox (a pool never started).
+    struct Setup {
+        db: Db,
+        pool: Pool<ConnectionManager<PgConnection>>,
+        log: std::sync::Arc<RunLog>,
+        outbox: tend::Outbox<PgConnection>,
+        handle: tend::PoolHandle,
+        watch: PgConnection,
+    }
+
+    impl Setup {
+        fn new(label: &str) -> Option<Setup> {
+            let db = Db::create(support::Backend::Postgres, label)?;
+            let pool = support::migrated::<PgConnection>(&db, 6);
+            let handle = WorkerPool::builder(support::migrated::<PgConnection>(&db, 6), registry())
+                .poll_interval(Duration::from_secs(600))
+                .wake_up(WakeUp::Listen)
+                .build()
+                .unwrap()
+                .start()
+                .unwrap();
+            let outbox = WorkerPool::builder(pool.clone(), registry())
+                .wake_up(WakeUp::Listen)
+                .build()
+                .unwrap()
+                .outbox();
+            let watch = support::connect::<PgConnection>(&db.url);
+            Some(Setup {
+                log: RunLog::create(label),
+                db,
+                pool,
+                outbox,
+                handle,
+                watch,
+            })
+        }
+
+        /// The pid of a listening session other than `not`.
+        fn listener_other_than(&mut self, not: i64) -> i64 {
+            wait_for("a listening session", Duration::from_secs(15), || {
+                listener_pids(&mut self.watch)
+                    .into_iter()
+                    .find(|p| *p != not)
+            })
+        }
+
+        /// Commits task `key` through A's outbox; returns how long until it ran in B.
+        fn run_one(&self, key: i64) -> Duration {
             let work = Work {
                 key,
                 ms: 0,
-                log: log.id,
+                log: self.log.id,
             };
+            let mut conn = self.pool.get().unwrap();
             let t = Instant::now();
-            outbox
-                .transaction(conn, |c, tx| tx.enqueue_new(c, work.new_task()))
+            self.outbox
+                .transaction(&mut conn, |c, tx| tx.enqueue_new(c, work.new_task()))
                 .unwrap();
             wait_for("the task to run", Duration::from_secs(10), || {
-                log.read().done_keys().contains(&key)
+                self.log.read().done_keys().contains(&key)
             });
             t.elapsed()
-        };
-        let before = run_one(&mut conn, 1);
-        assert!(before < Duration::from_secs(5), "{before:?}");
+        }
 
-        let killed = watch.i64s(&format!(
+        fn finish(mut self) {
+            assert!(self.handle.shutdown().all_joined());
+            // Given back to the r2d2 pool listening on nothing.
+            assert!(listener_pids(&mut self.watch).is_empty());
+            drop(self.db);
+        }
+    }
+
+    /// The listener's connection is killed by the server; it comes back on a new connection
+    /// and wake-ups work again (B polls every 10 minutes: only a wake-up runs a task in time).
+    #[test]
+    fn listener_reconnects_after_its_connection_is_killed() {
+        let _serial = serial();
+        let Some(mut s) = Setup::new("wake-reconnect") else {
+            return;
+        };
+        let first = s.listener_other_than(-1);
+        let before = s.run_one(1);
+        assert!(before < Duration::from_secs(5), "{before:?}");
+        let killed = s.watch.i64s(&format!(
             "SELECT CASE WHEN pg_terminate_backend({first}) THEN 1 ELSE 0 END::bigint AS v"
         ));
         assert_eq!(killed, [1]);
-        let second = wait_for(
-            "the listener to listen again",
-            Duration::from_secs(15),
-            || listener_pids(&mut watch).into_iter().find(|p| *p != first),
-        );
+        let second = s.listener_other_than(first);
         assert_ne!(first, second);
-        let after = run_one(&mut conn, 2);
+        let after = s.run_one(2);
         assert!(after < Duration::from_secs(5), "{after:?}");
-        assert!(handle.shutdown().all_joined());
-        // Given back to the r2d2 pool listening on nothing.
-        assert!(listener_pids(&mut watch).is_empty());
+        s.finish();
+    }
+
+    /// A panic in the listener thread: it drops its connection, listens again on a new one,
+    /// and wake-ups work again.
+    #[cfg(feature = "testing")]
+    #[test]
+    fn listener_survives_a_panic() {
+        let _serial = serial();
+        let Some(mut s) = Setup::new("wake-panic") else {
+            return;
+        };
+        let first = s.listener_other_than(-1);
+        let before = tend::testing::injected_panics("listener");
+        tend::testing::inject_panics("listener", 1);
+        wait_for("the listener fault", Duration::from_secs(10), || {
+            tend::testing::injected_panics("listener") > before
+        });
+        s.listener_other_than(first);
+        let after = s.run_one(1);
+        assert!(after < Duration::from_secs(5), "{after:?}");
+        s.finish();
     }
 }
