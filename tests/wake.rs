@@ -201,6 +201,41 @@ mod pg {
         }
     }
 
+    /// A started pool refuses to listen on an r2d2 pool that cannot hold the listener's
+    /// connection beside the claimer's and the completer's.
+    #[test]
+    fn listen_needs_room_in_the_r2d2_pool() {
+        let Some(db) = Db::create(support::Backend::Postgres, "wake-small-pool") else {
+            return;
+        };
+        let small = support::migrated::<PgConnection>(&db, 2);
+        let err = WorkerPool::builder(small, registry())
+            .wake_up(WakeUp::Listen)
+            .build()
+            .unwrap()
+            .start()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                tend::ErrorKind::InvalidSetting {
+                    name: "wake_up",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_size >= 3"), "{err}");
+        let fits = support::migrated::<PgConnection>(&db, 3);
+        let handle = WorkerPool::builder(fits, registry())
+            .wake_up(WakeUp::Listen)
+            .build()
+            .unwrap()
+            .start()
+            .unwrap();
+        assert!(handle.shutdown().all_joined());
+    }
+
     /// The listener's connection is killed by the server; it comes back on a new connection
     /// and wake-ups work again (B polls every 10 minutes: only a wake-up runs a task in time).
     #[test]

@@ -325,6 +325,7 @@ where
     /// ```
     pub fn start(self) -> Result<PoolHandle, Error> {
         for p in self.shards.pools() {
+            wake::check_pool(self.cfg.wake, p)?;
             let mut conn = p.get()?;
             crate::store::check_schema(&mut conn)?;
             conn.check_setup()

@@ -83,7 +83,8 @@ pub enum WakeUp {
     #[default]
     Off,
     /// PostgreSQL only: each shard's listener thread `LISTEN`s on `tend_wake` on a pooled
-    /// connection it holds while the pool runs (one more connection per shard), and this
+    /// connection it holds while the pool runs (one more connection per shard: `start` refuses
+    /// an r2d2 pool whose `max_size` is below 3), and this
     /// pool's [`Outbox`](crate::Outbox) sends `NOTIFY tend_wake` after the commit of a
     /// transaction that enqueued right-now tasks it did not run itself. Plain
     /// `tend::enqueue` in your own transaction sends nothing: call
@@ -134,6 +135,31 @@ impl WakeUp {
             }),
         }
     }
+}
+
+/// The smallest r2d2 pool a listening shard runs on: its listener holds a connection for good,
+/// beside the claimer's and the completer's.
+pub(super) const MIN_POOL_TO_LISTEN: u32 = 3;
+
+/// Refuses to start listening on an r2d2 pool too small to hold the listener's connection
+/// beside the claimer's and the completer's (one of the three would wait for a connection
+/// forever).
+pub(super) fn check_pool<C: R2D2Connection + 'static>(
+    wake: Wake,
+    pool: &Pool<ConnectionManager<C>>,
+) -> Result<(), Error> {
+    if wake.listen && pool.max_size() < MIN_POOL_TO_LISTEN {
+        return Err(Error::invalid_setting(
+            "wake_up",
+            format!(
+                "WakeUp::Listen holds one connection per shard for its listener, beside the \
+                 pool's claimer and completer: the r2d2 pool needs max_size >= \
+                 {MIN_POOL_TO_LISTEN} (this one has {})",
+                pool.max_size()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a row is due now on the fetcher's connection (the due-probe). An error says
