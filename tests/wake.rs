@@ -2,7 +2,9 @@
 //! on a child worker process (B) whose poll interval is 5 s long before that poll, on every
 //! backend: with LISTEN/NOTIFY on PostgreSQL (sent after the commit by A's outbox), with the
 //! due-probe on MySQL/MariaDB and SQLite. A behaviour bound, not a speed figure (those are in
-//! the bench): every task must start within half the poll interval of its commit.
+//! the bench): every task must start within half the poll interval of its commit. Once with
+//! `WakeUp::Auto` in both processes, once with B probing (also on PostgreSQL) and A without any
+//! wake-up, enqueuing with plain `tend::enqueue`: the fallback for transactions tend cannot see.
 //!
 //! On PostgreSQL also: the listener comes back after its connection is killed
 //! (`pg_terminate_backend`), and a pool whose listener is down still runs tasks at its poll.
@@ -23,13 +25,25 @@ fn child_worker() {
     support::child::main()
 }
 
-per_backend!(scenarios: starts_long_before_the_poll);
+per_backend!(scenarios: starts_long_before_the_poll, probe_finds_plain_enqueues);
 
 /// B's poll interval: no task may wait for it.
 const POLL: Duration = Duration::from_secs(5);
 const TASKS: i64 = 12;
 
+/// `WakeUp::Auto` in both processes: LISTEN/NOTIFY on PostgreSQL (half the tasks through
+/// `Outbox::transaction`, half with plain `enqueue` and `notify_committed`), the probe elsewhere.
 fn starts_long_before_the_poll<C: TestConn>() {
+    wake_across_processes::<C>("auto", WakeUp::Auto);
+}
+
+/// B probes (also on PostgreSQL) and A has no wake-up at all: the probe alone finds tasks
+/// enqueued with plain `enqueue` in transactions tend cannot see commit.
+fn probe_finds_plain_enqueues<C: TestConn>() {
+    wake_across_processes::<C>("probe:20", WakeUp::Off);
+}
+
+fn wake_across_processes<C: TestConn>(b_wake: &str, a_wake: WakeUp) {
     let Some(db) = Db::create(C::BACKEND, "wake") else {
         return;
     };
@@ -37,8 +51,7 @@ fn starts_long_before_the_poll<C: TestConn>() {
     let log = RunLog::create(&format!("wake-{}", C::BACKEND.name()));
     let mut cfg = ChildCfg::new(C::BACKEND, vec![db.url.clone()]);
     cfg.poll = POLL;
-    // LISTEN/NOTIFY on PostgreSQL, a 20 ms due-probe elsewhere.
-    cfg.wake = "auto".to_string();
+    cfg.wake = b_wake.to_string();
     let child = ChildWorker::spawn(&cfg, &log);
 
     // Process A: enqueues only. Its pool is never started, so its outbox leaves every task due
@@ -46,7 +59,7 @@ fn starts_long_before_the_poll<C: TestConn>() {
     let mut registry = Registry::new();
     registry.register::<Work>().unwrap();
     let outbox = WorkerPool::builder(pool.clone(), registry)
-        .wake_up(WakeUp::Auto)
+        .wake_up(a_wake)
         .build()
         .unwrap()
         .outbox();
@@ -88,7 +101,7 @@ fn starts_long_before_the_poll<C: TestConn>() {
     delays_ms.sort_by(f64::total_cmp);
     let bound = POLL.as_secs_f64() * 1000.0 / 2.0;
     eprintln!(
-        "{}: commit in A to start in B, ms: {delays_ms:?} (poll {POLL:?})",
+        "{} (B {b_wake}): commit in A to start in B, ms: {delays_ms:?} (poll {POLL:?})",
         C::BACKEND.name()
     );
     assert!(
