@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::Connection;
 use support::child::{ChildCfg, ChildWorker};
@@ -119,6 +119,7 @@ mod pg {
     use diesel::r2d2::{ConnectionManager, Pool};
     use diesel::PgConnection;
     use std::sync::{Mutex, MutexGuard};
+    use std::time::Instant;
 
     /// The fault hook is process-wide, and the listener's session is found by its statement:
     /// these tests run one at a time.
