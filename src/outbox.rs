@@ -493,8 +493,6 @@ where
         })
     }
 
-    /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
-    /// to; never blocks and never fails.
     /// After committing right-now tasks with plain [`enqueue`](crate::enqueue) (or
     /// [`enqueue_new`](crate::enqueue_new), [`enqueue_many`](crate::enqueue_many)) in a
     /// transaction of your own, which tend cannot see commit: tells the pools of other
@@ -522,6 +520,9 @@ where
         self.lanes.notify_all();
     }
 
+    /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
+    /// to, and asks the listening processes to look (with LISTEN/NOTIFY wake-up); never blocks
+    /// and never fails.
     fn hand_off(&self, id: i64, shard_key: i64) {
         let shard = self.shards.index_for(shard_key);
         // Committed already: other processes may take it before this one's pool does.
