@@ -187,7 +187,8 @@ pub use crate::metrics_facade::MetricsFacade;
 pub use crate::outbox::{Committed, Outbox, OutboxTx, SyncOutcome};
 pub use crate::periodic::{Missed, Periodic, MAX_SCHEDULE_NAME_BYTES};
 pub use crate::pool::{
-    PoolHandle, ShutdownReport, WorkerPool, WorkerPoolBuilder, MAX_SETTING_DURATION, SHUTDOWN_GRACE,
+    PoolHandle, ShutdownReport, WakeUp, WorkerPool, WorkerPoolBuilder, DEFAULT_WAKE_PROBE,
+    MAX_SETTING_DURATION, SHUTDOWN_GRACE,
 };
 pub use crate::registry::Registry;
 pub use crate::retry::RetryPolicy;

@@ -493,10 +493,41 @@ where
         })
     }
 
+    /// After committing right-now tasks with plain [`enqueue`](crate::enqueue) (or
+    /// [`enqueue_new`](crate::enqueue_new), [`enqueue_many`](crate::enqueue_many)) in a
+    /// transaction of your own, which tend cannot see commit: tells the pools of other
+    /// processes that listen ([`WakeUp::Listen`](crate::WakeUp::Listen), PostgreSQL) to look
+    /// now, on every shard. It only queues a notification for the pool's `tend-notifier`
+    /// thread (notifications coalesce), so it never blocks and never fails. A no-op unless
+    /// this outbox's pool was built with LISTEN/NOTIFY wake-up. [`Outbox::transaction`] and
+    /// the detached enqueues notify by themselves.
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("notify-committed");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use diesel::Connection;
+    /// // With PostgreSQL: `.wake_up(tend::WakeUp::Listen)`.
+    /// let outbox = tend::WorkerPool::builder(pool.clone(), registry).build()?.outbox();
+    /// let mut conn = pool.get()?;
+    /// conn.transaction(|conn| tend::enqueue(conn, &Ship { order_id: 7 }))?;
+    /// outbox.notify_committed(); // after the commit, never inside the transaction
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_committed(&self) {
+        self.lanes.notify_all();
+    }
+
     /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
-    /// to; never blocks and never fails.
+    /// to, and asks the listening processes to look (with LISTEN/NOTIFY wake-up); never blocks
+    /// and never fails.
     fn hand_off(&self, id: i64, shard_key: i64) {
-        match self.lanes.dispatch[self.shards.index_for(shard_key)].try_send(id) {
+        let shard = self.shards.index_for(shard_key);
+        // Committed already: other processes may take it before this one's pool does.
+        self.lanes.notify(shard);
+        match self.lanes.dispatch[shard].try_send(id) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 log::debug!("tend: hand-off queue full; task {id} waits for the next poll")

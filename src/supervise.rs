@@ -117,19 +117,20 @@ pub(crate) mod fault {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// The thread kinds with a fault point, in the order of [`ARMED`].
-    pub(crate) const KINDS: [&str; 7] = [
+    pub(crate) const KINDS: [&str; 8] = [
         "fetcher",
         "completer",
         "checkpoint",
         "membership",
         "worker",
         "alerts",
+        "listener",
         "scheduler",
     ];
 
     static ANY: AtomicBool = AtomicBool::new(false);
-    static ARMED: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
-    static HIT: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+    static ARMED: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+    static HIT: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
     fn index(kind: &str) -> usize {
         KINDS

@@ -360,8 +360,8 @@ impl TestWorker {
 /// Test-only fault injection into the pool's threads (tend's own tests of issue 11: no pool
 /// thread dies). Arms `times` panics for threads of `kind` — `"fetcher"` (panics inside a
 /// transaction that has written), `"completer"`, `"checkpoint"` (SQLite), `"membership"`
-/// (with shard affinity), `"worker"` (outside the handler), `"alerts"` or `"scheduler"` (with
-/// periodic schedules) — process-wide: the
+/// (with shard affinity), `"worker"` (outside the handler), `"alerts"`, `"listener"` (the
+/// wake-up listener, PostgreSQL) or `"scheduler"` (with periodic schedules) — process-wide: the
 /// next that many passes of any pool's threads of that kind through their fault point panic.
 /// Not part of the API: it exists only with the `testing` feature.
 #[doc(hidden)]

@@ -72,6 +72,7 @@ impl<D: Db> Bench<D> {
         phase("drains", &|| self.drains())?;
         phase("dispatch", &|| self.dispatch())?;
         phase("lateness", &|| self.lateness())?;
+        phase("wake", &|| self.wake())?;
         log(format!(
             "{}: done in {:.1} s",
             D::NAME,

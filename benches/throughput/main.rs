@@ -11,7 +11,7 @@
 //! * `TEND_BENCH_POLL_MS`: poll interval of tend's pool and of the limit's pollers (default 10);
 //! * `TEND_BENCH_PROFILE=1`: count every statement per phase (diesel instrumentation) and print
 //!   which ones the statement cache holds; timings are then not representative;
-//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness`: only these phases (for iterating);
+//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness,wake`: only these phases (for iterating);
 //! * `TEND_BENCH_SQLITE=0`: skip SQLite (for iterating on a server backend);
 //! * `TEND_BENCH_TEND_BATCH`: tend's `batch_size` in the drains (default 100, like the limit;
 //!   for diagnosis only).
@@ -73,6 +73,7 @@ mod drain;
 mod figures;
 mod latency;
 mod profile;
+mod wake;
 
 use bench::*;
 use db::*;
@@ -276,6 +277,8 @@ fn summary() {
                 "enqueue_tx_per_s" => ratio.map(|r| verdict(r >= 0.95, "tend >= 0.95 x limit")),
                 "dispatch_p50_us" => Some(verdict(t <= 100.0, "tend <= 100 us")),
                 "dispatch_p99_us" => Some(verdict(t <= 1000.0, "tend <= 1 ms")),
+                "wake_cross_process_p99_ms" => Some(verdict(t <= 50.0, "tend <= 50 ms")),
+                "enqueue_wake_on_over_off" => Some(verdict(t >= 0.95, "on >= 0.95 x off")),
                 "rss_mb" => Some(verdict(t <= 32.0, "tend <= 32 MiB")),
                 "drain_backlog_1m_tasks_per_s" => {
                     get(b, "drain_w4_tasks_per_s", "tend").map(|w4| {
@@ -307,6 +310,10 @@ fn verdict(ok: bool, what: &str) -> String {
 }
 
 fn main() {
+    // Process B of the wake-up figures: this binary, started by itself.
+    if wake::child_main() {
+        return;
+    }
     let s: &'static Settings = Box::leak(Box::new(Settings::from_env()));
     if s.profile {
         *PROFILE.lock().unwrap() = Some(Profile::default());

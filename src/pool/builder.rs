@@ -50,6 +50,7 @@ pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
     pub(super) events: Arc<dyn Events>,
     pub(super) keep_completed: Option<Duration>,
     pub(super) affinity: bool,
+    pub(super) wake: WakeUp,
     pub(super) periodics: Vec<Periodic>,
 }
 
@@ -320,6 +321,37 @@ where
         self
     }
 
+    /// How this pool learns of right-now tasks other processes commit, before its next poll:
+    /// [`WakeUp::Listen`] (PostgreSQL's LISTEN/NOTIFY; this pool's outboxes then notify after
+    /// their commits), [`WakeUp::Probe`] (a due-probe between polls, every backend) or
+    /// [`WakeUp::Auto`] (the first on PostgreSQL, a 20 ms probe elsewhere). Only an
+    /// optimisation: tasks start at the next poll whatever happens to it. Defaults to
+    /// [`WakeUp::Off`].
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("wake-up-setter");
+    /// # let mut registry = tend::Registry::new();
+    /// # registry.register::<Ship>()?;
+    /// use std::time::Duration;
+    /// use tend::{WakeUp, WorkerPool};
+    /// let handle = WorkerPool::builder(pool.clone(), registry)
+    ///     .poll_interval(Duration::from_secs(3600)) // no poll during this example
+    ///     .wake_up(WakeUp::Probe(Duration::from_millis(20)))
+    ///     .build()?
+    ///     .start()?;
+    /// // As another process would: a plain enqueue, no `handle.wake()`.
+    /// tend::enqueue(&mut pool.get()?, &Ship { order_id: 7 })?;
+    /// assert!(eventually(|| task_count(&mut pool.get().unwrap()) == 0)); // found by the probe
+    /// # drop(handle);
+    /// # Ok(()) }
+    /// ```
+    pub fn wake_up(mut self, wake: WakeUp) -> Self {
+        self.wake = wake;
+        self
+    }
+
     /// Registers a periodic schedule: the pool starts a scheduler thread (`tend-scheduler`,
     /// only when at least one schedule is registered) that enqueues each due slot's task on
     /// shard 0, in one transaction with a compare-and-set on the schedule's row in
@@ -442,6 +474,7 @@ where
                 "the retention must be at least 1 s",
             ));
         }
+        let wake = self.wake.resolve::<C>()?;
         let owner = match self.owner {
             Some(o) if o.is_empty() || o.len() > 255 => {
                 return Err(Error::invalid_setting("owner", "must be 1 to 255 bytes"))
@@ -476,6 +509,9 @@ where
         let share = (self.threads + 2 * self.batch_size).div_ceil(n).max(1);
         let shared = (0..n).map(|_| Arc::new(Shared::new(share))).collect();
         let (jobs, jobs_rx) = unbounded::<Job>();
+        let notifier = wake
+            .listen
+            .then(|| wake::Notifier::start(self.shards.pools().to_vec()));
         Ok(WorkerPool {
             shards: self.shards,
             lanes: Lanes {
@@ -485,6 +521,7 @@ where
                 lease: self.lease,
                 owner: owner.clone(),
                 running: Arc::new(AtomicBool::new(false)),
+                notifier,
             },
             dispatch_rx,
             jobs_rx,
@@ -501,6 +538,7 @@ where
                     registry: self.registry,
                 }),
                 affinity: self.affinity,
+                wake,
                 threads: self.threads,
                 batch_size: self.batch_size,
                 claimers,

@@ -28,6 +28,8 @@ pub(super) struct Channels {
     /// A slot freed (a handler returned) or an outcome was written.
     pub freed: Receiver<()>,
     pub dispatch: Receiver<i64>,
+    /// The due-probe interval, for the shard's one prober (`WakeUp::Probe`, see `wake`).
+    pub probe: Option<std::time::Duration>,
     /// On a single-writer backend: the shard's outcome queue, so that outcomes are written in
     /// the claim's transaction (and the sender to give them back if that fails).
     pub outcomes: Option<(Receiver<Done>, Sender<Done>)>,
@@ -109,6 +111,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
     // ids does not make one due, so hand-offs cost one claim, not two.
     let mut poll_due = true;
     let mut next_poll = Instant::now();
+    let mut next_probe = Instant::now();
     // Bad-row isolation (see `Isolation`): the current cap on an untargeted claim's size.
     let mut iso = Isolation::new(cfg.batch_size);
     loop {
@@ -135,7 +138,20 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         if reserved == 0 {
             // Nothing to claim, or no room: wait for a reason to look again (`next_poll` is
             // in the future here, so this never spins).
-            let wait = next_poll.saturating_duration_since(Instant::now());
+            let mut wait = next_poll.saturating_duration_since(Instant::now());
+            // Between polls, the due-probe (see `wake`): a claim only when a row is due. Not
+            // while a poll is due already (then there is no room to claim into).
+            let assigned = shared.assigned.load(Ordering::Relaxed);
+            if let Some(every) = ch.probe.filter(|_| !poll_due && assigned) {
+                if Instant::now() >= next_probe {
+                    next_probe = super::later(every);
+                    if super::wake::probe(conn, &iso.excluded) {
+                        poll_due = true;
+                        continue;
+                    }
+                }
+                wait = wait.min(next_probe.saturating_duration_since(Instant::now()));
+            }
             select! {
                 recv(ch.stop) -> _ => return,
                 recv(ch.wake) -> _ => poll_due = true,

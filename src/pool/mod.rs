@@ -16,6 +16,7 @@ mod complete;
 mod fetch;
 mod membership;
 mod scheduler;
+mod wake;
 mod worker;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use crate::util::random_token;
 use crate::util::truncate;
 
 pub use builder::WorkerPoolBuilder;
+pub use wake::{WakeUp, DEFAULT_WAKE_PROBE};
 
 /// The smallest r2d2 pool (max_size) on which a shard gets two claimers (the pool then holds 3
 /// connections; below, it holds 2).
@@ -143,6 +145,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) owner: String,
     pub(crate) affinity: bool,
+    /// Cross-process wake-up (see `wake`).
+    pub(crate) wake: wake::Wake,
 }
 
 /// A claimed task and the shard it came from.
@@ -165,6 +169,8 @@ pub(crate) struct Lanes {
     pub(crate) lease: Duration,
     /// The pool's lease owner.
     pub(crate) owner: String,
+    /// Sends `NOTIFY tend_wake` after commits (with `WakeUp::Listen` on PostgreSQL).
+    pub(crate) notifier: Option<wake::Notifier>,
 }
 
 impl fmt::Debug for Lanes {
@@ -177,6 +183,21 @@ impl fmt::Debug for Lanes {
 }
 
 impl Lanes {
+    /// After a commit that left right-now tasks due on shard `i`: tells the other processes'
+    /// listeners (a no-op unless this pool was built with LISTEN/NOTIFY wake-up).
+    pub(crate) fn notify(&self, i: usize) {
+        if let Some(n) = &self.notifier {
+            n.notify(i);
+        }
+    }
+
+    /// [`notify`](Self::notify) for every shard.
+    pub(crate) fn notify_all(&self) {
+        if let Some(n) = &self.notifier {
+            n.notify_all();
+        }
+    }
+
     /// Whether shard `i`'s pool runs and has room for a task leased to it at insert time.
     pub(crate) fn has_room(&self, i: usize) -> bool {
         self.running.load(Ordering::SeqCst)
@@ -279,6 +300,7 @@ where
             events: Arc::new(NoEvents),
             keep_completed: None,
             affinity: false,
+            wake: WakeUp::Off,
             periodics: Vec::new(),
         }
     }
@@ -308,6 +330,7 @@ where
     /// ```
     pub fn start(self) -> Result<PoolHandle, Error> {
         for p in self.shards.pools() {
+            wake::check_pool(self.cfg.wake, p)?;
             let mut conn = p.get()?;
             crate::store::check_schema(&mut conn)?;
             conn.check_setup()
@@ -370,6 +393,8 @@ where
                     wake: wake_rx.clone(),
                     freed: freed_rx,
                     dispatch: dispatch.clone(),
+                    // One prober per shard is enough: it wakes the claim of either fetcher.
+                    probe: if k == 0 { cfg.wake.probe } else { None },
                     outcomes: (!C::CONCURRENT_CLAIMS).then(|| (done_rx.clone(), done_tx.clone())),
                 };
                 // A single-writer backend has one claimer, which shares the completer's
@@ -391,6 +416,15 @@ where
                 format!("tend-completer-{i}"),
                 Box::new(move || complete::completer(completer_conn, c, s, done_rx, stop, freed)),
             ));
+            if cfg.wake.listen {
+                // Joined with the fetchers at shutdown.
+                fetchers.push(wake::spawn_listener(
+                    i,
+                    pool.clone(),
+                    wake_tx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
             links.push((sh, done_tx.clone(), freed_txs));
             done_txs.push(done_tx);
             wake_txs.push(wake_tx);
@@ -531,6 +565,7 @@ pub struct ShutdownReport {
     /// tasks' leases lapse and the outcome of the late attempt is refused).
     pub abandoned: usize,
     /// Names of the pool's other threads (`tend-fetcher-*`, `tend-completer-*`,
+    /// `tend-checkpoint-*`, `tend-listener-*`, `tend-membership`) that had not ended by the shutdown bound,
     /// `tend-checkpoint-*`, `tend-membership`, `tend-scheduler`) that had not ended by the shutdown bound,
     /// typically stuck in a database call that never returns (a server or network that
     /// stopped answering). They are left detached and logged; their leases lapse.

@@ -66,6 +66,9 @@ pub(crate) mod ops {
         /// Whether two claims can write at once (not on SQLite: one writer, so a second
         /// claimer would only wait for the lock).
         const CONCURRENT_CLAIMS: bool = true;
+        /// Whether the backend has LISTEN/NOTIFY (PostgreSQL), which the pool's cross-process
+        /// wake-up (`WakeUp::Listen`) uses.
+        const LISTEN_NOTIFY: bool = false;
         /// `postgres`, `mysql` or `sqlite`.
         fn backend(&self) -> &'static str;
         /// Inserts one row; `None` when its idempotency key already exists.
@@ -171,6 +174,13 @@ pub(crate) mod ops {
         /// `PRAGMA wal_checkpoint(PASSIVE)`). A no-op on the servers.
         fn checkpoint(&mut self) -> QueryResult<()> {
             Ok(())
+        }
+        /// Takes the notifications this connection received on the channels it `LISTEN`s to
+        /// (PostgreSQL; without a round trip: it reads what the server already sent) and
+        /// returns how many there were. An error means the connection is lost. Always 0 on the
+        /// backends without LISTEN/NOTIFY.
+        fn take_notifications(&mut self) -> QueryResult<usize> {
+            Ok(0)
         }
         /// Runs tend's embedded migrations.
         fn run_migrations(&mut self) -> Result<(), String>;

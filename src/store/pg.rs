@@ -56,6 +56,8 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
 }
 
 impl Ops for PgConnection {
+    const LISTEN_NOTIFY: bool = true;
+
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -85,6 +87,15 @@ impl Ops for PgConnection {
             .into_iter()
             .map(|(task, prev_status)| Claimed { task, prev_status })
             .collect())
+    }
+
+    fn take_notifications(&mut self) -> QueryResult<usize> {
+        let mut n = 0;
+        for r in self.notifications_iter() {
+            r?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn run_migrations(&mut self) -> Result<(), String> {

@@ -11,6 +11,7 @@ where
     C: ops::Ops + diesel::r2d2::R2D2Connection + 'static,
 {
     const CONCURRENT_CLAIMS: bool = C::CONCURRENT_CLAIMS;
+    const LISTEN_NOTIFY: bool = C::LISTEN_NOTIFY;
     fn backend(&self) -> &'static str {
         (**self).backend()
     }
@@ -107,6 +108,9 @@ where
     }
     fn checkpoint(&mut self) -> QueryResult<()> {
         (**self).checkpoint()
+    }
+    fn take_notifications(&mut self) -> QueryResult<usize> {
+        (**self).take_notifications()
     }
     fn run_migrations(&mut self) -> Result<(), String> {
         (**self).run_migrations()

@@ -44,6 +44,8 @@ pub struct ChildCfg {
     pub conn_timeout: Duration,
     /// SQLite busy timeout.
     pub busy: Duration,
+    /// Cross-process wake-up: `off`, `listen`, `auto` or `probe:<ms>`.
+    pub wake: String,
 }
 
 impl ChildCfg {
@@ -58,6 +60,7 @@ impl ChildCfg {
             affinity: false,
             conn_timeout: Duration::from_secs(30),
             busy: Duration::from_secs(5),
+            wake: "off".to_string(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl ChildWorker {
                 cfg.conn_timeout.as_millis().to_string(),
             )
             .env("TEND_CHILD_BUSY_MS", cfg.busy.as_millis().to_string())
+            .env("TEND_CHILD_WAKE", &cfg.wake)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -378,6 +382,23 @@ impl log::Log for CountingLogger {
     fn flush(&self) {}
 }
 
+/// A [`ChildCfg::wake`] setting.
+pub fn wake_up(s: &str) -> tend::WakeUp {
+    match s {
+        "off" => tend::WakeUp::Off,
+        "listen" => tend::WakeUp::Listen,
+        "auto" => tend::WakeUp::Auto,
+        probe => tend::WakeUp::Probe(Duration::from_millis(
+            probe
+                .strip_prefix("probe:")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| {
+                    panic!("TEND_CHILD_WAKE={probe}: off, listen, auto or probe:<ms>")
+                }),
+        )),
+    }
+}
+
 fn run<C: TestConn>() {
     let log = RunLog::open(
         env("TEND_CHILD_LOG_ID").parse().unwrap(),
@@ -424,6 +445,7 @@ fn run<C: TestConn>() {
         .lease(env_ms("TEND_CHILD_LEASE_MS"))
         .poll_interval(env_ms("TEND_CHILD_POLL_MS"))
         .shard_affinity(env("TEND_CHILD_AFFINITY") == "1")
+        .wake_up(wake_up(&env("TEND_CHILD_WAKE")))
         .shutdown_timeout(Duration::from_secs(20))
         .events(move |e: &tend::Event<'_>| {
             if let tend::Event::Claimed(t) = e {
