@@ -77,6 +77,19 @@ pub(crate) trait Db: 'static {
     fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize>;
     /// Deletes every row below `t` (what a capped drain left).
     fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize>;
+    /// The database's work counters (`work.rs`), where the backend has them.
+    fn work(_c: &mut Self::C) -> QueryResult<Option<Work>> {
+        Ok(None)
+    }
+    /// Per-row work of the limit's single statements (`EXPLAIN (ANALYZE, BUFFERS, WAL)` on
+    /// PostgreSQL): `(statement, dirtied buffers per row, WAL bytes per row)`, measured on
+    /// `reps` × `BATCH` due rows the caller wrote.
+    fn statement_work(
+        _c: &mut Self::C,
+        _reps: usize,
+    ) -> QueryResult<Vec<(&'static str, f64, f64)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The statements that are the same SQL on every backend.
@@ -264,7 +277,88 @@ pub(crate) mod pg_db {
             b.push(Bind::I(l.now));
             raw::<PgClaim>(b).load(c)
         }
+        fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
+            diesel::sql_query(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8 AS log_bytes, \
+                 n_tup_upd::float8 AS upd, n_tup_hot_upd::float8 AS hot, \
+                 n_tup_del::float8 AS del, (SELECT COUNT(*) FROM pg_index i \
+                 WHERE i.indrelid = s.relid AND i.indpred IS NULL)::float8 AS other \
+                 FROM pg_stat_user_tables s WHERE s.relname = 'consistency_task'",
+            )
+            .get_result::<WorkRow>(c)
+            .map(|r| Some(r.into()))
+        }
+        fn statement_work(
+            c: &mut Self::C,
+            reps: usize,
+        ) -> QueryResult<Vec<(&'static str, f64, f64)>> {
+            let mut sums = [(0f64, 0f64); 3];
+            let mut rows = 0f64;
+            for _ in 0..reps {
+                let l = Lease::new();
+                let lits = [
+                    l.until.to_string(),
+                    l.until.to_string(),
+                    l.token.to_string(),
+                    format!("'{LIMIT_OWNER}'"),
+                    l.now.to_string(),
+                    l.now.to_string(),
+                ];
+                let (d, w) = explain_pg(c, &inline(PgClaim::sql(), &lits))?;
+                sums[0].0 += d;
+                sums[0].1 += w;
+                let ids: Vec<i64> = diesel::sql_query(format!(
+                    "SELECT id AS v FROM consistency_task WHERE lease_token = {}",
+                    l.token
+                ))
+                .load::<IdRow>(c)?
+                .into_iter()
+                .map(|r| r.v)
+                .collect();
+                rows += ids.len() as f64;
+                let list = ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let (d, w) = explain_pg(
+                    c,
+                    &format!(
+                        "DELETE FROM consistency_task WHERE lease_token = {} AND id IN ({list})",
+                        l.token
+                    ),
+                )?;
+                sums[1].0 += d;
+                sums[1].1 += w;
+                for _ in 0..ids.len() {
+                    let now = now_ms();
+                    let lits = [
+                        "'bench.noop'".to_string(),
+                        "'bench.noop'".to_string(),
+                        "'\\x0102'::bytea".to_string(),
+                        now.to_string(),
+                        now.to_string(),
+                        now.to_string(),
+                    ];
+                    let (d, w) = explain_pg(c, &inline(InsertTask::sql(), &lits))?;
+                    sums[2].0 += d;
+                    sums[2].1 += w;
+                }
+            }
+            let rows = rows.max(1.0);
+            Ok(vec![
+                ("claim", sums[0].0 / rows, sums[0].1 / rows),
+                ("delete", sums[1].0 / rows, sums[1].1 / rows),
+                ("insert", sums[2].0 / rows, sums[2].1 / rows),
+            ])
+        }
         shared_ops!();
+    }
+
+    #[derive(QueryableByName)]
+    struct IdRow {
+        #[diesel(sql_type = BigInt)]
+        v: i64,
     }
 
     /// Creates and drops the bench database on the server.
@@ -353,6 +447,23 @@ pub(crate) mod mysql_db {
             row.push_binds(&mut b, signature);
             raw::<InsertTask>(b).execute(c)?;
             raw::<LastInsertId>(vec![]).get_result(c)
+        }
+        fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
+            let v = |name: &str| {
+                format!(
+                    "(SELECT CAST(VARIABLE_VALUE AS DOUBLE) FROM information_schema.GLOBAL_STATUS \
+                     WHERE VARIABLE_NAME = '{name}')"
+                )
+            };
+            diesel::sql_query(format!(
+                "SELECT {} AS log_bytes, {} AS upd, 0e0 AS hot, {} AS del, {} AS other",
+                v("INNODB_OS_LOG_WRITTEN"),
+                v("INNODB_ROWS_UPDATED"),
+                v("INNODB_ROWS_DELETED"),
+                v("INNODB_BUFFER_POOL_WRITE_REQUESTS")
+            ))
+            .get_result::<WorkRow>(c)
+            .map(|r| Some(r.into()))
         }
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             c.transaction(|c| {

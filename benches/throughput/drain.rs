@@ -94,6 +94,7 @@ impl<D: Db> Bench<D> {
         }
         let mut rss = [0f64; 2];
         let mut w4 = [0f64; 2];
+        let mut work = [WorkSum::default(), WorkSum::default()];
         for k in [1usize, 2, 4, 8] {
             let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
             for rep in 0..DRAIN_REPEATS {
@@ -112,12 +113,22 @@ impl<D: Db> Bench<D> {
                     );
                     reset_peak_rss();
                     let before = rss_now_mb();
+                    let w0 = if k == 4 {
+                        D::work(&mut *self.conn()?)?
+                    } else {
+                        None
+                    };
                     let d = if sys == 0 {
                         self.tend_drain(k, n, below)?
                     } else {
                         self.limit_drain(k, n, below)?
                     };
                     rss[sys] = rss[sys].max(peak_rss_mb());
+                    if let Some(w0) = w0 {
+                        if let Some(w1) = self.work_after(w0, d.ran)? {
+                            work[sys].add(D::NAME == "pg", d.ran, w0, w1);
+                        }
+                    }
                     if rep == 0 {
                         log(format!(
                             "{}: drain w{k} {}: rss {before:.1} MiB before, peak {:.1} MiB",
@@ -142,8 +153,11 @@ impl<D: Db> Bench<D> {
             self.figure(&name, rates[1], "tasks/s", "limit", n);
             if k == 4 {
                 w4 = rates;
+                self.work_figures("tend", &work[0], n);
+                self.work_figures("limit", &work[1], n);
             }
         }
+        self.statement_work()?;
         if self.s.large {
             // The rows due in a day are written once; each system then gets its n due rows.
             let future = BACKLOG_ROWS - n;
@@ -212,6 +226,28 @@ impl<D: Db> Bench<D> {
         self.clear()?;
         self.figure("rss_mb", rss[0], "MiB", "tend", n);
         self.figure("rss_mb", rss[1], "MiB", "limit", n);
+        Ok(())
+    }
+}
+
+impl<D: Db> Bench<D> {
+    /// Per-row work of the limit's single statements on PostgreSQL (see `Db::statement_work`).
+    pub(crate) fn statement_work(&self) -> Res<()> {
+        const REPS: usize = 5;
+        self.clear()?;
+        self.fill(REPS * BATCH, 0)?;
+        let figs = D::statement_work(&mut *self.conn()?, REPS)?;
+        for (stmt, dirtied, wal) in figs {
+            let n = REPS * BATCH;
+            self.figure(
+                &format!("{stmt}_dirtied_per_row"),
+                dirtied,
+                "buffers",
+                "limit",
+                n,
+            );
+            self.figure(&format!("{stmt}_wal_bytes_per_row"), wal, "B", "limit", n);
+        }
         Ok(())
     }
 }

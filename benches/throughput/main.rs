@@ -73,12 +73,14 @@ mod drain;
 mod figures;
 mod latency;
 mod profile;
+mod work;
 
 use bench::*;
 use db::*;
 use figures::*;
 use limit::*;
 use profile::*;
+use work::*;
 
 // ---------------------------------------------------------------------------------------------
 // The tasks: a no-op, and a probe that records when its handler started
