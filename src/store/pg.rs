@@ -70,10 +70,7 @@ impl Ops for PgConnection {
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
-        diesel::insert_into(t::consistency_task)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .execute(self)
+        super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING")
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
