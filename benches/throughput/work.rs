@@ -14,11 +14,11 @@ use super::*;
 pub(crate) struct Work {
     /// PostgreSQL: WAL insert position in bytes; MariaDB: `Innodb_os_log_written`.
     pub(crate) log_bytes: f64,
-    /// Updates of the task table (PostgreSQL `n_tup_upd`; MariaDB `Innodb_rows_updated`).
+    /// Updates of the task table (PostgreSQL `n_tup_upd`; MariaDB `Handler_update`).
     pub(crate) upd: f64,
     /// PostgreSQL `n_tup_hot_upd`: updates that wrote no index entry.
     pub(crate) hot: f64,
-    /// Deletes (PostgreSQL `n_tup_del`; MariaDB `Innodb_rows_deleted`).
+    /// Deletes (PostgreSQL `n_tup_del`; MariaDB `Handler_delete`).
     pub(crate) del: f64,
     /// PostgreSQL: indexes of the table without a predicate (every non-HOT update writes one
     /// entry into each); MariaDB: `Innodb_buffer_pool_write_requests`.
