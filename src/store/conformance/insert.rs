@@ -200,9 +200,13 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
         _ => {}
     });
     assert_eq!(conn.insert_many(&rows).unwrap(), 50);
-    // 50 rows: 32 + 16 + 2, each shape prepared once.
-    let chunks = crate::store::stmt::insert_chunks(50).len();
-    assert_eq!(chunks, 3);
+    // PostgreSQL: one `unnest` statement of column arrays; elsewhere 50 rows are 32 + 16 + 2,
+    // each shape prepared once.
+    let chunks = if conn.backend() == "postgres" {
+        1
+    } else {
+        crate::store::stmt::insert_chunks(50).len()
+    };
     assert_eq!(
         *counts.lock().unwrap(),
         (chunks, chunks),
