@@ -123,6 +123,37 @@ impl<'a> UnnestInsert<'a> {
             bytes: Vec::with_capacity(rows.len()),
         };
         for r in rows {
+            // Exhaustive: a column added to `NewRow` fails to compile here until it has an
+            // array (and a name in `UNNEST_COLUMNS`), instead of being silently left out.
+            let NewRow {
+                task_id: _,
+                idempotency_key: _,
+                task_status: _,
+                execute_times: _,
+                max_attempts: _,
+                execute_time: _,
+                parameter_types: _,
+                method_name: _,
+                method_sign_name: _,
+                execute_interval_sec: _,
+                delay_time: _,
+                task_parameter: _,
+                payload_version: _,
+                execute_way: _,
+                thread_way: _,
+                transaction_way: _,
+                error_msg: _,
+                alert_expression: _,
+                alert_action_bean_name: _,
+                fallback_class_name: _,
+                fallback_error_msg: _,
+                shard_key: _,
+                lease_token: _,
+                lease_owner: _,
+                lease_expires_at: _,
+                gmt_create: _,
+                gmt_modified: _,
+            } = r;
             for (v, x) in u.text.iter_mut().zip([
                 r.task_id.as_str(),
                 &r.parameter_types,

@@ -185,6 +185,37 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
     s.binds.reserve(rows.len() * 27);
     for (i, r) in rows.iter().enumerate() {
         s.sql.push_str(if i == 0 { "(" } else { ", (" });
+        // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
+        // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
+        let super::row::NewRow {
+            task_id: _,
+            idempotency_key: _,
+            task_status: _,
+            execute_times: _,
+            max_attempts: _,
+            execute_time: _,
+            parameter_types: _,
+            method_name: _,
+            method_sign_name: _,
+            execute_interval_sec: _,
+            delay_time: _,
+            task_parameter: _,
+            payload_version: _,
+            execute_way: _,
+            thread_way: _,
+            transaction_way: _,
+            error_msg: _,
+            alert_expression: _,
+            alert_action_bean_name: _,
+            fallback_class_name: _,
+            fallback_error_msg: _,
+            shard_key: _,
+            lease_token: _,
+            lease_owner: _,
+            lease_expires_at: _,
+            gmt_create: _,
+            gmt_modified: _,
+        } = r;
         for (j, b) in [
             Bind::Text(&r.task_id),
             Bind::OptText(r.idempotency_key.as_deref()),
