@@ -773,7 +773,7 @@ pub fn enqueue_many<C: StoreConnection>(
     Ok(inserted)
 }
 
-/// The most rows one multi-row `INSERT` of [`enqueue_many`] carries: 27 binds a row stay under
+/// The most rows one multi-row `INSERT` of [`enqueue_many`] carries: 28 binds a row stay under
 /// SQLite's 32 766.
 pub(crate) const INSERT_CHUNK: usize = 1000;
 

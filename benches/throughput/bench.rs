@@ -12,6 +12,9 @@ pub(crate) struct Bench<D: Db> {
     pub(crate) pool: Pool<Cm<D::C>>,
     pub(crate) url: String,
     pub(crate) s: &'static Settings,
+    /// The same backend with `consistency_task` as the seed's script made it, for the limit
+    /// on the seed's schema (`system=seed`); `None` on that bench itself.
+    pub(crate) seed: Option<Box<Bench<D>>>,
 }
 
 pub(crate) type Pooled<D> = PooledConnection<Cm<<D as Db>::C>>;

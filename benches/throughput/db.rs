@@ -15,7 +15,7 @@ pub(crate) struct Server {
     /// What `DROP DATABASE` needs to end connections a hung phase left open.
     pub(crate) force: &'static str,
     pub(crate) admin: fn(&str, &str) -> QueryResult<()>,
-    pub(crate) run: fn(&'static Settings, &str) -> Res<()>,
+    pub(crate) run: fn(&'static Settings, &str, &str) -> Res<()>,
 }
 
 /// Creates the server's database, runs the bench on it and drops it again (the watchdog drops
@@ -26,17 +26,24 @@ pub(crate) fn on_server(sv: &Server, s: &'static Settings) -> Res<()> {
     let url = sv.url.clone();
     let force = sv.force;
     let run = sv.run;
+    let seed_db = format!("{db}_seed");
     let drop_sql = format!("DROP DATABASE IF EXISTS {db}{force}");
+    let drop_seed = format!("DROP DATABASE IF EXISTS {seed_db}{force}");
     admin(&url, &format!("CREATE DATABASE {db}"))
         .map_err(BoxError::from)
         .and_then(|()| {
-            let (u, d) = (url.clone(), drop_sql.clone());
+            let (u, d, ds) = (url.clone(), drop_sql.clone(), drop_seed.clone());
             on_abort(backend, move || {
                 let _ = admin(&u, &d);
+                let _ = admin(&u, &ds);
             });
-            let r = run(s, &with_db(&url, db));
-            if let Err(e) = admin(&url, &drop_sql) {
-                log(format!("could not drop the {label} database {db}: {e}"));
+            let r = admin(&url, &format!("CREATE DATABASE {seed_db}"))
+                .map_err(BoxError::from)
+                .and_then(|()| run(s, &with_db(&url, db), &with_db(&url, &seed_db)));
+            for (name, sql) in [(db, &drop_sql), (seed_db.as_str(), &drop_seed)] {
+                if let Err(e) = admin(&url, sql) {
+                    log(format!("could not drop the {label} database {name}: {e}"));
+                }
             }
             cleaned_up(backend);
             r
@@ -58,6 +65,9 @@ pub(crate) trait Db: 'static {
     }
     /// Creates `bench_orders` and `bench_digits`.
     fn setup(c: &mut Self::C) -> QueryResult<()>;
+    /// Creates `consistency_task` as the seed's script did (`SEED_TABLE`), for the limit on the
+    /// seed's schema.
+    fn setup_seed(c: &mut Self::C) -> QueryResult<()>;
     /// Empties the task and business tables.
     fn clear(c: &mut Self::C) -> QueryResult<()>;
     /// Refreshes planner statistics after a fill.
@@ -77,6 +87,19 @@ pub(crate) trait Db: 'static {
     fn delete(c: &mut Self::C, token: i64, ids: &[i64]) -> QueryResult<usize>;
     /// Deletes every row below `t` (what a capped drain left).
     fn delete_due(c: &mut Self::C, t: i64) -> QueryResult<usize>;
+    /// The database's work counters (`work.rs`), where the backend has them.
+    fn work(_c: &mut Self::C) -> QueryResult<Option<Work>> {
+        Ok(None)
+    }
+    /// Per-row work of the limit's single statements (`EXPLAIN (ANALYZE, BUFFERS, WAL)` on
+    /// PostgreSQL): `(statement, dirtied buffers per row, WAL bytes per row)`, measured on
+    /// `reps` × `BATCH` due rows the caller wrote.
+    fn statement_work(
+        _c: &mut Self::C,
+        _reps: usize,
+    ) -> QueryResult<Vec<(&'static str, f64, f64)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The statements that are the same SQL on every backend.
@@ -124,6 +147,44 @@ macro_rules! shared_ops {
             raw::<DeleteBatch>(vec![Bind::I(token), Bind::ids(ids)]).execute(c)
         }
     };
+}
+
+/// The seed's `consistency_task` (its README's script: the primary key and a unique key on
+/// `(id, shard_key)`, no other index), per backend: `{id}` is the key column, `{bytes}` the
+/// payload type. Changed only where the limit's statements need it, and the same on every
+/// backend: times are epoch-ms BIGINTs (the seed's `gmt_*` were `datetime`), the payload is
+/// binary (the seed's was `varchar(200)`), `execute_times`, `execute_way` and `thread_way` have
+/// defaults (the limit's inserts leave them out), and the three lease columns the limit writes
+/// are added, unindexed.
+pub(crate) fn seed_table(id: &str, bytes: &str) -> String {
+    format!(
+        "CREATE TABLE consistency_task (\
+         id {id}, \
+         task_id VARCHAR(500) NOT NULL, \
+         task_status INT NOT NULL DEFAULT 0, \
+         execute_times INT NOT NULL DEFAULT 0, \
+         execute_time BIGINT NOT NULL, \
+         parameter_types VARCHAR(255) NOT NULL DEFAULT '', \
+         method_name VARCHAR(100) NOT NULL DEFAULT '', \
+         method_sign_name VARCHAR(200) NOT NULL DEFAULT '', \
+         execute_interval_sec INT NOT NULL DEFAULT 60, \
+         delay_time INT NOT NULL DEFAULT 60, \
+         task_parameter {bytes} NOT NULL, \
+         execute_way INT NOT NULL DEFAULT 1, \
+         thread_way INT NOT NULL DEFAULT 1, \
+         error_msg VARCHAR(200) NOT NULL DEFAULT '', \
+         alert_expression VARCHAR(100) NULL, \
+         alert_action_bean_name VARCHAR(255) NULL, \
+         fallback_class_name VARCHAR(255) NULL, \
+         fallback_error_msg VARCHAR(200) NULL, \
+         shard_key BIGINT DEFAULT 0, \
+         gmt_create BIGINT NOT NULL, \
+         gmt_modified BIGINT NOT NULL, \
+         lease_token BIGINT NULL, \
+         lease_owner VARCHAR(255) NULL, \
+         lease_expires_at BIGINT NULL, \
+         UNIQUE (id, shard_key))"
+    )
 }
 
 pub(crate) const DIGITS: &str = "CREATE TABLE bench_digits (d BIGINT NOT NULL); \
@@ -175,6 +236,9 @@ pub(crate) mod sqlite_db {
                  customer TEXT NOT NULL, amount_cents BIGINT NOT NULL, created_at BIGINT NOT NULL);",
             )?;
             c.batch_execute(DIGITS)
+        }
+        fn setup_seed(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(&seed_table("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
         }
         fn clear(c: &mut Self::C) -> QueryResult<()> {
             c.batch_execute("DELETE FROM consistency_task; DELETE FROM bench_orders;")
@@ -240,6 +304,9 @@ pub(crate) mod pg_db {
             )?;
             c.batch_execute(DIGITS)
         }
+        fn setup_seed(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(&seed_table("BIGSERIAL PRIMARY KEY", "BYTEA"))
+        }
         fn clear(c: &mut Self::C) -> QueryResult<()> {
             c.batch_execute("TRUNCATE consistency_task, bench_orders")
         }
@@ -264,7 +331,88 @@ pub(crate) mod pg_db {
             b.push(Bind::I(l.now));
             raw::<PgClaim>(b).load(c)
         }
+        fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
+            diesel::sql_query(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::float8 AS log_bytes, \
+                 n_tup_upd::float8 AS upd, n_tup_hot_upd::float8 AS hot, \
+                 n_tup_del::float8 AS del, (SELECT COUNT(*) FROM pg_index i \
+                 WHERE i.indrelid = s.relid AND i.indpred IS NULL)::float8 AS other \
+                 FROM pg_stat_user_tables s WHERE s.relname = 'consistency_task'",
+            )
+            .get_result::<WorkRow>(c)
+            .map(|r| Some(r.into()))
+        }
+        fn statement_work(
+            c: &mut Self::C,
+            reps: usize,
+        ) -> QueryResult<Vec<(&'static str, f64, f64)>> {
+            let mut sums = [(0f64, 0f64); 3];
+            let mut rows = 0f64;
+            for _ in 0..reps {
+                let l = Lease::new();
+                let lits = [
+                    l.until.to_string(),
+                    l.until.to_string(),
+                    l.token.to_string(),
+                    format!("'{LIMIT_OWNER}'"),
+                    l.now.to_string(),
+                    l.now.to_string(),
+                ];
+                let (d, w) = explain_pg(c, &inline(PgClaim::sql(), &lits))?;
+                sums[0].0 += d;
+                sums[0].1 += w;
+                let ids: Vec<i64> = diesel::sql_query(format!(
+                    "SELECT id AS v FROM consistency_task WHERE lease_token = {}",
+                    l.token
+                ))
+                .load::<IdRow>(c)?
+                .into_iter()
+                .map(|r| r.v)
+                .collect();
+                rows += ids.len() as f64;
+                let list = ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let (d, w) = explain_pg(
+                    c,
+                    &format!(
+                        "DELETE FROM consistency_task WHERE lease_token = {} AND id IN ({list})",
+                        l.token
+                    ),
+                )?;
+                sums[1].0 += d;
+                sums[1].1 += w;
+                for _ in 0..ids.len() {
+                    let now = now_ms();
+                    let lits = [
+                        "'bench.noop'".to_string(),
+                        "'bench.noop'".to_string(),
+                        "'\\x0102'::bytea".to_string(),
+                        now.to_string(),
+                        now.to_string(),
+                        now.to_string(),
+                    ];
+                    let (d, w) = explain_pg(c, &inline(InsertTask::sql(), &lits))?;
+                    sums[2].0 += d;
+                    sums[2].1 += w;
+                }
+            }
+            let rows = rows.max(1.0);
+            Ok(vec![
+                ("claim", sums[0].0 / rows, sums[0].1 / rows),
+                ("delete", sums[1].0 / rows, sums[1].1 / rows),
+                ("insert", sums[2].0 / rows, sums[2].1 / rows),
+            ])
+        }
         shared_ops!();
+    }
+
+    #[derive(QueryableByName)]
+    struct IdRow {
+        #[diesel(sql_type = BigInt)]
+        v: i64,
     }
 
     /// Creates and drops the bench database on the server.
@@ -334,6 +482,12 @@ pub(crate) mod mysql_db {
             )?;
             c.batch_execute(DIGITS)
         }
+        fn setup_seed(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute(&format!(
+                "{} ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_general_ci",
+                seed_table("BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "LONGBLOB")
+            ))
+        }
         fn clear(c: &mut Self::C) -> QueryResult<()> {
             c.batch_execute("TRUNCATE TABLE consistency_task; TRUNCATE TABLE bench_orders;")
         }
@@ -353,6 +507,24 @@ pub(crate) mod mysql_db {
             row.push_binds(&mut b, signature);
             raw::<InsertTask>(b).execute(c)?;
             raw::<LastInsertId>(vec![]).get_result(c)
+        }
+        fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
+            let v = |name: &str| {
+                format!(
+                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
+                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
+                )
+            };
+            diesel::sql_query(format!(
+                "SELECT {} AS log_bytes, {} AS upd, 0e0 AS hot, {} AS del, {} AS other",
+                v("INNODB_OS_LOG_WRITTEN"),
+                // MariaDB has no Innodb_rows_* (MySQL 8 does); the handler counts are both's.
+                v("HANDLER_UPDATE"),
+                v("HANDLER_DELETE"),
+                v("INNODB_BUFFER_POOL_WRITE_REQUESTS")
+            ))
+            .get_result::<WorkRow>(c)
+            .map(|r| Some(r.into()))
         }
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             c.transaction(|c| {

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The drains' systems: tend, the limit on tend's table, the limit on the seed's table.
+pub(crate) const SYSTEMS: [&str; 3] = ["tend", "limit", "seed"];
+
 impl<D: Db> Bench<D> {
     // ----- drains --------------------------------------------------------------------------
 
@@ -94,35 +97,57 @@ impl<D: Db> Bench<D> {
         }
         let mut rss = [0f64; 2];
         let mut w4 = [0f64; 2];
+        let mut work: [WorkSum; 3] = Default::default();
+        // tend, the limit on tend's table, the limit on the seed's table (its own database).
+        let systems: &[usize] = if self.seed.is_some() {
+            &[0, 1, 2]
+        } else {
+            &[0, 1]
+        };
         for k in [1usize, 2, 4, 8] {
-            let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+            let mut runs: [Vec<f64>; 3] = Default::default();
             for rep in 0..DRAIN_REPEATS {
-                // Alternate who goes first.
-                let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+                // Rotate who goes first.
+                let mut order = systems.to_vec();
+                order.rotate_left(rep % systems.len());
                 for sys in order {
+                    let who = SYSTEMS[sys];
+                    let b: &Bench<D> = if sys == 2 {
+                        self.seed.as_deref().expect("seed bench")
+                    } else {
+                        self
+                    };
                     expect_done(
                         DRAIN_CAP + Duration::from_secs(60),
-                        format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
+                        format!("{} drain w{k} {who}", D::NAME),
                     );
-                    self.clear()?;
-                    self.fill(n, 0)?;
-                    profile_phase(
-                        &format!("{} drain w{k} {}", D::NAME, ["tend", "limit"][sys]),
-                        n * DRAIN_REPEATS,
-                    );
+                    b.clear()?;
+                    b.fill(n, 0)?;
+                    profile_phase(&format!("{} drain w{k} {who}", D::NAME), n * DRAIN_REPEATS);
                     reset_peak_rss();
                     let before = rss_now_mb();
-                    let d = if sys == 0 {
-                        self.tend_drain(k, n, below)?
+                    let w0 = if k == 4 {
+                        D::work(&mut *b.conn()?)?
                     } else {
-                        self.limit_drain(k, n, below)?
+                        None
                     };
-                    rss[sys] = rss[sys].max(peak_rss_mb());
+                    let d = if sys == 0 {
+                        b.tend_drain(k, n, below)?
+                    } else {
+                        b.limit_drain(k, n, below)?
+                    };
+                    if sys < 2 {
+                        rss[sys] = rss[sys].max(peak_rss_mb());
+                    }
+                    if let Some(w0) = w0 {
+                        if let Some(w1) = b.work_after(w0, d.ran)? {
+                            work[sys].add(D::NAME == "pg", d.ran, w0, w1);
+                        }
+                    }
                     if rep == 0 {
                         log(format!(
-                            "{}: drain w{k} {}: rss {before:.1} MiB before, peak {:.1} MiB",
+                            "{}: drain w{k} {who}: rss {before:.1} MiB before, peak {:.1} MiB",
                             D::NAME,
-                            ["tend", "limit"][sys],
                             peak_rss_mb()
                         ));
                     }
@@ -130,20 +155,29 @@ impl<D: Db> Bench<D> {
                     runs[sys].push(d.rate());
                 }
             }
+            let round = |v: &Vec<f64>| v.iter().map(|r| r.round()).collect::<Vec<_>>();
             log(format!(
-                "{}: drain w{k} runs (tasks/s): tend {:?}, limit {:?}",
+                "{}: drain w{k} runs (tasks/s): tend {:?}, limit {:?}, seed {:?}",
                 D::NAME,
-                runs[0].iter().map(|r| r.round()).collect::<Vec<_>>(),
-                runs[1].iter().map(|r| r.round()).collect::<Vec<_>>()
+                round(&runs[0]),
+                round(&runs[1]),
+                round(&runs[2])
             ));
-            let rates = [percentile(&runs[0], 50.0), percentile(&runs[1], 50.0)];
             let name = format!("drain_w{k}_tasks_per_s");
-            self.figure(&name, rates[0], "tasks/s", "tend", n);
-            self.figure(&name, rates[1], "tasks/s", "limit", n);
+            for &sys in systems {
+                let rate = percentile(&runs[sys], 50.0);
+                self.figure(&name, rate, "tasks/s", SYSTEMS[sys], n);
+                if k == 4 && sys < 2 {
+                    w4[sys] = rate;
+                }
+            }
             if k == 4 {
-                w4 = rates;
+                for &sys in systems {
+                    self.work_figures(SYSTEMS[sys], &work[sys], n);
+                }
             }
         }
+        self.statement_work()?;
         if self.s.large {
             // The rows due in a day are written once; each system then gets its n due rows.
             let future = BACKLOG_ROWS - n;
@@ -212,6 +246,35 @@ impl<D: Db> Bench<D> {
         self.clear()?;
         self.figure("rss_mb", rss[0], "MiB", "tend", n);
         self.figure("rss_mb", rss[1], "MiB", "limit", n);
+        Ok(())
+    }
+}
+
+impl<D: Db> Bench<D> {
+    /// Per-row work of the limit's single statements on PostgreSQL (see `Db::statement_work`).
+    pub(crate) fn statement_work(&self) -> Res<()> {
+        const REPS: usize = 5;
+        let mut on = vec![(self, "limit")];
+        if let Some(seed) = self.seed.as_deref() {
+            on.push((seed, "seed"));
+        }
+        for (b, sys) in on {
+            b.clear()?;
+            b.fill(REPS * BATCH, 0)?;
+            let figs = D::statement_work(&mut *b.conn()?, REPS)?;
+            for (stmt, dirtied, wal) in figs {
+                let n = REPS * BATCH;
+                self.figure(
+                    &format!("{stmt}_dirtied_per_row"),
+                    dirtied,
+                    "buffers",
+                    sys,
+                    n,
+                );
+                self.figure(&format!("{stmt}_wal_bytes_per_row"), wal, "B", sys, n);
+            }
+            b.clear()?;
+        }
         Ok(())
     }
 }

@@ -129,14 +129,20 @@ macro_rules! common_ops {
 
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
             use $crate::schema::consistency_task::dsl as t;
+            use $crate::store::stmt::{Bind, Stmt};
             let done = $crate::status::TaskStatus::Succeeded.as_i32();
-            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select.
-            let ids: Vec<i64> = t::consistency_task
-                .filter(t::task_status.eq(done))
-                .filter(t::gmt_modified.lt(before))
-                .select(t::id)
-                .limit(limit)
-                .load(self)?;
+            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select. The status
+            // is a literal, not a bind: PostgreSQL and SQLite use the partial index
+            // `consistency_task_kept (gmt_modified) WHERE task_status = 3` only for a query
+            // whose text implies its predicate.
+            let ids: Vec<i64> = Stmt::new(&format!(
+                "SELECT id FROM consistency_task WHERE task_status = {done} AND gmt_modified < "
+            ))
+            .bind(Bind::I64(before))
+            .sql(" LIMIT ")
+            .bind(Bind::I64(limit))
+            .typed::<diesel::sql_types::BigInt>()
+            .load(self)?;
             if ids.is_empty() {
                 return Ok(0);
             }

@@ -77,9 +77,7 @@ impl Ops for MysqlConnection {
             }
             return Ok(n);
         }
-        diesel::insert_into(t::consistency_task)
-            .values(rows)
-            .execute(self)
+        super::stmt::insert_chunked!(self, rows, "")
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {

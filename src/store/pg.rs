@@ -72,10 +72,10 @@ impl Ops for PgConnection {
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
-        diesel::insert_into(t::consistency_task)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .execute(self)
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        UnnestInsert::new(rows).execute(self)
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
@@ -105,4 +105,174 @@ impl Ops for PgConnection {
     }
 
     super::common::common_ops!();
+}
+
+/// `enqueue_many` on PostgreSQL: one `INSERT … SELECT * FROM unnest($1, …, $28)` with one array
+/// per column, whatever the number of rows. Its SQL never changes, so diesel keeps it prepared
+/// under a static id, and the server parses and plans it once per connection; a `VALUES` list
+/// binds 28 scalars a row and has a shape per row count.
+struct UnnestInsert<'a> {
+    text: [Vec<&'a str>; 5],
+    opt_text: [Vec<Option<&'a str>>; 7],
+    int: [Vec<i32>; 9],
+    big: [Vec<i64>; 4],
+    opt_big: [Vec<Option<i64>>; 2],
+    bytes: Vec<&'a [u8]>,
+}
+
+/// The statement's cache key.
+struct UnnestInsertId;
+
+impl<'a> UnnestInsert<'a> {
+    fn new(rows: &'a [NewRow]) -> UnnestInsert<'a> {
+        let mut u = UnnestInsert {
+            text: Default::default(),
+            opt_text: Default::default(),
+            int: Default::default(),
+            big: Default::default(),
+            opt_big: Default::default(),
+            bytes: Vec::with_capacity(rows.len()),
+        };
+        for r in rows {
+            // Exhaustive: a column added to `NewRow` fails to compile here until it has an
+            // array (and a name in `UNNEST_COLUMNS`), instead of being silently left out.
+            let NewRow {
+                task_id: _,
+                idempotency_key: _,
+                task_status: _,
+                execute_times: _,
+                max_attempts: _,
+                execute_time: _,
+                parameter_types: _,
+                method_name: _,
+                method_sign_name: _,
+                execute_interval_sec: _,
+                delay_time: _,
+                task_parameter: _,
+                payload_version: _,
+                execute_way: _,
+                thread_way: _,
+                transaction_way: _,
+                error_msg: _,
+                alert_expression: _,
+                alert_action_bean_name: _,
+                fallback_class_name: _,
+                fallback_error_msg: _,
+                shard_key: _,
+                lease_token: _,
+                lease_owner: _,
+                lease_expires_at: _,
+                gmt_create: _,
+                gmt_modified: _,
+                trace_parent: _,
+            } = r;
+            for (v, x) in u.text.iter_mut().zip([
+                r.task_id.as_str(),
+                &r.parameter_types,
+                &r.method_name,
+                &r.method_sign_name,
+                &r.error_msg,
+            ]) {
+                v.push(x);
+            }
+            for (v, x) in u.opt_text.iter_mut().zip([
+                r.idempotency_key.as_deref(),
+                r.alert_expression.as_deref(),
+                r.alert_action_bean_name.as_deref(),
+                r.fallback_class_name.as_deref(),
+                r.fallback_error_msg.as_deref(),
+                r.lease_owner.as_deref(),
+                r.trace_parent.as_deref(),
+            ]) {
+                v.push(x);
+            }
+            for (v, x) in u.int.iter_mut().zip([
+                r.task_status,
+                r.execute_times,
+                r.max_attempts,
+                r.execute_interval_sec,
+                r.delay_time,
+                r.payload_version,
+                r.execute_way,
+                r.thread_way,
+                r.transaction_way,
+            ]) {
+                v.push(x);
+            }
+            for (v, x) in
+                u.big
+                    .iter_mut()
+                    .zip([r.execute_time, r.shard_key, r.gmt_create, r.gmt_modified])
+            {
+                v.push(x);
+            }
+            for (v, x) in u
+                .opt_big
+                .iter_mut()
+                .zip([r.lease_token, r.lease_expires_at])
+            {
+                v.push(x);
+            }
+            u.bytes.push(&r.task_parameter);
+        }
+        u
+    }
+}
+
+/// The columns in the order `UnnestInsert::walk_ast` binds their arrays.
+const UNNEST_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign_name, error_msg, \
+    idempotency_key, alert_expression, alert_action_bean_name, fallback_class_name, \
+    fallback_error_msg, lease_owner, trace_parent, task_status, execute_times, max_attempts, \
+    execute_interval_sec, delay_time, payload_version, execute_way, thread_way, \
+    transaction_way, execute_time, shard_key, gmt_create, gmt_modified, lease_token, \
+    lease_expires_at, task_parameter";
+
+impl diesel::query_builder::QueryId for UnnestInsert<'_> {
+    type QueryId = UnnestInsertId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<C> RunQueryDsl<C> for UnnestInsert<'_> {}
+
+impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+        out.push_sql("INSERT INTO consistency_task (");
+        out.push_sql(UNNEST_COLUMNS);
+        out.push_sql(") SELECT * FROM unnest(");
+        let mut first = true;
+        let mut sep = |out: &mut diesel::query_builder::AstPass<'_, 'b, Pg>| {
+            if !first {
+                out.push_sql(", ");
+            }
+            first = false;
+        };
+        for v in &self.text {
+            sep(&mut out);
+            out.push_bind_param::<Array<Text>, _>(v)?;
+        }
+        for v in &self.opt_text {
+            sep(&mut out);
+            out.push_bind_param::<Array<Nullable<Text>>, _>(v)?;
+        }
+        for v in &self.int {
+            sep(&mut out);
+            out.push_bind_param::<Array<Integer>, _>(v)?;
+        }
+        for v in &self.big {
+            sep(&mut out);
+            out.push_bind_param::<Array<BigInt>, _>(v)?;
+        }
+        for v in &self.opt_big {
+            sep(&mut out);
+            out.push_bind_param::<Array<Nullable<BigInt>>, _>(v)?;
+        }
+        sep(&mut out);
+        out.push_bind_param::<Array<Binary>, _>(&self.bytes)?;
+        out.push_sql(") ON CONFLICT DO NOTHING");
+        Ok(())
+    }
 }

@@ -47,10 +47,7 @@ impl Ops for SqliteConnection {
         if rows.is_empty() {
             return Ok(0);
         }
-        diesel::insert_into(t::consistency_task)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .execute(self)
+        super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING")
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {

@@ -12,7 +12,7 @@ use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, HasSqlType, Integer, Nullable, Text, Untyped};
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Integer, Nullable, Text, Untyped};
 use diesel::RunQueryDsl;
 
 /// One bound value.
@@ -23,6 +23,7 @@ pub(crate) enum Bind<'a> {
     I32(i32),
     Text(&'a str),
     OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
 }
 
 /// SQL with a `?` per bind (the backend's placeholder is written in its place). Rows load by
@@ -117,8 +118,9 @@ impl<C, ST> RunQueryDsl<C> for Stmt<'_, ST> {}
 
 impl<DB, ST> QueryFragment<DB> for Stmt<'_, ST>
 where
-    DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text>,
+    DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text> + HasSqlType<Binary>,
     i64: ToSql<BigInt, DB>,
+    [u8]: ToSql<Binary, DB>,
     i32: ToSql<Integer, DB>,
     str: ToSql<Text, DB>,
     Option<i64>: ToSql<Nullable<BigInt>, DB>,
@@ -135,6 +137,7 @@ where
                     Bind::I32(v) => out.push_bind_param::<Integer, _>(v)?,
                     Bind::Text(v) => out.push_bind_param::<Text, str>(*v)?,
                     Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                    Bind::Bytes(v) => out.push_bind_param::<Binary, [u8]>(*v)?,
                 }
             }
             out.push_sql(piece);
@@ -143,9 +146,155 @@ where
     }
 }
 
+/// The columns of [`NewRow`](super::row::NewRow) in its field order.
+const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
+    max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
+    execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
+    transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
+    fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
+    gmt_modified, trace_parent";
+
+/// The most rows one statement of [`insert_rows`] carries (28 binds a row: 1 792 binds).
+pub(crate) const INSERT_ROWS_MAX: usize = 64;
+
+/// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
+/// two (100 = 64 + 32 + 4), so that every statement has one of 7 shapes diesel keeps prepared.
+pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let c = if n >= INSERT_ROWS_MAX {
+            INSERT_ROWS_MAX
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        out.push(c);
+        n -= c;
+    }
+    out
+}
+
+/// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (at most [`INSERT_ROWS_MAX`];
+/// see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO NOTHING`). Unlike diesel's
+/// multi-row insert, which diesel never keeps prepared, this is parsed and planned once per
+/// shape and connection.
+pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stmt<'a> {
+    debug_assert!(!rows.is_empty() && rows.len() <= INSERT_ROWS_MAX);
+    let mut s = Stmt::new("INSERT INTO consistency_task (")
+        .sql(NEW_ROW_COLUMNS)
+        .sql(") VALUES ");
+    s.binds.reserve(rows.len() * 28);
+    for (i, r) in rows.iter().enumerate() {
+        s.sql.push_str(if i == 0 { "(" } else { ", (" });
+        // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
+        // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
+        let super::row::NewRow {
+            task_id: _,
+            idempotency_key: _,
+            task_status: _,
+            execute_times: _,
+            max_attempts: _,
+            execute_time: _,
+            parameter_types: _,
+            method_name: _,
+            method_sign_name: _,
+            execute_interval_sec: _,
+            delay_time: _,
+            task_parameter: _,
+            payload_version: _,
+            execute_way: _,
+            thread_way: _,
+            transaction_way: _,
+            error_msg: _,
+            alert_expression: _,
+            alert_action_bean_name: _,
+            fallback_class_name: _,
+            fallback_error_msg: _,
+            shard_key: _,
+            lease_token: _,
+            lease_owner: _,
+            lease_expires_at: _,
+            gmt_create: _,
+            gmt_modified: _,
+            trace_parent: _,
+        } = r;
+        for (j, b) in [
+            Bind::Text(&r.task_id),
+            Bind::OptText(r.idempotency_key.as_deref()),
+            Bind::I32(r.task_status),
+            Bind::I32(r.execute_times),
+            Bind::I32(r.max_attempts),
+            Bind::I64(r.execute_time),
+            Bind::Text(&r.parameter_types),
+            Bind::Text(&r.method_name),
+            Bind::Text(&r.method_sign_name),
+            Bind::I32(r.execute_interval_sec),
+            Bind::I32(r.delay_time),
+            Bind::Bytes(&r.task_parameter),
+            Bind::I32(r.payload_version),
+            Bind::I32(r.execute_way),
+            Bind::I32(r.thread_way),
+            Bind::I32(r.transaction_way),
+            Bind::Text(&r.error_msg),
+            Bind::OptText(r.alert_expression.as_deref()),
+            Bind::OptText(r.alert_action_bean_name.as_deref()),
+            Bind::OptText(r.fallback_class_name.as_deref()),
+            Bind::OptText(r.fallback_error_msg.as_deref()),
+            Bind::I64(r.shard_key),
+            Bind::OptI64(r.lease_token),
+            Bind::OptText(r.lease_owner.as_deref()),
+            Bind::OptI64(r.lease_expires_at),
+            Bind::I64(r.gmt_create),
+            Bind::I64(r.gmt_modified),
+            Bind::OptText(r.trace_parent.as_deref()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if j > 0 {
+                s.sql.push_str(", ");
+            }
+            s.sql.push('?');
+            s.binds.push(b);
+        }
+        s.sql.push(')');
+    }
+    s.sql(tail)
+}
+
+/// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
+macro_rules! insert_chunked {
+    ($conn:expr, $rows:expr, $tail:expr) => {{
+        let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
+        let mut n = 0usize;
+        let mut at = 0usize;
+        for len in $crate::store::stmt::insert_chunks(rows.len()) {
+            n +=
+                $crate::store::stmt::insert_rows(&rows[at..at + len], $tail).execute(&mut *conn)?;
+            at += len;
+        }
+        Ok(n)
+    }};
+}
+pub(crate) use insert_chunked;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inserts_are_cut_into_a_few_shapes() {
+        assert_eq!(insert_chunks(100), vec![64, 32, 4]);
+        assert_eq!(insert_chunks(1), vec![1]);
+        assert_eq!(insert_chunks(0), Vec::<usize>::new());
+        assert_eq!(insert_chunks(130), vec![64, 64, 2]);
+        for n in 0..300 {
+            let c = insert_chunks(n);
+            assert_eq!(c.iter().sum::<usize>(), n);
+            assert!(c
+                .iter()
+                .all(|l| l.is_power_of_two() && *l <= INSERT_ROWS_MAX));
+        }
+    }
 
     #[test]
     fn id_lists_are_padded_to_a_power_of_two_with_the_first_id() {

@@ -13,7 +13,9 @@ pub(crate) type Activity = Vec<(i64, i32, i64)>;
 /// The operator queries plus the dashboard's own.
 pub(crate) trait WebDb: Admin {
     /// `(minute, status, rows)` for the rows last modified at or after `since` (epoch ms),
-    /// where `minute` is `gmt_modified / 60000`. Walks the `gmt_modified` index.
+    /// where `minute` is `gmt_modified / 60000`. Walks `consistency_task_modified` on MySQL;
+    /// reads the table on PostgreSQL and SQLite, like `summary` (their `gmt_modified` index
+    /// covers kept completed rows only: an index of every row would cost each lease an entry).
     fn activity(&mut self, since: i64) -> QueryResult<Activity>;
 
     /// [`Admin::stats`] with one scan of the table instead of two: the counts by status are
