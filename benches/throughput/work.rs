@@ -155,6 +155,7 @@ pub(crate) fn explain_pg(c: &mut diesel::pg::PgConnection, sql: &str) -> QueryRe
 }
 
 /// `sql` with each `?` replaced by the next literal.
+#[cfg(feature = "postgres")]
 pub(crate) fn inline(sql: &str, literals: &[String]) -> String {
     let mut out = String::new();
     let mut lit = literals.iter();
