@@ -124,6 +124,10 @@ pub struct NewTask {
     run_at: Option<i64>,
     /// The trace context the task's runs continue.
     trace_parent: Option<TraceParent>,
+    /// Tasks with the same key run one at a time, in enqueue order.
+    ordering_key: Option<String>,
+    /// Whether `shard_key` was set by the caller (else an ordering key routes the task).
+    explicit_shard_key: bool,
 }
 
 impl NewTask {
@@ -175,6 +179,8 @@ impl NewTask {
             shard_key: crate::shard::next_shard_key(),
             run_at: None,
             trace_parent: current_trace(),
+            ordering_key: None,
+            explicit_shard_key: false,
         })
     }
 
@@ -455,7 +461,66 @@ impl NewTask {
     /// ```
     pub fn shard_key(mut self, key: i64) -> Self {
         self.shard_key = key;
+        self.explicit_shard_key = true;
         self
+    }
+
+    /// Overrides [`TaskOptions::queue`].
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let task = tend::NewTask::new(&Ship { order_id: 7 })?.queue("mail").priority(2);
+    /// assert_eq!(task.options().get_queue(), "mail");
+    /// assert_eq!(task.options().get_priority(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.opts = self.opts.queue(name);
+        self
+    }
+
+    /// Overrides [`TaskOptions::priority`].
+    pub fn priority(mut self, p: i32) -> Self {
+        self.opts = self.opts.priority(p);
+        self
+    }
+
+    /// Puts the task in line behind every earlier task with the same key: tasks of one key run
+    /// one at a time, in enqueue order (the order of their inserts; enqueue one key's tasks
+    /// from one transaction at a time for that to be the order you mean), across threads,
+    /// processes and retries. A task of the key that fails waits for its retry and the rest
+    /// wait behind it; one that is **dead or held blocks its key** until an operator acts
+    /// (`tend tasks retry ID`, or `tend keys skip KEY`, which takes the blocking task out of
+    /// the line and leaves it dead for inspection). 1 to 255 bytes.
+    ///
+    /// Unless [`NewTask::shard_key`] is set, the shard key becomes a hash of the ordering key,
+    /// so that with [`Shards`](crate::Shards) one key's tasks stay on one database. Not with
+    /// [`ThreadWay::Sync`](crate::ThreadWay::Sync) (refused at enqueue: a sync task runs in the
+    /// caller at once, not in line).
+    ///
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let mut conn = memory_db();
+    /// for step in 0..3 {
+    ///     let task = tend::NewTask::new(&Ship { order_id: step })?.ordering_key("order-42");
+    ///     tend::enqueue_new(&mut conn, task)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        if !self.explicit_shard_key {
+            self.shard_key = crate::queue::shard_key_of(&key);
+        }
+        self.ordering_key = Some(key);
+        self
+    }
+
+    /// The task's ordering key ([`NewTask::ordering_key`]).
+    pub fn get_ordering_key(&self) -> Option<&str> {
+        self.ordering_key.as_deref()
     }
 
     /// The task type's signature.
@@ -543,6 +608,20 @@ impl NewTask {
                 ));
             }
         }
+        if let Some(k) = &self.ordering_key {
+            crate::queue::validate_ordering_key(k)?;
+            if self.opts.thread_way == crate::task::ThreadWay::Sync
+                && self.opts.execute_way == ExecuteWay::RightNow
+            {
+                return Err(Error::invalid_setting(
+                    "ordering_key",
+                    format!(
+                        "task `{}` is ThreadWay::Sync, which runs in the caller at commit and                          cannot wait in line behind earlier tasks of its key; use                          ThreadWay::Async for ordered tasks",
+                        self.signature
+                    ),
+                ));
+            }
+        }
         let o = self.opts;
         let execute_time = match (self.run_at, o.execute_way) {
             // Not PARKED: a task due "never" would be invisible to the claim for good.
@@ -584,6 +663,9 @@ impl NewTask {
             gmt_create: now,
             gmt_modified: now,
             trace_parent: self.trace_parent.map(TraceParent::into_string),
+            queue: o.queue,
+            priority: o.priority,
+            ordering_key: self.ordering_key,
         })
     }
 }

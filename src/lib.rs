@@ -139,6 +139,7 @@ mod metrics_facade;
 mod outbox;
 mod periodic;
 mod pool;
+mod queue;
 mod registry;
 mod retry;
 mod schema;
@@ -189,6 +190,9 @@ pub use crate::periodic::{Missed, Periodic, MAX_SCHEDULE_NAME_BYTES};
 pub use crate::pool::{
     PoolHandle, ShutdownReport, WakeUp, WorkerPool, WorkerPoolBuilder, DEFAULT_WAKE_PROBE,
     MAX_SETTING_DURATION, SHUTDOWN_GRACE,
+};
+pub use crate::queue::{
+    Queue, DEFAULT_QUEUE, MAX_ORDERING_KEY_BYTES, MAX_PRIORITY, MAX_QUEUE_BYTES, MIN_PRIORITY,
 };
 pub use crate::registry::Registry;
 pub use crate::retry::RetryPolicy;

@@ -313,9 +313,9 @@ impl SyncOutcome {
 pub struct OutboxTx<'a, C: R2D2Connection + 'static> {
     outbox: &'a Outbox<C>,
     /// Right-now async tasks to hand over after the commit: id, shard key.
-    hand_off: Vec<(i64, i64)>,
+    hand_off: Vec<(i64, i64, Option<usize>)>,
     /// Right-now async tasks leased to the pool at insert: shard, row.
-    pool_leased: Vec<(usize, TaskRow)>,
+    pool_leased: Vec<(usize, usize, TaskRow)>,
     /// Every row inserted in the transaction: id, signature, shard key (for events).
     inserted: Vec<(i64, &'static str, i64)>,
     sync: Vec<TaskRow>,
@@ -399,11 +399,11 @@ where
         let value = conn.transaction(|c| f(c, &mut tx))?;
         // Committed: from here on nothing may fail the caller.
         tx.report_enqueued();
-        for (shard, row) in tx.pool_leased.drain(..) {
-            self.give_to_pool(shard, row);
+        for (shard, queue, row) in tx.pool_leased.drain(..) {
+            self.give_to_pool(shard, queue, row);
         }
-        for (id, key) in tx.hand_off.drain(..) {
-            self.hand_off(id, key);
+        for (id, key, queue) in tx.hand_off.drain(..) {
+            self.hand_off(id, key, queue);
         }
         let mut sync = std::mem::take(&mut tx.done);
         for row in tx.sync.drain(..) {
@@ -523,11 +523,13 @@ where
     /// Hands a committed right-now task to the pool, on the queue of the shard its key routes
     /// to, and asks the listening processes to look (with LISTEN/NOTIFY wake-up); never blocks
     /// and never fails.
-    fn hand_off(&self, id: i64, shard_key: i64) {
+    fn hand_off(&self, id: i64, shard_key: i64, queue: Option<usize>) {
         let shard = self.shards.index_for(shard_key);
         // Committed already: other processes may take it before this one's pool does.
         self.lanes.notify(shard);
-        match self.lanes.dispatch[shard].try_send(id) {
+        // A queue this pool does not work: the processes that work it find the row.
+        let Some(queue) = queue else { return };
+        match self.lanes.dispatch[shard].try_send((id, queue)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 log::debug!("tend: hand-off queue full; task {id} waits for the next poll")
@@ -537,9 +539,9 @@ where
     }
 
     /// Gives a committed task leased to the pool at insert straight to a worker.
-    fn give_to_pool(&self, shard: usize, row: TaskRow) {
+    fn give_to_pool(&self, shard: usize, queue: usize, row: TaskRow) {
         self.exec.events.emit(Event::Claimed(info(&row)));
-        self.lanes.push_leased(shard, row);
+        self.lanes.push_leased(shard, queue, row);
     }
 
     /// Runs a sync task (already leased by its insert) and writes its outcome.
@@ -679,8 +681,8 @@ where
         let key = task.get_shard_key();
         Ok(match self.insert(conn, task)? {
             Placed::Duplicate => Enqueued::Duplicate,
-            Placed::Due(id) => {
-                self.hand_off.push((id, key));
+            Placed::Due(id, queue) => {
+                self.hand_off.push((id, key, queue));
                 Enqueued::Inserted(id)
             }
             Placed::Sync(row) => {
@@ -688,9 +690,9 @@ where
                 self.sync.push(row);
                 Enqueued::Inserted(id)
             }
-            Placed::PoolLeased(shard, row) => {
+            Placed::PoolLeased(shard, queue, row) => {
                 let id = row.id;
-                self.pool_leased.push((shard, row));
+                self.pool_leased.push((shard, queue, row));
                 Enqueued::Inserted(id)
             }
             Placed::Scheduled(id) => Enqueued::Inserted(id),
@@ -715,8 +717,8 @@ where
         self.report_enqueued();
         Ok(match placed {
             Placed::Duplicate => Enqueued::Duplicate,
-            Placed::Due(id) => {
-                self.outbox.hand_off(id, key);
+            Placed::Due(id, queue) => {
+                self.outbox.hand_off(id, key, queue);
                 Enqueued::Inserted(id)
             }
             Placed::Sync(row) => {
@@ -725,9 +727,9 @@ where
                 self.done.push(outcome);
                 Enqueued::Inserted(id)
             }
-            Placed::PoolLeased(shard, row) => {
+            Placed::PoolLeased(shard, queue, row) => {
                 let id = row.id;
-                self.outbox.give_to_pool(shard, row);
+                self.outbox.give_to_pool(shard, queue, row);
                 Enqueued::Inserted(id)
             }
             Placed::Scheduled(id) => Enqueued::Inserted(id),
@@ -746,9 +748,16 @@ where
         let right_now = opts.execute_way == ExecuteWay::RightNow;
         let sync = right_now && opts.thread_way == ThreadWay::Sync;
         let shard = self.outbox.shards.index_for(shard_key);
-        let to_pool = right_now && !sync && self.outbox.lanes.has_room(shard);
         let now = now_ms();
         let mut row = task.into_row(now)?;
+        let lanes = &self.outbox.lanes;
+        let queue = lanes.queues.index(&row.queue);
+        // Straight to a worker only where no claim has anything to check: a queue without
+        // limits, and no ordering key (its turn comes from the claim).
+        let direct = lanes
+            .unlimited_queue(&row.queue)
+            .filter(|_| row.ordering_key.is_none());
+        let to_pool = right_now && !sync && direct.is_some() && lanes.has_room(shard);
         if sync || to_pool {
             let lanes = &self.outbox.lanes;
             let until = now.saturating_add(crate::util::millis(lanes.lease));
@@ -772,10 +781,10 @@ where
         self.inserted.push((id, signature, shard_key));
         Ok(if sync {
             Placed::Sync(row.into_task_row(id))
-        } else if to_pool {
-            Placed::PoolLeased(shard, row.into_task_row(id))
+        } else if let (true, Some(q)) = (to_pool, direct) {
+            Placed::PoolLeased(shard, q, row.into_task_row(id))
         } else if right_now {
-            Placed::Due(id)
+            Placed::Due(id, queue)
         } else {
             Placed::Scheduled(id)
         })
@@ -785,14 +794,14 @@ where
 /// Where an inserted row stands.
 enum Placed {
     Duplicate,
-    /// Due now, unleased: hand over its id.
-    Due(i64),
+    /// Due now, unleased: hand over its id (to the pool's claim of its queue, if it works it).
+    Due(i64, Option<usize>),
     /// Due later.
     Scheduled(i64),
     /// Leased to the caller: run it in this thread.
     Sync(TaskRow),
-    /// Leased to the pool (shard index): give it to a worker.
-    PoolLeased(usize, TaskRow),
+    /// Leased to the pool (shard index, queue index): give it to a worker.
+    PoolLeased(usize, usize, TaskRow),
 }
 
 /// [`OutboxTx::insert`] outside any caller transaction, where retrying lock conflicts is ours

@@ -64,6 +64,12 @@ diesel::table! {
         duration_ms -> Nullable<BigInt>,
         /// The W3C `traceparent` of the span that enqueued the task, if known.
         trace_parent -> Nullable<Text>,
+        /// The named queue the task belongs to (`default` unless set).
+        queue -> Text,
+        /// -3 (lowest) to 3 (highest): claimed highest first, then in due order.
+        priority -> Integer,
+        /// Tasks with the same key run one at a time, in enqueue order.
+        ordering_key -> Nullable<Text>,
     }
 }
 

@@ -187,6 +187,8 @@ pub struct TaskOptions {
     pub(crate) alert_expression: Option<String>,
     pub(crate) alerter: Option<String>,
     pub(crate) task_id: Option<String>,
+    pub(crate) queue: String,
+    pub(crate) priority: i32,
 }
 
 impl Default for TaskOptions {
@@ -221,6 +223,8 @@ impl TaskOptions {
             alert_expression: Some(DEFAULT_ALERT_EXPRESSION.to_string()),
             alerter: None,
             task_id: None,
+            queue: crate::queue::DEFAULT_QUEUE.to_string(),
+            priority: 0,
         }
     }
 
@@ -521,6 +525,46 @@ impl TaskOptions {
         self
     }
 
+    /// The named queue the task belongs to (1 to 64 bytes of ASCII letters, digits and `._:-`;
+    /// checked at registration and enqueue). Defaults to `default`. A pool works `default` and
+    /// the queues given to [`WorkerPoolBuilder::queue`](crate::WorkerPoolBuilder::queue): a
+    /// task in a queue no running pool works waits (visible in `tend stats`).
+    ///
+    /// ```
+    /// use tend::TaskOptions;
+    /// assert_eq!(TaskOptions::new().get_queue(), "default");
+    /// assert_eq!(TaskOptions::new().queue("mail").get_queue(), "mail");
+    /// ```
+    pub fn queue(mut self, name: impl Into<String>) -> Self {
+        self.queue = name.into();
+        self
+    }
+
+    /// The task's queue ([`TaskOptions::queue`]).
+    pub fn get_queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The task's priority, from [`MIN_PRIORITY`](crate::MIN_PRIORITY) (-3, lowest) to
+    /// [`MAX_PRIORITY`](crate::MAX_PRIORITY) (3, highest); default 0. Within a queue, a claim
+    /// takes due tasks of the highest priority first, then the earliest due. Checked at
+    /// registration and enqueue.
+    ///
+    /// ```
+    /// use tend::TaskOptions;
+    /// assert_eq!(TaskOptions::new().get_priority(), 0);
+    /// assert_eq!(TaskOptions::new().priority(2).get_priority(), 2);
+    /// ```
+    pub fn priority(mut self, p: i32) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// The task's priority ([`TaskOptions::priority`]).
+    pub fn get_priority(&self) -> i32 {
+        self.priority
+    }
+
     /// The snooze limit ([`TaskOptions::snooze_limit`]).
     ///
     /// ```
@@ -583,6 +627,8 @@ impl TaskOptions {
             }
             Ok(())
         };
+        crate::queue::validate_queue(&self.queue)?;
+        crate::queue::validate_priority(self.priority)?;
         secs("execute_interval", self.execute_interval, 1)?;
         if self.snooze_limit > MAX_SNOOZE_LIMIT {
             return Err(Error::invalid_setting(

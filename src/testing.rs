@@ -319,6 +319,7 @@ impl TestWorker {
             lease_until: now.saturating_add(crate::util::millis(DEFAULT_LEASE)),
             token: random_token(),
             owner: TEST_OWNER,
+            queue: None,
             limit: 100,
             ids,
             exclude: &[],

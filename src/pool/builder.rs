@@ -52,6 +52,8 @@ pub struct WorkerPoolBuilder<C: R2D2Connection + 'static> {
     pub(super) affinity: bool,
     pub(super) wake: WakeUp,
     pub(super) periodics: Vec<Periodic>,
+    pub(super) queues: Vec<(String, crate::queue::Queue)>,
+    pub(super) skip_default_queue: bool,
 }
 
 impl<C: R2D2Connection + 'static> fmt::Debug for WorkerPoolBuilder<C> {
@@ -387,6 +389,49 @@ where
         self
     }
 
+    /// Works queue `name` too, with `limits` (per pool: each process counts its own). A pool
+    /// works `default` and the queues given here; giving `default` sets its limits. Each claim
+    /// reads one queue; the queues take turns. Checked by `build`: the name (1 to 64 bytes of
+    /// ASCII letters, digits and `._:-`), the limits, and no queue given twice.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("queue");
+    /// use std::time::Duration;
+    /// use tend::{Queue, Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// let mail = Queue::new().concurrency(2).rate_limit(50, Duration::from_secs(1));
+    /// assert!(builder().queue("mail", mail).build().is_ok());
+    /// let err = builder().queue("mail", mail).queue("mail", mail).build().unwrap_err();
+    /// assert!(err.to_string().contains("twice"));
+    /// assert!(builder().queue("bad name", mail).build().is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(mut self, name: impl Into<String>, limits: crate::queue::Queue) -> Self {
+        self.queues.push((name.into(), limits));
+        self
+    }
+
+    /// Does not work the queue `default` (only the queues given to
+    /// [`queue`](Self::queue)): for a process dedicated to some queues.
+    ///
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (pool, _db) = temp_pool("skip-default");
+    /// use tend::{Queue, Registry, WorkerPool};
+    /// let builder = || WorkerPool::builder(pool.clone(), Registry::new());
+    /// assert!(builder().skip_default_queue().queue("reports", Queue::new()).build().is_ok());
+    /// // A pool that works no queue at all is a mistake:
+    /// assert!(builder().skip_default_queue().build().is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn skip_default_queue(mut self) -> Self {
+        self.skip_default_queue = true;
+        self
+    }
+
     /// The name written into `lease_owner`. Defaults to `host/pid/random`.
     ///
     /// ```
@@ -492,6 +537,36 @@ where
             }
             p.validate(now)?;
         }
+        let mut queues = self.queues;
+        if !self.skip_default_queue && !queues.iter().any(|(n, _)| n == crate::queue::DEFAULT_QUEUE)
+        {
+            queues.insert(
+                0,
+                (
+                    crate::queue::DEFAULT_QUEUE.to_string(),
+                    crate::queue::Queue::new(),
+                ),
+            );
+        }
+        if self.skip_default_queue {
+            queues.retain(|(n, _)| n != crate::queue::DEFAULT_QUEUE);
+        }
+        if queues.is_empty() {
+            return Err(Error::invalid_setting(
+                "queue",
+                "the pool works no queue: skip_default_queue needs at least one queue(…)",
+            ));
+        }
+        for (i, (name, limits)) in queues.iter().enumerate() {
+            limits.validate(name)?;
+            if queues[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::invalid_setting(
+                    "queue",
+                    format!("queue {name:?} is given twice"),
+                ));
+            }
+        }
+        let queues = Arc::new(queues::Gate::new(queues));
         let (alerts, alerts_rx) = AlertSink::new();
         let n = self.shards.len();
         let (dispatch, dispatch_rx) = (0..n).map(|_| bounded(DISPATCH_QUEUE)).unzip();
@@ -522,6 +597,7 @@ where
                 owner: owner.clone(),
                 running: Arc::new(AtomicBool::new(false)),
                 notifier,
+                queues: queues.clone(),
             },
             dispatch_rx,
             jobs_rx,
@@ -547,6 +623,7 @@ where
                 task_timeout: self.task_timeout,
                 shutdown_timeout: self.shutdown_timeout,
                 owner,
+                queues,
             }),
         })
     }

@@ -27,7 +27,7 @@ pub(super) struct Channels {
     pub wake: Receiver<()>,
     /// A slot freed (a handler returned) or an outcome was written.
     pub freed: Receiver<()>,
-    pub dispatch: Receiver<i64>,
+    pub dispatch: Receiver<(i64, usize)>,
     /// The due-probe interval, for the shard's one prober (`WakeUp::Probe`, see `wake`).
     pub probe: Option<std::time::Duration>,
     /// On a single-writer backend: the shard's outcome queue, so that outcomes are written in
@@ -100,16 +100,19 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
     shared: &Arc<Shared>,
     ch: &mut Channels,
 ) {
+    let gate = &cfg.queues;
     // Claim only once a whole batch fits (the capacity leaves room for two), so that fast
     // tasks do not cost a claim each; an idle pool claims whatever is due.
     let low_water = cfg.batch_size.min(shared.capacity / 2).max(1);
     let mut backoff = Backoff::default();
-    // Ids handed over by the outbox, waiting for a targeted claim.
-    let mut handed: Vec<i64> = Vec::new();
-    // Whether an untargeted claim is due: at start, once per poll interval, after a wake, and
-    // right after a claim that filled its batch (more may be due). A targeted claim of handed
-    // ids does not make one due, so hand-offs cost one claim, not two.
-    let mut poll_due = true;
+    // Ids handed over by the outbox (with their queue), waiting for a targeted claim.
+    let mut handed: Vec<(i64, usize)> = Vec::new();
+    // Per queue, whether an untargeted claim is due: at start, once per poll interval, after a
+    // wake, and right after a claim of that queue that filled its batch (more may be due). A
+    // targeted claim of handed ids does not make one due, so hand-offs cost one claim, not two.
+    let mut pending = vec![true; gate.len()];
+    // The queue the next untargeted claim looks at first: queues take turns.
+    let mut turn = 0;
     let mut next_poll = Instant::now();
     let mut next_probe = Instant::now();
     // Bad-row isolation (see `Isolation`): the current cap on an untargeted claim's size.
@@ -119,12 +122,12 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             return;
         }
         if Instant::now() >= next_poll {
-            poll_due = true;
+            pending.fill(true);
             next_poll = super::later(cfg.poll_interval);
         }
         // With shard affinity, a shard given to other processes is only claimed from for this
         // process's own hand-offs.
-        let polling = poll_due && shared.assigned.load(Ordering::Relaxed);
+        let polling = pending.contains(&true) && shared.assigned.load(Ordering::Relaxed);
         let targeted = !handed.is_empty();
         let reserved = if targeted {
             shared.reserve(1, cfg.batch_size.min(handed.len()))
@@ -135,18 +138,55 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         } else {
             0
         };
-        if reserved == 0 {
+        let mut slots = Reserved {
+            shared,
+            n: reserved,
+        };
+        // The queue to claim from and the room its limits leave (taken from the gate now).
+        let mut chosen = None;
+        if targeted && reserved > 0 {
+            let q = handed[0].1;
+            match gate.take(q, reserved) {
+                0 => {
+                    // Full: its handed rows stay due in the table for a later claim.
+                    handed.retain(|h| h.1 != q);
+                    pending[q] = true;
+                    continue;
+                }
+                room => chosen = Some((q, room)),
+            }
+        } else if reserved > 0 {
+            for k in 0..gate.len() {
+                let q = (turn + k) % gate.len();
+                if !pending[q] {
+                    continue;
+                }
+                let room = gate.take(q, reserved);
+                if room > 0 {
+                    chosen = Some((q, room));
+                    break;
+                }
+            }
+        }
+        let Some((queue, room)) = chosen else {
+            drop(slots);
             // Nothing to claim, or no room: wait for a reason to look again (`next_poll` is
             // in the future here, so this never spins).
             let mut wait = next_poll.saturating_duration_since(Instant::now());
+            if polling {
+                // A queue out of tokens: look again when it has one.
+                if let Some(t) = gate.next_token_in() {
+                    wait = wait.min(t.max(std::time::Duration::from_millis(1)));
+                }
+            }
             // Between polls, the due-probe (see `wake`): a claim only when a row is due. Not
             // while a poll is due already (then there is no room to claim into).
             let assigned = shared.assigned.load(Ordering::Relaxed);
-            if let Some(every) = ch.probe.filter(|_| !poll_due && assigned) {
+            if let Some(every) = ch.probe.filter(|_| !polling && assigned) {
                 if Instant::now() >= next_probe {
                     next_probe = super::later(every);
-                    if super::wake::probe(conn, &iso.excluded) {
-                        poll_due = true;
+                    if super::wake::probe(conn, gate.names(), &iso.excluded) {
+                        pending.fill(true);
                         continue;
                     }
                 }
@@ -154,7 +194,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             }
             select! {
                 recv(ch.stop) -> _ => return,
-                recv(ch.wake) -> _ => poll_due = true,
+                recv(ch.wake) -> _ => pending.fill(true),
                 recv(ch.freed) -> _ => {},
                 recv(ch.dispatch) -> id => match id {
                     Ok(id) => {
@@ -168,14 +208,25 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                 recv(after(wait)) -> _ => {},
             }
             continue;
-        }
-        let mut slots = Reserved {
-            shared,
-            n: reserved,
+        };
+        slots.free(reserved - room);
+        let room_guard = Room {
+            gate,
+            queue,
+            n: room,
         };
         let now = now_ms();
         let ids: Vec<i64> = if targeted {
-            handed.drain(..reserved.min(handed.len())).collect()
+            let mut ids = Vec::with_capacity(room);
+            handed.retain(|&(id, q)| {
+                if q == queue && ids.len() < room {
+                    ids.push(id);
+                    false
+                } else {
+                    true
+                }
+            });
+            ids
         } else {
             Vec::new()
         };
@@ -186,7 +237,8 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
-            limit: reserved as i64,
+            queue: Some(gate.name(queue)),
+            limit: room as i64,
             ids: targeted.then_some(&ids[..]),
             exclude: &excluded,
         };
@@ -224,30 +276,34 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                     iso.succeeded();
                 }
                 let n = rows.len();
-                slots.free(reserved - n);
-                hand_to_workers(cfg, shared, ch, claim.token, rows);
+                room_guard.used(n);
+                slots.free(room - n);
+                hand_to_workers(cfg, shared, ch, claim.token, queue, rows);
                 slots.n = 0; // the workers free them
                 if !targeted {
-                    poll_due = n == reserved;
-                    if !poll_due {
+                    pending[queue] = n == room;
+                    turn = queue + 1;
+                    if !pending.contains(&true) {
                         next_poll = super::later(cfg.poll_interval);
                     }
                 }
             }
             Err(ConnError::Db(e)) if !targeted && iso.may_be_a_row(&e) => {
                 drop(slots);
-                if reserved > 1 {
+                drop(room_guard);
+                if room > 1 {
                     // One row may be failing the whole claim: claim half as many at once.
-                    iso.cap = (reserved / 2).max(1);
+                    iso.cap = (room / 2).max(1);
                     log::warn!(
-                        "tend: a claim of {reserved} task(s) from shard {} failed ({e}); \
-                         claiming {} at a time to isolate a bad row",
+                        "tend: a claim of {room} task(s) of queue {} from shard {} failed \
+                         ({e}); claiming {} at a time to isolate a bad row",
+                        gate.name(queue),
                         ch.shard,
                         iso.cap
                     );
                     continue;
                 }
-                if iso.isolate(conn, cfg, ch.shard, &e) {
+                if iso.isolate(conn, cfg, ch.shard, gate.name(queue), &e) {
                     continue;
                 }
                 let wait = backoff.next();
@@ -262,6 +318,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             }
             Err(e) => {
                 drop(slots);
+                drop(room_guard);
                 let wait = backoff.next();
                 log::warn!(
                     "tend: claiming tasks from shard {} failed ({e}); retrying in {wait:?}",
@@ -277,9 +334,37 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
     }
 }
 
+/// Room taken from a queue's limits for a claim: what the claim did not use is given back
+/// when dropped (also when a panic unwinds).
+struct Room<'a> {
+    gate: &'a super::queues::Gate,
+    queue: usize,
+    n: usize,
+}
+
+impl Room<'_> {
+    /// `n` claimed tasks keep their places (their workers give them back).
+    fn used(mut self, n: usize) {
+        self.n -= n.min(self.n);
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.gate.unused(self.queue, self.n);
+    }
+}
+
 /// Records the leases of freshly claimed rows and queues them for the workers (their slots
 /// were reserved before the claim).
-fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, rows: Vec<Claimed>) {
+fn hand_to_workers(
+    cfg: &Config,
+    shared: &Shared,
+    ch: &Channels,
+    token: i64,
+    queue: usize,
+    rows: Vec<Claimed>,
+) {
     if rows.is_empty() {
         return;
     }
@@ -303,6 +388,7 @@ fn hand_to_workers(cfg: &Config, shared: &Shared, ch: &Channels, token: i64, row
         }
         let _ = ch.jobs.send(Job {
             shard: ch.shard,
+            queue,
             claimed: r,
         });
     }
@@ -381,11 +467,12 @@ impl Isolation {
         conn: &mut Conn<C>,
         cfg: &Config,
         shard: usize,
+        queue: &str,
         batch_err: &diesel::result::Error,
     ) -> bool {
         let now = now_ms();
         let excluded = self.excluded.clone();
-        let id = match conn.with(|c| c.first_due(now, &excluded)) {
+        let id = match conn.with(|c| c.first_due(queue, now, &excluded)) {
             Ok(Some(id)) => id,
             // Nothing due, or the database is unreachable: not a row's fault.
             Ok(None) | Err(_) => return false,
@@ -397,6 +484,7 @@ impl Isolation {
             lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
             token: random_token(),
             owner: &cfg.owner,
+            queue: Some(queue),
             limit: 1,
             ids: Some(&[id]),
             exclude: &[],

@@ -15,6 +15,7 @@ mod builder;
 mod complete;
 mod fetch;
 mod membership;
+mod queues;
 mod scheduler;
 mod wake;
 mod worker;
@@ -114,7 +115,7 @@ pub struct WorkerPool<C: R2D2Connection + 'static> {
     pub(crate) shards: Shards<C>,
     pub(crate) cfg: Arc<Config>,
     pub(crate) lanes: Lanes,
-    dispatch_rx: Vec<Receiver<i64>>,
+    dispatch_rx: Vec<Receiver<(i64, usize)>>,
     jobs_rx: Receiver<Job>,
     alert_thread: JoinHandle<()>,
     /// Periodic schedules, run by a scheduler thread on shard 0 (none: no thread).
@@ -147,12 +148,16 @@ pub(crate) struct Config {
     pub(crate) affinity: bool,
     /// Cross-process wake-up (see `wake`).
     pub(crate) wake: wake::Wake,
+    /// The queues this pool works and their limits.
+    pub(crate) queues: Arc<queues::Gate>,
 }
 
 /// A claimed task and the shard it came from.
 #[derive(Debug)]
 pub(crate) struct Job {
     shard: usize,
+    /// The index of its queue in the pool's [`queues::Gate`].
+    queue: usize,
     claimed: Claimed,
 }
 
@@ -160,8 +165,11 @@ pub(crate) struct Job {
 /// and whether the pool runs.
 #[derive(Clone)]
 pub(crate) struct Lanes {
-    /// Ids of committed right-now tasks, per shard, for a targeted claim.
-    pub(crate) dispatch: Vec<Sender<i64>>,
+    /// Ids of committed right-now tasks, per shard, for a targeted claim (with their queue's
+    /// index).
+    pub(crate) dispatch: Vec<Sender<(i64, usize)>>,
+    /// The queues the pool works.
+    pub(crate) queues: Arc<queues::Gate>,
     shared: Vec<Arc<Shared>>,
     jobs: Sender<Job>,
     running: Arc<AtomicBool>,
@@ -199,6 +207,14 @@ impl Lanes {
     }
 
     /// Whether shard `i`'s pool runs and has room for a task leased to it at insert time.
+    /// The index of queue `name` if the pool works it and it has no limit: a task of it may
+    /// go to a worker without a claim.
+    pub(crate) fn unlimited_queue(&self, name: &str) -> Option<usize> {
+        self.queues
+            .index(name)
+            .filter(|&q| self.queues.unlimited(q))
+    }
+
     pub(crate) fn has_room(&self, i: usize) -> bool {
         self.running.load(Ordering::SeqCst)
             && self.shared[i].busy.load(Ordering::SeqCst) < self.shared[i].capacity
@@ -207,12 +223,14 @@ impl Lanes {
     /// Gives a committed task that was inserted already leased to this pool straight to a
     /// worker: no claim round trip. Its lease is renewed like any claimed task's; if the pool
     /// stopped meanwhile, the lease lapses and another pool runs it.
-    pub(crate) fn push_leased(&self, i: usize, row: TaskRow) {
+    pub(crate) fn push_leased(&self, i: usize, queue: usize, row: TaskRow) {
         let token = row.lease_token.unwrap_or_default();
+        self.queues.started(queue);
         self.shared[i].busy.fetch_add(1, Ordering::SeqCst);
         self.shared[i].inflight().insert(row.id, Lease::new(token));
         let job = Job {
             shard: i,
+            queue,
             claimed: Claimed {
                 task: row,
                 prev_status: TaskStatus::Pending.as_i32(),
@@ -302,6 +320,8 @@ where
             affinity: false,
             wake: WakeUp::Off,
             periodics: Vec::new(),
+            queues: Vec::new(),
+            skip_default_queue: false,
         }
     }
 

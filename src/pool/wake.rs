@@ -166,15 +166,21 @@ pub(super) fn check_pool<C: R2D2Connection + 'static>(
 /// nothing is known to be due: the next poll reports and retries what failed.
 pub(super) fn probe<C: R2D2Connection + StoreConnection + 'static>(
     conn: &mut Conn<C>,
+    queues: &[String],
     excluded: &[i64],
 ) -> bool {
-    match conn.with(|c| c.first_due(now_ms(), excluded)) {
-        Ok(due) => due.is_some(),
-        Err(e) => {
-            log::debug!("tend: the due-probe failed ({e}); the next poll retries");
-            false
+    let now = now_ms();
+    for q in queues {
+        match conn.with(|c| c.first_due(q, now, excluded)) {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(e) => {
+                log::debug!("tend: the due-probe failed ({e}); the next poll retries");
+                return false;
+            }
         }
     }
+    false
 }
 
 /// Gives a pooled connection back to r2d2 as broken, so that it is closed rather than reused

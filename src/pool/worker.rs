@@ -29,12 +29,14 @@ pub(super) fn worker(
     stop: Receiver<()>,
 ) {
     let in_hand = std::cell::Cell::new(None);
+    let queues = cfg.queues.clone();
     supervise(
         Some(&stop),
         || work_loop(&cfg, &shards, &jobs, &stop, &in_hand),
         || {
-            if let Some((shard, id)) = in_hand.take() {
+            if let Some((shard, queue, id)) = in_hand.take() {
                 let shared: &Shared = &shards[shard].shared;
+                queues.done(queue);
                 shared.inflight().remove(&id);
                 shared.free(1);
                 log::error!(
@@ -51,14 +53,14 @@ fn work_loop(
     shards: &[ShardLink],
     jobs: &Receiver<Job>,
     stop: &Receiver<()>,
-    in_hand: &std::cell::Cell<Option<(usize, i64)>>,
+    in_hand: &std::cell::Cell<Option<(usize, usize, i64)>>,
 ) {
     loop {
         let job = select! {
             recv(stop) -> _ => return,
             recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
         };
-        in_hand.set(Some((job.shard, job.claimed.task.id)));
+        in_hand.set(Some((job.shard, job.queue, job.claimed.task.id)));
         fault::hit("worker");
         let link = &shards[job.shard];
         let (shared, done) = (&link.shared, &link.done);
@@ -66,6 +68,7 @@ fn work_loop(
         if shared.stopping.load(Ordering::SeqCst) {
             shared.released.fetch_add(1, Ordering::SeqCst);
             in_hand.set(None);
+            cfg.queues.done(job.queue);
             shared.free(1);
             let _ = done.send(Done::release(row));
             return;
@@ -80,6 +83,7 @@ fn work_loop(
             l.finished = true;
         }
         in_hand.set(None);
+        cfg.queues.done(job.queue);
         let _ = done.send(outcome);
         // The slot is free once the handler returned: the fetcher may claim while the
         // completer writes.

@@ -66,21 +66,33 @@ macro_rules! common_ops {
             $crate::store::lease::lease_rows!(self, c, rows)
         }
 
-        fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
-            use $crate::store::stmt::{Bind, Stmt};
-            let s = Stmt::new("SELECT id FROM consistency_task WHERE execute_time <= ")
-                .bind(Bind::I64(now))
-                .sql(" AND task_status IN ")
-                .sql($crate::store::lease::CLAIMABLE_SQL);
-            let s = if exclude.is_empty() {
-                s
-            } else {
-                s.sql(" AND id NOT IN ").ids(exclude)
+        fn first_due(
+            &mut self,
+            queue: &str,
+            now: i64,
+            exclude: &[i64],
+        ) -> QueryResult<Option<i64>> {
+            use $crate::store::stmt::Stmt;
+            let c = $crate::store::row::Claim {
+                now,
+                lease_until: now,
+                token: 0,
+                owner: "",
+                queue: Some(queue),
+                limit: 1,
+                ids: None,
+                exclude,
             };
-            s.sql(" ORDER BY execute_time LIMIT 1")
-                .typed::<diesel::sql_types::BigInt>()
-                .get_result::<i64>(self)
-                .optional()
+            $crate::store::lease::due_rows(
+                Stmt::new(""),
+                "k.id",
+                &c,
+                "k.task_status",
+                $crate::store::lease::Dialect::Unlocked,
+            )
+            .typed::<diesel::sql_types::BigInt>()
+            .get_result::<i64>(self)
+            .optional()
         }
 
         fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {

@@ -105,33 +105,130 @@ pub(crate) fn lease_set<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>) -> stmt::S
         .bind(Bind::I64(c.now))
 }
 
-/// Which rows every claim takes: ` WHERE execute_time <= now AND <status> IN (0, 1, 2) [AND id
-/// IN (…)] ORDER BY execute_time LIMIT n`. `status` is the column as the backend should read it
-/// (SQLite's `+task_status` keeps its planner on the execute_time index).
+/// How a backend writes the claim's union of priority levels and its row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `SELECT * FROM (level … FOR UPDATE SKIP LOCKED) AS l0 UNION ALL …`: PostgreSQL allows a
+    /// locking clause only in a sub-select of a union.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Pg,
+    /// `(level … FOR UPDATE SKIP LOCKED) UNION ALL (…) LIMIT n`.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    MySql,
+    /// `SELECT * FROM (level …) AS l0 UNION ALL SELECT * FROM (…) AS l1 … LIMIT n`, locking
+    /// nothing: SQLite's claim (one writer) and the due-probe on every backend.
+    Unlocked,
+}
+
+/// Appends to `s` which rows a claim takes, as a `SELECT` of `columns` from `consistency_task AS k`: due rows
+/// (`execute_time <= now`, claimable status) of the claim's queue, highest priority first, then
+/// in due order, at most `limit`, never a row whose ordering key has an earlier row still in
+/// the table or a later one running ([`ORDERED_SQL`]).
+///
+/// An untargeted claim is a `UNION ALL` of one branch per priority level, highest first, each
+/// an `ORDER BY execute_time LIMIT n` range of the index `(queue, priority, execute_time)`:
+/// each branch reads only due rows, and the levels that have none cost one index probe. (One
+/// `ORDER BY priority DESC, execute_time` over the index would walk every not-yet-due row of a
+/// higher level before reaching a due row of a lower one.) A targeted claim (`ids`) reads its
+/// rows by primary key and sorts the few it finds; a claim of every queue (the test kit's)
+/// sorts every due row. `status` is the column as the backend should
+/// read it (SQLite's `+task_status` keeps its planner on the due index).
 pub(crate) fn due_rows<'a, ST>(
     s: stmt::Stmt<'a, ST>,
+    columns: &str,
     c: &Claim<'a>,
     status: &str,
+    dialect: Dialect,
 ) -> stmt::Stmt<'a, ST> {
     use stmt::Bind;
-    let s = s
-        .sql(" WHERE execute_time <= ")
-        .bind(Bind::I64(c.now))
-        .sql(" AND ")
-        .sql(status)
-        .sql(" IN ")
-        .sql(CLAIMABLE_SQL);
-    let s = match c.ids {
-        Some(ids) => s.sql(" AND id IN ").ids(ids),
-        None => s,
-    };
-    let s = if c.exclude.is_empty() {
-        s
+    let lock = if dialect == Dialect::Unlocked {
+        ""
     } else {
-        s.sql(" AND id NOT IN ").ids(c.exclude)
+        " FOR UPDATE SKIP LOCKED"
     };
-    s.sql(" ORDER BY execute_time LIMIT ")
-        .bind(Bind::I64(c.limit))
+    let level = |s: stmt::Stmt<'a, ST>, priority: Option<i32>| -> stmt::Stmt<'a, ST> {
+        let s = s
+            .sql("SELECT ")
+            .sql(columns)
+            .sql(" FROM consistency_task AS k WHERE ");
+        let s = match c.queue {
+            Some(q) => s.sql("k.queue = ").bind(Bind::Text(q)).sql(" AND "),
+            None => s,
+        };
+        let s = match priority {
+            Some(p) => s.sql(&format!("k.priority = {p} AND ")),
+            None => s,
+        };
+        let s = s
+            .sql("k.execute_time <= ")
+            .bind(Bind::I64(c.now))
+            .sql(" AND ")
+            .sql(status)
+            .sql(" IN ")
+            .sql(CLAIMABLE_SQL);
+        let s = match c.ids {
+            Some(ids) => s.sql(" AND k.id IN ").ids(ids),
+            None => s,
+        };
+        let s = if c.exclude.is_empty() {
+            s
+        } else {
+            s.sql(" AND k.id NOT IN ").ids(c.exclude)
+        };
+        let s = ordered(s, c.now);
+        let s = s.sql(if priority.is_some() {
+            " ORDER BY k.execute_time LIMIT "
+        } else {
+            " ORDER BY k.priority DESC, k.execute_time LIMIT "
+        });
+        s.bind(Bind::I64(c.limit)).sql(lock)
+    };
+    if c.ids.is_some() || c.queue.is_none() {
+        return level(s, None);
+    }
+    let mut s = s;
+    if dialect == Dialect::Pg {
+        s = s.sql("SELECT * FROM (");
+    }
+    for (i, p) in (crate::queue::MIN_PRIORITY..=crate::queue::MAX_PRIORITY)
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            s = s.sql(" UNION ALL ");
+        }
+        s = match dialect {
+            Dialect::Pg | Dialect::Unlocked => s.sql("SELECT * FROM ("),
+            Dialect::MySql => s.sql("("),
+        };
+        s = level(s, Some(p));
+        s = match dialect {
+            Dialect::Pg | Dialect::Unlocked => s.sql(&format!(") AS l{i}")),
+            Dialect::MySql => s.sql(")"),
+        };
+    }
+    if dialect == Dialect::Pg {
+        s = s.sql(") AS u");
+    }
+    s.sql(" LIMIT ").bind(Bind::I64(c.limit))
+}
+
+/// The claim's order per key, on a row `k` of the claim: ` AND (no ordering key, or no earlier
+/// row of the key still in the table (succeeded rows kept for audit do not count), and no
+/// later row of the key running under an unexpired lease)`. The second part keeps "one at a
+/// time" when two transactions enqueue the same key at once and commit in the other order than
+/// they inserted (a later id may then run first; the earlier one waits for it). It reads
+/// existence, not locks, so it holds under `SKIP LOCKED`: a row another claimer has locked
+/// still exists.
+pub(crate) fn ordered<ST>(s: stmt::Stmt<'_, ST>, now: i64) -> stmt::Stmt<'_, ST> {
+    s.sql(
+        " AND (k.ordering_key IS NULL OR (NOT EXISTS (SELECT 1 FROM consistency_task AS o \
+         WHERE o.ordering_key = k.ordering_key AND o.id < k.id AND o.task_status <> 3) \
+         AND NOT EXISTS (SELECT 1 FROM consistency_task AS o WHERE o.ordering_key = \
+         k.ordering_key AND o.id > k.id AND o.task_status = 1 AND o.execute_time > ",
+    )
+    .bind(stmt::Bind::I64(now))
+    .sql(")))")
 }
 
 /// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status

@@ -103,9 +103,11 @@ pub(crate) mod ops {
             w.claimed = self.claim(c)?;
             Ok(w)
         }
-        /// The id of the first row a claim at `now` would take, skipping `exclude`: only the
-        /// id is read, so a row whose other columns cannot be read or leased is still found.
-        fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>>;
+        /// The id of the first row a claim of `queue` at `now` would take, skipping `exclude`:
+        /// only the id is read (and the ordering key checked), so a row whose other columns
+        /// cannot be read or leased is still found.
+        fn first_due(&mut self, queue: &str, now: i64, exclude: &[i64])
+            -> QueryResult<Option<i64>>;
         /// Holds a due row that no claim could lease (status held, parked, `message` as its
         /// error), unless it is no longer claimable; returns how many rows changed (0 or 1).
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize>;

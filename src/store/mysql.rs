@@ -86,10 +86,14 @@ impl Ops for MysqlConnection {
         }
         self.isolate_next()?;
         self.transaction(|conn| {
-            let due = Stmt::new("SELECT * FROM consistency_task");
-            let rows: Vec<TaskRow> = super::lease::due_rows(due, c, "task_status")
-                .sql(" FOR UPDATE SKIP LOCKED")
-                .load(conn)?;
+            let rows: Vec<TaskRow> = super::lease::due_rows(
+                Stmt::new(""),
+                "k.*",
+                c,
+                "k.task_status",
+                super::lease::Dialect::MySql,
+            )
+            .load(conn)?;
             conn.lease(c, rows)
         })
     }

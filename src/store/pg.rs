@@ -35,12 +35,15 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
     // planner may rescan it per row of the outer scan (a nested loop, chosen once the outer
     // WHERE below filters on the due index too); each rescan locks the next rows, past the
     // ones this statement already leased, and the claim takes more than its LIMIT.
-    let s = Stmt::new(
-        "WITH s AS MATERIALIZED (SELECT id, task_status AS prev_status FROM consistency_task",
-    );
-    let s = super::lease::due_rows(s, c, "task_status")
-        .sql(" FOR UPDATE SKIP LOCKED) UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
-        .sql(&super::lease::next_attempt("t.execute_times"));
+    let s = super::lease::due_rows(
+        Stmt::new("WITH s AS MATERIALIZED ("),
+        "k.id, k.task_status AS prev_status",
+        c,
+        "k.task_status",
+        super::lease::Dialect::Pg,
+    )
+    .sql(") UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
+    .sql(&super::lease::next_attempt("t.execute_times"));
     // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
     // the other backends: PostgreSQL's row lock already guarantees it, a server that
     // emulates PostgreSQL and skips without locking (CockroachDB, YugabyteDB) may not.
@@ -107,14 +110,14 @@ impl Ops for PgConnection {
     super::common::common_ops!();
 }
 
-/// `enqueue_many` on PostgreSQL: one `INSERT … SELECT * FROM unnest($1, …, $28)` with one array
+/// `enqueue_many` on PostgreSQL: one `INSERT … SELECT * FROM unnest($1, …, $31)` with one array
 /// per column, whatever the number of rows. Its SQL never changes, so diesel keeps it prepared
 /// under a static id, and the server parses and plans it once per connection; a `VALUES` list
-/// binds 28 scalars a row and has a shape per row count.
+/// binds 31 scalars a row and has a shape per row count.
 struct UnnestInsert<'a> {
-    text: [Vec<&'a str>; 5],
-    opt_text: [Vec<Option<&'a str>>; 7],
-    int: [Vec<i32>; 9],
+    text: [Vec<&'a str>; 6],
+    opt_text: [Vec<Option<&'a str>>; 8],
+    int: [Vec<i32>; 10],
     big: [Vec<i64>; 4],
     opt_big: [Vec<Option<i64>>; 2],
     bytes: Vec<&'a [u8]>,
@@ -165,6 +168,9 @@ impl<'a> UnnestInsert<'a> {
                 gmt_create: _,
                 gmt_modified: _,
                 trace_parent: _,
+                queue: _,
+                priority: _,
+                ordering_key: _,
             } = r;
             for (v, x) in u.text.iter_mut().zip([
                 r.task_id.as_str(),
@@ -172,6 +178,7 @@ impl<'a> UnnestInsert<'a> {
                 &r.method_name,
                 &r.method_sign_name,
                 &r.error_msg,
+                &r.queue,
             ]) {
                 v.push(x);
             }
@@ -183,6 +190,7 @@ impl<'a> UnnestInsert<'a> {
                 r.fallback_error_msg.as_deref(),
                 r.lease_owner.as_deref(),
                 r.trace_parent.as_deref(),
+                r.ordering_key.as_deref(),
             ]) {
                 v.push(x);
             }
@@ -196,6 +204,7 @@ impl<'a> UnnestInsert<'a> {
                 r.execute_way,
                 r.thread_way,
                 r.transaction_way,
+                r.priority,
             ]) {
                 v.push(x);
             }
@@ -221,10 +230,10 @@ impl<'a> UnnestInsert<'a> {
 
 /// The columns in the order `UnnestInsert::walk_ast` binds their arrays.
 const UNNEST_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign_name, error_msg, \
-    idempotency_key, alert_expression, alert_action_bean_name, fallback_class_name, \
-    fallback_error_msg, lease_owner, trace_parent, task_status, execute_times, max_attempts, \
-    execute_interval_sec, delay_time, payload_version, execute_way, thread_way, \
-    transaction_way, execute_time, shard_key, gmt_create, gmt_modified, lease_token, \
+    queue, idempotency_key, alert_expression, alert_action_bean_name, fallback_class_name, \
+    fallback_error_msg, lease_owner, trace_parent, ordering_key, task_status, execute_times, \
+    max_attempts, execute_interval_sec, delay_time, payload_version, execute_way, thread_way, \
+    transaction_way, priority, execute_time, shard_key, gmt_create, gmt_modified, lease_token, \
     lease_expires_at, task_parameter";
 
 impl diesel::query_builder::QueryId for UnnestInsert<'_> {

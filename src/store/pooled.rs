@@ -38,8 +38,8 @@ where
     ) -> QueryResult<Written> {
         (**self).write_and_claim(completes, finishes, c)
     }
-    fn first_due(&mut self, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
-        (**self).first_due(now, exclude)
+    fn first_due(&mut self, queue: &str, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
+        (**self).first_due(queue, now, exclude)
     }
     fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize> {
         (**self).hold_unclaimable(id, now, message)

@@ -40,6 +40,9 @@ pub struct TaskRow {
     pub gmt_modified: i64,
     pub duration_ms: Option<i64>,
     pub trace_parent: Option<String>,
+    pub queue: String,
+    pub priority: i32,
+    pub ordering_key: Option<String>,
 }
 
 /// A periodic schedule as stored in `tend_schedule`.
@@ -97,6 +100,9 @@ pub struct NewRow {
     pub gmt_create: i64,
     pub gmt_modified: i64,
     pub trace_parent: Option<String>,
+    pub queue: String,
+    pub priority: i32,
+    pub ordering_key: Option<String>,
 }
 
 impl NewRow {
@@ -133,6 +139,9 @@ impl NewRow {
             gmt_modified: self.gmt_modified,
             duration_ms: None,
             trace_parent: self.trace_parent,
+            queue: self.queue,
+            priority: self.priority,
+            ordering_key: self.ordering_key,
         }
     }
 }
@@ -148,6 +157,9 @@ pub struct Claim<'a> {
     pub token: i64,
     /// Who holds the lease.
     pub owner: &'a str,
+    /// The queue claimed from (`None`: every queue, in one priority-then-due order that is
+    /// not O(batch): the test kit's claim).
+    pub queue: Option<&'a str>,
     /// At most this many rows.
     pub limit: i64,
     /// Only these ids (a targeted claim, e.g. of a task just enqueued); `None` for any due row.

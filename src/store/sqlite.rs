@@ -132,6 +132,18 @@ impl Ops for SqliteConnection {
 }
 
 /// The claim, inside a write transaction the caller opened.
+/// [`TASK_COLUMNS`] of the claim's row alias `k`.
+fn k_columns() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        TASK_COLUMNS
+            .split(',')
+            .map(|c| format!("k.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
     if c.ids.is_some_and(|ids| ids.is_empty()) {
         return Ok(Vec::new());
@@ -140,12 +152,14 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     // temporary table per run and cannot return the previous status. `+task_status` keeps the
     // planner on the execute_time index whatever statistics say (on the status index it would
     // sort every pending row to find the first few).
-    let due = Stmt::new("SELECT ")
-        .sql(TASK_COLUMNS)
-        .sql(" FROM consistency_task");
-    let rows: Vec<TaskRow> = super::lease::due_rows(due, c, "+task_status")
-        .typed::<TaskRowSql<Sqlite>>()
-        .load(conn)?;
+    let rows: Vec<TaskRow> = super::lease::due_rows(
+        Stmt::new("").typed::<TaskRowSql<Sqlite>>(),
+        k_columns(),
+        c,
+        "+k.task_status",
+        super::lease::Dialect::Unlocked,
+    )
+    .load(conn)?;
     conn.lease(c, rows)
 }
 

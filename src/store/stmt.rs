@@ -42,7 +42,7 @@ pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
     transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
     fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
-    gmt_modified, duration_ms, trace_parent";
+    gmt_modified, duration_ms, trace_parent, queue, priority, ordering_key";
 
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
 pub(crate) type TaskRowSql<DB> =
@@ -152,9 +152,9 @@ const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_ti
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
     transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
     fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
-    gmt_modified, trace_parent";
+    gmt_modified, trace_parent, queue, priority, ordering_key";
 
-/// The most rows one statement of [`insert_rows`] carries (28 binds a row: 1 792 binds).
+/// The most rows one statement of [`insert_rows`] carries (31 binds a row: 1 984 binds).
 pub(crate) const INSERT_ROWS_MAX: usize = 64;
 
 /// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
@@ -182,7 +182,7 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
     let mut s = Stmt::new("INSERT INTO consistency_task (")
         .sql(NEW_ROW_COLUMNS)
         .sql(") VALUES ");
-    s.binds.reserve(rows.len() * 28);
+    s.binds.reserve(rows.len() * 31);
     for (i, r) in rows.iter().enumerate() {
         s.sql.push_str(if i == 0 { "(" } else { ", (" });
         // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
@@ -216,6 +216,9 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
             gmt_create: _,
             gmt_modified: _,
             trace_parent: _,
+            queue: _,
+            priority: _,
+            ordering_key: _,
         } = r;
         for (j, b) in [
             Bind::Text(&r.task_id),
@@ -246,6 +249,9 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
             Bind::I64(r.gmt_create),
             Bind::I64(r.gmt_modified),
             Bind::OptText(r.trace_parent.as_deref()),
+            Bind::Text(&r.queue),
+            Bind::I32(r.priority),
+            Bind::OptText(r.ordering_key.as_deref()),
         ]
         .into_iter()
         .enumerate()

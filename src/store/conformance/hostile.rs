@@ -216,7 +216,11 @@ pub(super) fn extreme_values_never_fail_a_claim_or_an_outcome<D: Db>(db: &D) {
         })
         .collect();
     assert_eq!(conn.finish(&park).expect("parking").len(), again.len());
-    assert_eq!(conn.first_due(i64::MAX - 1, &[]).expect("first_due"), None);
+    assert_eq!(
+        conn.first_due("default", i64::MAX - 1, &[])
+            .expect("first_due"),
+        None
+    );
 }
 
 /// A claim whose `SELECT` read rows that another claimer leased before this claim's update
@@ -270,7 +274,7 @@ pub(super) fn lease_rechecks_rows_another_claimer_took<D: Db>(db: &D) {
 /// longer claimable.
 pub(super) fn an_unclaimable_row_is_found_and_held<D: Db>(db: &D) {
     let mut conn = migrated(db);
-    assert_eq!(conn.first_due(T0, &[]).unwrap(), None);
+    assert_eq!(conn.first_due("default", T0, &[]).unwrap(), None);
     let a = insert(&mut conn, &row(T0 - 3));
     let b = insert(&mut conn, &row(T0 - 2));
     let parked = insert(
@@ -287,11 +291,11 @@ pub(super) fn an_unclaimable_row_is_found_and_held<D: Db>(db: &D) {
             ..row(T0 - 9)
         },
     );
-    assert_eq!(conn.first_due(T0, &[]).unwrap(), Some(a));
-    assert_eq!(conn.first_due(T0, &[a]).unwrap(), Some(b));
-    assert_eq!(conn.first_due(T0, &[a, b]).unwrap(), None);
-    assert_eq!(conn.first_due(T0 - 3, &[]).unwrap(), Some(a));
-    assert_eq!(conn.first_due(T0 - 4, &[]).unwrap(), None);
+    assert_eq!(conn.first_due("default", T0, &[]).unwrap(), Some(a));
+    assert_eq!(conn.first_due("default", T0, &[a]).unwrap(), Some(b));
+    assert_eq!(conn.first_due("default", T0, &[a, b]).unwrap(), None);
+    assert_eq!(conn.first_due("default", T0 - 3, &[]).unwrap(), Some(a));
+    assert_eq!(conn.first_due("default", T0 - 4, &[]).unwrap(), None);
 
     let msg = "held: no claim could lease this row (boom)";
     assert_eq!(conn.hold_unclaimable(a, T0, msg).unwrap(), 1);

@@ -34,6 +34,9 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
         gmt_create: T0 - 5,
         gmt_modified: T0 - 1,
         trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        queue: "mail.eu-1:x".into(),
+        priority: -3,
+        ordering_key: Some("訂單-42 🚚".into()),
     };
     let bare = NewRow {
         task_parameter: Vec::new(),

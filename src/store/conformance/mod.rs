@@ -31,6 +31,7 @@ use crate::schema::consistency_task::dsl as t;
 mod admin;
 mod claim;
 mod concurrency;
+mod flow;
 mod hostile;
 mod insert;
 mod nodes;
@@ -42,6 +43,7 @@ mod schema;
 use admin::*;
 use claim::*;
 use concurrency::*;
+use flow::*;
 use hostile::*;
 use insert::*;
 use nodes::*;
@@ -255,6 +257,9 @@ fn row(execute_time: i64) -> NewRow {
         gmt_create: T0,
         gmt_modified: T0,
         trace_parent: None,
+        queue: "default".into(),
+        priority: 0,
+        ordering_key: None,
     }
 }
 
@@ -292,7 +297,10 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
         lease_expires_at,
         gmt_create,
         gmt_modified,
-        trace_parent
+        trace_parent,
+        queue,
+        priority,
+        ordering_key
     );
     assert_eq!(got.duration_ms, None, "column `duration_ms` of a new row");
     // Compared apart: a failing 4 MiB assert_eq would print 4 MiB.
@@ -321,6 +329,7 @@ fn claim_args<'a>(
         lease_until,
         token,
         owner: "conformance-owner",
+        queue: Some("default"),
         limit,
         ids,
         exclude: &[],
@@ -451,6 +460,11 @@ conformance!(
     racing_node_claims_give_a_slot_to_one,
     schedule_rows_are_created_once_and_moved_by_compare_and_set,
     racing_schedule_advances_enqueue_a_slot_once,
+    claim_takes_one_queue_highest_priority_first,
+    claim_is_not_slowed_by_rows_not_due,
+    ordering_key_runs_one_at_a_time_in_order,
+    ordering_key_waits_for_a_later_row_running,
+    racing_claimers_keep_each_key_in_line,
 );
 
 #[cfg(feature = "cli")]

@@ -1,0 +1,204 @@
+//! Flow control in the claim: one queue per claim, highest priority first, order per key.
+
+use super::*;
+
+fn queued(execute_time: i64, queue: &str, priority: i32) -> NewRow {
+    NewRow {
+        queue: queue.into(),
+        priority,
+        ..row(execute_time)
+    }
+}
+
+fn keyed(execute_time: i64, key: &str) -> NewRow {
+    NewRow {
+        ordering_key: Some(key.into()),
+        ..row(execute_time)
+    }
+}
+
+fn claim_of<C: Ops>(conn: &mut C, queue: &str, now: i64, token: i64, limit: i64) -> Vec<i64> {
+    let c = Claim {
+        queue: Some(queue),
+        ..claim_args(now, now + 30_000, token, limit, None)
+    };
+    // In claim order: the union's branches come highest priority first.
+    let mut rows: Vec<TaskRow> = conn
+        .claim(&c)
+        .expect("claim")
+        .into_iter()
+        .map(|c| c.task)
+        .collect();
+    rows.sort_by_key(|r| (-r.priority, r.execute_time, r.id));
+    rows.iter().map(|r| r.id).collect()
+}
+
+pub(super) fn claim_takes_one_queue_highest_priority_first<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let low_old = insert(&mut conn, &queued(T0 - 9_000, "mail", -3));
+    let mid_new = insert(&mut conn, &queued(T0 - 1_000, "mail", 0));
+    let mid_old = insert(&mut conn, &queued(T0 - 5_000, "mail", 0));
+    let top = insert(&mut conn, &queued(T0 - 10, "mail", 3));
+    // Not due yet, at the top priority: never taken before its time, never in the way.
+    let top_later = insert(&mut conn, &queued(T0 + 60_000, "mail", 3));
+    let other_queue = insert(&mut conn, &queued(T0 - 99_000, "sms", 3));
+    let default = insert(&mut conn, &row(T0 - 99_000));
+    // The due-probe looks at one queue, highest priority first, too.
+    assert_eq!(conn.first_due("mail", T0, &[]).unwrap(), Some(top));
+    assert_eq!(conn.first_due("mail", T0, &[top]).unwrap(), Some(mid_old));
+    assert_eq!(conn.first_due("sms", T0, &[]).unwrap(), Some(other_queue));
+    assert_eq!(conn.first_due("nobody-works-this", T0, &[]).unwrap(), None);
+
+    assert_eq!(claim_of(&mut conn, "mail", T0, 1, 2), vec![top, mid_old]);
+    assert_eq!(
+        claim_of(&mut conn, "mail", T0, 2, 10),
+        vec![mid_new, low_old]
+    );
+    assert!(claim_of(&mut conn, "mail", T0, 3, 10).is_empty());
+    assert_eq!(found(&mut conn, top_later).task_status, 0);
+    assert_eq!(claim_of(&mut conn, "sms", T0, 4, 10), vec![other_queue]);
+    assert_eq!(claim_of(&mut conn, "default", T0, 5, 10), vec![default]);
+    assert!(claim_of(&mut conn, "nobody-works-this", T0, 6, 10).is_empty());
+}
+
+/// A claim of one priority level reads only that level's due rows: the levels above it with
+/// thousands of rows not due yet cost nothing (the union's branches are index ranges).
+pub(super) fn claim_is_not_slowed_by_rows_not_due<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let later: Vec<NewRow> = (0..2_000)
+        .map(|i| queued(T0 + 60_000 + i, "default", 3))
+        .collect();
+    assert_eq!(conn.insert_many(&later).unwrap(), 2_000);
+    let due = insert(&mut conn, &queued(T0, "default", -3));
+    assert_eq!(claim_of(&mut conn, "default", T0, 1, 10), vec![due]);
+}
+
+pub(super) fn ordering_key_runs_one_at_a_time_in_order<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let now = T0;
+    let a1 = insert(&mut conn, &keyed(T0 - 100, "order-1"));
+    let a2 = insert(&mut conn, &keyed(T0 - 200, "order-1")); // due earlier, enqueued later
+    let a3 = insert(&mut conn, &keyed(T0 - 300, "order-1"));
+    let b1 = insert(&mut conn, &keyed(T0 - 50, "order-2"));
+    let free = insert(&mut conn, &row(T0 - 400));
+
+    // Only each key's first row, and unkeyed rows.
+    let first = claim_of(&mut conn, "default", now, 1, 10);
+    assert_eq!(
+        first.iter().copied().collect::<BTreeSet<_>>(),
+        [a1, b1, free].into()
+    );
+    // a1 runs: nothing of its key is claimable.
+    assert!(claim_of(&mut conn, "default", now, 2, 10).is_empty());
+    // a1 fails and waits for its retry: a2 still waits behind it.
+    assert_eq!(
+        conn.finish(&[finish(a1, 1, 2, T0 + 5_000, now)]).unwrap(),
+        vec![a1]
+    );
+    assert!(claim_of(&mut conn, "default", now, 3, 10).is_empty());
+    // a1 is retried and succeeds (deleted): a2 is next, a3 still waits.
+    assert_eq!(claim_of(&mut conn, "default", T0 + 5_000, 4, 10), vec![a1]);
+    assert_eq!(conn.complete(4, &[a1]).unwrap(), 1);
+    assert_eq!(claim_of(&mut conn, "default", T0 + 5_000, 5, 10), vec![a2]);
+    // a2 dies: a dead task blocks its key until an operator acts.
+    conn.finish(&[finish(a2, 5, 4, PARKED, now)]).unwrap();
+    assert!(claim_of(&mut conn, "default", T0 + 9_000, 6, 10).is_empty());
+    assert_eq!(conn.first_due("default", T0 + 9_000, &[]).unwrap(), None);
+    // A kept succeeded row (status 3) does not block.
+    conn.finish(&[finish(b1, 1, 3, PARKED, now)]).unwrap();
+    let b2 = insert(&mut conn, &keyed(T0, "order-2"));
+    assert_eq!(claim_of(&mut conn, "default", T0 + 9_000, 7, 10), vec![b2]);
+    // The operator takes a2 out of the line (its key cleared): a3 runs.
+    conn.batch_execute(&format!(
+        "UPDATE consistency_task SET ordering_key = NULL WHERE id = {a2}"
+    ))
+    .unwrap();
+    assert_eq!(claim_of(&mut conn, "default", T0 + 9_000, 8, 10), vec![a3]);
+}
+
+/// Two transactions that enqueue one key at once may commit in the other order than they
+/// inserted: the later id can run first, and then the earlier one waits for it instead of
+/// running beside it. Once the later one's lease lapses (its worker died), the earlier goes.
+pub(super) fn ordering_key_waits_for_a_later_row_running<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let early = insert(&mut conn, &keyed(T0 - 10, "k"));
+    let late = insert(&mut conn, &keyed(T0 - 20, "k"));
+    // `late` was claimed while `early`'s transaction had not committed yet.
+    conn.batch_execute(&format!(
+        "UPDATE consistency_task SET task_status = 1, execute_time = {}, lease_token = 77 \
+         WHERE id = {late}",
+        T0 + 30_000
+    ))
+    .unwrap();
+    assert!(claim_of(&mut conn, "default", T0, 1, 10).is_empty());
+    // The lease lapsed: `early` is claimable, and `late` waits behind it now.
+    assert_eq!(
+        claim_of(&mut conn, "default", T0 + 30_001, 2, 10),
+        vec![early]
+    );
+}
+
+/// Claimers racing over many keys never hold two rows of one key at once, and take each key's
+/// rows in id order.
+pub(super) fn racing_claimers_keep_each_key_in_line<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let keys = 20usize;
+    let per_key = 10i64;
+    let total = keys * per_key as usize;
+    let rows: Vec<NewRow> = (0..per_key)
+        .flat_map(|i| (0..keys).map(move |k| keyed(T0 - 1_000 + i, &format!("key-{k}"))))
+        .collect();
+    assert_eq!(conn.insert_many(&rows).unwrap(), total);
+    drop(conn);
+    let order: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let holding: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    thread::scope(|s| {
+        for w in 0..4i64 {
+            let (order, holding, done) = (order.clone(), holding.clone(), done.clone());
+            s.spawn(move || {
+                let mut conn = db.connect();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut token = 1_000 * (w + 1);
+                while done.load(Ordering::SeqCst) < total {
+                    assert!(Instant::now() < deadline, "the keys did not drain in 60 s");
+                    token += 1;
+                    let c = Claim {
+                        queue: Some("default"),
+                        ..claim_args(T0, T0 + 60_000, token, 3, None)
+                    };
+                    let got = match retry_transient(|| conn.claim(&c)) {
+                        Ok(got) => got,
+                        Err(e) => panic!("claim: {e}"),
+                    };
+                    for r in &got {
+                        let key = r.task.ordering_key.clone().expect("keyed");
+                        assert!(
+                            holding.lock().unwrap().insert(key.clone()),
+                            "two rows of {key} held at once"
+                        );
+                        order.lock().unwrap().push((key, r.task.id));
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                    for r in &got {
+                        let key = r.task.ordering_key.clone().unwrap();
+                        holding.lock().unwrap().remove(&key);
+                        assert_eq!(
+                            retry_transient(|| conn.complete(token, &[r.task.id])).unwrap(),
+                            1
+                        );
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let order = order.lock().unwrap();
+    assert_eq!(order.len(), total);
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (key, id) in order.iter() {
+        if let Some(prev) = last.insert(key, *id) {
+            assert!(prev < *id, "{key}: {id} ran after {prev}");
+        }
+    }
+}
