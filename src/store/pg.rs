@@ -37,12 +37,12 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
     // ones this statement already leased, and the claim takes more than its LIMIT.
     let s = super::lease::due_rows(
         Stmt::new("WITH s AS MATERIALIZED ("),
-        "k.id, k.task_status AS prev_status",
+        "k.id, k.task_status AS prev_status, k.execute_time AS due",
         c,
         "k.task_status",
         super::lease::Dialect::Pg,
     )
-    .sql(") UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
+    .sql("), u AS (UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
     .sql(&super::lease::next_attempt("t.execute_times"));
     // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
     // the other backends: PostgreSQL's row lock already guarantees it, a server that
@@ -54,7 +54,11 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
         .bind(super::stmt::Bind::I64(c.now))
         .sql(" RETURNING ")
         .sql(returned_columns())
-        .sql(", s.prev_status")
+        .sql(", s.prev_status, s.due) SELECT ")
+        .sql(TASK_COLUMNS)
+        // `RETURNING` comes in no useful order: hand the rows over in the claim's (highest
+        // priority first, then due order), the order the workers take them.
+        .sql(", prev_status FROM u ORDER BY priority DESC, due, id")
         .typed()
 }
 
