@@ -82,6 +82,7 @@ use bench::*;
 use db::*;
 use figures::*;
 use limit::*;
+use multiproc::LockWaits;
 use profile::*;
 use work::*;
 

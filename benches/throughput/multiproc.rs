@@ -6,7 +6,7 @@
 //! A child is this binary started again with `TEND_BENCH_P4_CHILD` set to the backend's name.
 //! It builds its pool, says `READY`, starts the pool when the parent writes `GO` on its stdin
 //! (the parent starts the clock there), prints `RAN <k>` whenever its handler count moved
-//! (checked every 1 ms) and, at EOF on its stdin (the parent is done, or dead), shuts the pool
+//! (checked every 5 ms) and, at EOF on its stdin (the parent is done, or dead), shuts the pool
 //! down, prints `DONE <k>` and exits; 10 s after the EOF it exits whatever its pool does.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +18,9 @@ use super::*;
 
 /// Child processes of the multi-process drain, one worker thread each.
 pub(crate) const P4_PROCS: usize = 4;
+/// How often a child looks whether its handler count moved: at 1 ms, the four reporters cost
+/// as much CPU as a child's fetcher on this 2-core machine (measured: 70-160 ms per drain each).
+const REPORT_EVERY: Duration = Duration::from_millis(5);
 /// The longest a child may take from its stdin's EOF to its exit.
 const CHILD_EXIT_CAP: Duration = Duration::from_secs(10);
 
@@ -82,7 +85,7 @@ fn child<D: Db>(url: &str, s: &Settings) -> Res<()> {
                     say(&format!("RAN {ran}"));
                     last = ran;
                 }
-                thread::sleep(Duration::from_millis(1));
+                thread::sleep(REPORT_EVERY);
             }
         })
     };
@@ -104,6 +107,47 @@ fn child<D: Db>(url: &str, s: &Settings) -> Res<()> {
     print_profile();
     say(&format!("DONE {ran}"));
     Ok(())
+}
+
+/// InnoDB's row-lock counters (server-wide): lock waits, the time waited (ms), deadlocks.
+#[derive(QueryableByName, Clone, Copy)]
+pub(crate) struct LockWaits {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    waits: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    wait_ms: f64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    deadlocks: f64,
+}
+
+impl LockWaits {
+    fn since(self, before: Option<LockWaits>) -> String {
+        before.map_or(String::new(), |b| {
+            format!(
+                "; row-lock waits {:.0} ({:.0} ms waited), deadlocks {:.0}",
+                self.waits - b.waits,
+                self.wait_ms - b.wait_ms,
+                self.deadlocks - b.deadlocks
+            )
+        })
+    }
+}
+
+/// CPU ticks per thread name of process `pid` (`/proc/<pid>/task/*`), largest first.
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.filter_map(Result::ok) {
+            let tid = t.file_name().to_string_lossy().to_string();
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            *by.entry(comm.trim().to_string()).or_default() +=
+                proc_ticks(&format!("{pid}/task/{tid}"));
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, t)| *t > 0).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v
 }
 
 /// The children, seen from the parent; dropping them kills those still running.
@@ -230,21 +274,64 @@ fn proc_ticks(pid: &str) -> u64 {
     tick(11) + tick(12)
 }
 
-/// CPU ticks of every process of the database server (`postgres`, `mariadbd`, `mysqld`) on
-/// this machine; a PostgreSQL backend that exits between two readings takes its ticks along.
-fn server_ticks() -> u64 {
+/// The database server's CPU over a drain, in ticks: its processes (`postgres`, `mariadbd`,
+/// `mysqld`) on this machine, sampled every 20 ms, so that a PostgreSQL backend that exits
+/// during the drain (the limit closes its connections at its end) counts up to its last sample.
+/// Other clients' queries on the same server count too.
+struct ServerCpu {
+    stop: std::sync::Arc<AtomicBool>,
+    sampler: thread::JoinHandle<u64>,
+}
+
+impl ServerCpu {
+    fn start() -> ServerCpu {
+        let mut known: HashMap<String, bool> = HashMap::new();
+        let base = server_procs(&mut known);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut last = base.clone();
+                loop {
+                    last.extend(server_procs(&mut known));
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                last.iter()
+                    .map(|(p, t)| t.saturating_sub(base.get(p).copied().unwrap_or(0)))
+                    .sum()
+            })
+        };
+        ServerCpu { stop, sampler }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().unwrap_or(0)
+    }
+}
+
+/// pid -> CPU ticks of the server's processes; `known` remembers which pids are the server's.
+fn server_procs(known: &mut HashMap<String, bool>) -> HashMap<String, u64> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return HashMap::new();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
         .filter(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            matches!(comm.trim(), "postgres" | "mariadbd" | "mysqld")
+            *known.entry(p.clone()).or_insert_with(|| {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                matches!(comm.trim(), "postgres" | "mariadbd" | "mysqld")
+            })
         })
-        .map(|p| proc_ticks(&p))
-        .sum()
+        .map(|p| {
+            let t = proc_ticks(&p);
+            (p, t)
+        })
+        .collect()
 }
 
 /// The machine's busy ticks (all CPUs: everything but idle and iowait) from `/proc/stat`.
@@ -263,28 +350,29 @@ fn machine_busy_ticks() -> u64 {
 
 /// Where the CPU went during one drain, in seconds: the drain's clients (the children, or the
 /// bench process for the limit), the database server, and everything else on the machine.
-#[derive(Clone, Copy)]
 struct Cpu {
     clients: u64,
-    server: u64,
+    server: ServerCpu,
     machine: u64,
 }
 
 impl Cpu {
-    fn now(clients: u64) -> Cpu {
+    fn start(clients: u64) -> Cpu {
         Cpu {
             clients,
-            server: server_ticks(),
+            server: ServerCpu::start(),
             machine: machine_busy_ticks(),
         }
     }
 
-    fn show(self, after: Cpu, wall: Duration) -> String {
+    /// The drain is over: `clients` are the clients' ticks now.
+    fn show(self, clients: u64, wall: Duration) -> String {
+        let machine = machine_busy_ticks();
         let s = |a: u64, b: u64| b.saturating_sub(a) as f64 / 100.0;
         let (c, sv, m) = (
-            s(self.clients, after.clients),
-            s(self.server, after.server),
-            s(self.machine, after.machine),
+            s(self.clients, clients),
+            self.server.stop() as f64 / 100.0,
+            s(self.machine, machine),
         );
         format!(
             "CPU s: clients {c:.2}, server {sv:.2}, rest of the machine (the bench parent, \
@@ -303,7 +391,8 @@ impl<D: Db> Bench<D> {
     fn p4_drain(&self, n: usize, below: i64, rep: usize) -> Res<Drained> {
         let mut kids = Children::spawn::<D>(&self.url)?;
         let mut c = self.conn()?;
-        let cpu0 = Cpu::now(kids.cpu_ticks());
+        let locks = D::lock_waits(&mut c)?;
+        let cpu = Cpu::start(kids.cpu_ticks());
         let start = Instant::now();
         let deadline = start + DRAIN_CAP;
         kids.go()?;
@@ -323,7 +412,9 @@ impl<D: Db> Bench<D> {
             thread::sleep(Duration::from_millis(1));
         }
         let took = start.elapsed();
-        let cpu1 = Cpu::now(kids.cpu_ticks());
+        let cpu = cpu.show(kids.cpu_ticks(), took);
+        let locks = D::lock_waits(&mut c)?.map_or(String::new(), |l| l.since(locks));
+        let threads = thread_ticks(kids.kids[0].id());
         let (done, other) = kids.stop()?;
         let total: usize = done.iter().sum();
         let d = Drained {
@@ -341,11 +432,11 @@ impl<D: Db> Bench<D> {
             ));
         }
         log(format!(
-            "{}: p4 run {rep}: {:.0} tasks/s in {:.3} s, per child {done:?}; {}",
+            "{}: p4 run {rep}: {:.0} tasks/s in {:.3} s, per child {done:?}; {cpu}{locks}; \
+             child 0's threads (CPU ticks of 10 ms since its start): {threads:?}",
             D::NAME,
             d.rate(),
             took.as_secs_f64(),
-            cpu0.show(cpu1, took)
         ));
         for (k, lines) in other.iter().enumerate() {
             for l in lines {
@@ -358,14 +449,16 @@ impl<D: Db> Bench<D> {
     /// The limit's w4 drain with the same CPU accounting (the bench process is the client).
     fn p4_limit(&self, n: usize, below: i64, rep: usize) -> Res<Drained> {
         let me = std::process::id().to_string();
-        let cpu0 = Cpu::now(proc_ticks(&me));
+        let locks = D::lock_waits(&mut *self.conn()?)?;
+        let cpu = Cpu::start(proc_ticks(&me));
         let d = self.limit_drain(P4_PROCS, n, below)?;
-        let cpu1 = Cpu::now(proc_ticks(&me));
+        let cpu = cpu.show(proc_ticks(&me), d.took);
+        let locks = D::lock_waits(&mut *self.conn()?)?.map_or(String::new(), |l| l.since(locks));
         log(format!(
-            "{}: p4 limit w4 run {rep}: {:.0} tasks/s; {}",
+            "{}: p4 limit w4 run {rep}: {:.0} tasks/s; {cpu} (the CPU window includes \
+             connecting, the wall time does not){locks}",
             D::NAME,
             d.rate(),
-            cpu0.show(cpu1, d.took)
         ));
         Ok(d)
     }
