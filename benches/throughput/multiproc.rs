@@ -146,7 +146,7 @@ fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
         }
     }
     let mut v: Vec<_> = by.into_iter().filter(|(_, t)| *t > 0).collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|t| std::cmp::Reverse(t.1));
     v
 }
 
