@@ -76,6 +76,7 @@ impl<D: Db> Bench<D> {
         phase("dispatch", &|| self.dispatch())?;
         phase("lateness", &|| self.lateness())?;
         phase("wake", &|| self.wake())?;
+        phase("multiproc", &|| self.multiproc())?;
         log(format!(
             "{}: done in {:.1} s",
             D::NAME,

@@ -91,6 +91,10 @@ pub(crate) trait Db: 'static {
     fn work(_c: &mut Self::C) -> QueryResult<Option<Work>> {
         Ok(None)
     }
+    /// The server's row-lock counters (`multiproc.rs`), where the backend has them.
+    fn lock_waits(_c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
+        Ok(None)
+    }
     /// Per-row work of the limit's single statements (`EXPLAIN (ANALYZE, BUFFERS, WAL)` on
     /// PostgreSQL): `(statement, dirtied buffers per row, WAL bytes per row)`, measured on
     /// `reps` × `BATCH` due rows the caller wrote.
@@ -525,6 +529,22 @@ pub(crate) mod mysql_db {
             ))
             .get_result::<WorkRow>(c)
             .map(|r| Some(r.into()))
+        }
+        fn lock_waits(c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
+            let v = |name: &str| {
+                format!(
+                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
+                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
+                )
+            };
+            diesel::sql_query(format!(
+                "SELECT {} AS waits, {} AS wait_ms, {} AS deadlocks",
+                v("INNODB_ROW_LOCK_WAITS"),
+                v("INNODB_ROW_LOCK_TIME"),
+                v("INNODB_DEADLOCKS"),
+            ))
+            .get_result::<LockWaits>(c)
+            .map(Some)
         }
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             c.transaction(|c| {

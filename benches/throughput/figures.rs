@@ -49,7 +49,7 @@ impl Settings {
         }
     }
 
-    /// Whether a phase (enqueue, drains, dispatch, lateness, wake) is to run.
+    /// Whether a phase (enqueue, drains, dispatch, lateness, wake, multiproc) is to run.
     pub(crate) fn wants(&self, phase: &str) -> bool {
         self.only
             .as_ref()

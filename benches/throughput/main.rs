@@ -11,7 +11,8 @@
 //! * `TEND_BENCH_POLL_MS`: poll interval of tend's pool and of the limit's pollers (default 10);
 //! * `TEND_BENCH_PROFILE=1`: count every statement per phase (diesel instrumentation) and print
 //!   which ones the statement cache holds; timings are then not representative;
-//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness,wake`: only these phases (for iterating);
+//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness,wake,multiproc`: only these phases (for
+//!   iterating);
 //! * `TEND_BENCH_SQLITE=0`: skip SQLite (for iterating on a server backend);
 //! * `TEND_BENCH_TEND_BATCH`: tend's `batch_size` in the drains (default 100, like the limit;
 //!   for diagnosis only).
@@ -72,6 +73,7 @@ mod db;
 mod drain;
 mod figures;
 mod latency;
+mod multiproc;
 mod profile;
 mod wake;
 mod work;
@@ -80,6 +82,7 @@ use bench::*;
 use db::*;
 use figures::*;
 use limit::*;
+use multiproc::LockWaits;
 use profile::*;
 use work::*;
 
@@ -306,6 +309,17 @@ fn summary() {
                 "wake_cross_process_p99_ms" => Some(verdict(t <= 50.0, "tend <= 50 ms")),
                 "enqueue_wake_on_over_off" => Some(verdict(t >= 0.95, "on >= 0.95 x off")),
                 "rss_mb" => Some(verdict(t <= 32.0, "tend <= 32 MiB")),
+                // 4 processes of one thread against the limit's 4 threads: its w4 drain of the
+                // drains phase, or (that phase not run) the one interleaved in this phase.
+                "drain_p4_tasks_per_s" => get(b, "drain_w4_tasks_per_s", "limit")
+                    .map(|l| (t / l, "drains phase"))
+                    .or(ratio.map(|r| (r, "interleaved")))
+                    .map(|(r, from)| {
+                        verdict(
+                            r >= 0.8,
+                            &format!("tend p4 >= 0.8 x limit drain_w4 ({r:.2}, {from})"),
+                        )
+                    }),
                 "drain_backlog_1m_tasks_per_s" => {
                     get(b, "drain_w4_tasks_per_s", "tend").map(|w4| {
                         verdict(
@@ -340,6 +354,10 @@ fn verdict(ok: bool, what: &str) -> String {
 fn main() {
     // Process B of the wake-up figures: this binary, started by itself.
     if wake::child_main() {
+        return;
+    }
+    // A worker process of the multi-process drain (`multiproc.rs`).
+    if multiproc::child_main() {
         return;
     }
     let s: &'static Settings = Box::leak(Box::new(Settings::from_env()));
