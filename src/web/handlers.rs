@@ -15,7 +15,11 @@ pub(super) fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Re
                     Err(e) if crate::error::is_missing_schema(&e) => Vec::new(),
                     other => other?,
                 };
-                Ok((c.summary(now)?, c.activity(since)?, schedules))
+                let keyed = pages::Keyed {
+                    queues: c.queue_stats(now)?,
+                    blocked: c.blocked_keys(pages::BLOCKED_SHOWN + 1)?,
+                };
+                Ok((c.summary(now)?, c.activity(since)?, schedules, keyed))
             })
             .map_err(|e| e.msg);
         shards.push(pages::ShardView {
@@ -45,6 +49,8 @@ pub(super) fn filter_of(p: &http::Params) -> Result<Filter, HttpError> {
     f.signature = p.get("signature").map(str::to_string);
     f.shard_key = p.num("shard_key")?;
     f.error_contains = p.get("error").map(str::to_string);
+    f.queue = p.get("queue").map(str::to_string);
+    f.ordering_key = p.get("key").map(str::to_string);
     Ok(f)
 }
 
@@ -181,10 +187,13 @@ pub(super) fn bulk_filter(p: &http::Params, action: Action) -> Result<(Filter, b
     let named = f.names_statuses()
         || f.signature.is_some()
         || f.shard_key.is_some()
-        || f.error_contains.is_some();
+        || f.error_contains.is_some()
+        || f.queue.is_some()
+        || f.ordering_key.is_some();
     if !named && !p.flag("all") {
         return Err(HttpError::bad(format!(
-            "{} every task needs a filter (status, signature, shard key or error text) or all=1",
+            "{} every task needs a filter (status, signature, shard key, error text, queue or \
+             key) or all=1",
             action.name()
         )));
     }
@@ -226,7 +235,14 @@ pub(super) fn filter_params(p: &http::Params) -> Vec<(String, String)> {
         .filter(|(k, v)| {
             matches!(
                 k.as_str(),
-                "db" | "status" | "signature" | "shard_key" | "error" | "all" | "force"
+                "db" | "status"
+                    | "signature"
+                    | "shard_key"
+                    | "error"
+                    | "queue"
+                    | "key"
+                    | "all"
+                    | "force"
             ) && !v.trim().is_empty()
         })
         .cloned()

@@ -1,0 +1,108 @@
+//! Queues, priorities and ordering keys on the dashboard: the overview's queues and blocked
+//! keys, the list's columns and queue/key filters, the detail page, all escaped.
+
+use super::*;
+use support::web::enc;
+use tend::NewTask;
+
+/// The ids of the rows a list page shows.
+fn ids(a: SocketAddr, path: &str) -> Vec<i64> {
+    let body = get(a, path).send().expect(200).body;
+    body.match_indices("id=\"task-")
+        .map(|(i, _)| {
+            let rest = &body[i + 9..];
+            rest[..rest.find('"').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+pub(crate) fn queues_and_keys(db: &Db) {
+    let key = "acct-<i>1</i>";
+    let (head, behind, plain) = db.with_conn(|c| {
+        c.migrate();
+        let ship = |n: i64| NewTask::new(&Ship { order_id: n }).unwrap();
+        let head = c.enqueue(ship(1).ordering_key(key).queue("mail").priority(2));
+        let behind = c.enqueue(ship(2).ordering_key(key).queue("mail"));
+        let plain = c.enqueue(ship(3));
+        c.sql(&format!(
+            "UPDATE consistency_task SET task_status = 4, execute_time = {PARKED}, \
+             error_msg = '<script>alert(3)</script>' WHERE id = {head}"
+        ));
+        (head, behind, plain)
+    });
+    let server = start(db, None);
+    let a = server.addr();
+
+    let home = get(a, "/")
+        .send()
+        .expect(200)
+        .has("By queue")
+        .has("Blocked ordering keys (1)")
+        .has("acct-&lt;i&gt;1&lt;/i&gt;")
+        .has(&format!("href=\"/tasks/{head}?db=0\""))
+        .has("tend keys skip KEY")
+        .lacks("<i>1</i>")
+        .lacks("<script>alert(3)");
+    // The queue table: mail has one pending and one dead task, and one blocked key.
+    let mail = &home.body[home.body.find("queue=mail").unwrap()..];
+    let row = &mail[..mail.find("</tr>").unwrap()];
+    let cells: Vec<&str> = row
+        .match_indices("<td class=\"num")
+        .map(|(i, _)| {
+            let rest = &row[i..];
+            let start = rest.find('>').unwrap() + 1;
+            &rest[start..rest.find("</td>").unwrap()]
+        })
+        .collect();
+    // pending running failed succeeded dead held other total due blocked
+    assert_eq!(
+        cells,
+        ["1", "0", "0", "0", "1", "0", "0", "2", "1", "1"],
+        "{row}"
+    );
+
+    let list = get(a, "/tasks")
+        .send()
+        .expect(200)
+        .has("<th>queue</th>")
+        .has("<th>priority</th>")
+        .has("<th>ordering key</th>")
+        .has("name=\"queue\"")
+        .has("acct-&lt;i&gt;1&lt;/i&gt;")
+        .lacks("<i>1</i>");
+    drop(list);
+    assert_eq!(ids(a, "/tasks?queue=mail"), [head, behind]);
+    assert_eq!(ids(a, "/tasks?queue=default"), [plain]);
+    assert_eq!(ids(a, &format!("/tasks?key={}", enc(key))), [head, behind]);
+    assert_eq!(
+        ids(a, &format!("/tasks?key={}&status=pending", enc(key))),
+        [behind]
+    );
+    assert_eq!(ids(a, "/tasks?queue=nope"), Vec::<i64>::new());
+
+    get(a, &format!("/tasks/{head}"))
+        .send()
+        .expect(200)
+        .has("<th>queue</th><td>mail</td>")
+        .has("<th>priority</th><td>2</td>")
+        .has("<th>ordering key</th><td>acct-&lt;i&gt;1&lt;/i&gt;</td>")
+        .lacks("<i>1</i>");
+    get(a, &format!("/tasks/{plain}"))
+        .send()
+        .has("<th>queue</th><td>default</td>")
+        .has("<th>ordering key</th><td>–</td>");
+
+    // A bulk action from a queue-filtered list is about that queue only, not every task.
+    get(a, "/bulk/cancel?db=0&queue=mail")
+        .send()
+        .expect(200)
+        .has("cancel 1 task?")
+        .has("queue = mail");
+
+    // Once the key is skipped (`tend keys skip`), nothing is blocked.
+    db.tend(&["keys", "skip", key]).ok();
+    get(a, "/")
+        .send()
+        .expect(200)
+        .has("Blocked ordering keys (0)");
+}
