@@ -2,6 +2,7 @@
 //! purge and `/metrics`.
 
 use super::*;
+use crate::admin::keys::Skip;
 
 pub(super) fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Resp, HttpError> {
     let now = now_ms();
@@ -322,6 +323,59 @@ pub(super) fn purge_filter(p: &http::Params) -> Result<Option<(Filter, i64)>, Ht
         },
         cutoff,
     )))
+}
+
+/// The ordering key a skip is about (`key`, required).
+fn key_of(p: &http::Params) -> Result<String, HttpError> {
+    p.get("key")
+        .map(str::to_string)
+        .ok_or_else(|| HttpError::bad("`key` (the ordering key) is required"))
+}
+
+/// The confirmation page of `tend keys skip KEY`.
+pub(super) fn key_skip_page(
+    state: &State,
+    conns: &mut Conns,
+    req: &Req,
+    ctx: &Ctx,
+) -> Result<Resp, HttpError> {
+    let i = db_of(state, &req.query)?;
+    let key = key_of(&req.query)?;
+    let head = conns.run(state, i, |c| c.key_head(&key))?;
+    Ok(Resp::html(
+        200,
+        pages::skip_confirm(ctx, i, &key, head.as_ref()),
+    ))
+}
+
+/// `tend keys skip KEY`: the key's first task, when dead or held, leaves the key's line.
+pub(super) fn key_skip(state: &State, conns: &mut Conns, req: &Req) -> Result<Resp, HttpError> {
+    let i = db_of(state, &req.form)?;
+    let key = key_of(&req.form)?;
+    let now = now_ms();
+    let note = format!(
+        "skipped out of the line of key {key} by an operator at {} (tend web)",
+        fmt_time(now)
+    );
+    match conns.run(state, i, |c| c.skip_key(&key, &note, now))? {
+        Skip::Skipped(h) => Ok(Resp::see_other(&format!(
+            "/tasks/{}?db={i}&done=skipped",
+            h.id
+        ))),
+        Skip::NotBlocked(h) => Err(HttpError::new(
+            409,
+            format!(
+                "key `{key}` is not blocked: its first task {} is {}; skip only takes a dead or \
+                 held first task out of the line; nothing was changed",
+                h.id,
+                crate::cli::text::status_name(h.task_status)
+            ),
+        )),
+        Skip::NoTasks => Err(HttpError::new(
+            404,
+            format!("no task with ordering key `{key}` in database {i}; nothing was changed"),
+        )),
+    }
 }
 
 pub(super) fn purge_page(

@@ -99,10 +99,64 @@ pub(crate) fn queues_and_keys(db: &Db) {
         .has("cancel 1 task?")
         .has("queue = mail");
 
-    // Once the key is skipped (`tend keys skip`), nothing is blocked.
-    db.tend(&["keys", "skip", key]).ok();
+    // Skipping needs the token: the read-only dashboard shows the page but no form.
+    let page = format!("/keys/skip?db=0&key={}", enc(key));
+    get(a, &page)
+        .send()
+        .expect(200)
+        .has(&format!("Task <a href=\"/tasks/{head}?db=0\">{head}</a>"))
+        .has("1 task waiting behind it")
+        .has("read-only")
+        .lacks("name=\"csrf\"")
+        .lacks("<script>alert(3)");
+    assert!(home
+        .body
+        .contains(&format!("href=\"/keys/skip?db=0&amp;key={}\"", enc(key))));
+    server.shutdown();
+
+    let server = start(db, Some(TOKEN));
+    let a = server.addr();
+    let session = login(a, TOKEN);
+    let token = csrf(a, &page, &session);
+    let skip = |k: &str, csrf: &str| {
+        post(a, "/keys/skip")
+            .cookie(&session)
+            .same_origin()
+            .form(&[("db", "0"), ("key", k), ("csrf", csrf)])
+            .send()
+    };
+    skip(key, "stale").expect(403);
+    assert_eq!(db.row(head).unwrap()["ordering_key"], key);
+    skip("no-such-key", &token)
+        .expect(404)
+        .has("no task with ordering key");
+    let done = skip(key, &token).expect(303);
+    assert_eq!(
+        done.header("Location"),
+        Some(format!("/tasks/{head}?db=0&done=skipped").as_str())
+    );
+    let row = db.row(head).unwrap();
+    assert_eq!(row["status"], "dead", "the row stays dead and visible");
+    assert_eq!(row["ordering_key"], serde_json::Value::Null);
+    let msg = row["error_msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("<script>alert(3)</script>\n")
+            && msg.contains(&format!(
+                "skipped out of the line of key {key} by an operator at "
+            ))
+            && msg.ends_with("(tend web)"),
+        "{msg}"
+    );
+    // The key is no longer blocked: its first task is now the pending one, and skip refuses.
+    skip(key, &token)
+        .expect(409)
+        .has(&format!("its first task {behind} is pending"));
     get(a, "/")
         .send()
         .expect(200)
         .has("Blocked ordering keys (0)");
+    get(a, &format!("/tasks/{head}?db=0&done=skipped"))
+        .send()
+        .has("Skipped out of its ordering key")
+        .has("<th>ordering key</th><td>–</td>");
 }

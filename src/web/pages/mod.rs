@@ -13,7 +13,7 @@ use crate::store::row::{ScheduleRow, TaskRow};
 
 mod queues;
 mod tasks;
-pub(crate) use queues::{Keyed, BLOCKED_SHOWN};
+pub(crate) use queues::{skip_confirm, Keyed, BLOCKED_SHOWN};
 pub(crate) use tasks::{bulk, confirm, detail, list, purge};
 
 /// What every page needs to know about the viewer and the server.

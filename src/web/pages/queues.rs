@@ -50,7 +50,7 @@ pub(super) fn section(i: usize, k: &Keyed) -> Markup {
                 "or takes it out of the line with " code { "tend keys skip KEY" } "."
             }
             table.grid.blocked {
-                thead { tr { th { "key" } th { "blocking task" } th { "status" } th { "queue" } th { "signature" } th { "waiting" } th { "since" } th { "error" } } }
+                thead { tr { th { "key" } th { "blocking task" } th { "status" } th { "queue" } th { "signature" } th { "waiting" } th { "since" } th { "error" } th {} } }
                 tbody {
                     @for h in shown {
                         tr {
@@ -62,6 +62,7 @@ pub(super) fn section(i: usize, k: &Keyed) -> Markup {
                             td.num { (h.waiting) }
                             td.time { (fmt_time(h.gmt_modified)) }
                             td.err title=(clip(&h.error_msg, 500)) { (clip(&h.error_msg, 80)) }
+                            td { a.button href=(url("/keys/skip", &[("db", db.clone()), ("key", h.ordering_key.clone())])) { "skip…" } }
                         }
                     }
                 }
@@ -71,4 +72,49 @@ pub(super) fn section(i: usize, k: &Keyed) -> Markup {
             }
         }
     }
+}
+
+/// The confirmation page of skipping a key's blocking task (`tend keys skip KEY`).
+pub(crate) fn skip_confirm(ctx: &Ctx, db: usize, key: &str, head: Option<&KeyHead>) -> String {
+    let body = html! {
+        h1 { "Skip the blocking task of key " code { (key) } "?" }
+        @match head {
+            None => { p.error { "No task has this ordering key (succeeded ones aside): nothing blocks it." } }
+            Some(h) if !h.blocks() => {
+                p.error {
+                    "This key is not blocked: its first task "
+                    a href=(url(&format!("/tasks/{}", h.id), &[("db", db.to_string())])) { (h.id) }
+                    " is " (status_name(h.task_status)) ". Skip only applies to a dead or held first task."
+                }
+            }
+            Some(h) => {
+                p {
+                    "Task " a href=(url(&format!("/tasks/{}", h.id), &[("db", db.to_string())])) { (h.id) }
+                    " " (status_badge(h.task_status)) " " (h.method_sign_name) " in queue " (h.queue)
+                    ", " (h.waiting) " task" @if h.waiting != 1 { "s" } " waiting behind it."
+                }
+                @if !h.error_msg.is_empty() { pre.err { (clip(&h.error_msg, 500)) } }
+                p {
+                    "Its ordering key is set to none and a note is appended to its error; it stays "
+                    (status_name(h.task_status)) " and visible (retry, cancel or delete it like any task). "
+                    "The next task of the key may then run."
+                }
+                @if let Some(why) = ctx.locked {
+                    p.error { (why) }
+                } @else if let Some(csrf) = &ctx.csrf {
+                    form.confirm method="post" action="/keys/skip" {
+                        input type="hidden" name="db" value=(db);
+                        input type="hidden" name="key" value=(key);
+                        input type="hidden" name="csrf" value=(csrf);
+                        button.danger type="submit" id="confirm" { "Yes, skip task " (h.id) }
+                        " "
+                        a href="/" { "No, go back" }
+                    }
+                } @else {
+                    p { a href=(url("/login", &[("next", ctx.here.clone())])) { "Log in" } " to skip it." }
+                }
+            }
+        }
+    };
+    layout(ctx, "Skip a blocking task", body)
 }

@@ -162,6 +162,7 @@ pub(crate) fn detail(
         Some("retried") => Some("Retried: the task is due now."),
         Some("cancelled") => Some("Cancelled: the task is dead and will not run."),
         Some("unchanged") => Some("Nothing changed: the task's status changed meanwhile."),
+        Some("skipped") => Some("Skipped out of its ordering key's line: the next task of the key may run; this one stays as it was."),
         _ => None,
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "–".to_string());
