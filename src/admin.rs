@@ -12,6 +12,8 @@ use crate::error::Error;
 use crate::status::{TaskStatus, PARKED};
 use crate::store::row::{ScheduleRow, TaskRow};
 
+pub(crate) mod keys;
+
 /// Which rows an operator command is about. Every field narrows; the default matches all rows.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Filter {
@@ -35,6 +37,10 @@ pub(crate) struct Filter {
     /// database's). A scan: the list stops at its page size, so it is cheap where matches are
     /// common.
     pub error_contains: Option<String>,
+    /// Only rows in this queue.
+    pub queue: Option<String>,
+    /// Only rows with this ordering key.
+    pub ordering_key: Option<String>,
 }
 
 /// Rows whose `task_status` is none of [`TaskStatus`]'s values: written by a newer tend, or by
@@ -132,6 +138,9 @@ pub(crate) struct TaskSummary {
     pub lease_owner: Option<String>,
     pub gmt_create: i64,
     pub gmt_modified: i64,
+    pub queue: String,
+    pub priority: i32,
+    pub ordering_key: Option<String>,
 }
 
 /// The oldest task that is due and not yet taken: how far behind the workers are.
@@ -156,8 +165,9 @@ pub(crate) struct Stats {
 }
 
 /// The operator queries, per connection type. Object safe, so that the CLI can hold
-/// connections of every backend behind one `Box<dyn Admin>`.
-pub(crate) trait Admin {
+/// connections of every backend behind one `Box<dyn Admin>`. The queue and ordering-key
+/// queries are in [`keys::Keys`].
+pub(crate) trait Admin: keys::Keys {
     /// `postgres`, `mysql` or `sqlite`.
     fn backend(&self) -> &'static str;
     /// Runs tend's migrations.
@@ -237,6 +247,12 @@ macro_rules! admin_ops {
             }
             if let Some(ts) = f.modified_before {
                 p = Box::new(p.and(t::gmt_modified.lt(ts)));
+            }
+            if let Some(q) = &f.queue {
+                p = Box::new(p.and(t::queue.eq(q.clone())));
+            }
+            if let Some(k) = &f.ordering_key {
+                p = Box::new(p.and(t::ordering_key.eq(k.clone()).assume_not_null()));
             }
             if let Some(text) = &f.error_contains {
                 p = Box::new(

@@ -39,7 +39,10 @@ pub fn parse_args(args: Vec<OsString>) -> Result<String, String> {
             text::fmt_time(crate::util::now_ms().saturating_sub(a.older_than)),
             text::fmt_span(a.older_than),
         ],
-        Command::Migrate | Command::Tasks(TasksCommand::Show(_)) | Command::Stats(_) => vec![],
+        Command::Migrate
+        | Command::Tasks(TasksCommand::Show(_))
+        | Command::Stats(_)
+        | Command::Keys(_) => vec![],
         #[cfg(feature = "web")]
         Command::Web(_) => vec![],
     };

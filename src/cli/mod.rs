@@ -120,11 +120,19 @@ enum Command {
     /// batch is one short statement over at most --batch rows, so workers are never blocked
     /// for long; progress goes to stderr.
     Purge(PurgeArgs),
-    /// Task counts by status and signature, and the oldest due task with its lag.
+    /// Task counts by status, signature and queue, blocked ordering keys, and the oldest due
+    /// task with its lag.
     ///
     /// The lag is how long the oldest task that a worker could claim has been due: it grows
     /// when workers are down or cannot keep up.
     Stats(JsonArg),
+    /// Ordering keys: list the blocked ones, take a blocking task out of its key's line.
+    ///
+    /// Tasks with the same ordering key run one at a time, in enqueue order. A key is blocked
+    /// when its first task (lowest id, succeeded ones aside) is dead or held: no later task of
+    /// the key runs until an operator retries, deletes or skips that task.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Serve the web dashboard and Prometheus `/metrics` (feature `web`).
     ///
     /// Binds 127.0.0.1:8080 unless --listen says otherwise. Read-only unless a token is given
@@ -157,6 +165,37 @@ enum TasksCommand {
     Delete(ChangeArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the blocked keys: each key's blocking task, its status and error, and how many
+    /// tasks wait behind it.
+    Blocked(BlockedArgs),
+    /// Take a blocked key's first task out of the line, so the next task of the key can run.
+    ///
+    /// Only when that task is dead or held. Its ordering key is set to NULL and a note is
+    /// appended to its error; it stays dead or held and visible (retry, cancel or delete it as
+    /// any other task). Refused when the key is not blocked.
+    Skip(SkipArgs),
+}
+
+#[derive(Debug, Args)]
+struct BlockedArgs {
+    /// At most this many keys per database (oldest blocking task first).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    limit: i64,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+struct SkipArgs {
+    /// The ordering key (exact match).
+    key: String,
+    /// Say what would change, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 /// Row filters shared by list, retry, cancel and delete.
 #[derive(Debug, Clone, Args)]
 struct FilterArgs {
@@ -183,6 +222,12 @@ struct FilterArgs {
     /// Only tasks due at or after this time (never-due tasks excluded).
     #[arg(long, value_name = "TIME", value_parser = text::parse_time)]
     due_after: Option<i64>,
+    /// Only tasks in this queue.
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
+    /// Only tasks with this ordering key (exact match).
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
 }
 
 impl FilterArgs {
@@ -192,6 +237,8 @@ impl FilterArgs {
             && self.shard_key.is_none()
             && self.due_before.is_none()
             && self.due_after.is_none()
+            && self.queue.is_none()
+            && self.key.is_none()
     }
 }
 
@@ -236,7 +283,7 @@ struct ShowArgs {
 #[derive(Debug, Args)]
 struct TargetArgs {
     /// One task, by id.
-    #[arg(conflicts_with_all = ["status", "signature", "shard_key", "due_before", "due_after", "all"])]
+    #[arg(conflicts_with_all = ["status", "signature", "shard_key", "due_before", "due_after", "queue", "key", "all"])]
     id: Option<i64>,
     #[command(flatten)]
     filter: FilterArgs,

@@ -2,6 +2,7 @@
 //! purge and `/metrics`.
 
 use super::*;
+use crate::admin::keys::Skip;
 
 pub(super) fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Resp, HttpError> {
     let now = now_ms();
@@ -15,7 +16,11 @@ pub(super) fn overview(state: &State, conns: &mut Conns, ctx: &Ctx) -> Result<Re
                     Err(e) if crate::error::is_missing_schema(&e) => Vec::new(),
                     other => other?,
                 };
-                Ok((c.summary(now)?, c.activity(since)?, schedules))
+                let keyed = pages::Keyed {
+                    queues: c.queue_stats(now)?,
+                    blocked: c.blocked_keys(pages::BLOCKED_SHOWN + 1)?,
+                };
+                Ok((c.summary(now)?, c.activity(since)?, schedules, keyed))
             })
             .map_err(|e| e.msg);
         shards.push(pages::ShardView {
@@ -45,6 +50,8 @@ pub(super) fn filter_of(p: &http::Params) -> Result<Filter, HttpError> {
     f.signature = p.get("signature").map(str::to_string);
     f.shard_key = p.num("shard_key")?;
     f.error_contains = p.get("error").map(str::to_string);
+    f.queue = p.get("queue").map(str::to_string);
+    f.ordering_key = p.get("key").map(str::to_string);
     Ok(f)
 }
 
@@ -181,10 +188,13 @@ pub(super) fn bulk_filter(p: &http::Params, action: Action) -> Result<(Filter, b
     let named = f.names_statuses()
         || f.signature.is_some()
         || f.shard_key.is_some()
-        || f.error_contains.is_some();
+        || f.error_contains.is_some()
+        || f.queue.is_some()
+        || f.ordering_key.is_some();
     if !named && !p.flag("all") {
         return Err(HttpError::bad(format!(
-            "{} every task needs a filter (status, signature, shard key or error text) or all=1",
+            "{} every task needs a filter (status, signature, shard key, error text, queue or \
+             key) or all=1",
             action.name()
         )));
     }
@@ -226,7 +236,14 @@ pub(super) fn filter_params(p: &http::Params) -> Vec<(String, String)> {
         .filter(|(k, v)| {
             matches!(
                 k.as_str(),
-                "db" | "status" | "signature" | "shard_key" | "error" | "all" | "force"
+                "db" | "status"
+                    | "signature"
+                    | "shard_key"
+                    | "error"
+                    | "queue"
+                    | "key"
+                    | "all"
+                    | "force"
             ) && !v.trim().is_empty()
         })
         .cloned()
@@ -306,6 +323,59 @@ pub(super) fn purge_filter(p: &http::Params) -> Result<Option<(Filter, i64)>, Ht
         },
         cutoff,
     )))
+}
+
+/// The ordering key a skip is about (`key`, required).
+fn key_of(p: &http::Params) -> Result<String, HttpError> {
+    p.get("key")
+        .map(str::to_string)
+        .ok_or_else(|| HttpError::bad("`key` (the ordering key) is required"))
+}
+
+/// The confirmation page of `tend keys skip KEY`.
+pub(super) fn key_skip_page(
+    state: &State,
+    conns: &mut Conns,
+    req: &Req,
+    ctx: &Ctx,
+) -> Result<Resp, HttpError> {
+    let i = db_of(state, &req.query)?;
+    let key = key_of(&req.query)?;
+    let head = conns.run(state, i, |c| c.key_head(&key))?;
+    Ok(Resp::html(
+        200,
+        pages::skip_confirm(ctx, i, &key, head.as_ref()),
+    ))
+}
+
+/// `tend keys skip KEY`: the key's first task, when dead or held, leaves the key's line.
+pub(super) fn key_skip(state: &State, conns: &mut Conns, req: &Req) -> Result<Resp, HttpError> {
+    let i = db_of(state, &req.form)?;
+    let key = key_of(&req.form)?;
+    let now = now_ms();
+    let note = format!(
+        "skipped out of the line of key {key} by an operator at {} (tend web)",
+        fmt_time(now)
+    );
+    match conns.run(state, i, |c| c.skip_key(&key, &note, now))? {
+        Skip::Skipped(h) => Ok(Resp::see_other(&format!(
+            "/tasks/{}?db={i}&done=skipped",
+            h.id
+        ))),
+        Skip::NotBlocked(h) => Err(HttpError::new(
+            409,
+            format!(
+                "key `{key}` is not blocked: its first task {} is {}; skip only takes a dead or \
+                 held first task out of the line; nothing was changed",
+                h.id,
+                crate::cli::text::status_name(h.task_status)
+            ),
+        )),
+        Skip::NoTasks => Err(HttpError::new(
+            404,
+            format!("no task with ordering key `{key}` in database {i}; nothing was changed"),
+        )),
+    }
 }
 
 pub(super) fn purge_page(

@@ -471,6 +471,11 @@ fn route(state: &State, conns: &mut Conns, req: &Req, ctx: &Ctx) -> Result<Resp,
             authorize(state, req)?;
             bulk(state, conns, req, action)
         }
+        (Method::Get, ["keys", "skip"]) => key_skip_page(state, conns, req, ctx),
+        (Method::Post, ["keys", "skip"]) => {
+            authorize(state, req)?;
+            key_skip(state, conns, req)
+        }
         (Method::Get, ["purge"]) => purge_page(state, conns, req, ctx),
         (Method::Post, ["purge"]) => {
             authorize(state, req)?;

@@ -11,9 +11,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod keys;
 mod scenarios;
 mod schedules;
 
+use keys::*;
 use scenarios::*;
 use schedules::*;
 
@@ -30,6 +32,7 @@ use support::per_backend;
 const Y2000: &str = "2000-01-01T00:00:00Z";
 
 per_backend!(processes: unmigrated, inspect, changes, purge, unknown_statuses, stats_lists_schedules);
+per_backend!(processes: queues_in_lists, queues_in_stats, blocked_keys);
 
 // ---------------------------------------------------------------------------------------------
 // Backend-independent errors, the URL handling, several shards, help
@@ -200,6 +203,9 @@ fn every_command_has_help() {
         &["tasks", "delete"],
         &["purge"],
         &["stats"],
+        &["keys"],
+        &["keys", "blocked"],
+        &["keys", "skip"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -214,6 +220,10 @@ fn every_command_has_help() {
         .ok()
         .says("--older-than")
         .says("--batch");
+    tend(&["keys", "skip", "--help"])
+        .ok()
+        .says("--dry-run")
+        .says("dead or held");
     tend(&["--version"]).ok().says("tend ");
     tend(&["frobnicate"]).fails(2, "unrecognized subcommand");
 }

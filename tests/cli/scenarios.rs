@@ -41,6 +41,9 @@ pub(crate) fn inspect(db: &Db) {
         "STATUS",
         "SIGNATURE",
         "SHARD",
+        "QUEUE",
+        "PRI",
+        "KEY",
         "ATTEMPTS",
         "DUE",
         "MODIFIED",
@@ -154,6 +157,9 @@ pub(crate) fn inspect(db: &Db) {
         "gmt_modified",
         "duration_ms",
         "trace_parent",
+        "queue",
+        "priority",
+        "ordering_key",
     ] {
         assert!(
             shown

@@ -12,9 +12,11 @@
 mod support;
 
 mod dashboard;
+mod keys;
 mod refusals;
 
 use dashboard::*;
+use keys::*;
 use refusals::*;
 
 use std::io::{Read, Write};
@@ -59,7 +61,7 @@ fn csrf(addr: SocketAddr, path: &str, session: &str) -> String {
         .unwrap_or_else(|| panic!("{path} has no CSRF field"))
 }
 
-per_backend!(processes: pages, attacks);
+per_backend!(processes: pages, attacks, queues_and_keys);
 
 #[test]
 fn passwords_are_never_shown() {

@@ -80,7 +80,7 @@ pub(super) fn apply(
     if t.id.is_none() && t.filter.is_empty() && !t.all {
         return Err(Fail::usage(format!(
             "`tend tasks {}` needs a task ID, a filter (--status, --signature, --shard-key, \
-             --due-before, --due-after) or --all; nothing was changed",
+             --due-before, --due-after, --queue, --key) or --all; nothing was changed",
             verb.command
         )));
     }

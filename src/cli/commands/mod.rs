@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use super::db::{self, Database};
 use super::text::{clip, fmt_span, fmt_time, status_name, table, Align, StatusArg};
-use super::{ChangeArgs, Cli, Command, FilterArgs, ListArgs, PurgeArgs, PurgeStatus, ShowArgs};
-use super::{RetryArgs, TargetArgs, TasksCommand};
+use super::{BlockedArgs, ChangeArgs, Cli, Command, FilterArgs, KeysCommand, ListArgs};
+use super::{PurgeArgs, PurgeStatus, RetryArgs, ShowArgs, SkipArgs, TargetArgs, TasksCommand};
+use crate::admin::keys::{KeyHead, Skip};
 use crate::admin::{is_parked, Admin, Change, Filter, Page, TaskSummary, Unknown};
 use crate::registry::Registry;
 use crate::status::TaskStatus;
@@ -140,6 +141,8 @@ fn execute(
         Command::Tasks(TasksCommand::Delete(a)) => delete(&mut shards, a, io),
         Command::Purge(a) => purge(&mut shards, a, io),
         Command::Stats(a) => stats(&mut shards, a.json, io),
+        Command::Keys(KeysCommand::Blocked(a)) => blocked(&mut shards, a, io),
+        Command::Keys(KeysCommand::Skip(a)) => skip(&mut shards, a, io),
     }
 }
 
@@ -193,6 +196,8 @@ fn filter_of(f: &FilterArgs) -> Filter {
         shard_key: f.shard_key,
         due_before: f.due_before,
         due_after: f.due_after,
+        queue: f.queue.clone(),
+        ordering_key: f.key.clone(),
         ..Filter::default()
     }
 }
@@ -206,10 +211,12 @@ fn names(shards: &[Shard]) -> String {
 }
 
 mod change;
+mod keys;
 mod read;
 mod stats;
 
 use change::*;
+use keys::*;
 use read::*;
 use stats::*;
 

@@ -26,6 +26,9 @@ pub(super) fn summary_json(r: &TaskSummary) -> Value {
         "error_msg": r.error_msg,
         "gmt_create": r.gmt_create,
         "gmt_modified": r.gmt_modified,
+        "queue": r.queue,
+        "priority": r.priority,
+        "ordering_key": r.ordering_key,
     })
 }
 
@@ -66,6 +69,11 @@ pub(super) fn list(shards: &mut [Shard], a: ListArgs, io: &mut Io) -> Result<(),
                         status_name(r.task_status),
                         r.method_sign_name.clone(),
                         r.shard_key.to_string(),
+                        r.queue.clone(),
+                        r.priority.to_string(),
+                        r.ordering_key
+                            .as_deref()
+                            .map_or("-".to_string(), |k| clip(k, 24)),
                         format!("{}/{}", r.execute_times, r.max_attempts),
                         fmt_time(r.execute_time),
                         fmt_time(r.gmt_modified),
@@ -78,6 +86,9 @@ pub(super) fn list(shards: &mut [Shard], a: ListArgs, io: &mut Io) -> Result<(),
                 ("STATUS", Align::Left),
                 ("SIGNATURE", Align::Left),
                 ("SHARD", Align::Right),
+                ("QUEUE", Align::Left),
+                ("PRI", Align::Right),
+                ("KEY", Align::Left),
                 ("ATTEMPTS", Align::Right),
                 ("DUE", Align::Left),
                 ("MODIFIED", Align::Left),
@@ -140,6 +151,9 @@ pub(super) fn row_json(r: &TaskRow, payload: &Result<Value, String>) -> Value {
         "gmt_modified": r.gmt_modified,
         "duration_ms": r.duration_ms,
         "trace_parent": r.trace_parent,
+        "queue": r.queue,
+        "priority": r.priority,
+        "ordering_key": r.ordering_key,
     })
 }
 
@@ -202,6 +216,9 @@ pub(super) fn row_text(r: &TaskRow, payload: &Result<Value, String>) -> String {
         ("gmt_modified", time(r.gmt_modified)),
         ("duration_ms", opt_num(r.duration_ms)),
         ("trace_parent", opt(&r.trace_parent)),
+        ("queue", r.queue.clone()),
+        ("priority", r.priority.to_string()),
+        ("ordering_key", opt(&r.ordering_key)),
     ];
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut s = String::new();

@@ -47,6 +47,8 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
             Err(e) if crate::error::is_missing_schema(&e) => Vec::new(),
             Err(e) => return Err(db_err(s, e)),
         };
+        let qs = s.conn.queue_stats(now).map_err(|e| db_err(s, e))?;
+        let queues = qs.queues();
         let lag_ms = st
             .oldest_due
             .as_ref()
@@ -74,6 +76,18 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
                 "total": total,
                 "by_status": status_obj,
                 "by_signature": sig_docs,
+                "by_queue": queues.iter().map(|q| {
+                    let mut o = serde_json::Map::new();
+                    o.insert("queue".into(), json!(q.queue));
+                    for k in &all {
+                        o.insert(k.name().into(), json!(q.count(k.as_i32())));
+                    }
+                    o.insert("total".into(), json!(q.total()));
+                    o.insert("due_now".into(), json!(q.due_now));
+                    o.insert("blocked_keys".into(), json!(q.blocked_keys));
+                    Value::Object(o)
+                }).collect::<Vec<_>>(),
+                "blocked_keys": qs.blocked_keys(),
                 "due_now": st.due_now,
                 "oldest_due": st.oldest_due.as_ref().map(|o| json!({
                     "id": o.id,
@@ -122,7 +136,18 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
                 .collect();
             write!(io.out, "{}", table(&headers, &rows))?;
         }
+        if !queues.is_empty() {
+            writeln!(io.out)?;
+            write!(io.out, "{}", queue_table(&queues, &all))?;
+        }
         writeln!(io.out)?;
+        match qs.blocked_keys() {
+            0 => writeln!(io.out, "blocked keys: none")?,
+            b => writeln!(
+                io.out,
+                "blocked keys: {b} (a dead or held task first in line; see `tend keys blocked`)"
+            )?,
+        }
         match (&st.oldest_due, lag_ms) {
             (Some(o), Some(lag)) => writeln!(
                 io.out,
@@ -144,6 +169,28 @@ pub(super) fn stats(shards: &mut [Shard], as_json: bool, io: &mut Io) -> Result<
         writeln!(io.out, "{}", pretty(&docs))?;
     }
     Ok(())
+}
+
+/// Counts per queue: one row each, a column per status, due rows and blocked keys.
+fn queue_table(queues: &[crate::admin::keys::QueueCounts], all: &[TaskStatus]) -> String {
+    let mut headers = vec![("QUEUE".to_string(), Align::Left)];
+    headers.extend(all.iter().map(|k| (k.name().to_uppercase(), Align::Right)));
+    for h in ["TOTAL", "DUE", "BLOCKED KEYS"] {
+        headers.push((h.to_string(), Align::Right));
+    }
+    let headers: Vec<(&str, Align)> = headers.iter().map(|(h, a)| (h.as_str(), *a)).collect();
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|q| {
+            let mut row = vec![q.queue.clone()];
+            row.extend(all.iter().map(|k| q.count(k.as_i32()).to_string()));
+            row.push(q.total().to_string());
+            row.push(q.due_now.to_string());
+            row.push(q.blocked_keys.to_string());
+            row
+        })
+        .collect();
+    table(&headers, &rows)
 }
 
 /// The periodic schedules and their next run, one line each.

@@ -11,7 +11,9 @@ use crate::cli::text::{clip, fmt_span, fmt_time, status_name};
 use crate::status::TaskStatus;
 use crate::store::row::{ScheduleRow, TaskRow};
 
+mod queues;
 mod tasks;
+pub(crate) use queues::{skip_confirm, Keyed, BLOCKED_SHOWN};
 pub(crate) use tasks::{bulk, confirm, detail, list, purge};
 
 /// What every page needs to know about the viewer and the server.
@@ -171,7 +173,7 @@ pub(crate) fn login(ctx: &Ctx, next: String, failed: Option<&str>) -> String {
 pub(crate) struct ShardView {
     pub index: usize,
     pub shown: String,
-    pub data: Result<(Stats, Activity, Vec<ScheduleRow>), String>,
+    pub data: Result<(Stats, Activity, Vec<ScheduleRow>, Keyed), String>,
 }
 
 fn status_class(v: i32) -> &'static str {
@@ -271,21 +273,22 @@ pub(crate) fn overview(
         @if shards.len() > 1 {
             h2 { "By shard (database)" }
             table.grid {
-                thead { tr { th { "database" } @for s in TaskStatus::ALL { th { (s.name()) } } th { "other" } th { "due now" } th { "oldest due" } } }
+                thead { tr { th { "database" } @for s in TaskStatus::ALL { th { (s.name()) } } th { "other" } th { "due now" } th { "oldest due" } th { "blocked keys" } } }
                 tbody {
                     @for sh in shards {
                         tr {
                             td { a href=(url("/tasks", &[("db", sh.index.to_string())])) { (sh.index) ": " (sh.shown) } }
                             @match &sh.data {
-                                Ok((st, _, _)) => {
+                                Ok((st, _, _, keyed)) => {
                                     @for s in TaskStatus::ALL {
                                         td.num { (count_of(st, s.as_i32())) }
                                     }
                                     td.num { (st.by_status.iter().filter(|(v, _)| TaskStatus::from_i32(*v).is_none()).map(|x| x.1).sum::<i64>()) }
                                     td.num { (st.due_now) }
                                     td { (st.oldest_due.as_ref().map_or("none".to_string(), |o| fmt_span(now.saturating_sub(o.execute_time)))) }
+                                    td.num.(if keyed.queues.blocked_keys() > 0 { "alert" } else { "" }) { (keyed.queues.blocked_keys()) }
                                 }
-                                Err(e) => { td.error colspan="10" { (e) } }
+                                Err(e) => { td.error colspan="11" { (e) } }
                             }
                         }
                     }
@@ -298,8 +301,9 @@ pub(crate) fn overview(
                 @if shards.len() > 1 { h2 { "Database " (sh.index) ": " (sh.shown) } }
                 @match &sh.data {
                     Err(e) => { p.error { (e) } }
-                    Ok((st, activity, schedules)) => {
+                    Ok((st, activity, schedules, keyed)) => {
                         (shard_overview(sh.index, now, first_minute, st, activity))
+                        (queues::section(sh.index, keyed))
                         (schedules_table(now, schedules))
                     }
                 }

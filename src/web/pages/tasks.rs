@@ -57,10 +57,12 @@ pub(crate) fn list(
             .filter(|(k, _)| *k != "limit")
             .cloned()
             .collect();
-        if !with
-            .iter()
-            .any(|(k, _)| matches!(*k, "status" | "signature" | "shard_key" | "error"))
-        {
+        if !with.iter().any(|(k, _)| {
+            matches!(
+                *k,
+                "status" | "signature" | "shard_key" | "error" | "queue" | "key"
+            )
+        }) {
             with.push(("all", "1".to_string()));
         }
         url(&format!("/bulk/{}", a.name()), &with)
@@ -81,6 +83,8 @@ pub(crate) fn list(
             label { "signature " input type="text" name="signature" value=(q.get("signature").unwrap_or("")) placeholder="exact"; }
             label { "shard key " input.short type="text" name="shard_key" value=(q.get("shard_key").unwrap_or("")); }
             label { "error contains " input type="text" name="error" value=(q.get("error").unwrap_or("")); }
+            label { "queue " input.short type="text" name="queue" value=(q.get("queue").unwrap_or("")) placeholder="default"; }
+            label { "ordering key " input type="text" name="key" value=(q.get("key").unwrap_or("")) placeholder="exact"; }
             label { "per page "
                 select name="limit" {
                     @for n in [20, 50, 100, 500] {
@@ -96,7 +100,7 @@ pub(crate) fn list(
             p { "No tasks match" @if paged { " after this point" } "." }
         } @else {
             table.grid.tasks {
-                thead { tr { th { "id" } th { "status" } th { "signature" } th { "shard key" } th { "attempts" } th { "due" } th { "modified" } th { "lease owner" } th { "error" } } }
+                thead { tr { th { "id" } th { "status" } th { "signature" } th { "shard key" } th { "queue" } th { "priority" } th { "ordering key" } th { "attempts" } th { "due" } th { "modified" } th { "lease owner" } th { "error" } } }
                 tbody {
                     @for r in rows {
                         tr id=(format!("task-{}", r.id)) {
@@ -104,6 +108,13 @@ pub(crate) fn list(
                             td { (status_badge(r.task_status)) }
                             td { (r.method_sign_name) }
                             td.num { (r.shard_key) }
+                            td { a href=(url("/tasks", &[("db", db.to_string()), ("queue", r.queue.clone())])) { (r.queue) } }
+                            td.num { (r.priority) }
+                            td {
+                                @if let Some(k) = &r.ordering_key {
+                                    a href=(url("/tasks", &[("db", db.to_string()), ("key", k.clone())])) title=(k) { (clip(k, 32)) }
+                                }
+                            }
                             td.num { (r.execute_times) "/" (r.max_attempts) }
                             td.time { (fmt_time(r.execute_time)) }
                             td.time { (fmt_time(r.gmt_modified)) }
@@ -151,6 +162,7 @@ pub(crate) fn detail(
         Some("retried") => Some("Retried: the task is due now."),
         Some("cancelled") => Some("Cancelled: the task is dead and will not run."),
         Some("unchanged") => Some("Nothing changed: the task's status changed meanwhile."),
+        Some("skipped") => Some("Skipped out of its ordering key's line: the next task of the key may run; this one stays as it was."),
         _ => None,
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "–".to_string());
@@ -158,6 +170,9 @@ pub(crate) fn detail(
         ("task_id", r.task_id.clone()),
         ("signature", r.method_sign_name.clone()),
         ("shard key", r.shard_key.to_string()),
+        ("queue", r.queue.clone()),
+        ("priority", r.priority.to_string()),
+        ("ordering key", opt(&r.ordering_key)),
         (
             "attempts",
             format!("{} of {}", r.execute_times, r.max_attempts),
