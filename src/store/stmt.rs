@@ -23,6 +23,8 @@ pub(crate) enum Bind<'a> {
     I32(i32),
     Text(&'a str),
     OptText(Option<&'a str>),
+    /// Only the multi-row insert binds bytes (PostgreSQL's binds arrays).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
     Bytes(&'a [u8]),
 }
 
@@ -37,6 +39,7 @@ pub(crate) struct Stmt<'a, ST = Untyped> {
 }
 
 /// The columns of [`TaskRow`](super::row::TaskRow) in its field order, for positional loads.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
     execute_times, max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
@@ -45,6 +48,7 @@ pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status
     gmt_modified, duration_ms, trace_parent, queue, priority, ordering_key";
 
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) type TaskRowSql<DB> =
     diesel::dsl::SqlTypeOf<<super::row::TaskRow as diesel::Selectable<DB>>::SelectExpression>;
 
@@ -147,6 +151,7 @@ where
 }
 
 /// The columns of [`NewRow`](super::row::NewRow) in its field order.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
     max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
@@ -155,10 +160,12 @@ const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_ti
     gmt_modified, trace_parent, queue, priority, ordering_key";
 
 /// The most rows one statement of [`insert_rows`] carries (31 binds a row: 1 984 binds).
+#[cfg(any(feature = "sqlite", feature = "mysql", test))]
 pub(crate) const INSERT_ROWS_MAX: usize = 64;
 
 /// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
 /// two (100 = 64 + 32 + 4), so that every statement has one of 7 shapes diesel keeps prepared.
+#[cfg(any(feature = "sqlite", feature = "mysql", test))]
 pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
     let mut out = Vec::new();
     while n > 0 {
@@ -177,6 +184,7 @@ pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
 /// see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO NOTHING`). Unlike diesel's
 /// multi-row insert, which diesel never keeps prepared, this is parsed and planned once per
 /// shape and connection.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stmt<'a> {
     debug_assert!(!rows.is_empty() && rows.len() <= INSERT_ROWS_MAX);
     let mut s = Stmt::new("INSERT INTO consistency_task (")
@@ -268,6 +276,7 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
 }
 
 /// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 macro_rules! insert_chunked {
     ($conn:expr, $rows:expr, $tail:expr) => {{
         let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
@@ -281,6 +290,7 @@ macro_rules! insert_chunked {
         Ok(n)
     }};
 }
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) use insert_chunked;
 
 #[cfg(test)]
