@@ -239,7 +239,7 @@ macro_rules! admin_ops {
                 p = Box::new(p.and(t::shard_key.eq(k)));
             }
             if let Some(ts) = f.due_before {
-                p = Box::new(p.and(t::execute_time.le(ts.min($crate::status::PARKED - 1))));
+                p = Box::new(p.and(t::execute_time.le(ts.min($crate::status::LATEST_DUE))));
             }
             if let Some(ts) = f.due_after {
                 p = Box::new(p.and(t::execute_time.ge(ts)));

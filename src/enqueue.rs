@@ -625,7 +625,7 @@ impl NewTask {
         let o = self.opts;
         let execute_time = match (self.run_at, o.execute_way) {
             // Not PARKED: a task due "never" would be invisible to the claim for good.
-            (Some(at), _) => at.min(crate::status::PARKED - 1),
+            (Some(at), _) => at.min(crate::status::LATEST_DUE),
             (None, ExecuteWay::RightNow) => now,
             (None, ExecuteWay::Schedule) => now.saturating_add(o.delay.as_millis() as i64),
         };

@@ -140,6 +140,15 @@ impl fmt::Display for TaskStatus {
 /// `execute_time` of rows that are never claimed (dead, held, kept-succeeded).
 pub(crate) const PARKED: i64 = i64::MAX;
 
+/// `execute_time` of a pending task that waits in line behind an earlier task of its ordering
+/// key (moved there by a fetcher that found it blocked, so that claims stop reading it; moved
+/// back to "due now" when the task before it is done). Correctness never rests on it: the
+/// claim checks the order itself.
+pub(crate) const WAITING: i64 = i64::MAX - 1;
+
+/// The latest `execute_time` a due time, retry or snooze may have (below [`WAITING`]).
+pub(crate) const LATEST_DUE: i64 = i64::MAX - 2;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,6 +294,17 @@ macro_rules! keys_ops {
                         Ok(Skip::Skipped(head))
                     })
                 })
+                .inspect(|skip| {
+                    // The next task of the key may wait in line behind the skipped one: it is
+                    // first now. (If this fails, the pools' sweep of the line releases it.)
+                    if let Skip::Skipped(head) = skip {
+                        let released =
+                            $crate::store::ops::Ops::release_next(self, key, head.id, now);
+                        if let Err(e) = released {
+                            log::warn!("tend: releasing the task after {} failed: {e}", head.id);
+                        }
+                    }
+                })
             }
         }
     };

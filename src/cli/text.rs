@@ -4,7 +4,7 @@
 //! an offset, and shows RFC 3339 in UTC. A tiny calendar conversion is enough for that, so no
 //! date crate is pulled in.
 
-use crate::status::{TaskStatus, PARKED};
+use crate::status::{TaskStatus, PARKED, WAITING};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -142,10 +142,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// An epoch-ms time as RFC 3339 in UTC (milliseconds only when there are some); parked rows'
-/// `i64::MAX` as `never`.
+/// `i64::MAX` as `never`, and a row waiting in line behind its ordering key as `in line`.
 pub(crate) fn fmt_time(ms: i64) -> String {
     if ms == PARKED {
         return "never".to_string();
+    }
+    if ms == WAITING {
+        return "in line (after the task before it in its key)".to_string();
     }
     let days = ms.div_euclid(MS_PER_DAY);
     let in_day = ms.rem_euclid(MS_PER_DAY);
@@ -326,6 +329,7 @@ mod tests {
         assert_eq!(fmt_time(1_795_790_786_500), "2026-11-27T14:46:26.500Z");
         assert_eq!(fmt_time(-1000), "1969-12-31T23:59:59Z");
         assert_eq!(fmt_time(PARKED), "never");
+        assert!(fmt_time(WAITING).starts_with("in line"));
         for ms in [0, 951_782_400_000, 1_709_164_800_123, 4_102_444_800_000] {
             assert_eq!(parse_time(&fmt_time(ms)), Ok(ms));
         }

@@ -14,7 +14,7 @@ use crate::alert::Alert;
 use crate::events::{Event, Events, TaskInfo};
 use crate::expr::{AlertVars, Expr};
 use crate::registry::{Attempt, Registry};
-use crate::status::{TaskStatus, PARKED};
+use crate::status::{TaskStatus, LATEST_DUE};
 use crate::store::row::{Finish, TaskRow};
 use crate::store::StoreConnection;
 use crate::task::{Action, TaskContext, TaskError, TaskOptions};
@@ -77,13 +77,17 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// The outcome of one claimed task, to be written back.
 #[derive(Debug, Clone)]
 pub(crate) enum Done {
-    /// Delete the row.
-    Complete { id: i64, token: i64 },
+    /// Delete the row (`key`: its ordering key, whose next row is then released).
+    Complete {
+        id: i64,
+        token: i64,
+        key: Option<String>,
+    },
     /// Fenced update of the row.
     Finish(Finish),
     /// Nothing to write: the handler completed the task in its own transaction
     /// ([`crate::complete_in`]).
-    CompletedIn { id: i64 },
+    CompletedIn { id: i64, key: Option<String> },
 }
 
 impl Done {
@@ -96,8 +100,19 @@ impl Done {
 
     pub(crate) fn id(&self) -> i64 {
         match self {
-            Done::Complete { id, .. } | Done::CompletedIn { id } => *id,
+            Done::Complete { id, .. } | Done::CompletedIn { id, .. } => *id,
             Done::Finish(f) => f.id,
+        }
+    }
+
+    /// The ordering key and id of a row this outcome takes out of its key's line (deleted, or
+    /// kept as succeeded): the next row of the key may run.
+    pub(crate) fn leaves_line(&self) -> Option<(&str, i64)> {
+        match self {
+            Done::Complete { id, key, .. } | Done::CompletedIn { id, key } => {
+                key.as_deref().map(|k| (k, *id))
+            }
+            Done::Finish(f) => f.release_key.as_deref().map(|k| (k, f.id)),
         }
     }
 
@@ -105,7 +120,7 @@ impl Done {
     pub(crate) fn write<C: StoreConnection>(&self, conn: &mut C) -> diesel::QueryResult<bool> {
         crate::store::retry_transient(|| match self {
             Done::CompletedIn { .. } => Ok(true),
-            Done::Complete { id, token } => conn.complete(*token, &[*id]).map(|n| n == 1),
+            Done::Complete { id, token, .. } => conn.complete(*token, &[*id]).map(|n| n == 1),
             Done::Finish(f) => conn
                 .finish(std::slice::from_ref(f))
                 .map(|held| held.len() == 1),
@@ -208,7 +223,10 @@ pub(crate) fn run_one(cfg: &Executor, row: TaskRow) -> Done {
                 duration,
             });
             if ctx.completed_in.load(std::sync::atomic::Ordering::SeqCst) {
-                return Done::CompletedIn { id: row.id };
+                return Done::CompletedIn {
+                    id: row.id,
+                    key: row.ordering_key.clone(),
+                };
             }
             completed(cfg, &row, token, duration)
         }
@@ -346,7 +364,7 @@ fn failed(
     // Never PARKED: a failed row due "never" would not be retried, yet not look parked either.
     let next = now
         .saturating_add(wait.as_millis().min(i64::MAX as u128) as i64)
-        .min(PARKED - 1);
+        .min(LATEST_DUE);
     cfg.events.emit(Event::Retried {
         task: info(row),
         next_attempt_at_ms: next,
@@ -378,7 +396,7 @@ fn snoozed(
         return None;
     }
     let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-    let next = now.saturating_add(wait_ms).min(crate::status::PARKED - 1);
+    let next = now.saturating_add(wait_ms).min(crate::status::LATEST_DUE);
     log::debug!(
         "tend: task {} ({}) snoozed for {wait:?}: {msg}",
         row.id,
@@ -506,16 +524,22 @@ fn alert_if(
 /// completed rows.
 fn completed(cfg: &Executor, row: &TaskRow, token: i64, duration: Duration) -> Done {
     if cfg.keep_completed.is_none() {
-        return Done::Complete { id: row.id, token };
+        return Done::Complete {
+            id: row.id,
+            token,
+            key: row.ordering_key.clone(),
+        };
     }
-    Done::Finish(Finish::kept(
+    let mut f = Finish::kept(
         row.id,
         token,
         row.error_msg.clone(),
         row.fallback_error_msg.clone(),
         Some(crate::util::millis(duration)),
         cfg.now_ms(),
-    ))
+    );
+    f.release_key = row.ordering_key.clone();
+    Done::Finish(f)
 }
 
 /// The event view of a row.

@@ -348,7 +348,7 @@ pub(super) fn group(batch: &[Done]) -> (Vec<(i64, Vec<i64>)>, Vec<Finish>) {
     let mut finishes = Vec::new();
     for d in batch {
         match d {
-            Done::Complete { id, token } => completes.entry(*token).or_default().push(*id),
+            Done::Complete { id, token, .. } => completes.entry(*token).or_default().push(*id),
             Done::Finish(f) => finishes.push(f.clone()),
             Done::CompletedIn { .. } => {}
         }
@@ -448,7 +448,29 @@ fn write_outcomes<C: R2D2Connection + StoreConnection + 'static>(
         log::warn!("tend: writing task outcomes failed ({e}); retrying in {wait:?}");
         thread::sleep(wait);
     }
+    release_lines(conn, batch);
     forget(shared, batch);
+}
+
+/// After outcomes were written: each row they took out of its ordering key's line (deleted,
+/// or kept as succeeded) releases the next row of its key if it waits in the line. A release
+/// that fails is left to the fetchers' sweep of the line (see `Ops::release_orphans`); the
+/// claim checks the order itself, so an early release costs nothing but a read.
+pub(super) fn release_lines<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    batch: &[Done],
+) {
+    let now = crate::util::now_ms();
+    for (key, id) in batch.iter().filter_map(Done::leaves_line) {
+        if let Err(e) =
+            conn.with(|c| crate::store::retry_transient(|| c.release_next(key, id, now)))
+        {
+            log::warn!(
+                "tend: could not release the task after {id} in the line of key {key:?} ({e}); \
+                 the next sweep of the line does"
+            );
+        }
+    }
 }
 
 /// Deletes kept completed rows older than the retention, 500 at a time so that no statement

@@ -117,6 +117,9 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
     let mut next_probe = Instant::now();
     // Bad-row isolation (see `Isolation`): the current cap on an untargeted claim's size.
     let mut iso = Isolation::new(cfg.batch_size);
+    // Order per key (see `Line`): when each queue's blocked rows were last put in line, and
+    // when the line is next swept for rows whose release was missed.
+    let mut line = Line::new(gate.len());
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
@@ -124,6 +127,9 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         if Instant::now() >= next_poll {
             pending.fill(true);
             next_poll = super::later(cfg.poll_interval);
+        }
+        if shared.assigned.load(Ordering::Relaxed) && line.sweep_due() && line.sweep(conn, gate) {
+            pending.fill(true);
         }
         // With shard affinity, a shard given to other processes is only claimed from for this
         // process's own hand-offs.
@@ -262,6 +268,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                         complete::report_completed(cfg, ids.len(), *deleted);
                     }
                     complete::report_finished(cfg, finishes.len(), w.held.len());
+                    complete::release_lines(conn, &taken.outcomes);
                     complete::forget(shared, &mut taken.outcomes);
                     Ok(w.claimed)
                 }
@@ -282,6 +289,11 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                 slots.n = 0; // the workers free them
                 if !targeted {
                     pending[queue] = n == room;
+                    // A short claim may have read past rows waiting behind their key: put
+                    // them in line, and claim again if that moved any.
+                    if n < room && line.defer(conn, gate, queue) {
+                        pending[queue] = true;
+                    }
                     turn = queue + 1;
                     if !pending.contains(&true) {
                         next_poll = super::later(cfg.poll_interval);
@@ -331,6 +343,86 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                 }
             }
         }
+    }
+}
+
+/// Order per key: rows that wait behind an earlier row of their key are due, but no claim may
+/// take them, and a claim walks past each one (one index probe each). After a claim came back
+/// short, the fetcher moves them into the line (`Ops::defer_blocked`, at most once a second
+/// per queue), where claims no longer read them; the completion of the row before releases
+/// the next (`complete::release_lines`), and every 30 s a sweep releases rows whose release
+/// was missed (`Ops::release_orphans`).
+struct Line {
+    deferred_at: Vec<Option<Instant>>,
+    next_sweep: Instant,
+}
+
+/// How often blocked rows of one queue are put in line, at most.
+const DEFER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the line is swept for rows whose release was missed.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Rows per priority level one defer or sweep moves, at most.
+const LINE_BATCH: i64 = 1000;
+
+impl Line {
+    fn new(queues: usize) -> Line {
+        Line {
+            deferred_at: vec![None; queues],
+            next_sweep: super::later(SWEEP_EVERY),
+        }
+    }
+
+    fn sweep_due(&self) -> bool {
+        Instant::now() >= self.next_sweep
+    }
+
+    /// Puts the blocked rows of `queue` in line; whether any moved.
+    fn defer<C: R2D2Connection + StoreConnection + 'static>(
+        &mut self,
+        conn: &mut Conn<C>,
+        gate: &super::queues::Gate,
+        queue: usize,
+    ) -> bool {
+        if self.deferred_at[queue].is_some_and(|t| t.elapsed() < DEFER_EVERY) {
+            return false;
+        }
+        self.deferred_at[queue] = Some(Instant::now());
+        let name = gate.name(queue);
+        match conn.with(|c| c.defer_blocked(name, now_ms(), LINE_BATCH)) {
+            Ok(0) => false,
+            Ok(n) => {
+                log::debug!("tend: {n} task(s) of queue {name} wait in line behind their key");
+                true
+            }
+            Err(e) => {
+                log::debug!("tend: putting blocked tasks of queue {name} in line failed ({e})");
+                false
+            }
+        }
+    }
+
+    /// Releases rows in line whose release was missed; whether any were.
+    fn sweep<C: R2D2Connection + StoreConnection + 'static>(
+        &mut self,
+        conn: &mut Conn<C>,
+        gate: &super::queues::Gate,
+    ) -> bool {
+        self.next_sweep = super::later(SWEEP_EVERY);
+        let mut any = false;
+        for name in gate.names() {
+            match conn.with(|c| c.release_orphans(name, now_ms(), LINE_BATCH)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    log::info!(
+                        "tend: released {n} task(s) of queue {name} that waited in line behind \
+                         a task no longer there"
+                    );
+                    any = true;
+                }
+                Err(e) => log::debug!("tend: sweeping the line of queue {name} failed ({e})"),
+            }
+        }
+        any
     }
 }
 

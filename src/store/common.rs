@@ -95,6 +95,72 @@ macro_rules! common_ops {
             .optional()
         }
 
+        fn defer_blocked(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize> {
+            use $crate::store::lease::{blocked_rows, into_line, key_head};
+            let mut by_key: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+            let rows: Vec<(i64, String)> = blocked_rows(queue, now, limit).load(self)?;
+            for (id, key) in rows {
+                by_key.entry(key).or_default().push(id);
+            }
+            let mut moved = 0;
+            for (key, ids) in &by_key {
+                self.isolate_next()?;
+                moved += self.transaction(|conn| {
+                    // The key's first row, locked: its completion (a delete or an update)
+                    // waits for this transaction, and then releases what it put in line; if
+                    // it was completed meanwhile, the next row is the first and nothing
+                    // behind it is released early.
+                    let head = if Self::CONCURRENT_CLAIMS {
+                        key_head(key).sql(" FOR UPDATE")
+                    } else {
+                        key_head(key)
+                    };
+                    match head.get_result::<i64>(conn).optional()? {
+                        Some(h) if ids.iter().any(|&id| id > h) => {
+                            into_line(key, h, ids, now).execute(conn)
+                        }
+                        _ => Ok(0),
+                    }
+                })?;
+            }
+            Ok(moved)
+        }
+
+        fn release_next(&mut self, key: &str, after: i64, now: i64) -> QueryResult<usize> {
+            use $crate::store::lease::{next_in_line, out_of_line};
+            // Two statements: this runs after the commit that took row `after` out, which
+            // waited for any transaction that was putting rows of the key in line (they lock
+            // the key's first row), so what it reads here is settled.
+            match next_in_line(key, after).get_result::<(i64, i64)>(self).optional()? {
+                Some((id, at)) if at == $crate::status::WAITING => {
+                    self.isolate_next()?;
+                    out_of_line(id, now).execute(self)
+                }
+                _ => Ok(0),
+            }
+        }
+
+        fn release_orphans(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize> {
+            use $crate::store::stmt::{Bind, Stmt};
+            let mut n = 0;
+            for p in ($crate::queue::MIN_PRIORITY..=$crate::queue::MAX_PRIORITY).rev() {
+                let ids: Vec<i64> =
+                    $crate::store::lease::orphans_in_line(queue, p, limit).load(self)?;
+                if ids.is_empty() {
+                    continue;
+                }
+                self.isolate_next()?;
+                n += Stmt::new("UPDATE consistency_task SET execute_time = ")
+                    .bind(Bind::I64(now))
+                    .sql(" WHERE execute_time = ")
+                    .bind(Bind::I64($crate::status::WAITING))
+                    .sql(" AND id IN ")
+                    .ids(&ids)
+                    .execute(self)?;
+            }
+            Ok(n)
+        }
+
         fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
             $crate::store::lease::park_by_id($crate::status::TaskStatus::Dead, id, now, message)
                 .sql(if running {

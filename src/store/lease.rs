@@ -231,6 +231,116 @@ pub(crate) fn ordered<ST>(s: stmt::Stmt<'_, ST>, now: i64) -> stmt::Stmt<'_, ST>
     .sql(")))")
 }
 
+/// Due pending rows of one queue that wait behind an earlier row of their ordering key (`id`,
+/// key), at most `limit` per priority level, one index range per level as in [`due_rows`]:
+/// what a fetcher moves into the line ([`crate::status::WAITING`]) so that its claims stop
+/// reading them.
+pub(crate) fn blocked_rows(
+    queue: &str,
+    now: i64,
+    limit: i64,
+) -> stmt::Stmt<'_, (diesel::sql_types::BigInt, diesel::sql_types::Text)> {
+    use stmt::Bind;
+    let mut s = stmt::Stmt::new("").typed();
+    for (i, p) in (crate::queue::MIN_PRIORITY..=crate::queue::MAX_PRIORITY)
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            s = s.sql(" UNION ALL ");
+        }
+        s = s
+            .sql("SELECT * FROM (SELECT k.id, k.ordering_key FROM consistency_task AS k WHERE k.queue = ")
+            .bind(Bind::Text(queue))
+            .sql(&format!(" AND k.priority = {p} AND k.execute_time <= "))
+            .bind(Bind::I64(now))
+            .sql(
+                " AND k.task_status = 0 AND k.ordering_key IS NOT NULL AND EXISTS (SELECT 1 \
+                 FROM consistency_task AS o WHERE o.ordering_key = k.ordering_key AND o.id < \
+                 k.id AND o.task_status <> 3) ORDER BY k.execute_time LIMIT ",
+            )
+            .bind(Bind::I64(limit))
+            .sql(&format!(") AS l{i}"));
+    }
+    s
+}
+
+/// The first row still in line for `key` (its lowest id whose status is not 3, succeeded and
+/// kept): the row every other row of the key waits behind.
+pub(crate) fn key_head(key: &str) -> stmt::Stmt<'_, diesel::sql_types::BigInt> {
+    stmt::Stmt::new("SELECT id FROM consistency_task WHERE ordering_key = ")
+        .bind(stmt::Bind::Text(key))
+        .sql(" AND task_status <> 3 ORDER BY id LIMIT 1")
+        .typed()
+}
+
+/// Moves rows `ids` of `key` that are still due and pending into the line, behind `head`.
+pub(crate) fn into_line<'a>(key: &'a str, head: i64, ids: &[i64], now: i64) -> stmt::Stmt<'a> {
+    use stmt::Bind;
+    stmt::Stmt::new("UPDATE consistency_task SET execute_time = ")
+        .bind(Bind::I64(crate::status::WAITING))
+        .sql(" WHERE id IN ")
+        .ids(ids)
+        .sql(" AND ordering_key = ")
+        .bind(Bind::Text(key))
+        .sql(" AND id > ")
+        .bind(Bind::I64(head))
+        .sql(" AND task_status = 0 AND execute_time <= ")
+        .bind(Bind::I64(now))
+}
+
+/// The row next in line for `key` after row `after` (`id`, `execute_time`): the first one by id
+/// that is still in line (status not 3). `ORDER BY … LIMIT 1` stops at it in the index
+/// `(ordering_key, id)`.
+pub(crate) fn next_in_line(
+    key: &str,
+    after: i64,
+) -> stmt::Stmt<'_, (diesel::sql_types::BigInt, diesel::sql_types::BigInt)> {
+    use stmt::Bind;
+    stmt::Stmt::new("SELECT id, execute_time FROM consistency_task WHERE ordering_key = ")
+        .bind(Bind::Text(key))
+        .sql(" AND id > ")
+        .bind(Bind::I64(after))
+        .sql(" AND task_status <> 3 ORDER BY id LIMIT 1")
+        .typed()
+}
+
+/// Makes row `id` due at `now` if it waits in the line (by primary key: an `UPDATE` whose
+/// `WHERE` also names `execute_time` may be planned on the due index, and then reads every
+/// row in line).
+pub(crate) fn out_of_line<'a>(id: i64, now: i64) -> stmt::Stmt<'a> {
+    use stmt::Bind;
+    stmt::Stmt::new("UPDATE consistency_task SET execute_time = ")
+        .bind(Bind::I64(now))
+        .sql(" WHERE id = ")
+        .bind(Bind::I64(id))
+        .sql(" AND execute_time = ")
+        .bind(Bind::I64(crate::status::WAITING))
+}
+
+/// The safety net of the line: up to `limit` rows of one queue and level in the line whose key
+/// has no earlier row left (their release was missed: a process died between a completion
+/// and its release, or an operator deleted a row by hand), as ids.
+pub(crate) fn orphans_in_line<'a>(
+    queue: &'a str,
+    priority: i32,
+    limit: i64,
+) -> stmt::Stmt<'a, diesel::sql_types::BigInt> {
+    use stmt::Bind;
+    stmt::Stmt::new("SELECT k.id FROM consistency_task AS k WHERE k.queue = ")
+        .bind(Bind::Text(queue))
+        .sql(&format!(
+            " AND k.priority = {priority} AND k.execute_time = "
+        ))
+        .bind(Bind::I64(crate::status::WAITING))
+        .sql(
+            " AND NOT EXISTS (SELECT 1 FROM consistency_task AS o WHERE o.ordering_key = \
+             k.ordering_key AND o.id < k.id AND o.task_status <> 3) LIMIT ",
+        )
+        .bind(Bind::I64(limit))
+        .typed()
+}
+
 /// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status
 /// each had before.
 pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {

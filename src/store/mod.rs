@@ -108,6 +108,18 @@ pub(crate) mod ops {
         /// cannot be read or leased is still found.
         fn first_due(&mut self, queue: &str, now: i64, exclude: &[i64])
             -> QueryResult<Option<i64>>;
+        /// Moves due pending rows of `queue` that wait behind an earlier row of their ordering
+        /// key into the line (`status::WAITING`), so that claims stop reading them: at most
+        /// `limit` per priority level; returns how many moved. Per key, in a transaction that
+        /// first locks the key's first row, so that it cannot interleave with that row's
+        /// completion (which releases the next row, see `release_next`).
+        fn defer_blocked(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize>;
+        /// Makes the row next in line for `key` after row `after` due at `now` if it waits in
+        /// the line; returns 0 or 1. Called after row `after` was deleted or kept as succeeded.
+        fn release_next(&mut self, key: &str, after: i64, now: i64) -> QueryResult<usize>;
+        /// The line's safety net: makes due the rows of `queue` in the line whose key has no
+        /// earlier row left (at most `limit` per level); returns how many.
+        fn release_orphans(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize>;
         /// Holds a due row that no claim could lease (status held, parked, `message` as its
         /// error), unless it is no longer claimable; returns how many rows changed (0 or 1).
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize>;

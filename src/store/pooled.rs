@@ -38,6 +38,18 @@ where
     ) -> QueryResult<Written> {
         (**self).write_and_claim(completes, finishes, c)
     }
+    fn defer_blocked(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize> {
+        (**self).defer_blocked(queue, now, limit)
+    }
+
+    fn release_next(&mut self, key: &str, after: i64, now: i64) -> QueryResult<usize> {
+        (**self).release_next(key, after, now)
+    }
+
+    fn release_orphans(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize> {
+        (**self).release_orphans(queue, now, limit)
+    }
+
     fn first_due(&mut self, queue: &str, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
         (**self).first_due(queue, now, exclude)
     }

@@ -195,6 +195,9 @@ pub struct Finish {
     /// How long the attempt ran (written for kept completed rows).
     pub duration_ms: Option<i64>,
     pub now: i64,
+    /// The row's ordering key when this outcome takes it out of its key's line (kept
+    /// succeeded): the next row of the key is then released.
+    pub release_key: Option<String>,
 }
 
 impl Finish {
@@ -286,6 +289,7 @@ impl Finish {
             attempts_delta,
             duration_ms: None,
             now,
+            release_key: None,
         }
     }
 }

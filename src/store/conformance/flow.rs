@@ -149,11 +149,31 @@ pub(super) fn racing_claimers_keep_each_key_in_line<D: Db>(db: &D) {
         .flat_map(|i| (0..keys).map(move |k| keyed(T0 - 1_000 + i, &format!("key-{k}"))))
         .collect();
     assert_eq!(conn.insert_many(&rows).unwrap(), total);
+    // Every row but each key's first waits in line from the start: from here on each key
+    // advances only through the releases below.
+    assert_eq!(
+        conn.defer_blocked("default", T0, 1000).unwrap(),
+        total - keys
+    );
     drop(conn);
     let order: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let holding: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let done = Arc::new(AtomicUsize::new(0));
+    let deferred = Arc::new(AtomicUsize::new(0));
     thread::scope(|s| {
+        // Puts blocked rows in line all along (rows released early by a race would be put
+        // back): with the releases below, and no sweep, every row must still run (a release
+        // lost to a race with this would leave its key stuck and the test would time out).
+        let (done2, deferred2) = (done.clone(), deferred.clone());
+        s.spawn(move || {
+            let mut conn = db.connect();
+            while done2.load(Ordering::SeqCst) < total {
+                let n = retry_transient(|| conn.defer_blocked("default", T0, 1000))
+                    .unwrap_or_else(|e| panic!("defer_blocked: {e}"));
+                deferred2.fetch_add(n, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
         for w in 0..4i64 {
             let (order, holding, done) = (order.clone(), holding.clone(), done.clone());
             s.spawn(move || {
@@ -187,6 +207,7 @@ pub(super) fn racing_claimers_keep_each_key_in_line<D: Db>(db: &D) {
                             retry_transient(|| conn.complete(token, &[r.task.id])).unwrap(),
                             1
                         );
+                        retry_transient(|| conn.release_next(&key, r.task.id, T0)).unwrap();
                         done.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -195,10 +216,62 @@ pub(super) fn racing_claimers_keep_each_key_in_line<D: Db>(db: &D) {
     });
     let order = order.lock().unwrap();
     assert_eq!(order.len(), total);
+
     let mut last: HashMap<&str, i64> = HashMap::new();
     for (key, id) in order.iter() {
         if let Some(prev) = last.insert(key, *id) {
             assert!(prev < *id, "{key}: {id} ran after {prev}");
         }
     }
+}
+
+fn waiting<C: Ops>(conn: &mut C, id: i64) -> bool {
+    found(conn, id).execute_time == crate::status::WAITING
+}
+
+/// Rows blocked behind their key move into the line, out of the claims' way, and come out one
+/// at a time as the row before each is deleted or kept as succeeded.
+pub(super) fn blocked_rows_wait_in_line_and_come_out_in_order<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let a1 = insert(&mut conn, &keyed(T0 - 100, "a"));
+    let a2 = insert(&mut conn, &keyed(T0 - 100, "a"));
+    let a3 = insert(&mut conn, &keyed(T0 - 100, "a"));
+    let b1 = insert(&mut conn, &keyed(T0 - 100, "b"));
+    let later = insert(&mut conn, &keyed(T0 + 60_000, "a")); // not due: not touched
+    assert_eq!(claim_of(&mut conn, "default", T0, 1, 10), vec![a1, b1]);
+    assert_eq!(conn.defer_blocked("default", T0, 1000).unwrap(), 2);
+    assert!(waiting(&mut conn, a2) && waiting(&mut conn, a3));
+    assert_eq!(found(&mut conn, later).execute_time, T0 + 60_000);
+    assert_eq!(
+        conn.defer_blocked("default", T0, 1000).unwrap(),
+        0,
+        "nothing left"
+    );
+    assert!(claim_of(&mut conn, "default", T0 + 1, 2, 10).is_empty());
+    // a1 done: a2 comes out, a3 stays in line behind it.
+    assert_eq!(conn.complete(1, &[a1]).unwrap(), 1);
+    assert_eq!(conn.release_next("a", a1, T0 + 5).unwrap(), 1);
+    assert_eq!(found(&mut conn, a2).execute_time, T0 + 5);
+    assert!(waiting(&mut conn, a3));
+    assert_eq!(claim_of(&mut conn, "default", T0 + 5, 3, 10), vec![a2]);
+    // Released twice (a retried release): nothing more comes out.
+    assert_eq!(conn.release_next("a", a1, T0 + 5).unwrap(), 0);
+    // a2 kept as succeeded (status 3): a3 comes out.
+    conn.finish(&[finish(a2, 3, 3, PARKED, T0 + 6)]).unwrap();
+    assert_eq!(conn.release_next("a", a2, T0 + 6).unwrap(), 1);
+    assert_eq!(claim_of(&mut conn, "default", T0 + 6, 4, 10), vec![a3]);
+    // The sweep: b2 in line behind b1, b1 deleted without a release (a process died between
+    // the two): the sweep releases b2, and never a row whose key still has a row before it.
+    let b2 = insert(&mut conn, &keyed(T0 - 100, "b"));
+    let a4 = insert(&mut conn, &keyed(T0 - 100, "a"));
+    assert_eq!(conn.defer_blocked("default", T0 + 7, 1000).unwrap(), 2);
+    assert_eq!(conn.complete(1, &[b1]).unwrap(), 1);
+    assert_eq!(conn.release_orphans("default", T0 + 8, 1000).unwrap(), 1);
+    assert_eq!(found(&mut conn, b2).execute_time, T0 + 8);
+    assert!(waiting(&mut conn, a4), "a3 still runs: a4 waits");
+    assert_eq!(conn.release_orphans("default", T0 + 8, 1000).unwrap(), 0);
+    // A row in line is never claimed, whatever the time.
+    assert!(claim_of(&mut conn, "default", T0 + 1_000_000_000, 5, 10)
+        .iter()
+        .all(|id| *id != a4));
 }

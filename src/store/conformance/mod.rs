@@ -382,6 +382,7 @@ fn finish(id: i64, token: i64, status: i32, execute_time: i64, now: i64) -> Fini
         attempts_delta: 0,
         duration_ms: None,
         now,
+        release_key: None,
     }
 }
 
@@ -465,6 +466,7 @@ conformance!(
     ordering_key_runs_one_at_a_time_in_order,
     ordering_key_waits_for_a_later_row_running,
     racing_claimers_keep_each_key_in_line,
+    blocked_rows_wait_in_line_and_come_out_in_order,
 );
 
 #[cfg(feature = "cli")]

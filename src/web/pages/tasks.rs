@@ -146,6 +146,8 @@ pub(crate) fn list(
 pub(super) fn time_cell(ms: i64) -> String {
     if is_parked(ms) {
         "never (parked: no worker claims it)".to_string()
+    } else if ms == crate::status::WAITING {
+        "in line: due once the task before it in its ordering key is done".to_string()
     } else {
         format!("{} ({ms})", fmt_time(ms))
     }
