@@ -140,7 +140,25 @@ pub(crate) fn due_rows<'a, ST>(
     status: &str,
     dialect: Dialect,
 ) -> stmt::Stmt<'a, ST> {
+    due_rows_of(s, columns, c, status, dialect, &ALL_LEVELS)
+}
+
+/// Every priority level, highest first.
+pub(crate) const ALL_LEVELS: [i32; 7] = [3, 2, 1, 0, -1, -2, -3];
+
+/// [`due_rows`] over the priority `levels` given (highest first; not empty): MySQL's claim
+/// names only the levels that have due rows (see [`levels_due`]), since MariaDB materializes
+/// every branch of a union, where PostgreSQL stops at the first branches that fill the limit.
+pub(crate) fn due_rows_of<'a, ST>(
+    s: stmt::Stmt<'a, ST>,
+    columns: &str,
+    c: &Claim<'a>,
+    status: &str,
+    dialect: Dialect,
+    levels: &[i32],
+) -> stmt::Stmt<'a, ST> {
     use stmt::Bind;
+    debug_assert!(!levels.is_empty());
     let lock = if dialect == Dialect::Unlocked {
         ""
     } else {
@@ -186,14 +204,15 @@ pub(crate) fn due_rows<'a, ST>(
     if c.ids.is_some() || c.queue.is_none() {
         return level(s, None);
     }
+    if let [p] = levels {
+        // One level: the plain statement, no union.
+        return level(s, Some(*p));
+    }
     let mut s = s;
     if dialect == Dialect::Pg {
         s = s.sql("SELECT * FROM (");
     }
-    for (i, p) in (crate::queue::MIN_PRIORITY..=crate::queue::MAX_PRIORITY)
-        .rev()
-        .enumerate()
-    {
+    for (i, &p) in levels.iter().enumerate() {
         if i > 0 {
             s = s.sql(" UNION ALL ");
         }
@@ -211,6 +230,42 @@ pub(crate) fn due_rows<'a, ST>(
         s = s.sql(") AS u");
     }
     s.sql(" LIMIT ").bind(Bind::I64(c.limit))
+}
+
+/// Which priority levels of `queue` have a due claimable row, as one `0`/`1` per level of
+/// [`ALL_LEVELS`]: one index probe each (`EXISTS` stops at the first row of the range).
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub(crate) fn levels_due(
+    queue: &str,
+    now: i64,
+) -> stmt::Stmt<
+    '_,
+    (
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+        diesel::sql_types::BigInt,
+    ),
+> {
+    use stmt::Bind;
+    let mut s = stmt::Stmt::new("SELECT ").typed();
+    for (i, p) in ALL_LEVELS.iter().enumerate() {
+        if i > 0 {
+            s = s.sql(", ");
+        }
+        s = s
+            .sql("CAST(EXISTS (SELECT 1 FROM consistency_task WHERE queue = ")
+            .bind(Bind::Text(queue))
+            .sql(&format!(" AND priority = {p} AND execute_time <= "))
+            .bind(Bind::I64(now))
+            .sql(" AND task_status IN ")
+            .sql(CLAIMABLE_SQL)
+            .sql(") AS SIGNED)");
+    }
+    s
 }
 
 /// The claim's order per key, on a row `k` of the claim: ` AND (no ordering key, or no earlier
@@ -388,6 +443,15 @@ pub(crate) fn park_by_id<'a>(
 #[cfg(test)]
 mod tests {
     use crate::status::TaskStatus;
+
+    /// `ALL_LEVELS` is every priority, highest first.
+    #[test]
+    fn all_levels_are_the_priorities_highest_first() {
+        let want: Vec<i32> = (crate::queue::MIN_PRIORITY..=crate::queue::MAX_PRIORITY)
+            .rev()
+            .collect();
+        assert_eq!(super::ALL_LEVELS.to_vec(), want);
+    }
 
     /// The SQL's claimable set is `TaskStatus::is_claimable`, written out once.
     #[test]

@@ -86,12 +86,34 @@ impl Ops for MysqlConnection {
         }
         self.isolate_next()?;
         self.transaction(|conn| {
-            let rows: Vec<TaskRow> = super::lease::due_rows(
+            use super::lease::{due_rows_of, levels_due, ALL_LEVELS};
+            // MariaDB materializes every branch of the claim's union of priority levels (2.5 ms
+            // for a claim of 50 where one plain SELECT takes 0.75): first find which levels
+            // have due rows (one index probe each), then read only those.
+            let levels: Vec<i32> = match (c.ids, c.queue) {
+                (None, Some(queue)) => {
+                    let due: (i64, i64, i64, i64, i64, i64, i64) =
+                        levels_due(queue, c.now).get_result(conn)?;
+                    let due = [due.0, due.1, due.2, due.3, due.4, due.5, due.6];
+                    ALL_LEVELS
+                        .iter()
+                        .zip(due)
+                        .filter(|(_, d)| *d != 0)
+                        .map(|(p, _)| *p)
+                        .collect()
+                }
+                _ => ALL_LEVELS.to_vec(),
+            };
+            if levels.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<TaskRow> = due_rows_of(
                 Stmt::new(""),
                 "k.*",
                 c,
                 "k.task_status",
                 super::lease::Dialect::MySql,
+                &levels,
             )
             .load(conn)?;
             conn.lease(c, rows)
