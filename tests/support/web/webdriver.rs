@@ -75,6 +75,13 @@ impl Driver {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {v}"))
             .to_string();
+        // A click that submits a form returns before the next page has loaded: finding an
+        // element waits for it (up to 10 s) instead of racing the navigation.
+        d.call(
+            "POST",
+            &d.s("/timeouts"),
+            Some(json!({ "implicit": 10_000 })),
+        );
         Some(d)
     }
 
