@@ -159,7 +159,9 @@ macro_rules! shared_ops {
 /// backend: times are epoch-ms BIGINTs (the seed's `gmt_*` were `datetime`), the payload is
 /// binary (the seed's was `varchar(200)`), `execute_times`, `execute_way` and `thread_way` have
 /// defaults (the limit's inserts leave them out), and the three lease columns the limit writes
-/// are added, unindexed.
+/// are added, unindexed, as are `queue` and `priority` with tend's defaults (the limit's claim
+/// names the one queue and level its tasks are in, which on tend's table is the leading part
+/// of the due index `(queue, priority, execute_time)`).
 pub(crate) fn seed_table(id: &str, bytes: &str) -> String {
     format!(
         "CREATE TABLE consistency_task (\
@@ -187,6 +189,8 @@ pub(crate) fn seed_table(id: &str, bytes: &str) -> String {
          lease_token BIGINT NULL, \
          lease_owner VARCHAR(255) NULL, \
          lease_expires_at BIGINT NULL, \
+         queue VARCHAR(64) NOT NULL DEFAULT 'default', \
+         priority INT NOT NULL DEFAULT 0, \
          UNIQUE (id, shard_key))"
     )
 }
@@ -211,7 +215,7 @@ pub(crate) mod sqlite_db {
         S.get_or_init(|| {
             format!(
                 "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
-                 WHERE execute_time <= ? AND +task_status IN (0, 1, 2) ORDER BY execute_time \
+                 WHERE queue = 'default' AND priority = 0 AND execute_time <= ? AND +task_status IN (0, 1, 2) ORDER BY execute_time \
                  LIMIT {BATCH}) RETURNING id, task_parameter"
             )
         })
@@ -285,7 +289,7 @@ pub(crate) mod pg_db {
         S.get_or_init(|| {
             format!(
                 "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
-                 WHERE execute_time <= ? AND task_status IN (0, 1, 2) ORDER BY execute_time \
+                 WHERE queue = 'default' AND priority = 0 AND execute_time <= ? AND task_status IN (0, 1, 2) ORDER BY execute_time \
                  LIMIT {BATCH} FOR UPDATE SKIP LOCKED) RETURNING id, task_parameter"
             )
         })
@@ -442,7 +446,8 @@ pub(crate) mod mysql_db {
         static S: OnceLock<String> = OnceLock::new();
         S.get_or_init(|| {
             format!(
-                "SELECT id, task_parameter FROM consistency_task WHERE execute_time <= ? \
+                "SELECT id, task_parameter FROM consistency_task WHERE queue = 'default' \
+                 AND priority = 0 AND execute_time <= ? \
                  AND task_status IN (0, 1, 2) ORDER BY execute_time LIMIT {BATCH} \
                  FOR UPDATE SKIP LOCKED"
             )
