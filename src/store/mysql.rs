@@ -32,7 +32,6 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
 use super::stmt::Stmt;
-use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
@@ -51,10 +50,7 @@ impl Ops for MysqlConnection {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
         // would also silence truncation and other errors.
-        match diesel::insert_into(t::consistency_task)
-            .values(row)
-            .execute(self)
-        {
+        match super::stmt::insert_rows(std::slice::from_ref(row), "").execute(self) {
             Ok(_) => {}
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 if row.idempotency_key.is_some() =>

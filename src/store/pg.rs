@@ -11,7 +11,6 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
 use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
-use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -70,11 +69,17 @@ impl Ops for PgConnection {
     }
 
     fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
-        diesel::insert_into(t::consistency_task)
-            .values(row)
-            .on_conflict_do_nothing()
-            .returning(t::id)
-            .get_result(self)
+        // `ON CONFLICT` only for a keyed row: without a key nothing can conflict (the only
+        // other unique index is the primary key, whose clash must fail, not pass for a
+        // duplicate), and its speculative insertion costs a second WAL record per row.
+        let tail = if row.idempotency_key.is_some() {
+            " ON CONFLICT DO NOTHING RETURNING id"
+        } else {
+            " RETURNING id"
+        };
+        super::stmt::insert_rows(std::slice::from_ref(row), tail)
+            .typed::<diesel::sql_types::BigInt>()
+            .get_result::<i64>(self)
             .optional()
     }
 
@@ -125,10 +130,9 @@ struct UnnestInsert<'a> {
     big: [Vec<i64>; 4],
     opt_big: [Vec<Option<i64>>; 2],
     bytes: Vec<&'a [u8]>,
+    /// Some row has an idempotency key: `ON CONFLICT DO NOTHING` makes a duplicate a no-op.
+    keyed: bool,
 }
-
-/// The statement's cache key.
-struct UnnestInsertId;
 
 impl<'a> UnnestInsert<'a> {
     fn new(rows: &'a [NewRow]) -> UnnestInsert<'a> {
@@ -139,6 +143,7 @@ impl<'a> UnnestInsert<'a> {
             big: Default::default(),
             opt_big: Default::default(),
             bytes: Vec::with_capacity(rows.len()),
+            keyed: rows.iter().any(|r| r.idempotency_key.is_some()),
         };
         for r in rows {
             // Exhaustive: a column added to `NewRow` fails to compile here until it has an
@@ -240,9 +245,10 @@ const UNNEST_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign
     transaction_way, priority, execute_time, shard_key, gmt_create, gmt_modified, lease_token, \
     lease_expires_at, task_parameter";
 
+/// Two texts (with and without `ON CONFLICT`): diesel caches each by its SQL.
 impl diesel::query_builder::QueryId for UnnestInsert<'_> {
-    type QueryId = UnnestInsertId;
-    const HAS_STATIC_QUERY_ID: bool = true;
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
 }
 
 impl<C> RunQueryDsl<C> for UnnestInsert<'_> {}
@@ -285,7 +291,10 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
         }
         sep(&mut out);
         out.push_bind_param::<Array<Binary>, _>(&self.bytes)?;
-        out.push_sql(") ON CONFLICT DO NOTHING");
+        out.push_sql(")");
+        if self.keyed {
+            out.push_sql(" ON CONFLICT DO NOTHING");
+        }
         Ok(())
     }
 }

@@ -9,7 +9,6 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::ops::Ops;
 use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
 use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
-use crate::schema::consistency_task::dsl as t;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -28,10 +27,14 @@ impl Ops for SqliteConnection {
     }
 
     fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
-        let n = diesel::insert_into(t::consistency_task)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(self)?;
+        // `ON CONFLICT` only where a duplicate key may be met: without a key nothing can
+        // conflict, and a primary key clash must fail, not pass for a duplicate.
+        let tail = if row.idempotency_key.is_some() {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            ""
+        };
+        let n = super::stmt::insert_rows(std::slice::from_ref(row), tail).execute(self)?;
         if n == 0 {
             return Ok(None);
         }
@@ -47,7 +50,11 @@ impl Ops for SqliteConnection {
         if rows.is_empty() {
             return Ok(0);
         }
-        super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING")
+        if rows.iter().any(|r| r.idempotency_key.is_some()) {
+            super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING")
+        } else {
+            super::stmt::insert_chunked!(self, rows, "")
+        }
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {

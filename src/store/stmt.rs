@@ -24,7 +24,6 @@ pub(crate) enum Bind<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     /// Only the multi-row insert binds bytes (PostgreSQL's binds arrays).
-    #[cfg_attr(not(any(feature = "sqlite", feature = "mysql")), allow(dead_code))]
     Bytes(&'a [u8]),
 }
 
@@ -151,7 +150,6 @@ where
 }
 
 /// The columns of [`NewRow`](super::row::NewRow) in its field order.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
 const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
     max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
@@ -160,7 +158,6 @@ const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_ti
     gmt_modified, trace_parent, queue, priority, ordering_key";
 
 /// The most rows one statement of [`insert_rows`] carries (31 binds a row: 1 984 binds).
-#[cfg(any(feature = "sqlite", feature = "mysql", test))]
 pub(crate) const INSERT_ROWS_MAX: usize = 64;
 
 /// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
@@ -180,17 +177,48 @@ pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
     out
 }
 
+/// The columns a lean row binds (see [`is_lean`]); the others take their column's default.
+const LEAN_ROW_COLUMNS: &str = "task_id, max_attempts, execute_time, parameter_types, \
+    method_name, method_sign_name, execute_interval_sec, delay_time, task_parameter, \
+    payload_version, execute_way, thread_way, transaction_way, error_msg, alert_expression, \
+    shard_key, gmt_create, gmt_modified";
+
+/// Whether every column `LEAN_ROW_COLUMNS` leaves out holds its default in `r` (the
+/// migrations' `DEFAULT`s: status 0, no attempt, no key, no alerter, fallback or lease, no
+/// trace, queue `default` at priority 0, no ordering key), as most enqueued rows do: such a row
+/// binds 18 values instead of 31, and the database fills in the rest. (The alert expression
+/// is bound: tasks have the seed's default expression unless they opt out.)
+fn is_lean(r: &super::row::NewRow) -> bool {
+    r.idempotency_key.is_none()
+        && r.task_status == 0
+        && r.execute_times == 0
+        && r.alert_action_bean_name.is_none()
+        && r.fallback_class_name.is_none()
+        && r.fallback_error_msg.is_none()
+        && r.lease_token.is_none()
+        && r.lease_owner.is_none()
+        && r.lease_expires_at.is_none()
+        && r.trace_parent.is_none()
+        && r.queue == crate::queue::DEFAULT_QUEUE
+        && r.priority == 0
+        && r.ordering_key.is_none()
+}
+
 /// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (at most [`INSERT_ROWS_MAX`];
 /// see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO NOTHING`). Unlike diesel's
 /// multi-row insert, which diesel never keeps prepared, this is parsed and planned once per
-/// shape and connection.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+/// shape and connection. When every row is lean ([`is_lean`]) only the lean columns are bound.
 pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stmt<'a> {
     debug_assert!(!rows.is_empty() && rows.len() <= INSERT_ROWS_MAX);
+    let lean = rows.iter().all(is_lean);
     let mut s = Stmt::new("INSERT INTO consistency_task (")
-        .sql(NEW_ROW_COLUMNS)
+        .sql(if lean {
+            LEAN_ROW_COLUMNS
+        } else {
+            NEW_ROW_COLUMNS
+        })
         .sql(") VALUES ");
-    s.binds.reserve(rows.len() * 31);
+    s.binds.reserve(rows.len() * if lean { 18 } else { 31 });
     for (i, r) in rows.iter().enumerate() {
         s.sql.push_str(if i == 0 { "(" } else { ", (" });
         // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
@@ -228,42 +256,65 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
             priority: _,
             ordering_key: _,
         } = r;
-        for (j, b) in [
-            Bind::Text(&r.task_id),
-            Bind::OptText(r.idempotency_key.as_deref()),
-            Bind::I32(r.task_status),
-            Bind::I32(r.execute_times),
-            Bind::I32(r.max_attempts),
-            Bind::I64(r.execute_time),
-            Bind::Text(&r.parameter_types),
-            Bind::Text(&r.method_name),
-            Bind::Text(&r.method_sign_name),
-            Bind::I32(r.execute_interval_sec),
-            Bind::I32(r.delay_time),
-            Bind::Bytes(&r.task_parameter),
-            Bind::I32(r.payload_version),
-            Bind::I32(r.execute_way),
-            Bind::I32(r.thread_way),
-            Bind::I32(r.transaction_way),
-            Bind::Text(&r.error_msg),
-            Bind::OptText(r.alert_expression.as_deref()),
-            Bind::OptText(r.alert_action_bean_name.as_deref()),
-            Bind::OptText(r.fallback_class_name.as_deref()),
-            Bind::OptText(r.fallback_error_msg.as_deref()),
-            Bind::I64(r.shard_key),
-            Bind::OptI64(r.lease_token),
-            Bind::OptText(r.lease_owner.as_deref()),
-            Bind::OptI64(r.lease_expires_at),
-            Bind::I64(r.gmt_create),
-            Bind::I64(r.gmt_modified),
-            Bind::OptText(r.trace_parent.as_deref()),
-            Bind::Text(&r.queue),
-            Bind::I32(r.priority),
-            Bind::OptText(r.ordering_key.as_deref()),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        let binds: &mut dyn Iterator<Item = Bind<'a>> = if lean {
+            &mut [
+                Bind::Text(&r.task_id),
+                Bind::I32(r.max_attempts),
+                Bind::I64(r.execute_time),
+                Bind::Text(&r.parameter_types),
+                Bind::Text(&r.method_name),
+                Bind::Text(&r.method_sign_name),
+                Bind::I32(r.execute_interval_sec),
+                Bind::I32(r.delay_time),
+                Bind::Bytes(&r.task_parameter),
+                Bind::I32(r.payload_version),
+                Bind::I32(r.execute_way),
+                Bind::I32(r.thread_way),
+                Bind::I32(r.transaction_way),
+                Bind::Text(&r.error_msg),
+                Bind::OptText(r.alert_expression.as_deref()),
+                Bind::I64(r.shard_key),
+                Bind::I64(r.gmt_create),
+                Bind::I64(r.gmt_modified),
+            ]
+            .into_iter()
+        } else {
+            &mut [
+                Bind::Text(&r.task_id),
+                Bind::OptText(r.idempotency_key.as_deref()),
+                Bind::I32(r.task_status),
+                Bind::I32(r.execute_times),
+                Bind::I32(r.max_attempts),
+                Bind::I64(r.execute_time),
+                Bind::Text(&r.parameter_types),
+                Bind::Text(&r.method_name),
+                Bind::Text(&r.method_sign_name),
+                Bind::I32(r.execute_interval_sec),
+                Bind::I32(r.delay_time),
+                Bind::Bytes(&r.task_parameter),
+                Bind::I32(r.payload_version),
+                Bind::I32(r.execute_way),
+                Bind::I32(r.thread_way),
+                Bind::I32(r.transaction_way),
+                Bind::Text(&r.error_msg),
+                Bind::OptText(r.alert_expression.as_deref()),
+                Bind::OptText(r.alert_action_bean_name.as_deref()),
+                Bind::OptText(r.fallback_class_name.as_deref()),
+                Bind::OptText(r.fallback_error_msg.as_deref()),
+                Bind::I64(r.shard_key),
+                Bind::OptI64(r.lease_token),
+                Bind::OptText(r.lease_owner.as_deref()),
+                Bind::OptI64(r.lease_expires_at),
+                Bind::I64(r.gmt_create),
+                Bind::I64(r.gmt_modified),
+                Bind::OptText(r.trace_parent.as_deref()),
+                Bind::Text(&r.queue),
+                Bind::I32(r.priority),
+                Bind::OptText(r.ordering_key.as_deref()),
+            ]
+            .into_iter()
+        };
+        for (j, b) in binds.enumerate() {
             if j > 0 {
                 s.sql.push_str(", ");
             }
@@ -296,6 +347,63 @@ pub(crate) use insert_chunked;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bare_row() -> super::super::row::NewRow {
+        super::super::row::NewRow {
+            task_id: "t".into(),
+            idempotency_key: None,
+            task_status: 0,
+            execute_times: 0,
+            max_attempts: 25,
+            execute_time: 1,
+            parameter_types: "p".into(),
+            method_name: "m".into(),
+            method_sign_name: "s".into(),
+            execute_interval_sec: 60,
+            delay_time: 0,
+            task_parameter: vec![1],
+            payload_version: 1,
+            execute_way: 1,
+            thread_way: 1,
+            transaction_way: 1,
+            error_msg: String::new(),
+            alert_expression: Some("executeTimes > 1 && executeTimes < 5".into()),
+            alert_action_bean_name: None,
+            fallback_class_name: None,
+            fallback_error_msg: None,
+            shard_key: 0,
+            lease_token: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            gmt_create: 1,
+            gmt_modified: 1,
+            trace_parent: None,
+            queue: crate::queue::DEFAULT_QUEUE.into(),
+            priority: 0,
+            ordering_key: None,
+        }
+    }
+
+    /// A row at its defaults binds the 18 lean columns; a batch with one row that is not binds
+    /// all 31 for every row.
+    #[test]
+    fn bare_rows_bind_only_the_columns_off_their_defaults() {
+        let bare = [bare_row(), bare_row()];
+        let s = insert_rows(&bare, "");
+        assert_eq!(s.binds.len(), 2 * 18);
+        assert!(s.sql.contains(LEAN_ROW_COLUMNS));
+        assert_eq!(LEAN_ROW_COLUMNS.split(',').count(), 18);
+        let mixed = [
+            bare_row(),
+            super::super::row::NewRow {
+                ordering_key: Some("k".into()),
+                ..bare_row()
+            },
+        ];
+        let s = insert_rows(&mixed, "");
+        assert_eq!(s.binds.len(), 2 * 31);
+        assert_eq!(NEW_ROW_COLUMNS.split(',').count(), 31);
+    }
 
     #[test]
     fn inserts_are_cut_into_a_few_shapes() {

@@ -51,6 +51,29 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
     assert_eq!(got.id, full_id);
     assert_stored(&full, &got);
     assert_stored(&bare, &found(&mut conn, bare_id));
+    // A bare row binds only the columns that differ from their defaults (`stmt::is_lean`);
+    // one non-default value among the others makes it bind every column.
+    for one in [
+        NewRow {
+            priority: 1,
+            ..row(0)
+        },
+        NewRow {
+            queue: "q2".into(),
+            ..row(0)
+        },
+        NewRow {
+            execute_times: 1,
+            ..row(0)
+        },
+        NewRow {
+            lease_owner: Some("me".into()),
+            ..row(0)
+        },
+    ] {
+        let id = insert(&mut conn, &one);
+        assert_stored(&one, &found(&mut conn, id));
+    }
     assert!(conn.find(bare_id + 1_000).unwrap().is_none());
 }
 
