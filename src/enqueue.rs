@@ -616,7 +616,9 @@ impl NewTask {
                 return Err(Error::invalid_setting(
                     "ordering_key",
                     format!(
-                        "task `{}` is ThreadWay::Sync, which runs in the caller at commit and                          cannot wait in line behind earlier tasks of its key; use                          ThreadWay::Async for ordered tasks",
+                        "task `{}` is ThreadWay::Sync, which runs in the caller at commit and \
+                         cannot wait in line behind earlier tasks of its key; use \
+                         ThreadWay::Async for ordered tasks",
                         self.signature
                     ),
                 ));

@@ -102,8 +102,9 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
 ) {
     let gate = &cfg.queues;
     // Claim only once a whole batch fits (the capacity leaves room for two), so that fast
-    // tasks do not cost a claim each; an idle pool claims whatever is due.
-    let low_water = cfg.batch_size.min(shared.capacity / 2).max(1);
+    // tasks do not cost a claim each; an idle pool claims whatever is due. Workers wake the
+    // fetchers when this much room is free (`Shared::free_one`).
+    let low_water = shared.low_water(cfg.batch_size);
     let mut backoff = Backoff::default();
     // Ids handed over by the outbox (with their queue), waiting for a targeted claim.
     let mut handed: Vec<(i64, usize)> = Vec::new();

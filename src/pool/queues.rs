@@ -110,9 +110,12 @@ impl Gate {
     }
 
     /// A task of queue `i` finished (its handler returned, or it was handed back unstarted).
-    pub(crate) fn done(&self, i: usize) {
+    /// Returns whether the queue has a concurrency limit (a fetcher may be waiting for the
+    /// place this freed).
+    pub(crate) fn done(&self, i: usize) -> bool {
         let mut all = self.state();
         all[i].running = all[i].running.saturating_sub(1);
+        all[i].limits.concurrency.is_some()
     }
 
     /// How long until a rate-limited queue that is out of tokens has one again (`None`: no

@@ -83,13 +83,15 @@ fn work_loop(
             l.finished = true;
         }
         in_hand.set(None);
-        cfg.queues.done(job.queue);
+        // A fetcher may wait for this queue's concurrency limit to leave room.
+        let limited = cfg.queues.done(job.queue);
         let _ = done.send(outcome);
         // The slot is free once the handler returned: the fetcher may claim while the
         // completer writes.
-        shared.free(1);
-        for f in &link.freed {
-            let _ = f.try_send(());
+        if shared.free_one(cfg.batch_size) || limited {
+            for f in &link.freed {
+                let _ = f.try_send(());
+            }
         }
     }
 }
