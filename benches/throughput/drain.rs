@@ -98,6 +98,9 @@ impl<D: Db> Bench<D> {
         let mut rss = [0f64; 2];
         let mut w4 = [0f64; 2];
         let mut work: [WorkSum; 3] = Default::default();
+        // w4: CPU ticks of this process (tend's threads or the limit's) and of the database
+        // server's processes, and the tasks they drained, per system.
+        let mut cpu = [(0u64, 0u64, 0usize); 3];
         // tend, the limit on tend's table, the limit on the seed's table (its own database).
         let systems: &[usize] = if self.seed.is_some() {
             &[0, 1, 2]
@@ -131,11 +134,18 @@ impl<D: Db> Bench<D> {
                     } else {
                         None
                     };
+                    let server = (k == 4 && D::NAME != "sqlite").then(ServerCpu::start);
+                    let client = proc_ticks("self");
                     let d = if sys == 0 {
                         b.tend_drain(k, n, below)?
                     } else {
                         b.limit_drain(k, n, below)?
                     };
+                    if k == 4 {
+                        cpu[sys].0 += proc_ticks("self").saturating_sub(client);
+                        cpu[sys].1 += server.map_or(0, ServerCpu::stop);
+                        cpu[sys].2 += d.ran;
+                    }
                     if sys < 2 {
                         rss[sys] = rss[sys].max(peak_rss_mb());
                     }
@@ -174,6 +184,25 @@ impl<D: Db> Bench<D> {
             if k == 4 {
                 for &sys in systems {
                     self.work_figures(SYSTEMS[sys], &work[sys], n);
+                    let (client, server, ran) = cpu[sys];
+                    // Clock ticks are 10 ms: per task in microseconds.
+                    let per_task = |ticks: u64| ticks as f64 * 10_000.0 / ran.max(1) as f64;
+                    self.figure(
+                        "client_cpu_us_per_task",
+                        per_task(client),
+                        "us",
+                        SYSTEMS[sys],
+                        ran,
+                    );
+                    if D::NAME != "sqlite" {
+                        self.figure(
+                            "server_cpu_us_per_task",
+                            per_task(server),
+                            "us",
+                            SYSTEMS[sys],
+                            ran,
+                        );
+                    }
                 }
             }
         }

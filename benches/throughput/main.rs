@@ -82,7 +82,7 @@ use bench::*;
 use db::*;
 use figures::*;
 use limit::*;
-use multiproc::LockWaits;
+use multiproc::{proc_ticks, LockWaits, ServerCpu};
 use profile::*;
 use work::*;
 

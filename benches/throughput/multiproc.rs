@@ -266,7 +266,7 @@ impl Drop for Children {
 }
 
 /// CPU time (user + system) of `/proc/<pid>` so far, in clock ticks (1/100 s).
-fn proc_ticks(pid: &str) -> u64 {
+pub(crate) fn proc_ticks(pid: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(i) = stat.rfind(')') else { return 0 };
     let f: Vec<&str> = stat[i + 2..].split(' ').collect();
@@ -278,13 +278,13 @@ fn proc_ticks(pid: &str) -> u64 {
 /// `mysqld`) on this machine, sampled every 20 ms, so that a PostgreSQL backend that exits
 /// during the drain (the limit closes its connections at its end) counts up to its last sample.
 /// Other clients' queries on the same server count too.
-struct ServerCpu {
+pub(crate) struct ServerCpu {
     stop: std::sync::Arc<AtomicBool>,
     sampler: thread::JoinHandle<u64>,
 }
 
 impl ServerCpu {
-    fn start() -> ServerCpu {
+    pub(crate) fn start() -> ServerCpu {
         let mut known: HashMap<String, bool> = HashMap::new();
         let base = server_procs(&mut known);
         let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -307,7 +307,7 @@ impl ServerCpu {
         ServerCpu { stop, sampler }
     }
 
-    fn stop(self) -> u64 {
+    pub(crate) fn stop(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.sampler.join().unwrap_or(0)
     }
