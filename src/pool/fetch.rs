@@ -351,8 +351,9 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
 /// take them, and a claim walks past each one (one index probe each). After a claim came back
 /// short, the fetcher moves them into the line (`Ops::defer_blocked`, at most once a second
 /// per queue), where claims no longer read them; the completion of the row before releases
-/// the next (`complete::release_lines`), and every 30 s a sweep releases rows whose release
-/// was missed (`Ops::release_orphans`).
+/// the next (`complete::release_lines`), and at start and every 30 s a sweep releases rows
+/// whose release was missed (`Ops::release_orphans`) and holds rows whose priority is out of
+/// range (`Ops::hold_out_of_range`), which no claim would ever read.
 struct Line {
     deferred_at: Vec<Option<Instant>>,
     next_sweep: Instant,
@@ -369,7 +370,8 @@ impl Line {
     fn new(queues: usize) -> Line {
         Line {
             deferred_at: vec![None; queues],
-            next_sweep: super::later(SWEEP_EVERY),
+            // The first sweep runs at start: a process that died may have left rows behind.
+            next_sweep: Instant::now(),
         }
     }
 
@@ -411,6 +413,16 @@ impl Line {
         self.next_sweep = super::later(SWEEP_EVERY);
         let mut any = false;
         for name in gate.names() {
+            match conn.with(|c| c.hold_out_of_range(name, now_ms())) {
+                Ok(0) => {}
+                Ok(n) => log::error!(
+                    "tend: held {n} task(s) of queue {name} whose priority is outside {}..{} \
+                     (no claim reads them); see their error message",
+                    crate::queue::MIN_PRIORITY,
+                    crate::queue::MAX_PRIORITY
+                ),
+                Err(e) => log::debug!("tend: holding out-of-range priorities failed ({e})"),
+            }
             match conn.with(|c| c.release_orphans(name, now_ms(), LINE_BATCH)) {
                 Ok(0) => {}
                 Ok(n) => {

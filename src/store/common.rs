@@ -161,6 +161,29 @@ macro_rules! common_ops {
             Ok(n)
         }
 
+        fn hold_out_of_range(&mut self, queue: &str, now: i64) -> QueryResult<usize> {
+            use $crate::queue::{MAX_PRIORITY, MIN_PRIORITY};
+            use $crate::store::stmt::Bind;
+            let message = format!(
+                "tend: priority outside {MIN_PRIORITY}..{MAX_PRIORITY}, the levels tend \
+                 claims (written by hand?): no pool would ever run this task; set its priority \
+                 within the range, then `tend tasks retry ID`"
+            );
+            self.isolate_next()?;
+            // No read of the row's other columns and no arithmetic, as `hold_unclaimable`.
+            $crate::store::lease::park($crate::status::TaskStatus::Held, now, &message)
+                .sql(" WHERE queue = ")
+                .bind(Bind::Text(queue))
+                .sql(&format!(
+                    " AND (priority > {MAX_PRIORITY} OR priority < {MIN_PRIORITY}) \
+                     AND task_status IN "
+                ))
+                .sql($crate::store::lease::CLAIMABLE_SQL)
+                .sql(" AND execute_time <= ")
+                .bind(Bind::I64(now))
+                .execute(self)
+        }
+
         fn cancel(&mut self, id: i64, now: i64, message: &str, running: bool) -> QueryResult<bool> {
             $crate::store::lease::park_by_id($crate::status::TaskStatus::Dead, id, now, message)
                 .sql(if running {

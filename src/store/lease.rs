@@ -426,6 +426,18 @@ pub(crate) fn park_by_id<'a>(
     now: i64,
     message: &'a str,
 ) -> stmt::Stmt<'a> {
+    park(status, now, message)
+        .sql(" WHERE id = ")
+        .bind(stmt::Bind::I64(id))
+}
+
+/// `UPDATE … SET` rows parked in `status` with `message`, their lease dropped (the caller
+/// writes the `WHERE`).
+pub(crate) fn park<'a>(
+    status: crate::status::TaskStatus,
+    now: i64,
+    message: &'a str,
+) -> stmt::Stmt<'a> {
     use stmt::Bind;
     stmt::Stmt::new("UPDATE consistency_task SET task_status = ")
         .bind(Bind::I32(status.as_i32()))
@@ -436,8 +448,6 @@ pub(crate) fn park_by_id<'a>(
         .sql(", lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL")
         .sql(", gmt_modified = ")
         .bind(Bind::I64(now))
-        .sql(" WHERE id = ")
-        .bind(Bind::I64(id))
 }
 
 #[cfg(test)]

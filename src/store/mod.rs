@@ -120,6 +120,11 @@ pub(crate) mod ops {
         /// The line's safety net: makes due the rows of `queue` in the line whose key has no
         /// earlier row left (at most `limit` per level); returns how many.
         fn release_orphans(&mut self, queue: &str, now: i64, limit: i64) -> QueryResult<usize>;
+        /// Holds the claimable rows of `queue` whose priority is outside
+        /// `MIN_PRIORITY..=MAX_PRIORITY` (written by hand or by another tool: no claim reads
+        /// them, so they would wait unseen for good), with a message saying so; returns how
+        /// many.
+        fn hold_out_of_range(&mut self, queue: &str, now: i64) -> QueryResult<usize>;
         /// Holds a due row that no claim could lease (status held, parked, `message` as its
         /// error), unless it is no longer claimable; returns how many rows changed (0 or 1).
         fn hold_unclaimable(&mut self, id: i64, now: i64, message: &str) -> QueryResult<usize>;

@@ -50,6 +50,10 @@ where
         (**self).release_orphans(queue, now, limit)
     }
 
+    fn hold_out_of_range(&mut self, queue: &str, now: i64) -> QueryResult<usize> {
+        (**self).hold_out_of_range(queue, now)
+    }
+
     fn first_due(&mut self, queue: &str, now: i64, exclude: &[i64]) -> QueryResult<Option<i64>> {
         (**self).first_due(queue, now, exclude)
     }

@@ -275,3 +275,36 @@ pub(super) fn blocked_rows_wait_in_line_and_come_out_in_order<D: Db>(db: &D) {
         .iter()
         .all(|id| *id != a4));
 }
+
+/// A row whose priority is outside the claimed levels (written by hand) is never claimed, so the
+/// sweep holds it with a message saying why; in-range, other-queue, not-yet-due and finished
+/// rows are left alone.
+pub(super) fn out_of_range_priorities_are_held_not_left_unseen<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let high = insert(&mut conn, &queued(T0 - 10, "mail", 9));
+    let low = insert(&mut conn, &queued(T0 - 10, "mail", i32::MIN));
+    let top = insert(&mut conn, &queued(T0 - 10, "mail", 3));
+    let other = insert(&mut conn, &queued(T0 - 10, "sms", 9));
+    let later = insert(&mut conn, &queued(T0 + 60_000, "mail", 9));
+    assert_eq!(claim_of(&mut conn, "mail", T0, 1, 10), vec![top]);
+    assert_eq!(conn.hold_out_of_range("mail", T0).unwrap(), 2);
+    for id in [high, low] {
+        let r = found(&mut conn, id);
+        assert_eq!(r.task_status, 5, "held");
+        assert_eq!(r.execute_time, PARKED);
+        assert!(
+            r.error_msg.contains("priority outside -3..3"),
+            "{}",
+            r.error_msg
+        );
+    }
+    for id in [other, later] {
+        assert_eq!(found(&mut conn, id).task_status, 0, "left alone");
+    }
+    assert_eq!(
+        found(&mut conn, top).task_status,
+        1,
+        "the claimed row keeps its lease"
+    );
+    assert_eq!(conn.hold_out_of_range("mail", T0).unwrap(), 0);
+}

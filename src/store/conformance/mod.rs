@@ -467,6 +467,7 @@ conformance!(
     ordering_key_waits_for_a_later_row_running,
     racing_claimers_keep_each_key_in_line,
     blocked_rows_wait_in_line_and_come_out_in_order,
+    out_of_range_priorities_are_held_not_left_unseen,
 );
 
 #[cfg(feature = "cli")]
