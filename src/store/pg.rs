@@ -132,6 +132,9 @@ struct UnnestInsert<'a> {
     bytes: Vec<&'a [u8]>,
     /// Some row has an idempotency key: `ON CONFLICT DO NOTHING` makes a duplicate a no-op.
     keyed: bool,
+    /// Every row holds the defaults in the columns `UNNEST_LEAN_COLUMNS` leaves out
+    /// (`stmt::is_lean`): 18 arrays are bound instead of 31.
+    lean: bool,
 }
 
 impl<'a> UnnestInsert<'a> {
@@ -144,6 +147,7 @@ impl<'a> UnnestInsert<'a> {
             opt_big: Default::default(),
             bytes: Vec::with_capacity(rows.len()),
             keyed: rows.iter().any(|r| r.idempotency_key.is_some()),
+            lean: rows.iter().all(super::stmt::is_lean),
         };
         for r in rows {
             // Exhaustive: a column added to `NewRow` fails to compile here until it has an
@@ -246,6 +250,16 @@ const UNNEST_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign
     lease_expires_at, task_parameter";
 
 /// Two texts (with and without `ON CONFLICT`): diesel caches each by its SQL.
+/// `UNNEST_COLUMNS` without those a lean row leaves to their defaults, in the same order.
+const UNNEST_LEAN_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign_name, \
+    error_msg, alert_expression, max_attempts, execute_interval_sec, delay_time, \
+    payload_version, execute_way, thread_way, transaction_way, execute_time, shard_key, \
+    gmt_create, gmt_modified, task_parameter";
+/// Which arrays of each kind a lean insert binds (by index into `UnnestInsert`'s arrays).
+const LEAN_TEXT: [usize; 5] = [0, 1, 2, 3, 4];
+const LEAN_OPT_TEXT: [usize; 1] = [1];
+const LEAN_INT: [usize; 7] = [2, 3, 4, 5, 6, 7, 8];
+
 impl diesel::query_builder::QueryId for UnnestInsert<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
@@ -260,7 +274,22 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
     ) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
         out.push_sql("INSERT INTO consistency_task (");
-        out.push_sql(UNNEST_COLUMNS);
+        out.push_sql(if self.lean {
+            UNNEST_LEAN_COLUMNS
+        } else {
+            UNNEST_COLUMNS
+        });
+        let all = |n: usize| (0..n).collect::<Vec<_>>();
+        let (text, opt_text, int, opt_big) = if self.lean {
+            (
+                LEAN_TEXT.to_vec(),
+                LEAN_OPT_TEXT.to_vec(),
+                LEAN_INT.to_vec(),
+                Vec::new(),
+            )
+        } else {
+            (all(6), all(8), all(10), all(2))
+        };
         out.push_sql(") SELECT * FROM unnest(");
         let mut first = true;
         let mut sep = |out: &mut diesel::query_builder::AstPass<'_, 'b, Pg>| {
@@ -269,15 +298,15 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
             }
             first = false;
         };
-        for v in &self.text {
+        for v in text.iter().map(|&i| &self.text[i]) {
             sep(&mut out);
             out.push_bind_param::<Array<Text>, _>(v)?;
         }
-        for v in &self.opt_text {
+        for v in opt_text.iter().map(|&i| &self.opt_text[i]) {
             sep(&mut out);
             out.push_bind_param::<Array<Nullable<Text>>, _>(v)?;
         }
-        for v in &self.int {
+        for v in int.iter().map(|&i| &self.int[i]) {
             sep(&mut out);
             out.push_bind_param::<Array<Integer>, _>(v)?;
         }
@@ -285,7 +314,7 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
             sep(&mut out);
             out.push_bind_param::<Array<BigInt>, _>(v)?;
         }
-        for v in &self.opt_big {
+        for v in opt_big.iter().map(|&i| &self.opt_big[i]) {
             sep(&mut out);
             out.push_bind_param::<Array<Nullable<BigInt>>, _>(v)?;
         }

@@ -188,7 +188,7 @@ const LEAN_ROW_COLUMNS: &str = "task_id, max_attempts, execute_time, parameter_t
 /// trace, queue `default` at priority 0, no ordering key), as most enqueued rows do: such a row
 /// binds 18 values instead of 31, and the database fills in the rest. (The alert expression
 /// is bound: tasks have the seed's default expression unless they opt out.)
-fn is_lean(r: &super::row::NewRow) -> bool {
+pub(crate) fn is_lean(r: &super::row::NewRow) -> bool {
     r.idempotency_key.is_none()
         && r.task_status == 0
         && r.execute_times == 0

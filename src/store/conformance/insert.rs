@@ -74,6 +74,25 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
         let id = insert(&mut conn, &one);
         assert_stored(&one, &found(&mut conn, id));
     }
+    // The same through `insert_many`: a batch of bare rows (the lean statement), then a batch
+    // with one row off its defaults (every column bound for every row).
+    let off = NewRow {
+        priority: -2,
+        queue: "q3".into(),
+        ..row(7)
+    };
+    for batch in [vec![row(5), row(6)], vec![row(8), off]] {
+        assert_eq!(conn.insert_many(&batch).unwrap(), 2);
+        let stored = conn.by_signature("conformance.task").unwrap();
+        for r in &batch {
+            let got: Vec<&TaskRow> = stored
+                .iter()
+                .filter(|g| g.execute_time == r.execute_time)
+                .collect();
+            assert_eq!(got.len(), 1, "one row due at {}", r.execute_time);
+            assert_stored(r, got[0]);
+        }
+    }
     assert!(conn.find(bare_id + 1_000).unwrap().is_none());
 }
 
