@@ -871,8 +871,8 @@ impl Shared {
     /// room may claim now that it did not before: the shard went idle, stopped being full (a
     /// hand-off needs one slot), or has just reached [`low_water`](Self::low_water) free
     /// slots. Only then are the fetchers woken: waking them on every returned handler cost
-    /// a futex wake per task (and a wasted look at the slots by each fetcher), a third of the
-    /// fetchers' CPU in a drain of no-op tasks.
+    /// a futex wake per task and a wasted look at the slots by each fetcher (PostgreSQL drain
+    /// of no-op tasks: 10.0 -> 9.3 us of tend's CPU per task).
     fn free_one(&self, batch: usize) -> bool {
         let before = self.busy.fetch_sub(1, Ordering::SeqCst);
         let after = before.saturating_sub(1);
