@@ -50,7 +50,7 @@ impl Ops for MysqlConnection {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
         // would also silence truncation and other errors.
-        match super::stmt::insert_rows(std::slice::from_ref(row), "").execute(self) {
+        match super::stmt::insert_rows(std::slice::from_ref(row), "", false).execute(self) {
             Ok(_) => {}
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 if row.idempotency_key.is_some() =>
@@ -73,7 +73,7 @@ impl Ops for MysqlConnection {
             }
             return Ok(n);
         }
-        super::stmt::insert_chunked!(self, rows, "")
+        super::stmt::insert_chunked!(self, rows, "", false)
     }
 
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {

@@ -77,7 +77,7 @@ impl Ops for PgConnection {
         } else {
             " RETURNING id"
         };
-        super::stmt::insert_rows(std::slice::from_ref(row), tail)
+        super::stmt::insert_rows(std::slice::from_ref(row), tail, false)
             .typed::<diesel::sql_types::BigInt>()
             .get_result::<i64>(self)
             .optional()

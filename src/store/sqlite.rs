@@ -34,7 +34,7 @@ impl Ops for SqliteConnection {
         } else {
             ""
         };
-        let n = super::stmt::insert_rows(std::slice::from_ref(row), tail).execute(self)?;
+        let n = super::stmt::insert_rows(std::slice::from_ref(row), tail, true).execute(self)?;
         if n == 0 {
             return Ok(None);
         }
@@ -51,9 +51,9 @@ impl Ops for SqliteConnection {
             return Ok(0);
         }
         if rows.iter().any(|r| r.idempotency_key.is_some()) {
-            super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING")
+            super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING", true)
         } else {
-            super::stmt::insert_chunked!(self, rows, "")
+            super::stmt::insert_chunked!(self, rows, "", true)
         }
     }
 

@@ -6,6 +6,7 @@
 //! caches it under its SQL text; id lists are padded to a power of two (repeating the first id,
 //! which changes nothing in an `IN`), so a statement has at most a handful of cached shapes.
 
+use std::fmt::Write as _;
 use std::marker::PhantomData;
 
 use diesel::backend::Backend;
@@ -16,7 +17,7 @@ use diesel::sql_types::{BigInt, Binary, HasSqlType, Integer, Nullable, Text, Unt
 use diesel::RunQueryDsl;
 
 /// One bound value.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Bind<'a> {
     I64(i64),
     OptI64(Option<i64>),
@@ -215,13 +216,121 @@ pub(crate) fn is_lean(r: &super::row::NewRow) -> bool {
         && r.ordering_key.is_none()
 }
 
+/// Which of [`NEW_ROW_COLUMNS`] a lean row binds ([`LEAN_ROW_COLUMNS`], by index).
+const LEAN: [usize; 18] = [
+    0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 21, 25, 26,
+];
+/// Every column of [`NEW_ROW_COLUMNS`].
+const ALL: [usize; 31] = {
+    let mut all = [0; 31];
+    let mut i = 0;
+    while i < 31 {
+        all[i] = i;
+        i += 1;
+    }
+    all
+};
+/// The columns of [`NEW_ROW_COLUMNS`] that tell the rows of one batch apart (name, key, due
+/// time, payload, shard, lease, trace): always bound per row. The others (signature, type,
+/// options, expression, timestamps) are usually the same for the whole batch.
+const PER_ROW: [usize; 10] = [0, 1, 5, 11, 21, 22, 23, 24, 27, 30];
+
+/// A row's values in [`NEW_ROW_COLUMNS`] order.
+fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
+    // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
+    // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
+    let super::row::NewRow {
+        task_id,
+        idempotency_key,
+        task_status,
+        execute_times,
+        max_attempts,
+        execute_time,
+        parameter_types,
+        method_name,
+        method_sign_name,
+        execute_interval_sec,
+        delay_time,
+        task_parameter,
+        payload_version,
+        execute_way,
+        thread_way,
+        transaction_way,
+        error_msg,
+        alert_expression,
+        alert_action_bean_name,
+        fallback_class_name,
+        fallback_error_msg,
+        shard_key,
+        lease_token,
+        lease_owner,
+        lease_expires_at,
+        gmt_create,
+        gmt_modified,
+        trace_parent,
+        queue,
+        priority,
+        ordering_key,
+    } = r;
+    [
+        Bind::Text(task_id),
+        Bind::OptText(idempotency_key.as_deref()),
+        Bind::I32(*task_status),
+        Bind::I32(*execute_times),
+        Bind::I32(*max_attempts),
+        Bind::I64(*execute_time),
+        Bind::Text(parameter_types),
+        Bind::Text(method_name),
+        Bind::Text(method_sign_name),
+        Bind::I32(*execute_interval_sec),
+        Bind::I32(*delay_time),
+        Bind::Bytes(task_parameter),
+        Bind::I32(*payload_version),
+        Bind::I32(*execute_way),
+        Bind::I32(*thread_way),
+        Bind::I32(*transaction_way),
+        Bind::Text(error_msg),
+        Bind::OptText(alert_expression.as_deref()),
+        Bind::OptText(alert_action_bean_name.as_deref()),
+        Bind::OptText(fallback_class_name.as_deref()),
+        Bind::OptText(fallback_error_msg.as_deref()),
+        Bind::I64(*shard_key),
+        Bind::OptI64(*lease_token),
+        Bind::OptText(lease_owner.as_deref()),
+        Bind::OptI64(*lease_expires_at),
+        Bind::I64(*gmt_create),
+        Bind::I64(*gmt_modified),
+        Bind::OptText(trace_parent.as_deref()),
+        Bind::Text(queue),
+        Bind::I32(*priority),
+        Bind::OptText(ordering_key.as_deref()),
+    ]
+}
+
 /// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (at most [`INSERT_ROWS_MAX`];
 /// see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO NOTHING`). Unlike diesel's
 /// multi-row insert, which diesel never keeps prepared, this is parsed and planned once per
 /// shape and connection. When every row is lean ([`is_lean`]) only the lean columns are bound.
-pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stmt<'a> {
+///
+/// `numbered`: the backend takes numbered placeholders (`?NNN`, SQLite). Then, when the rows
+/// agree in every column outside [`PER_ROW`], the later rows name the first row's placeholders
+/// for those columns instead of binding the same values again (a batch of 100 bare rows binds
+/// 4 values a row after the first instead of 18: binding was most of the client's work).
+pub(crate) fn insert_rows<'a>(
+    rows: &'a [super::row::NewRow],
+    tail: &str,
+    numbered: bool,
+) -> Stmt<'a> {
     debug_assert!(!rows.is_empty() && rows.len() <= INSERT_ROWS_MAX);
     let lean = rows.iter().all(is_lean);
+    let cols: &[usize] = if lean { &LEAN } else { &ALL };
+    let first = row_binds(&rows[0]);
+    let shared = |c: usize| !PER_ROW.contains(&c);
+    let reuse = numbered
+        && rows[1..].iter().all(|r| {
+            let v = row_binds(r);
+            cols.iter().all(|&c| !shared(c) || v[c] == first[c])
+        });
     let mut s = Stmt::new("INSERT INTO consistency_task (")
         .sql(if lean {
             LEAN_ROW_COLUMNS
@@ -229,110 +338,24 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
             NEW_ROW_COLUMNS
         })
         .sql(") VALUES ");
-    let binds = rows.len() * if lean { 18 } else { 31 };
+    let binds = rows.len() * cols.len();
     s.binds.reserve(binds);
     s.holes.reserve(binds);
-    s.sql.reserve(binds * 3 + rows.len() * 4);
+    s.sql.reserve(binds * 4 + rows.len() * 4);
     for (i, r) in rows.iter().enumerate() {
+        let v = row_binds(r);
         s.sql.push_str(if i == 0 { "(" } else { ", (" });
-        // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
-        // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
-        let super::row::NewRow {
-            task_id: _,
-            idempotency_key: _,
-            task_status: _,
-            execute_times: _,
-            max_attempts: _,
-            execute_time: _,
-            parameter_types: _,
-            method_name: _,
-            method_sign_name: _,
-            execute_interval_sec: _,
-            delay_time: _,
-            task_parameter: _,
-            payload_version: _,
-            execute_way: _,
-            thread_way: _,
-            transaction_way: _,
-            error_msg: _,
-            alert_expression: _,
-            alert_action_bean_name: _,
-            fallback_class_name: _,
-            fallback_error_msg: _,
-            shard_key: _,
-            lease_token: _,
-            lease_owner: _,
-            lease_expires_at: _,
-            gmt_create: _,
-            gmt_modified: _,
-            trace_parent: _,
-            queue: _,
-            priority: _,
-            ordering_key: _,
-        } = r;
-        let binds: &mut dyn Iterator<Item = Bind<'a>> = if lean {
-            &mut [
-                Bind::Text(&r.task_id),
-                Bind::I32(r.max_attempts),
-                Bind::I64(r.execute_time),
-                Bind::Text(&r.parameter_types),
-                Bind::Text(&r.method_name),
-                Bind::Text(&r.method_sign_name),
-                Bind::I32(r.execute_interval_sec),
-                Bind::I32(r.delay_time),
-                Bind::Bytes(&r.task_parameter),
-                Bind::I32(r.payload_version),
-                Bind::I32(r.execute_way),
-                Bind::I32(r.thread_way),
-                Bind::I32(r.transaction_way),
-                Bind::Text(&r.error_msg),
-                Bind::OptText(r.alert_expression.as_deref()),
-                Bind::I64(r.shard_key),
-                Bind::I64(r.gmt_create),
-                Bind::I64(r.gmt_modified),
-            ]
-            .into_iter()
-        } else {
-            &mut [
-                Bind::Text(&r.task_id),
-                Bind::OptText(r.idempotency_key.as_deref()),
-                Bind::I32(r.task_status),
-                Bind::I32(r.execute_times),
-                Bind::I32(r.max_attempts),
-                Bind::I64(r.execute_time),
-                Bind::Text(&r.parameter_types),
-                Bind::Text(&r.method_name),
-                Bind::Text(&r.method_sign_name),
-                Bind::I32(r.execute_interval_sec),
-                Bind::I32(r.delay_time),
-                Bind::Bytes(&r.task_parameter),
-                Bind::I32(r.payload_version),
-                Bind::I32(r.execute_way),
-                Bind::I32(r.thread_way),
-                Bind::I32(r.transaction_way),
-                Bind::Text(&r.error_msg),
-                Bind::OptText(r.alert_expression.as_deref()),
-                Bind::OptText(r.alert_action_bean_name.as_deref()),
-                Bind::OptText(r.fallback_class_name.as_deref()),
-                Bind::OptText(r.fallback_error_msg.as_deref()),
-                Bind::I64(r.shard_key),
-                Bind::OptI64(r.lease_token),
-                Bind::OptText(r.lease_owner.as_deref()),
-                Bind::OptI64(r.lease_expires_at),
-                Bind::I64(r.gmt_create),
-                Bind::I64(r.gmt_modified),
-                Bind::OptText(r.trace_parent.as_deref()),
-                Bind::Text(&r.queue),
-                Bind::I32(r.priority),
-                Bind::OptText(r.ordering_key.as_deref()),
-            ]
-            .into_iter()
-        };
-        for (j, b) in binds.enumerate() {
-            if j > 0 {
+        for (k, &c) in cols.iter().enumerate() {
+            if k > 0 {
                 s.sql.push_str(", ");
             }
-            s.push(b);
+            if reuse && i > 0 && shared(c) {
+                // The first row bound its values to ?1, ?2, … in column order. A bare `?`
+                // after this takes the largest number so far plus one: the next bind.
+                write!(s.sql, "?{}", k + 1).expect("writing to a String");
+            } else {
+                s.push(v[c]);
+            }
         }
         s.sql.push(')');
     }
@@ -342,13 +365,13 @@ pub(crate) fn insert_rows<'a>(rows: &'a [super::row::NewRow], tail: &str) -> Stm
 /// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
 macro_rules! insert_chunked {
-    ($conn:expr, $rows:expr, $tail:expr) => {{
+    ($conn:expr, $rows:expr, $tail:expr, $numbered:expr) => {{
         let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
         let mut n = 0usize;
         let mut at = 0usize;
         for len in $crate::store::stmt::insert_chunks(rows.len()) {
-            n +=
-                $crate::store::stmt::insert_rows(&rows[at..at + len], $tail).execute(&mut *conn)?;
+            n += $crate::store::stmt::insert_rows(&rows[at..at + len], $tail, $numbered)
+                .execute(&mut *conn)?;
             at += len;
         }
         Ok(n)
@@ -398,14 +421,17 @@ mod tests {
     }
 
     /// A row at its defaults binds the 18 lean columns; a batch with one row that is not binds
-    /// all 31 for every row.
+    /// all 31 for every row. With numbered placeholders, rows that agree outside `PER_ROW`
+    /// bind only their own values after the first row.
     #[test]
     fn bare_rows_bind_only_the_columns_off_their_defaults() {
         let bare = [bare_row(), bare_row()];
-        let s = insert_rows(&bare, "");
+        let s = insert_rows(&bare, "", false);
         assert_eq!(s.binds.len(), 2 * 18);
         assert!(s.sql.contains(LEAN_ROW_COLUMNS));
-        assert_eq!(LEAN_ROW_COLUMNS.split(',').count(), 18);
+        let names: Vec<&str> = NEW_ROW_COLUMNS.split(',').map(str::trim).collect();
+        let lean: Vec<&str> = LEAN_ROW_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(lean, LEAN.map(|i| names[i]), "LEAN names LEAN_ROW_COLUMNS");
         let mixed = [
             bare_row(),
             super::super::row::NewRow {
@@ -413,9 +439,32 @@ mod tests {
                 ..bare_row()
             },
         ];
-        let s = insert_rows(&mixed, "");
+        let s = insert_rows(&mixed, "", false);
         assert_eq!(s.binds.len(), 2 * 31);
-        assert_eq!(NEW_ROW_COLUMNS.split(',').count(), 31);
+        assert_eq!(names.len(), 31);
+
+        let three = [bare_row(), bare_row(), bare_row()];
+        let s = insert_rows(&three, "", true);
+        assert_eq!(
+            s.binds.len(),
+            18 + 2 * 4,
+            "task_id, execute_time, payload, shard"
+        );
+        assert!(s.sql.contains("(?, ?2, ?, ?4, ?5,"), "{}", s.sql);
+        assert_eq!(s.sql.matches('?').count(), 3 * 18);
+        // One shared column that differs: every value bound.
+        let differs = [
+            bare_row(),
+            super::super::row::NewRow {
+                max_attempts: 2,
+                ..bare_row()
+            },
+        ];
+        assert_eq!(insert_rows(&differs, "", true).binds.len(), 2 * 18);
+        assert_eq!(
+            insert_rows(&mixed, "", true).binds.len(),
+            31 + PER_ROW.len()
+        );
     }
 
     #[test]

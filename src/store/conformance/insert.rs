@@ -81,9 +81,40 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
         queue: "q3".into(),
         ..row(7)
     };
-    for batch in [vec![row(5), row(6)], vec![row(8), off]] {
-        assert_eq!(conn.insert_many(&batch).unwrap(), 2);
-        let stored = conn.by_signature("conformance.task").unwrap();
+    // Then batches of 3 whose rows share every column but their own (payload, shard key,
+    // due time, name): on SQLite the later rows name the first row's placeholders for the
+    // shared ones; a batch where a shared column differs, or with full rows, binds them all.
+    let own = |t: i64, i: u8| NewRow {
+        task_parameter: vec![i; i as usize],
+        shard_key: -(i as i64) * 1_000_000_007,
+        task_id: format!("conformance.task/{i}"),
+        ..row(t)
+    };
+    let keyed = |t: i64, i: u8| NewRow {
+        idempotency_key: Some(format!("batch-{t}")),
+        ordering_key: Some(format!("k{i}")),
+        trace_parent: Some(format!("00-{:032x}-00f067aa0ba902b7-01", t)),
+        lease_owner: Some(format!("owner-{i}")),
+        lease_token: Some(t * 3),
+        lease_expires_at: Some(t * 5),
+        queue: "q4".into(),
+        alert_expression: Some("executeTimes > 3".into()),
+        ..own(t, i)
+    };
+    let one_differs = NewRow {
+        method_name: "other".into(),
+        max_attempts: 3,
+        ..own(13, 3)
+    };
+    for batch in [
+        vec![row(5), row(6)],
+        vec![row(8), off],
+        vec![own(9, 0), own(10, 1), own(11, 2)],
+        vec![own(12, 4), one_differs, own(14, 5)],
+        vec![keyed(15, 6), keyed(16, 7), keyed(17, 8)],
+    ] {
+        assert_eq!(conn.insert_many(&batch).unwrap(), batch.len());
+        let stored = D::rows(&mut conn);
         for r in &batch {
             let got: Vec<&TaskRow> = stored
                 .iter()
