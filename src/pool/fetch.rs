@@ -479,6 +479,7 @@ fn hand_to_workers(
             map.insert(r.task.id, Lease::new(token));
         }
     }
+    let mut batch = Vec::with_capacity(rows.len());
     for r in rows {
         let info = crate::exec::info(&r.task);
         cfg.exec.events.emit(Event::Claimed(info));
@@ -491,12 +492,15 @@ fn hand_to_workers(
             );
             cfg.exec.events.emit(Event::LeaseExpired(info));
         }
-        let _ = ch.jobs.send(Job {
-            shard: ch.shard,
-            queue,
-            claimed: r,
-        });
+        batch.push(r);
     }
+    // One hand-off for the whole claim; workers take the rows in claim order.
+    batch.reverse();
+    let _ = ch.jobs.send(Job {
+        shard: ch.shard,
+        queue,
+        claimed: batch,
+    });
 }
 
 /// Isolates a row that fails every claim it is in, so that it cannot stop the claims of every

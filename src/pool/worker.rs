@@ -25,7 +25,7 @@ pub(super) struct ShardLink {
 pub(super) fn worker(
     cfg: Arc<Config>,
     shards: Vec<ShardLink>,
-    jobs: Receiver<Job>,
+    jobs: (Receiver<Job>, Sender<Job>),
     stop: Receiver<()>,
 ) {
     let in_hand = std::cell::Cell::new(None);
@@ -51,20 +51,29 @@ pub(super) fn worker(
 fn work_loop(
     cfg: &Config,
     shards: &[ShardLink],
-    jobs: &Receiver<Job>,
+    (jobs, again): &(Receiver<Job>, Sender<Job>),
     stop: &Receiver<()>,
     in_hand: &std::cell::Cell<Option<(usize, usize, i64)>>,
 ) {
     loop {
-        let job = select! {
+        let mut job = select! {
             recv(stop) -> _ => return,
             recv(jobs) -> r => match r { Ok(r) => r, Err(_) => return },
         };
-        in_hand.set(Some((job.shard, job.queue, job.claimed.task.id)));
+        let Some(claimed) = job.claimed.pop() else {
+            continue;
+        };
+        if !job.claimed.is_empty() {
+            // The rest of the batch goes back at once, before anything here can fail, for the
+            // next free worker: a sleeping one is woken by this worker, not by the fetcher,
+            // and only when no other worker is awake to take it.
+            let _ = again.send(job.rest());
+        }
+        in_hand.set(Some((job.shard, job.queue, claimed.task.id)));
         fault::hit("worker");
         let link = &shards[job.shard];
         let (shared, done) = (&link.shared, &link.done);
-        let row = job.claimed.task;
+        let row = claimed.task;
         if shared.stopping.load(Ordering::SeqCst) {
             shared.released.fetch_add(1, Ordering::SeqCst);
             in_hand.set(None);

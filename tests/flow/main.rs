@@ -284,6 +284,34 @@ fn a_queue_never_runs_more_than_its_concurrency<C: TestConn>(db: &TestDb<C>) {
     );
 }
 
+/// One claim hands its rows to the workers as one message that each worker splits (it takes
+/// one row and passes the rest on): the rows of one claim still run on every worker at once,
+/// not one after the other on the worker that got the message.
+fn one_claim_spreads_over_every_worker<C: TestConn>(db: &TestDb<C>) {
+    let seen = Arc::new(Seen::default());
+    let tasks: Vec<NewTask> = (0..8)
+        .map(|n| NewTask::new(&Probe { n, sleep_ms: 150 }).unwrap())
+        .collect();
+    tend::enqueue_many(&mut *db.pooled(), tasks).unwrap();
+    let handle = WorkerPool::builder(db.pool.clone(), probe_registry(&seen))
+        .threads(4)
+        .batch_size(8)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    wait_for("8 tasks to run", Duration::from_secs(60), || {
+        (ran(&seen) == 8 && seen.now.load(Ordering::SeqCst) == 0).then_some(())
+    });
+    handle.shutdown();
+    assert_eq!(
+        seen.max.load(Ordering::SeqCst),
+        4,
+        "the 8 rows of one claim ran on the 4 workers at once"
+    );
+}
+
 /// A rate limit of 5 per second: the starts of 15 tasks never outpace a bucket of 5 refilled
 /// at 5 per second (without the limit all 15 start at once).
 fn a_queue_rate_limit_spaces_the_starts<C: TestConn>(db: &TestDb<C>) {
@@ -430,6 +458,7 @@ fn bad_flow_values_are_refused_at_enqueue<C: TestConn>(db: &TestDb<C>) {
 per_backend!(
     fresh: four_processes_keep_every_key_in_order,
     a_queue_never_runs_more_than_its_concurrency,
+    one_claim_spreads_over_every_worker,
     a_queue_rate_limit_spaces_the_starts,
     a_pool_works_only_its_queues,
     higher_priorities_run_first,
