@@ -10,19 +10,19 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
+use super::stmt::{Stmt, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// The claimed row's columns, qualified (the sub-select also has an `id`).
-fn returned_columns() -> &'static str {
-    static COLUMNS: OnceLock<String> = OnceLock::new();
+/// The stored columns a claim returns from its update, qualified (the sub-select also has an
+/// `id`), and the claim's row as the final `SELECT` reads it from them.
+fn claim_columns() -> &'static (String, String) {
+    static COLUMNS: OnceLock<(String, String)> = OnceLock::new();
     COLUMNS.get_or_init(|| {
-        TASK_COLUMNS
-            .split(',')
-            .map(|c| format!("t.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        (
+            super::stmt::claimed_stored_columns("t."),
+            super::stmt::claim_columns(""),
+        )
     })
 }
 
@@ -52,9 +52,9 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer)> {
         .sql(" AND t.execute_time <= ")
         .bind(super::stmt::Bind::I64(c.now))
         .sql(" RETURNING ")
-        .sql(returned_columns())
+        .sql(&claim_columns().0)
         .sql(", s.prev_status, s.due) SELECT ")
-        .sql(TASK_COLUMNS)
+        .sql(&claim_columns().1)
         // `RETURNING` comes in no useful order: hand the rows over in the claim's (highest
         // priority first, then due order), the order the workers take them.
         .sql(", prev_status FROM u ORDER BY priority DESC, due, id")

@@ -8,7 +8,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
 use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
-use super::stmt::{Stmt, TaskRowSql, TASK_COLUMNS};
+use super::stmt::{Stmt, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -139,16 +139,10 @@ impl Ops for SqliteConnection {
 }
 
 /// The claim, inside a write transaction the caller opened.
-/// [`TASK_COLUMNS`] of the claim's row alias `k`.
+/// The claim's columns of its row alias `k` (`stmt::claim_columns`).
 fn k_columns() -> &'static str {
     static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COLUMNS.get_or_init(|| {
-        TASK_COLUMNS
-            .split(',')
-            .map(|c| format!("k.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    })
+    COLUMNS.get_or_init(|| super::stmt::claim_columns("k."))
 }
 
 fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {

@@ -50,6 +50,46 @@ pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status
     fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
     gmt_modified, duration_ms, trace_parent, queue, priority, ordering_key";
 
+/// Columns of [`TASK_COLUMNS`] that nothing reads of a claimed row (the executor, the events
+/// and the fetcher read the others), with the constant of the column's type a claim returns
+/// in their place: less for the server to return and sort, and fewer strings for the fetcher
+/// to decode and allocate per row (perf of the drain: decoding was a fifth of the fetcher's
+/// time). Statements that show rows to people (`find`, the CLI, the dashboard) read them all.
+const NOT_CLAIMED: [(&str, &str); 5] = [
+    ("idempotency_key", "NULL"),
+    ("parameter_types", "''"),
+    ("method_name", "''"),
+    ("duration_ms", "NULL"),
+    ("queue", "''"),
+];
+
+/// [`TASK_COLUMNS`] as a claim selects them, each column `{prefix}name` except the
+/// [`NOT_CLAIMED`] ones, which are `constant AS name` (same order, so rows load by position
+/// or by name alike).
+pub(crate) fn claim_columns(prefix: &str) -> String {
+    TASK_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .map(|c| match NOT_CLAIMED.iter().find(|(n, _)| *n == c) {
+            Some((n, constant)) => format!("{constant} AS {n}"),
+            None => format!("{prefix}{c}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The stored columns a claim reads (without the [`NOT_CLAIMED`] ones), each `{prefix}name`.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn claimed_stored_columns(prefix: &str) -> String {
+    TASK_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !NOT_CLAIMED.iter().any(|(n, _)| n == c))
+        .map(|c| format!("{prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) type TaskRowSql<DB> =

@@ -312,6 +312,19 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
     );
 }
 
+/// A stored row as a claim returns it: the columns nothing reads of a claimed row
+/// (`stmt::NOT_CLAIMED`) hold their constants, every other column its stored value.
+fn as_claimed(stored: &TaskRow) -> TaskRow {
+    TaskRow {
+        idempotency_key: None,
+        parameter_types: String::new(),
+        method_name: String::new(),
+        duration_ms: None,
+        queue: String::new(),
+        ..stored.clone()
+    }
+}
+
 /// Rows have no `PartialEq` (they need none outside tests); their Debug form has every column.
 fn assert_same_row(a: &TaskRow, b: &TaskRow) {
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
