@@ -9,7 +9,8 @@
 //! flushes their commits together); on SQLite, whose single writer would only make them wait
 //! for each other, one fetcher shares the completer's connection and writes pending outcomes
 //! in its claim's transaction, and a checkpointer thread runs that connection's WAL
-//! checkpoints on a connection of its own.
+//! checkpoints on a connection of its own. A claim reaches the workers as one message, which
+//! the workers split among themselves (see [`Job`]).
 
 mod builder;
 mod complete;
