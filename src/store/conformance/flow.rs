@@ -61,6 +61,27 @@ pub(super) fn claim_takes_one_queue_highest_priority_first<D: Db>(db: &D) {
     assert!(claim_of(&mut conn, "nobody-works-this", T0, 6, 10).is_empty());
 }
 
+/// A claim hands its rows over in the order the workers should start them: highest priority
+/// first, then oldest due first (not id order), whatever order the server returned them in.
+pub(super) fn a_claim_returns_its_rows_in_claim_order<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let low_old = insert(&mut conn, &queued(T0 - 9_000, "mail", -3));
+    let mid_new = insert(&mut conn, &queued(T0 - 1_000, "mail", 0));
+    let mid_old = insert(&mut conn, &queued(T0 - 5_000, "mail", 0));
+    let top = insert(&mut conn, &queued(T0 - 10, "mail", 3));
+    let c = Claim {
+        queue: Some("mail"),
+        ..claim_args(T0, T0 + 30_000, 9, 10, None)
+    };
+    let got: Vec<i64> = conn
+        .claim(&c)
+        .expect("claim")
+        .into_iter()
+        .map(|c| c.task.id)
+        .collect();
+    assert_eq!(got, vec![top, mid_old, mid_new, low_old]);
+}
+
 /// A claim of one priority level reads only that level's due rows: the levels above it with
 /// thousands of rows not due yet cost nothing (the union's branches are index ranges).
 pub(super) fn claim_is_not_slowed_by_rows_not_due<D: Db>(db: &D) {

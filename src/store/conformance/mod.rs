@@ -475,6 +475,7 @@ conformance!(
     schedule_rows_are_created_once_and_moved_by_compare_and_set,
     racing_schedule_advances_enqueue_a_slot_once,
     claim_takes_one_queue_highest_priority_first,
+    a_claim_returns_its_rows_in_claim_order,
     claim_is_not_slowed_by_rows_not_due,
     ordering_key_runs_one_at_a_time_in_order,
     ordering_key_waits_for_a_later_row_running,
