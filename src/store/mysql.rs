@@ -103,11 +103,9 @@ impl Ops for MysqlConnection {
             if levels.is_empty() {
                 return Ok(Vec::new());
             }
-            static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-            let columns = COLUMNS.get_or_init(|| super::stmt::claim_columns("k."));
             let rows: Vec<TaskRow> = due_rows_of(
                 Stmt::new(""),
-                columns,
+                super::stmt::claim_columns_of_k(),
                 c,
                 "k.task_status",
                 super::lease::Dialect::MySql,

@@ -252,7 +252,6 @@ const UNNEST_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign
     transaction_way, priority, execute_time, shard_key, gmt_create, gmt_modified, lease_token, \
     lease_expires_at, task_parameter";
 
-/// Two texts (with and without `ON CONFLICT`): diesel caches each by its SQL.
 /// `UNNEST_COLUMNS` without those a lean row leaves to their defaults, in the same order.
 const UNNEST_LEAN_COLUMNS: &str = "task_id, parameter_types, method_name, method_sign_name, \
     error_msg, alert_expression, max_attempts, execute_interval_sec, delay_time, \
@@ -262,7 +261,13 @@ const UNNEST_LEAN_COLUMNS: &str = "task_id, parameter_types, method_name, method
 const LEAN_TEXT: [usize; 5] = [0, 1, 2, 3, 4];
 const LEAN_OPT_TEXT: [usize; 1] = [1];
 const LEAN_INT: [usize; 7] = [2, 3, 4, 5, 6, 7, 8];
+/// Which arrays of each kind a full insert binds: all of them.
+const ALL_TEXT: [usize; 6] = [0, 1, 2, 3, 4, 5];
+const ALL_OPT_TEXT: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+const ALL_INT: [usize; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
+const ALL_OPT_BIG: [usize; 2] = [0, 1];
 
+/// Four texts (lean or full, with or without `ON CONFLICT`): diesel caches each by its SQL.
 impl diesel::query_builder::QueryId for UnnestInsert<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
@@ -282,16 +287,12 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
         } else {
             UNNEST_COLUMNS
         });
-        let all = |n: usize| (0..n).collect::<Vec<_>>();
-        let (text, opt_text, int, opt_big) = if self.lean {
-            (
-                LEAN_TEXT.to_vec(),
-                LEAN_OPT_TEXT.to_vec(),
-                LEAN_INT.to_vec(),
-                Vec::new(),
-            )
+        // Index lists, not copies: diesel walks a statement two or three times per execution.
+        let (text, opt_text, int, opt_big): (&[usize], &[usize], &[usize], &[usize]) = if self.lean
+        {
+            (&LEAN_TEXT, &LEAN_OPT_TEXT, &LEAN_INT, &[])
         } else {
-            (all(6), all(8), all(10), all(2))
+            (&ALL_TEXT, &ALL_OPT_TEXT, &ALL_INT, &ALL_OPT_BIG)
         };
         out.push_sql(") SELECT * FROM unnest(");
         let mut first = true;

@@ -139,12 +139,6 @@ impl Ops for SqliteConnection {
 }
 
 /// The claim, inside a write transaction the caller opened.
-/// The claim's columns of its row alias `k` (`stmt::claim_columns`).
-fn k_columns() -> &'static str {
-    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COLUMNS.get_or_init(|| super::stmt::claim_columns("k."))
-}
-
 fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
     if c.ids.is_some_and(|ids| ids.is_empty()) {
         return Ok(Vec::new());
@@ -155,7 +149,7 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     // sort every pending row to find the first few).
     let rows: Vec<TaskRow> = super::lease::due_rows(
         Stmt::new("").typed::<TaskRowSql<Sqlite>>(),
-        k_columns(),
+        super::stmt::claim_columns_of_k(),
         c,
         "+k.task_status",
         super::lease::Dialect::Unlocked,

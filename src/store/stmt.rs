@@ -78,6 +78,13 @@ pub(crate) fn claim_columns(prefix: &str) -> String {
         .join(", ")
 }
 
+/// [`claim_columns`] of the claim's row alias `k` (MySQL's and SQLite's claims), built once.
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
+pub(crate) fn claim_columns_of_k() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| claim_columns("k."))
+}
+
 /// The stored columns a claim reads (without the [`NOT_CLAIMED`] ones), each `{prefix}name`.
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn claimed_stored_columns(prefix: &str) -> String {

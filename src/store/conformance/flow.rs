@@ -33,12 +33,19 @@ fn claim_of<C: Ops>(conn: &mut C, queue: &str, now: i64, token: i64, limit: i64)
     rows.iter().map(|r| r.id).collect()
 }
 
+/// Four due rows of queue `mail` at three priorities, ids not in due order: `(low_old,
+/// mid_new, mid_old, top)`.
+fn mail_rows<C: Ops>(conn: &mut C) -> (i64, i64, i64, i64) {
+    let low_old = insert(conn, &queued(T0 - 9_000, "mail", -3));
+    let mid_new = insert(conn, &queued(T0 - 1_000, "mail", 0));
+    let mid_old = insert(conn, &queued(T0 - 5_000, "mail", 0));
+    let top = insert(conn, &queued(T0 - 10, "mail", 3));
+    (low_old, mid_new, mid_old, top)
+}
+
 pub(super) fn claim_takes_one_queue_highest_priority_first<D: Db>(db: &D) {
     let mut conn = migrated(db);
-    let low_old = insert(&mut conn, &queued(T0 - 9_000, "mail", -3));
-    let mid_new = insert(&mut conn, &queued(T0 - 1_000, "mail", 0));
-    let mid_old = insert(&mut conn, &queued(T0 - 5_000, "mail", 0));
-    let top = insert(&mut conn, &queued(T0 - 10, "mail", 3));
+    let (low_old, mid_new, mid_old, top) = mail_rows(&mut conn);
     // Not due yet, at the top priority: never taken before its time, never in the way.
     let top_later = insert(&mut conn, &queued(T0 + 60_000, "mail", 3));
     let other_queue = insert(&mut conn, &queued(T0 - 99_000, "sms", 3));
@@ -65,10 +72,7 @@ pub(super) fn claim_takes_one_queue_highest_priority_first<D: Db>(db: &D) {
 /// first, then oldest due first (not id order), whatever order the server returned them in.
 pub(super) fn a_claim_returns_its_rows_in_claim_order<D: Db>(db: &D) {
     let mut conn = migrated(db);
-    let low_old = insert(&mut conn, &queued(T0 - 9_000, "mail", -3));
-    let mid_new = insert(&mut conn, &queued(T0 - 1_000, "mail", 0));
-    let mid_old = insert(&mut conn, &queued(T0 - 5_000, "mail", 0));
-    let top = insert(&mut conn, &queued(T0 - 10, "mail", 3));
+    let (low_old, mid_new, mid_old, top) = mail_rows(&mut conn);
     let c = Claim {
         queue: Some("mail"),
         ..claim_args(T0, T0 + 30_000, 9, 10, None)
