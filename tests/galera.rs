@@ -122,6 +122,18 @@ fn multi_primary_drain_and_failover() {
     let formed = cluster.formed_in;
     let mut app = cluster.nodes[0].connect();
     tend::migrate(&mut app).expect("migrating through node 1");
+    // Galera runs DDL on each node as its applier reaches it (total order isolation): node 1
+    // returns from the migration before nodes 2 and 3 have applied it, and a worker that
+    // starts there at once can still see the old table (its `build()` then fails with
+    // `NotMigrated`, as a CI run did). Wait until every node has the whole schema.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut conn = node.connect();
+        wait_for(
+            &format!("node {} to apply the migrations", i + 1),
+            Duration::from_secs(60),
+            || tend::check_schema(&mut conn).is_ok(),
+        );
+    }
 
     // Throughput: one worker process on one node, three on three nodes, three on one node.
     let (tput_1, h1) = throughput(&cluster, &mut app, &[1], 1_000_000);
