@@ -239,23 +239,29 @@ fn in_a_browser() {
     assert!(driver.url().contains("after_id="), "{}", driver.url());
 
     // Log in, then retry a dead task and cancel a pending one through their confirmations.
+    // A click that submits a form can return before the next page has loaded: each one waits
+    // for the page it leads to (a CI run went on from the login page, whose URL also ends in
+    // "/tasks", and its next clicks landed on the list's bulk "retry all").
     driver.goto(&format!("{base}/login?next=/tasks"));
     driver.type_into("input[name=token]", TOKEN);
     driver.click("button[type=submit]");
-    assert!(driver.url().ends_with("/tasks"), "{}", driver.url());
-    driver.goto(&format!("{base}/tasks/{}?db=0", s.dead_old));
-    driver.click("a.button.retry");
+    wait_for_page(&driver, "Tasks");
     assert!(
-        driver.title().starts_with("retry task"),
+        driver.url().ends_with(&format!("{base}/tasks")),
         "{}",
-        driver.title()
+        driver.url()
     );
+    driver.goto(&format!("{base}/tasks/{}?db=0", s.dead_old));
+    assert!(driver.title().starts_with("Task "), "{}", driver.title());
+    driver.click("a.button.retry");
+    wait_for_page(&driver, &format!("retry task {}", s.dead_old));
     assert_eq!(
         status_of(&db, s.dead_old),
         "dead",
         "nothing happens before the confirmation"
     );
     driver.click("#confirm");
+    wait_for_page(&driver, "Task ");
     assert!(
         driver.text(".flash").starts_with("Retried"),
         "{}",
@@ -265,7 +271,9 @@ fn in_a_browser() {
 
     driver.goto(&format!("{base}/tasks/{}?db=0", s.pending));
     driver.click("a.button.cancel");
+    wait_for_page(&driver, &format!("cancel task {}", s.pending));
     driver.click("#confirm");
+    wait_for_page(&driver, "Task ");
     assert!(driver.text(".flash").starts_with("Cancelled"));
     assert_eq!(status_of(&db, s.pending), "dead");
     driver.goto(&format!("{base}/tasks?status=dead&limit=500"));
@@ -280,6 +288,19 @@ fn in_a_browser() {
     );
     drop(driver);
     server.shutdown();
+}
+
+/// Waits (10 s at most) until the browser shows a page whose title starts with `title`.
+fn wait_for_page(driver: &support::web::webdriver::Driver, title: &str) {
+    let found = support::wait_for_or(Duration::from_secs(10), || {
+        driver.title().starts_with(title)
+    });
+    assert!(
+        found.is_some(),
+        "waiting for the page {title:?}: the browser shows {:?} at {}",
+        driver.title(),
+        driver.url()
+    );
 }
 
 /// The WebDriver client's base64 decoder (screenshots). Here, not in `support/web/webdriver.rs`,
