@@ -31,17 +31,37 @@ pub(super) struct Conn<C: R2D2Connection + StoreConnection + 'static> {
     defer_checkpoints: bool,
 }
 
-/// A held pooled connection; one that deferred its checkpoints gets SQLite's default back
-/// before it returns to the r2d2 pool.
+/// A held pooled connection, which runs its statements on generic plans
+/// ([`generic_plans`](crate::store::ops::Ops::generic_plans)) and, as a SQLite writer, defers
+/// its checkpoints; it gets the defaults back before it returns to the r2d2 pool, which the
+/// application may share.
 struct Held<C: R2D2Connection + StoreConnection + 'static> {
     conn: PooledConnection<ConnectionManager<C>>,
     deferred: bool,
+    generic: bool,
+}
+
+impl<C: R2D2Connection + StoreConnection + 'static> Held<C> {
+    fn new(mut conn: PooledConnection<ConnectionManager<C>>, defer: bool) -> Held<C> {
+        let deferred = defer && conn.defer_checkpoints(true).is_ok();
+        // Best effort: a server without the setting (before PostgreSQL 12, or one that only
+        // speaks its protocol) plans as it always did.
+        let generic = conn.generic_plans(true).is_ok();
+        Held {
+            conn,
+            deferred,
+            generic,
+        }
+    }
 }
 
 impl<C: R2D2Connection + StoreConnection + 'static> Drop for Held<C> {
     fn drop(&mut self) {
         if self.deferred {
             let _ = self.conn.defer_checkpoints(false);
+        }
+        if self.generic {
+            let _ = self.conn.generic_plans(false);
         }
     }
 }
@@ -83,9 +103,8 @@ impl<C: R2D2Connection + StoreConnection + 'static> Conn<C> {
     ) -> Result<T, ConnError> {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            let mut conn = self.pool.get().map_err(ConnError::Pool)?;
-            let deferred = self.defer_checkpoints && conn.defer_checkpoints(true).is_ok();
-            *slot = Some(Held { conn, deferred });
+            let conn = self.pool.get().map_err(ConnError::Pool)?;
+            *slot = Some(Held::new(conn, self.defer_checkpoints));
         }
         let mut f = f;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -189,6 +189,14 @@ pub(crate) mod ops {
         fn defer_checkpoints(&mut self, _defer: bool) -> QueryResult<()> {
             Ok(())
         }
+        /// With `true`, this connection's cached statements run on their generic plan, planned
+        /// once per connection, instead of a plan made for each execution's values (PostgreSQL:
+        /// `plan_cache_mode = force_generic_plan`; `false` restores the session's default). A
+        /// worker pool sets it on the connections it holds and restores it before it gives
+        /// them back. A no-op on the other backends.
+        fn generic_plans(&mut self, _on: bool) -> QueryResult<()> {
+            Ok(())
+        }
         /// Copies the WAL into the database as far as readers allow, blocking no one (SQLite's
         /// `PRAGMA wal_checkpoint(PASSIVE)`). A no-op on the servers.
         fn checkpoint(&mut self) -> QueryResult<()> {

@@ -14,16 +14,10 @@ use super::stmt::{Stmt, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// The stored columns a claim returns from its update, qualified (the sub-select also has an
-/// `id`), and the claim's row as the final `SELECT` reads it from them.
-fn claim_columns() -> &'static (String, String) {
-    static COLUMNS: OnceLock<(String, String)> = OnceLock::new();
-    COLUMNS.get_or_init(|| {
-        (
-            super::stmt::claimed_stored_columns("t."),
-            super::stmt::claim_columns(""),
-        )
-    })
+/// The claim's row as its update returns it, qualified (the sub-select also has an `id`).
+fn claim_columns() -> &'static str {
+    static COLUMNS: OnceLock<String> = OnceLock::new();
+    COLUMNS.get_or_init(|| super::stmt::claim_columns("t."))
 }
 
 // The sub-select locks the due rows (skipping rows other claimers hold) and carries their
@@ -41,7 +35,7 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer, BigInt)> 
         "k.task_status",
         super::lease::Dialect::Pg,
     )
-    .sql("), u AS (UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
+    .sql(") UPDATE consistency_task AS t SET task_status = 1, execute_times = ")
     .sql(&super::lease::next_attempt("t.execute_times"));
     // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
     // the other backends: PostgreSQL's row lock already guarantees it, a server that
@@ -51,13 +45,13 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer, BigInt)> 
         .sql(super::lease::CLAIMABLE_SQL)
         .sql(" AND t.execute_time <= ")
         .bind(super::stmt::Bind::I64(c.now))
+        // The rows come straight from the `UPDATE`'s `RETURNING`: a CTE around it and a
+        // `SELECT` from that copied every row twice more (8 % of the claim, pgbench). They come
+        // in no useful order; the caller sorts them into the claim's (a sort of 100 wide rows
+        // in the server cost 5 % of the claim, pgbench).
         .sql(" RETURNING ")
-        .sql(&claim_columns().0)
-        .sql(", s.prev_status, s.due) SELECT ")
-        .sql(&claim_columns().1)
-        // `RETURNING` comes in no useful order; the caller sorts the rows into the claim's
-        // (a sort of 100 wide rows in the server cost 5 % of the claim, pgbench).
-        .sql(", prev_status, due FROM u")
+        .sql(claim_columns())
+        .sql(", s.prev_status, s.due")
         .typed()
 }
 
@@ -102,6 +96,21 @@ impl Ops for PgConnection {
             .into_iter()
             .map(|(task, prev_status, _)| Claimed { task, prev_status })
             .collect())
+    }
+
+    fn generic_plans(&mut self, on: bool) -> QueryResult<()> {
+        use diesel::connection::SimpleConnection;
+        // The claim's custom plans: with `auto`, PostgreSQL plans the claim (seven priority
+        // levels, each with its ordering-key subplans) anew for most executions, because the
+        // generic plan's estimate for an unknown `LIMIT` and due time looks dearer than a
+        // custom one; planning then costs about as much as running it. Forced generic plans
+        // took a 60 000-task drain from 2.1 to 1.7 ms per claim (one thread) and from 4.0 to
+        // 3.3 s (four), with the limit unchanged (TEND_BENCH_PROFILE=1, PGOPTIONS).
+        self.batch_execute(if on {
+            "SET plan_cache_mode = force_generic_plan"
+        } else {
+            "RESET plan_cache_mode"
+        })
     }
 
     fn take_notifications(&mut self) -> QueryResult<usize> {

@@ -122,6 +122,9 @@ where
     fn defer_checkpoints(&mut self, defer: bool) -> QueryResult<()> {
         (**self).defer_checkpoints(defer)
     }
+    fn generic_plans(&mut self, on: bool) -> QueryResult<()> {
+        (**self).generic_plans(on)
+    }
     fn checkpoint(&mut self) -> QueryResult<()> {
         (**self).checkpoint()
     }

@@ -85,18 +85,6 @@ pub(crate) fn claim_columns_of_k() -> &'static str {
     COLUMNS.get_or_init(|| claim_columns("k."))
 }
 
-/// The stored columns a claim reads (without the [`NOT_CLAIMED`] ones), each `{prefix}name`.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn claimed_stored_columns(prefix: &str) -> String {
-    TASK_COLUMNS
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !NOT_CLAIMED.iter().any(|(n, _)| n == c))
-        .map(|c| format!("{prefix}{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) type TaskRowSql<DB> =

@@ -230,6 +230,54 @@ per_backend!(
     shutdown_abandons_a_stuck_task_which_runs_again_later,
 );
 
+/// PostgreSQL: the pool runs its statements on generic plans on the connections it holds
+/// (`plan_cache_mode = force_generic_plan`) and gives each back with the session's setting
+/// restored, so an application sharing the r2d2 pool plans as it did.
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_connections_go_back_with_the_default_plan_cache_mode() {
+    use diesel::sql_types::Text;
+    use diesel::{PgConnection, RunQueryDsl};
+
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = Text)]
+        plan_cache_mode: String,
+    }
+
+    let Some(db) = TestDb::<PgConnection>::fresh() else {
+        return;
+    };
+    let small = support::pool_for::<PgConnection>(&db.url, 3);
+    let (run, rec) = new_run();
+    const N: u64 = 500;
+    let tasks = (0..N).map(|k| NewTask::new(&job(run, k, Act::Succeed)).unwrap());
+    tend::enqueue_many(&mut small.get().unwrap(), tasks).unwrap();
+    let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
+        .threads(2)
+        .batch_size(50)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    wait_for("every task to run", PATIENCE, || {
+        (rec.ran().len() >= N as usize).then_some(())
+    });
+    assert!(handle.shutdown().all_joined());
+    assert!(db.rows().is_empty(), "every completion was written");
+    let mut conns: Vec<_> = (0..3).map(|_| small.get().unwrap()).collect();
+    for c in &mut conns {
+        let m: Mode = diesel::sql_query("SHOW plan_cache_mode")
+            .get_result(&mut **c)
+            .unwrap();
+        assert_eq!(
+            m.plan_cache_mode, "auto",
+            "the session's default is restored"
+        );
+    }
+}
+
 /// SQLite: the shard's writer leaves WAL checkpoints to the pool's checkpointer thread and
 /// checkpoints itself only past 4000 pages, so the WAL stays bounded under a writer that never
 /// pauses; when the pool stops, the writer's connection goes back to the r2d2 pool with SQLite's
