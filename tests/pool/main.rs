@@ -230,6 +230,25 @@ per_backend!(
     shutdown_abandons_a_stuck_task_which_runs_again_later,
 );
 
+/// A pool of 2 threads (batch 50, poll 10 ms) over `small`, started: the two session-setting
+/// tests below drain through it.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn start_two_threads<C>(
+    small: &diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>,
+) -> PoolHandle
+where
+    C: diesel::r2d2::R2D2Connection + tend::StoreConnection + Send + 'static,
+{
+    WorkerPool::builder(small.clone(), registry::<JobA>())
+        .threads(2)
+        .batch_size(50)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap()
+}
+
 /// PostgreSQL: the pool runs its statements on generic plans on the connections it holds
 /// (`plan_cache_mode = force_generic_plan`) and gives each back with the session's setting
 /// restored, so an application sharing the r2d2 pool plans as it did.
@@ -253,14 +272,7 @@ fn pg_connections_go_back_with_the_default_plan_cache_mode() {
     const N: u64 = 500;
     let tasks = (0..N).map(|k| NewTask::new(&job(run, k, Act::Succeed)).unwrap());
     tend::enqueue_many(&mut small.get().unwrap(), tasks).unwrap();
-    let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
-        .threads(2)
-        .batch_size(50)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_two_threads(&small);
     wait_for("every task to run", PATIENCE, || {
         (rec.ran().len() >= N as usize).then_some(())
     });
@@ -310,14 +322,7 @@ fn sqlite_checkpoints_run_beside_the_writer_and_the_default_comes_back() {
         let mut c = small.get().unwrap();
         c.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     }
-    let handle = WorkerPool::builder(small.clone(), registry::<JobA>())
-        .threads(2)
-        .batch_size(50)
-        .poll_interval(Duration::from_millis(10))
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_two_threads(&small);
     let mut largest_wal = 0;
     // Watched without reading the database: a reader's snapshot would itself keep the WAL
     // from being restarted (a long one under a loaded machine let it grow past the bound).
