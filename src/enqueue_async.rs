@@ -115,7 +115,8 @@ pub(crate) mod ops {
     /// The async half of the storage contract: only the inserts of the `enqueue` functions,
     /// the same statements as the synchronous `Ops::insert_one`; `insert_many` writes the same
     /// rows with diesel's multi-row insert (the synchronous one uses cached statements:
-    /// PostgreSQL's `unnest` insert, chunks of 64 and powers of two elsewhere).
+    /// PostgreSQL's `unnest` insert, MySQL's `JSON_TABLE` insert, SQLite's chunks of 64 and
+    /// powers of two).
     pub trait AsyncOps: Send {
         /// `postgres`, `mysql` or `sqlite`.
         const BACKEND: &'static str;

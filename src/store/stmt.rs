@@ -209,7 +209,7 @@ pub(crate) const INSERT_ROWS_MAX: usize = 64;
 
 /// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
 /// two (100 = 64 + 32 + 4), so that every statement has one of 7 shapes diesel keeps prepared.
-#[cfg(any(feature = "sqlite", feature = "mysql", test))]
+#[cfg(any(feature = "sqlite", test))]
 pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
     let mut out = Vec::new();
     while n > 0 {
@@ -398,7 +398,7 @@ pub(crate) fn insert_rows<'a>(
 }
 
 /// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[cfg(feature = "sqlite")]
 macro_rules! insert_chunked {
     ($conn:expr, $rows:expr, $tail:expr, $numbered:expr) => {{
         let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
@@ -412,8 +412,164 @@ macro_rules! insert_chunked {
         Ok(n)
     }};
 }
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[cfg(feature = "sqlite")]
 pub(crate) use insert_chunked;
+
+/// The most bytes of row data (JSON) one statement of [`insert_json`] carries, under MySQL's
+/// and MariaDB's smallest default `max_allowed_packet` (16 MiB) with room for the largest
+/// single row (a 4 MiB payload is 8 MiB of hex).
+#[cfg(any(feature = "mysql", test))]
+pub(crate) const JSON_BYTES_MAX: usize = 4 << 20;
+
+/// A multi-row insert for MySQL 8 / MariaDB 10.6+: `INSERT … SELECT … FROM JSON_TABLE(?, …)
+/// ORDER BY` the rows' order, the rows' values in one JSON array bound as one string. Without
+/// numbered placeholders a `VALUES` list binds every value of every row and has one shape per
+/// row count; this has two shapes whatever the batch (every value of every row in the JSON, or,
+/// when the rows agree in every column outside [`PER_ROW`], only those in the JSON and the
+/// others bound once), and is one round trip for any batch up to the caller's chunk.
+///
+/// `json` is the caller's buffer (the statement borrows it); `rows` must not be empty. Text is
+/// JSON-escaped, payloads are hex (`UNHEX`), `NULL`s are JSON `null`; every `JSON_TABLE` column
+/// is `ERROR ON ERROR`, so a value that does not fit fails the statement instead of becoming
+/// `NULL`. `ORDER BY j.n` (the array position) makes the ids follow the rows' order, as the
+/// other backends' inserts do; order per key relies on it.
+#[cfg(any(feature = "mysql", test))]
+pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut String) -> Stmt<'a> {
+    debug_assert!(!rows.is_empty());
+    let lean = rows.iter().all(is_lean);
+    let cols: &[usize] = if lean { &LEAN } else { &ALL };
+    let first = row_binds(&rows[0]);
+    let shared = |c: usize| !PER_ROW.contains(&c);
+    let reuse = rows[1..].iter().all(|r| {
+        let v = row_binds(r);
+        cols.iter().all(|&c| !shared(c) || v[c] == first[c])
+    });
+    let in_json = |c: usize| !(reuse && shared(c));
+    json.clear();
+    json.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        let v = row_binds(r);
+        json.push_str(if i == 0 { "[" } else { ",[" });
+        for (k, &c) in cols.iter().filter(|&&c| in_json(c)).enumerate() {
+            if k > 0 {
+                json.push(',');
+            }
+            json_value(json, v[c]);
+        }
+        json.push(']');
+    }
+    json.push(']');
+    let json: &'a str = json;
+    let mut columns = String::from("n FOR ORDINALITY");
+    let mut s = Stmt::new("INSERT INTO consistency_task (")
+        .sql(if lean {
+            LEAN_ROW_COLUMNS
+        } else {
+            NEW_ROW_COLUMNS
+        })
+        .sql(") SELECT ");
+    let mut at = 0;
+    for (k, &c) in cols.iter().enumerate() {
+        if k > 0 {
+            s.sql.push_str(", ");
+        }
+        if !in_json(c) {
+            // Bound once for every row (the select list's placeholders come first).
+            s.push(first[c]);
+            continue;
+        }
+        let ty = match first[c] {
+            Bind::I64(_) | Bind::OptI64(_) => "BIGINT",
+            Bind::I32(_) => "INT",
+            Bind::Text(_) | Bind::OptText(_) | Bind::Bytes(_) => "LONGTEXT",
+        };
+        if matches!(first[c], Bind::Bytes(_)) {
+            write!(s.sql, "UNHEX(j.c{at})")
+        } else {
+            write!(s.sql, "j.c{at}")
+        }
+        .expect("writing to a String");
+        write!(columns, ", c{at} {ty} PATH '$[{at}]' ERROR ON ERROR").expect("writing to a String");
+        at += 1;
+    }
+    s.sql(" FROM JSON_TABLE(")
+        .bind(Bind::Text(json))
+        .sql(", '$[*]' COLUMNS (")
+        .sql(&columns)
+        .sql(")) AS j ORDER BY j.n")
+}
+
+/// `rows` cut into runs for [`insert_json`] whose JSON stays under [`JSON_BYTES_MAX`] (a row
+/// larger than that alone goes alone).
+#[cfg(any(feature = "mysql", test))]
+pub(crate) fn json_chunks(
+    rows: &[super::row::NewRow],
+) -> impl Iterator<Item = &[super::row::NewRow]> {
+    // An upper bound of a row's JSON: hex payload, text escaped at most 6 bytes a byte
+    // (`\u001f`) for control characters, 21 bytes a number.
+    let size = |r: &super::row::NewRow| -> usize {
+        row_binds(r)
+            .iter()
+            .map(|b| match b {
+                Bind::Text(t) | Bind::OptText(Some(t)) => 6 * t.len() + 3,
+                Bind::Bytes(x) => 2 * x.len() + 3,
+                _ => 21,
+            })
+            .sum()
+    };
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() {
+            bytes += size(&rest[n]);
+            if n > 0 && bytes > JSON_BYTES_MAX {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Appends `b` to `out` as a JSON value (see [`insert_json`]).
+#[cfg(any(feature = "mysql", test))]
+fn json_value(out: &mut String, b: Bind<'_>) {
+    match b {
+        Bind::I64(v) | Bind::OptI64(Some(v)) => write!(out, "{v}").expect("writing to a String"),
+        Bind::I32(v) => write!(out, "{v}").expect("writing to a String"),
+        Bind::OptI64(None) | Bind::OptText(None) => out.push_str("null"),
+        Bind::Text(t) | Bind::OptText(Some(t)) => {
+            out.push('"');
+            for ch in t.chars() {
+                match ch {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => {
+                        write!(out, "\\u{:04x}", c as u32).expect("writing to a String")
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        Bind::Bytes(bytes) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push('"');
+            out.reserve(bytes.len() * 2 + 1);
+            for &x in bytes {
+                out.push(HEX[usize::from(x >> 4)] as char);
+                out.push(HEX[usize::from(x & 15)] as char);
+            }
+            out.push('"');
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -515,6 +671,69 @@ mod tests {
                 .iter()
                 .all(|l| l.is_power_of_two() && *l <= INSERT_ROWS_MAX));
         }
+    }
+
+    /// The JSON of `insert_json` escapes what JSON needs escaped and nothing else; payloads are
+    /// hex; the shared columns are bound once when the rows agree.
+    #[test]
+    fn json_rows_are_escaped_and_shared_columns_bound_once() {
+        let mut out = String::new();
+        json_value(&mut out, Bind::Text("a\"b\\c\n\u{1}é😀"));
+        assert_eq!(out, r#""a\"b\\c\u000a\u0001é😀""#);
+        out.clear();
+        json_value(&mut out, Bind::Bytes(&[0, 0xab, 0xff]));
+        json_value(&mut out, Bind::OptText(None));
+        json_value(&mut out, Bind::OptI64(Some(i64::MIN)));
+        assert_eq!(out, "\"00abff\"null-9223372036854775808");
+
+        let rows = [bare_row(), bare_row()];
+        let mut json = String::new();
+        let s = insert_json(&rows, &mut json);
+        // 14 shared columns bound once, then the JSON.
+        assert_eq!(s.binds.len(), 18 - 4 + 1);
+        assert!(s.sql.contains("UNHEX(j.c2)"), "{}", s.sql);
+        assert!(s.sql.ends_with("ORDER BY j.n"), "{}", s.sql);
+        assert_eq!(json, r#"[["t",1,"01",0],["t",1,"01",0]]"#);
+        let differs = [
+            bare_row(),
+            super::super::row::NewRow {
+                max_attempts: 2,
+                ..bare_row()
+            },
+        ];
+        let mut json = String::new();
+        assert_eq!(
+            insert_json(&differs, &mut json).binds.len(),
+            1,
+            "all in the JSON"
+        );
+    }
+
+    /// JSON chunks stay under `JSON_BYTES_MAX`, keep every row once and in order, and a row
+    /// larger than the limit goes alone.
+    #[test]
+    fn json_chunks_cut_by_size() {
+        let big = super::super::row::NewRow {
+            task_parameter: vec![7; JSON_BYTES_MAX / 3],
+            ..bare_row()
+        };
+        let huge = super::super::row::NewRow {
+            task_parameter: vec![7; JSON_BYTES_MAX],
+            ..bare_row()
+        };
+        let rows = vec![
+            bare_row(),
+            big.clone(),
+            big.clone(),
+            huge,
+            bare_row(),
+            bare_row(),
+        ];
+        let sizes: Vec<usize> = json_chunks(&rows).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 2]);
+        assert_eq!(json_chunks(&[]).count(), 0);
+        let small: Vec<_> = (0..1000).map(|_| bare_row()).collect();
+        assert_eq!(json_chunks(&small).count(), 1);
     }
 
     #[test]

@@ -277,12 +277,12 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
         _ => {}
     });
     assert_eq!(conn.insert_many(&rows).unwrap(), 50);
-    // PostgreSQL: one `unnest` statement of column arrays; elsewhere 50 rows are 32 + 16 + 2,
-    // each shape prepared once.
-    let chunks = if conn.backend() == "postgres" {
-        1
-    } else {
+    // PostgreSQL: one `unnest` statement of column arrays; MySQL/MariaDB one `JSON_TABLE`;
+    // SQLite 50 rows are 32 + 16 + 2, each shape prepared once.
+    let chunks = if conn.backend() == "sqlite" {
         crate::store::stmt::insert_chunks(50).len()
+    } else {
+        1
     };
     assert_eq!(
         *counts.lock().unwrap(),
@@ -306,6 +306,74 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
     assert_eq!(conn.insert_many(&again).unwrap(), 50);
     assert_eq!(*counts.lock().unwrap(), (chunks, 0));
     assert_eq!(conn.insert_many(&[]).unwrap(), 0);
+}
+
+/// `insert_many` stores every value as given whatever the batch's shape: a full row beside
+/// bare ones, bare rows that share hostile text (quotes, backslashes, control characters,
+/// emoji: MySQL's batch travels as JSON), extreme numbers, empty and megabyte payloads (more
+/// than one statement's worth), more rows than one statement takes; in the given order.
+pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let hostile = "q\"uote \\back\\\\slash\n\ttab\r\u{1}\u{1f} é 訂單 🚚 ' ; -- ?1 $1 [\"]";
+    let full = NewRow {
+        task_id: hostile.into(),
+        task_status: 2,
+        execute_times: i32::MAX,
+        max_attempts: i32::MAX,
+        execute_time: i64::MAX,
+        parameter_types: hostile.into(),
+        method_name: "\\".into(),
+        method_sign_name: "orders.ship".into(),
+        execute_interval_sec: i32::MAX,
+        delay_time: i32::MIN,
+        task_parameter: (0..=255u8).rev().collect(),
+        payload_version: i32::MIN,
+        error_msg: hostile.repeat(100),
+        alert_expression: Some(String::new()),
+        alert_action_bean_name: Some(hostile.into()),
+        fallback_class_name: Some("\"".into()),
+        fallback_error_msg: Some(hostile.into()),
+        shard_key: i64::MIN,
+        lease_token: Some(i64::MIN),
+        lease_owner: Some(hostile.into()),
+        lease_expires_at: Some(i64::MAX),
+        gmt_create: i64::MIN,
+        gmt_modified: i64::MAX,
+        trace_parent: Some(hostile.into()),
+        queue: "q\"\\".into(),
+        priority: -3,
+        ordering_key: Some(hostile.into()),
+        ..row(T0)
+    };
+    let bare = |i: i64| NewRow {
+        task_id: format!("{hostile}{i}"),
+        method_sign_name: hostile.into(),
+        method_name: hostile.into(),
+        execute_time: T0 - i,
+        task_parameter: vec![0; (i % 3) as usize],
+        shard_key: i64::MAX - i,
+        ..row(0)
+    };
+    let big = |i: i64| NewRow {
+        task_parameter: vec![i as u8; 1 << 20],
+        ..bare(i)
+    };
+    let batches: Vec<Vec<NewRow>> = vec![
+        vec![bare(1), full.clone(), bare(2)],
+        (0..3).map(bare).collect(),
+        (0..130).map(bare).collect(),
+        (0..6).map(big).collect(),
+        vec![full.clone()],
+    ];
+    for rows in batches {
+        conn.batch_execute("DELETE FROM consistency_task").unwrap();
+        assert_eq!(conn.insert_many(&rows).unwrap(), rows.len());
+        let stored = D::rows(&mut conn);
+        assert_eq!(stored.len(), rows.len());
+        for (new, got) in rows.iter().zip(&stored) {
+            assert_stored(new, got);
+        }
+    }
 }
 
 pub(super) fn idempotency_key_duplicates_are_skipped<D: Db>(db: &D) {

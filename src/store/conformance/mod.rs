@@ -439,6 +439,7 @@ macro_rules! conformance {
 conformance!(
     insert_one_reads_back_every_column,
     insert_many_is_a_few_prepared_statements,
+    insert_many_round_trips_every_value,
     hot_path_statements_stay_prepared,
     write_and_claim_writes_outcomes_then_claims,
     idempotency_key_duplicates_are_skipped,
