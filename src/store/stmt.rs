@@ -342,21 +342,26 @@ fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
     ]
 }
 
-/// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (at most [`INSERT_ROWS_MAX`];
-/// see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO NOTHING`). Unlike diesel's
-/// multi-row insert, which diesel never keeps prepared, this is parsed and planned once per
-/// shape and connection. When every row is lean ([`is_lean`]) only the lean columns are bound.
+/// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (one row, or a power of two
+/// up to [`INSERT_ROWS_MAX`]; see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO
+/// NOTHING`). Unlike diesel's multi-row insert, which diesel never keeps prepared, this is
+/// parsed and planned once per shape and connection. When every row is lean ([`is_lean`]) only
+/// the lean columns are bound.
 ///
 /// `numbered`: the backend takes numbered placeholders (`?NNN`, SQLite). Then, when the rows
 /// agree in every column outside [`PER_ROW`], the later rows name the first row's placeholders
 /// for those columns instead of binding the same values again (a batch of 100 bare rows binds
 /// 4 values a row after the first instead of 18: binding was most of the client's work).
+///
+/// The statement's text depends only on its shape and is built once per shape and thread
+/// ([`insert_text`]); a call only gathers the binds.
 pub(crate) fn insert_rows<'a>(
     rows: &'a [super::row::NewRow],
-    tail: &str,
+    tail: &'static str,
     numbered: bool,
 ) -> Stmt<'a> {
-    debug_assert!(!rows.is_empty() && rows.len() <= INSERT_ROWS_MAX);
+    let n = rows.len();
+    debug_assert!(n.is_power_of_two() && n <= INSERT_ROWS_MAX);
     let lean = rows.iter().all(is_lean);
     let cols: &[usize] = if lean { &LEAN } else { &ALL };
     let first = row_binds(&rows[0]);
@@ -366,35 +371,67 @@ pub(crate) fn insert_rows<'a>(
             let v = row_binds(r);
             cols.iter().all(|&c| !shared(c) || v[c] == first[c])
         });
-    let mut s = Stmt::new("INSERT INTO consistency_task (")
-        .sql(if lean {
-            LEAN_ROW_COLUMNS
-        } else {
-            NEW_ROW_COLUMNS
-        })
-        .sql(") VALUES ");
-    let binds = rows.len() * cols.len();
-    s.binds.reserve(binds);
-    s.holes.reserve(binds);
-    s.sql.reserve(binds * 4 + rows.len() * 4);
-    for (i, r) in rows.iter().enumerate() {
+    let mut binds = Vec::with_capacity(n * cols.len());
+    binds.extend(cols.iter().map(|&c| first[c]));
+    for r in &rows[1..] {
         let v = row_binds(r);
-        s.sql.push_str(if i == 0 { "(" } else { ", (" });
+        binds.extend(
+            cols.iter()
+                .filter(|&&c| !(reuse && shared(c)))
+                .map(|&c| v[c]),
+        );
+    }
+    type Shape = (usize, bool, bool, &'static str);
+    thread_local! {
+        static TEXTS: std::cell::RefCell<std::collections::HashMap<Shape, (String, Vec<usize>)>> =
+            Default::default();
+    }
+    let (sql, holes) = TEXTS.with(|texts| {
+        texts
+            .borrow_mut()
+            .entry((n, lean, reuse, tail))
+            .or_insert_with(|| insert_text(n, cols, reuse, tail))
+            .clone()
+    });
+    debug_assert_eq!(holes.len(), binds.len());
+    Stmt {
+        sql,
+        binds,
+        holes,
+        st: PhantomData,
+    }
+}
+
+/// The text of [`insert_rows`] for `n` rows of columns `cols` and its placeholders' offsets.
+fn insert_text(n: usize, cols: &[usize], reuse: bool, tail: &str) -> (String, Vec<usize>) {
+    let shared = |c: usize| !PER_ROW.contains(&c);
+    let mut sql = String::from("INSERT INTO consistency_task (");
+    sql.push_str(if cols.len() == LEAN.len() {
+        LEAN_ROW_COLUMNS
+    } else {
+        NEW_ROW_COLUMNS
+    });
+    sql.push_str(") VALUES ");
+    let mut holes = Vec::with_capacity(n * cols.len());
+    for i in 0..n {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
         for (k, &c) in cols.iter().enumerate() {
             if k > 0 {
-                s.sql.push_str(", ");
+                sql.push_str(", ");
             }
             if reuse && i > 0 && shared(c) {
                 // The first row bound its values to ?1, ?2, … in column order. A bare `?`
                 // after this takes the largest number so far plus one: the next bind.
-                write!(s.sql, "?{}", k + 1).expect("writing to a String");
+                write!(sql, "?{}", k + 1).expect("writing to a String");
             } else {
-                s.push(v[c]);
+                holes.push(sql.len());
+                sql.push('?');
             }
         }
-        s.sql.push(')');
+        sql.push(')');
     }
-    s.sql(tail)
+    sql.push_str(tail);
+    (sql, holes)
 }
 
 /// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
@@ -634,15 +671,29 @@ mod tests {
         assert_eq!(s.binds.len(), 2 * 31);
         assert_eq!(names.len(), 31);
 
-        let three = [bare_row(), bare_row(), bare_row()];
-        let s = insert_rows(&three, "", true);
+        let four = [bare_row(), bare_row(), bare_row(), bare_row()];
+        let s = insert_rows(&four, "", true);
         assert_eq!(
             s.binds.len(),
-            18 + 2 * 4,
+            18 + 3 * 4,
             "task_id, execute_time, payload, shard"
         );
         assert!(s.sql.contains("(?, ?2, ?, ?4, ?5,"), "{}", s.sql);
-        assert_eq!(s.sql.matches('?').count(), 3 * 18);
+        assert_eq!(s.sql.matches('?').count(), 4 * 18);
+        assert_eq!(s.holes.len(), s.binds.len());
+        // The same shape with other values: the same text, these values bound.
+        let other = [
+            bare_row(),
+            super::super::row::NewRow {
+                task_id: "u".into(),
+                ..bare_row()
+            },
+            bare_row(),
+            bare_row(),
+        ];
+        let o = insert_rows(&other, "", true);
+        assert_eq!(o.sql, s.sql);
+        assert_eq!(o.binds[18], Bind::Text("u"));
         // One shared column that differs: every value bound.
         let differs = [
             bare_row(),
