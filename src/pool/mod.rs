@@ -875,8 +875,27 @@ impl Shared {
     /// Frees `n` slots (a handler returned, or a claim took fewer rows than it reserved).
     fn free(&self, n: usize) {
         if n > 0 {
-            self.busy.fetch_sub(n, Ordering::SeqCst);
+            self.release(n);
         }
+    }
+
+    /// Takes `n` off the busy slots, never below zero, and returns the count before. A slot
+    /// freed twice would be a bug; wrapping around would make the shard look full for good and
+    /// stop its claims, so it stops at zero instead.
+    fn release(&self, n: usize) -> usize {
+        let before = self
+            .busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                Some(b.saturating_sub(n))
+            })
+            .unwrap_or_else(|b| b);
+        if before < n {
+            log::error!(
+                "tend: freed {n} task slots of a shard with {before} busy (a bug in tend; \
+                 please report it): the count stays at zero"
+            );
+        }
+        before
     }
 
     /// The fewest free slots a fetcher claims into while tasks run: a whole batch (at most half
@@ -893,7 +912,7 @@ impl Shared {
     /// a futex wake per task and a wasted look at the slots by each fetcher (PostgreSQL drain
     /// of no-op tasks: 10.0 -> 9.3 us of tend's CPU per task).
     fn free_one(&self, batch: usize) -> bool {
-        let before = self.busy.fetch_sub(1, Ordering::SeqCst);
+        let before = self.release(1);
         let after = before.saturating_sub(1);
         after == 0
             || before >= self.capacity
@@ -936,4 +955,41 @@ fn default_owner() -> String {
         ),
         255,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A returned handler wakes the fetchers only when the room they wait for appears: the
+    /// shard stops being full, reaches a batch of free slots (at most half the capacity), or
+    /// goes idle; every other return wakes nobody.
+    #[test]
+    fn free_one_wakes_the_fetchers_only_when_room_appears() {
+        let s = Shared::new(10);
+        assert_eq!(s.low_water(4), 4);
+        assert_eq!(s.low_water(100), 5, "at most half the capacity");
+        assert_eq!(s.low_water(0), 1);
+        assert_eq!(s.reserve(10, 10), 10);
+        assert_eq!(s.reserve(1, 1), 0, "full");
+        let wakes: Vec<bool> = (0..10).map(|_| s.free_one(4)).collect();
+        // busy 10 -> 9 (no longer full), ..., 6 (4 free: a batch), ..., 0 (idle).
+        assert_eq!(
+            wakes,
+            [true, false, false, true, false, false, false, false, false, true]
+        );
+        assert_eq!(s.busy.load(Ordering::SeqCst), 0);
+    }
+
+    /// A slot freed twice (a bug, logged) leaves the count at zero: wrapping to `usize::MAX`
+    /// would make the shard look full for good and stop its claims.
+    #[test]
+    fn freeing_more_than_is_busy_stops_at_zero() {
+        let s = Shared::new(4);
+        s.free(3);
+        assert_eq!(s.busy.load(Ordering::SeqCst), 0);
+        assert!(s.free_one(2));
+        assert_eq!(s.busy.load(Ordering::SeqCst), 0);
+        assert_eq!(s.reserve(1, 4), 4);
+    }
 }
