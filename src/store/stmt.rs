@@ -362,15 +362,12 @@ pub(crate) fn insert_rows<'a>(
 ) -> Stmt<'a> {
     let n = rows.len();
     debug_assert!(n.is_power_of_two() && n <= INSERT_ROWS_MAX);
-    let lean = rows.iter().all(is_lean);
-    let cols: &[usize] = if lean { &LEAN } else { &ALL };
-    let first = row_binds(&rows[0]);
-    let shared = |c: usize| !PER_ROW.contains(&c);
-    let reuse = numbered
-        && rows[1..].iter().all(|r| {
-            let v = row_binds(r);
-            cols.iter().all(|&c| !shared(c) || v[c] == first[c])
-        });
+    let Batch {
+        lean,
+        cols,
+        first,
+        reuse,
+    } = Batch::of(rows, numbered);
     let mut binds = Vec::with_capacity(n * cols.len());
     binds.extend(cols.iter().map(|&c| first[c]));
     for r in &rows[1..] {
@@ -390,7 +387,7 @@ pub(crate) fn insert_rows<'a>(
         texts
             .borrow_mut()
             .entry((n, lean, reuse, tail))
-            .or_insert_with(|| insert_text(n, cols, reuse, tail))
+            .or_insert_with(|| insert_text(n, lean, reuse, tail))
             .clone()
     });
     debug_assert_eq!(holes.len(), binds.len());
@@ -402,11 +399,45 @@ pub(crate) fn insert_rows<'a>(
     }
 }
 
-/// The text of [`insert_rows`] for `n` rows of columns `cols` and its placeholders' offsets.
-fn insert_text(n: usize, cols: &[usize], reuse: bool, tail: &str) -> (String, Vec<usize>) {
-    let shared = |c: usize| !PER_ROW.contains(&c);
+/// Whether column `c` of [`NEW_ROW_COLUMNS`] is usually the same for a whole batch.
+fn shared(c: usize) -> bool {
+    !PER_ROW.contains(&c)
+}
+
+/// What a multi-row insert of `rows` binds: the lean columns or all ([`is_lean`]), the first
+/// row's values, and whether the later rows agree with it in every [`shared`] column.
+struct Batch<'a> {
+    lean: bool,
+    cols: &'static [usize],
+    first: [Bind<'a>; 31],
+    reuse: bool,
+}
+
+impl<'a> Batch<'a> {
+    /// `reuse`: whether the statement can bind the shared columns once (else never set).
+    fn of(rows: &'a [super::row::NewRow], reuse: bool) -> Batch<'a> {
+        let lean = rows.iter().all(is_lean);
+        let cols: &'static [usize] = if lean { &LEAN } else { &ALL };
+        let first = row_binds(&rows[0]);
+        let reuse = reuse
+            && rows[1..].iter().all(|r| {
+                let v = row_binds(r);
+                cols.iter().all(|&c| !shared(c) || v[c] == first[c])
+            });
+        Batch {
+            lean,
+            cols,
+            first,
+            reuse,
+        }
+    }
+}
+
+/// The text of [`insert_rows`] for `n` rows and its placeholders' offsets.
+fn insert_text(n: usize, lean: bool, reuse: bool, tail: &str) -> (String, Vec<usize>) {
+    let cols: &[usize] = if lean { &LEAN } else { &ALL };
     let mut sql = String::from("INSERT INTO consistency_task (");
-    sql.push_str(if cols.len() == LEAN.len() {
+    sql.push_str(if lean {
         LEAN_ROW_COLUMNS
     } else {
         NEW_ROW_COLUMNS
@@ -473,14 +504,12 @@ pub(crate) const JSON_BYTES_MAX: usize = 4 << 20;
 #[cfg(any(feature = "mysql", test))]
 pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut String) -> Stmt<'a> {
     debug_assert!(!rows.is_empty());
-    let lean = rows.iter().all(is_lean);
-    let cols: &[usize] = if lean { &LEAN } else { &ALL };
-    let first = row_binds(&rows[0]);
-    let shared = |c: usize| !PER_ROW.contains(&c);
-    let reuse = rows[1..].iter().all(|r| {
-        let v = row_binds(r);
-        cols.iter().all(|&c| !shared(c) || v[c] == first[c])
-    });
+    let Batch {
+        lean,
+        cols,
+        first,
+        reuse,
+    } = Batch::of(rows, true);
     let in_json = |c: usize| !(reuse && shared(c));
     json.clear();
     json.push('[');
