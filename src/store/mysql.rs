@@ -31,7 +31,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::Stmt;
+use super::stmt::{Stmt, Tail, KEY_LAST_ID};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
@@ -50,7 +50,7 @@ impl Ops for MysqlConnection {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
         // would also silence truncation and other errors.
-        match super::stmt::insert_rows(std::slice::from_ref(row), "", false).execute(self) {
+        match super::stmt::with_insert_one!(row, Tail::None, |s| s.execute(self)) {
             Ok(_) => {}
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 if row.idempotency_key.is_some() =>
@@ -60,7 +60,9 @@ impl Ops for MysqlConnection {
             Err(e) => return Err(e),
         }
         // A Stmt, not sql_query: diesel keeps it prepared (one round trip instead of three).
-        let last: LastId = Stmt::new("SELECT LAST_INSERT_ID() AS id").get_result(self)?;
+        let last: LastId = Stmt::fixed("SELECT LAST_INSERT_ID() AS id")
+            .keyed::<KEY_LAST_ID>()
+            .get_result(self)?;
         Ok(Some(last.id))
     }
 

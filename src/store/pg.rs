@@ -10,7 +10,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, TaskRowSql};
+use super::stmt::{Stmt, Tail, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -67,14 +67,14 @@ impl Ops for PgConnection {
         // other unique index is the primary key, whose clash must fail, not pass for a
         // duplicate), and its speculative insertion costs a second WAL record per row.
         let tail = if row.idempotency_key.is_some() {
-            " ON CONFLICT DO NOTHING RETURNING id"
+            Tail::IgnoreConflictReturningId
         } else {
-            " RETURNING id"
+            Tail::ReturningId
         };
-        super::stmt::insert_rows(std::slice::from_ref(row), tail, false)
+        super::stmt::with_insert_one!(row, tail, |s| s
             .typed::<diesel::sql_types::BigInt>()
             .get_result::<i64>(self)
-            .optional()
+            .optional())
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {

@@ -8,7 +8,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
 use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
-use super::stmt::{Stmt, TaskRowSql};
+use super::stmt::{Stmt, Tail, TaskRowSql, KEY_LAST_ID};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -30,17 +30,19 @@ impl Ops for SqliteConnection {
         // `ON CONFLICT` only where a duplicate key may be met: without a key nothing can
         // conflict, and a primary key clash must fail, not pass for a duplicate.
         let tail = if row.idempotency_key.is_some() {
-            " ON CONFLICT DO NOTHING"
+            Tail::IgnoreConflict
         } else {
-            ""
+            Tail::None
         };
-        let n = super::stmt::insert_rows(std::slice::from_ref(row), tail, true).execute(self)?;
+        let n = super::stmt::with_insert_one!(row, tail, |s| s.execute(self))?;
         if n == 0 {
             return Ok(None);
         }
         // Not `RETURNING id`: SQLite sets up a temporary table for RETURNING on every run,
         // which cost more than this second (in-process, prepared) statement.
-        let r: Rowid = Stmt::new("SELECT last_insert_rowid() AS id").get_result(self)?;
+        let r: Rowid = Stmt::fixed("SELECT last_insert_rowid() AS id")
+            .keyed::<KEY_LAST_ID>()
+            .get_result(self)?;
         Ok(Some(r.id))
     }
 
@@ -51,9 +53,9 @@ impl Ops for SqliteConnection {
             return Ok(0);
         }
         if rows.iter().any(|r| r.idempotency_key.is_some()) {
-            super::stmt::insert_chunked!(self, rows, " ON CONFLICT DO NOTHING", true)
+            super::stmt::insert_chunked!(self, rows, Tail::IgnoreConflict, true)
         } else {
-            super::stmt::insert_chunked!(self, rows, "", true)
+            super::stmt::insert_chunked!(self, rows, Tail::None, true)
         }
     }
 

@@ -5,7 +5,12 @@
 //! parse) per batch. A [`Stmt`] is plain SQL with binds whose `QueryId` is not static, so diesel
 //! caches it under its SQL text; id lists are padded to a power of two (repeating the first id,
 //! which changes nothing in an `IN`), so a statement has at most a handful of cached shapes.
+//!
+//! Keying by text costs diesel a rebuild of the text and a hash of it per execution. The
+//! statements run once per enqueued task (the single-row insert, the last-insert-id read) are
+//! [`keyed`](Stmt::keyed) instead: a static key per text, which diesel looks up by type.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 
@@ -32,14 +37,47 @@ pub(crate) enum Bind<'a> {
 /// column name (`QueryableByName`) unless [`typed`](Stmt::typed) gives the row's SQL type, which
 /// loads them by position (no name lookup per field and row).
 #[derive(Debug, Clone)]
-pub(crate) struct Stmt<'a, ST = Untyped> {
-    sql: String,
+pub(crate) struct Stmt<'a, ST = Untyped, K = ByText> {
+    sql: Cow<'static, str>,
     binds: Vec<Bind<'a>>,
     /// The byte offset in `sql` of each bind's `?`, so that diesel's walks over the statement
     /// (two or three per execution) slice the text instead of searching it.
-    holes: Vec<usize>,
-    st: PhantomData<ST>,
+    holes: Cow<'static, [usize]>,
+    st: PhantomData<(ST, K)>,
 }
+
+/// How diesel keys a [`Stmt`]'s prepared statement: by its text ([`ByText`]) or by a static
+/// [`Key`].
+pub(crate) trait StmtKey: 'static {
+    const STATIC: bool;
+}
+
+/// The default: diesel keys the statement by its SQL text (any text, rebuilt and hashed per
+/// execution).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByText;
+
+impl StmtKey for ByText {
+    const STATIC: bool = false;
+}
+
+/// A static statement key: every statement keyed `Key<ID>` on one connection must have the same
+/// text ([`Stmt::keyed`] checks it in debug builds). The ids in use are the `KEY_*` constants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key<const ID: u8>;
+
+impl<const ID: u8> StmtKey for Key<ID> {
+    const STATIC: bool = true;
+}
+
+/// [`insert_one`]'s statement for a lean row.
+pub(crate) const KEY_ONE_LEAN: u8 = 1;
+/// [`insert_one`]'s statement for a row with every column, without an idempotency key.
+pub(crate) const KEY_ONE_FULL: u8 = 2;
+/// [`insert_one`]'s statement for a row with an idempotency key (the backend's conflict tail).
+pub(crate) const KEY_ONE_KEYED: u8 = 3;
+/// The backend's read of the id the last insert made.
+pub(crate) const KEY_LAST_ID: u8 = 4;
 
 /// The columns of [`TaskRow`](super::row::TaskRow) in its field order, for positional loads.
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
@@ -98,15 +136,28 @@ impl<'a> Stmt<'a> {
     pub(crate) fn new(sql: &str) -> Stmt<'a> {
         debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
         Stmt {
-            sql: sql.to_string(),
+            sql: Cow::Owned(sql.to_string()),
             binds: Vec::new(),
-            holes: Vec::new(),
+            holes: Cow::Owned(Vec::new()),
             st: PhantomData,
         }
     }
 
-    /// Rows of this statement have SQL type `ST`, its columns in order.
-    pub(crate) fn typed<ST>(self) -> Stmt<'a, ST> {
+    /// A statement whose whole text is `sql` (no binds), not copied.
+    pub(crate) fn fixed(sql: &'static str) -> Stmt<'a> {
+        debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
+        Stmt {
+            sql: Cow::Borrowed(sql),
+            binds: Vec::new(),
+            holes: Cow::Borrowed(&[]),
+            st: PhantomData,
+        }
+    }
+}
+
+impl<'a, ST, K> Stmt<'a, ST, K> {
+    /// Rows of this statement have SQL type `ST2`, its columns in order.
+    pub(crate) fn typed<ST2>(self) -> Stmt<'a, ST2, K> {
         Stmt {
             sql: self.sql,
             binds: self.binds,
@@ -117,10 +168,23 @@ impl<'a> Stmt<'a> {
 }
 
 impl<'a, ST> Stmt<'a, ST> {
+    /// This statement under the static key `Key<ID>` instead of its text: diesel then finds its
+    /// prepared statement by type, without rebuilding and hashing the text per execution. Every
+    /// statement a connection runs under one key must have the same text; debug builds check
+    /// that (per thread and backend) and panic on a clash.
+    pub(crate) fn keyed<const ID: u8>(self) -> Stmt<'a, ST, Key<ID>> {
+        Stmt {
+            sql: self.sql,
+            binds: self.binds,
+            holes: self.holes,
+            st: PhantomData,
+        }
+    }
+
     /// Appends SQL text (without placeholders).
     pub(crate) fn sql(mut self, sql: &str) -> Stmt<'a, ST> {
         debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
-        self.sql.push_str(sql);
+        self.sql.to_mut().push_str(sql);
         self
     }
 
@@ -132,8 +196,8 @@ impl<'a, ST> Stmt<'a, ST> {
 
     /// Appends a placeholder for `b` in place.
     fn push(&mut self, b: Bind<'a>) {
-        self.holes.push(self.sql.len());
-        self.sql.push('?');
+        self.holes.to_mut().push(self.sql.len());
+        self.sql.to_mut().push('?');
         self.binds.push(b);
     }
 
@@ -141,33 +205,38 @@ impl<'a, ST> Stmt<'a, ST> {
     pub(crate) fn ids(mut self, ids: &[i64]) -> Stmt<'a, ST> {
         assert!(!ids.is_empty(), "an empty IN list is not valid SQL");
         let len = ids.len().next_power_of_two().max(MIN_IDS);
-        self.sql.push('(');
+        self.sql.to_mut().push('(');
         for i in 0..len {
             if i > 0 {
-                self.sql.push_str(", ");
+                self.sql.to_mut().push_str(", ");
             }
             self.push(Bind::I64(*ids.get(i).unwrap_or(&ids[0])));
         }
-        self.sql.push(')');
+        self.sql.to_mut().push(')');
         self
     }
 }
 
-impl<ST> QueryId for Stmt<'_, ST> {
-    type QueryId = ();
-    // Not static: diesel then keys its statement cache by the SQL text.
-    const HAS_STATIC_QUERY_ID: bool = false;
+impl<ST, K: StmtKey> QueryId for Stmt<'_, ST, K> {
+    type QueryId = K;
+    // `ByText`: not static, so diesel keys its statement cache by the SQL text.
+    const HAS_STATIC_QUERY_ID: bool = K::STATIC;
 }
 
-impl<ST> Query for Stmt<'_, ST> {
+impl<ST, K> Query for Stmt<'_, ST, K> {
     type SqlType = ST;
 }
 
-impl<C, ST> RunQueryDsl<C> for Stmt<'_, ST> {}
+impl<C, ST, K> RunQueryDsl<C> for Stmt<'_, ST, K> {}
 
-impl<DB, ST> QueryFragment<DB> for Stmt<'_, ST>
+impl<DB, ST, K: StmtKey> QueryFragment<DB> for Stmt<'_, ST, K>
 where
-    DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text> + HasSqlType<Binary>,
+    DB: Backend
+        + 'static
+        + HasSqlType<BigInt>
+        + HasSqlType<Integer>
+        + HasSqlType<Text>
+        + HasSqlType<Binary>,
     i64: ToSql<BigInt, DB>,
     [u8]: ToSql<Binary, DB>,
     i32: ToSql<Integer, DB>,
@@ -178,6 +247,10 @@ where
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         // Never marked unsafe to cache: that is the point of this type.
         debug_assert_eq!(self.holes.len(), self.binds.len());
+        #[cfg(debug_assertions)]
+        if K::STATIC {
+            check_key::<DB, K>(&self.sql);
+        }
         let mut at = 0;
         for (&hole, b) in self.holes.iter().zip(&self.binds) {
             out.push_sql(&self.sql[at..hole]);
@@ -194,6 +267,28 @@ where
         out.push_sql(&self.sql[at..]);
         Ok(())
     }
+}
+
+/// Panics if this thread ran another text on backend `DB` under the static key `K`: diesel
+/// would have run the other statement's prepared text with this one's binds.
+#[cfg(debug_assertions)]
+fn check_key<DB: 'static, K: 'static>(sql: &str) {
+    use std::any::TypeId;
+    thread_local! {
+        static TEXTS: std::cell::RefCell<std::collections::HashMap<(TypeId, TypeId), String>> =
+            Default::default();
+    }
+    TEXTS.with(|t| {
+        let mut t = t.borrow_mut();
+        let first = t
+            .entry((TypeId::of::<DB>(), TypeId::of::<K>()))
+            .or_insert_with(|| sql.to_string());
+        assert!(
+            first == sql,
+            "statement key {} used for two texts:\n{first}\n{sql}",
+            std::any::type_name::<K>()
+        );
+    });
 }
 
 /// The columns of [`NewRow`](super::row::NewRow) in its field order.
@@ -353,11 +448,11 @@ fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
 /// for those columns instead of binding the same values again (a batch of 100 bare rows binds
 /// 4 values a row after the first instead of 18: binding was most of the client's work).
 ///
-/// The statement's text depends only on its shape and is built once per shape and thread
+/// The statement's text depends only on its shape and is built once per shape and process
 /// ([`insert_text`]); a call only gathers the binds.
 pub(crate) fn insert_rows<'a>(
     rows: &'a [super::row::NewRow],
-    tail: &'static str,
+    tail: Tail,
     numbered: bool,
 ) -> Stmt<'a> {
     let n = rows.len();
@@ -378,26 +473,72 @@ pub(crate) fn insert_rows<'a>(
                 .map(|&c| v[c]),
         );
     }
-    type Shape = (usize, bool, bool, &'static str);
-    thread_local! {
-        static TEXTS: std::cell::RefCell<std::collections::HashMap<Shape, (String, Vec<usize>)>> =
-            Default::default();
-    }
-    let (sql, holes) = TEXTS.with(|texts| {
-        texts
-            .borrow_mut()
-            .entry((n, lean, reuse, tail))
-            .or_insert_with(|| insert_text(n, lean, reuse, tail))
-            .clone()
-    });
+    // Every shape's text, built once per process: 7 row counts, lean or not, reusing or not,
+    // 4 tails.
+    static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; 7 * 2 * 2 * 4] =
+        [const { std::sync::OnceLock::new() }; 7 * 2 * 2 * 4];
+    let shape = ((n.trailing_zeros() as usize * 2 + usize::from(lean)) * 2 + usize::from(reuse))
+        * 4
+        + tail as usize;
+    let (sql, holes) = TEXTS[shape].get_or_init(|| insert_text(n, lean, reuse, tail.sql()));
     debug_assert_eq!(holes.len(), binds.len());
     Stmt {
-        sql,
+        sql: Cow::Borrowed(sql),
         binds,
-        holes,
+        holes: Cow::Borrowed(holes),
         st: PhantomData,
     }
 }
+
+/// What follows the values of an insert of [`insert_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// Nothing.
+    None = 0,
+    /// `ON CONFLICT DO NOTHING` (PostgreSQL, SQLite: a row whose idempotency key exists is
+    /// skipped).
+    IgnoreConflict = 1,
+    /// `RETURNING id` (PostgreSQL).
+    ReturningId = 2,
+    /// `ON CONFLICT DO NOTHING RETURNING id` (PostgreSQL).
+    IgnoreConflictReturningId = 3,
+}
+
+impl Tail {
+    fn sql(self) -> &'static str {
+        match self {
+            Tail::None => "",
+            Tail::IgnoreConflict => " ON CONFLICT DO NOTHING",
+            Tail::ReturningId => " RETURNING id",
+            Tail::IgnoreConflictReturningId => " ON CONFLICT DO NOTHING RETURNING id",
+        }
+    }
+}
+
+/// Runs `$run` with `$s` the single-row insert of `$row` followed by `$tail`, under a static
+/// statement key per shape ([`KEY_ONE_LEAN`], [`KEY_ONE_FULL`], [`KEY_ONE_KEYED`]): the
+/// insert every `enqueue` runs skips diesel's per-execution rebuild and hash of its text. On
+/// one backend `$tail` must depend only on whether the row has an idempotency key.
+macro_rules! with_insert_one {
+    ($row:expr, $tail:expr, |$s:ident| $run:expr) => {{
+        use $crate::store::stmt::{
+            insert_rows, is_lean, KEY_ONE_FULL, KEY_ONE_KEYED, KEY_ONE_LEAN,
+        };
+        let row: &$crate::store::row::NewRow = $row;
+        let s = insert_rows(std::slice::from_ref(row), $tail, false);
+        if row.idempotency_key.is_some() {
+            let $s = s.keyed::<KEY_ONE_KEYED>();
+            $run
+        } else if is_lean(row) {
+            let $s = s.keyed::<KEY_ONE_LEAN>();
+            $run
+        } else {
+            let $s = s.keyed::<KEY_ONE_FULL>();
+            $run
+        }
+    }};
+}
+pub(crate) use with_insert_one;
 
 /// Whether column `c` of [`NEW_ROW_COLUMNS`] is usually the same for a whole batch.
 fn shared(c: usize) -> bool {
@@ -537,7 +678,7 @@ pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut Stri
     let mut at = 0;
     for (k, &c) in cols.iter().enumerate() {
         if k > 0 {
-            s.sql.push_str(", ");
+            s.sql.to_mut().push_str(", ");
         }
         if !in_json(c) {
             // Bound once for every row (the select list's placeholders come first).
@@ -550,9 +691,9 @@ pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut Stri
             Bind::Text(_) | Bind::OptText(_) | Bind::Bytes(_) => "LONGTEXT",
         };
         if matches!(first[c], Bind::Bytes(_)) {
-            write!(s.sql, "UNHEX(j.c{at})")
+            write!(s.sql.to_mut(), "UNHEX(j.c{at})")
         } else {
-            write!(s.sql, "j.c{at}")
+            write!(s.sql.to_mut(), "j.c{at}")
         }
         .expect("writing to a String");
         write!(columns, ", c{at} {ty} PATH '$[{at}]' ERROR ON ERROR").expect("writing to a String");
@@ -683,7 +824,7 @@ mod tests {
     #[test]
     fn bare_rows_bind_only_the_columns_off_their_defaults() {
         let bare = [bare_row(), bare_row()];
-        let s = insert_rows(&bare, "", false);
+        let s = insert_rows(&bare, Tail::None, false);
         assert_eq!(s.binds.len(), 2 * 18);
         assert!(s.sql.contains(LEAN_ROW_COLUMNS));
         let names: Vec<&str> = NEW_ROW_COLUMNS.split(',').map(str::trim).collect();
@@ -696,12 +837,12 @@ mod tests {
                 ..bare_row()
             },
         ];
-        let s = insert_rows(&mixed, "", false);
+        let s = insert_rows(&mixed, Tail::None, false);
         assert_eq!(s.binds.len(), 2 * 31);
         assert_eq!(names.len(), 31);
 
         let four = [bare_row(), bare_row(), bare_row(), bare_row()];
-        let s = insert_rows(&four, "", true);
+        let s = insert_rows(&four, Tail::None, true);
         assert_eq!(
             s.binds.len(),
             18 + 3 * 4,
@@ -720,7 +861,7 @@ mod tests {
             bare_row(),
             bare_row(),
         ];
-        let o = insert_rows(&other, "", true);
+        let o = insert_rows(&other, Tail::None, true);
         assert_eq!(o.sql, s.sql);
         assert_eq!(o.binds[18], Bind::Text("u"));
         // One shared column that differs: every value bound.
@@ -731,9 +872,9 @@ mod tests {
                 ..bare_row()
             },
         ];
-        assert_eq!(insert_rows(&differs, "", true).binds.len(), 2 * 18);
+        assert_eq!(insert_rows(&differs, Tail::None, true).binds.len(), 2 * 18);
         assert_eq!(
-            insert_rows(&mixed, "", true).binds.len(),
+            insert_rows(&mixed, Tail::None, true).binds.len(),
             31 + PER_ROW.len()
         );
     }
@@ -751,6 +892,51 @@ mod tests {
                 .iter()
                 .all(|l| l.is_power_of_two() && *l <= INSERT_ROWS_MAX));
         }
+    }
+
+    /// A static key names one text: running a second text under it (which diesel would run
+    /// with the first one's prepared statement) panics in debug builds, and the three shapes
+    /// of the single-row insert have texts of their own.
+    #[cfg(all(feature = "sqlite", debug_assertions))]
+    #[test]
+    fn a_static_key_never_names_two_texts() {
+        use diesel::sqlite::Sqlite;
+        // Each test runs on a thread of its own: the check's per-thread record starts empty.
+        const KEY_TEST: u8 = 200;
+        let show =
+            |s: &Stmt<'_, Untyped, Key<KEY_TEST>>| diesel::debug_query::<Sqlite, _>(s).to_string();
+        let a = Stmt::fixed("SELECT 1").keyed::<KEY_TEST>();
+        let again = Stmt::fixed("SELECT 1").keyed::<KEY_TEST>();
+        show(&a);
+        show(&again);
+        let other = Stmt::fixed("SELECT 2").keyed::<KEY_TEST>();
+        let clash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| show(&other)));
+        let msg = clash.expect_err("a second text under one key must panic");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("SELECT 1") && msg.contains("SELECT 2"),
+            "{msg}"
+        );
+
+        let lean = bare_row();
+        let mut full = bare_row();
+        full.priority = 2;
+        let mut keyed = bare_row();
+        keyed.idempotency_key = Some("k".into());
+        let text = |r: &super::super::row::NewRow, tail| {
+            with_insert_one!(r, tail, |s| diesel::debug_query::<Sqlite, _>(&s)
+                .to_string())
+        };
+        let texts = [
+            text(&lean, Tail::None),
+            text(&full, Tail::None),
+            text(&keyed, Tail::IgnoreConflict),
+        ];
+        assert!(texts[0].contains("shard_key") && !texts[0].contains("priority"));
+        assert!(texts[1].contains("priority") && !texts[1].contains("ON CONFLICT"));
+        assert!(texts[2].contains("ON CONFLICT DO NOTHING"));
+        // The same shapes again: the same texts, no clash.
+        assert_eq!(text(&bare_row(), Tail::None), texts[0]);
     }
 
     /// The JSON of `insert_json` escapes what JSON needs escaped and nothing else; payloads are
