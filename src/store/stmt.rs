@@ -76,7 +76,8 @@ pub(crate) const KEY_ONE_LEAN: u8 = 1;
 pub(crate) const KEY_ONE_FULL: u8 = 2;
 /// [`insert_one`]'s statement for a row with an idempotency key (the backend's conflict tail).
 pub(crate) const KEY_ONE_KEYED: u8 = 3;
-/// The backend's read of the id the last insert made.
+/// The backend's read of the id the last insert made (MySQL, SQLite).
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) const KEY_LAST_ID: u8 = 4;
 
 /// The columns of [`TaskRow`](super::row::TaskRow) in its field order, for positional loads.
@@ -144,6 +145,7 @@ impl<'a> Stmt<'a> {
     }
 
     /// A statement whose whole text is `sql` (no binds), not copied.
+    #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn fixed(sql: &'static str) -> Stmt<'a> {
         debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
         Stmt {
@@ -492,6 +494,8 @@ pub(crate) fn insert_rows<'a>(
 
 /// What follows the values of an insert of [`insert_rows`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Every variant is used only when PostgreSQL's and SQLite's stores are both built.
+#[cfg_attr(not(all(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) enum Tail {
     /// Nothing.
     None = 0,
