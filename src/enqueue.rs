@@ -1,6 +1,7 @@
 //! Writing tasks: [`NewTask`] and the `enqueue` functions, which run on the caller's connection
 //! so that the task commits or rolls back with the caller's transaction.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind};
@@ -9,7 +10,7 @@ use crate::store::StoreConnection;
 use crate::task::{ExecuteWay, Task, TaskOptions, ThreadWay, TransactionWay};
 use crate::trace::TraceParent;
 use crate::util::now_ms;
-use crate::util::truncate;
+use crate::util::truncate_str;
 
 /// The largest encoded task tend stores: 4 MiB. Larger data belongs in your own table, with
 /// its key in the task.
@@ -637,15 +638,15 @@ impl NewTask {
             .next()
             .unwrap_or(self.signature);
         Ok(NewRow {
-            task_id: o.task_id.unwrap_or_else(|| self.signature.to_string()),
+            task_id: o.task_id.map_or(Cow::Borrowed(self.signature), Cow::Owned),
             idempotency_key: self.idempotency_key,
             task_status: crate::status::TaskStatus::Pending.as_i32(),
             execute_times: 0,
             max_attempts: o.max_attempts as i32,
             execute_time,
-            parameter_types: truncate(self.type_name, 255),
-            method_name: truncate(method_name, 100),
-            method_sign_name: self.signature.to_string(),
+            parameter_types: Cow::Borrowed(truncate_str(self.type_name, 255)),
+            method_name: Cow::Borrowed(truncate_str(method_name, 100)),
+            method_sign_name: Cow::Borrowed(self.signature),
             execute_interval_sec: o.execute_interval.as_secs() as i32,
             delay_time: o.delay.as_secs() as i32,
             task_parameter: self.payload,

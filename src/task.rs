@@ -1,6 +1,7 @@
 //! What a task is: the [`Task`] trait, its options, and what a handler returns.
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -184,10 +185,10 @@ pub struct TaskOptions {
     pub(crate) fallback: Option<String>,
     pub(crate) fallback_threshold: u32,
     pub(crate) snooze_limit: Duration,
-    pub(crate) alert_expression: Option<String>,
+    pub(crate) alert_expression: Option<Cow<'static, str>>,
     pub(crate) alerter: Option<String>,
     pub(crate) task_id: Option<String>,
-    pub(crate) queue: String,
+    pub(crate) queue: Cow<'static, str>,
     pub(crate) priority: i32,
 }
 
@@ -220,10 +221,10 @@ impl TaskOptions {
             fallback: None,
             fallback_threshold: 0,
             snooze_limit: DEFAULT_SNOOZE_LIMIT,
-            alert_expression: Some(DEFAULT_ALERT_EXPRESSION.to_string()),
+            alert_expression: Some(Cow::Borrowed(DEFAULT_ALERT_EXPRESSION)),
             alerter: None,
             task_id: None,
-            queue: crate::queue::DEFAULT_QUEUE.to_string(),
+            queue: Cow::Borrowed(crate::queue::DEFAULT_QUEUE),
             priority: 0,
         }
     }
@@ -455,7 +456,7 @@ impl TaskOptions {
     /// assert!(matches!(err.kind(), ErrorKind::InvalidExpression { error, .. } if error.position == 18));
     /// ```
     pub fn alert_expression(mut self, e: Option<&str>) -> Self {
-        self.alert_expression = e.map(str::to_string);
+        self.alert_expression = e.map(|e| Cow::Owned(e.to_string()));
         self
     }
 
@@ -536,7 +537,7 @@ impl TaskOptions {
     /// assert_eq!(TaskOptions::new().queue("mail").get_queue(), "mail");
     /// ```
     pub fn queue(mut self, name: impl Into<String>) -> Self {
-        self.queue = name.into();
+        self.queue = Cow::Owned(name.into());
         self
     }
 

@@ -198,7 +198,7 @@ impl<'a> UnnestInsert<'a> {
                 ordering_key: _,
             } = r;
             for (v, x) in u.text.iter_mut().zip([
-                r.task_id.as_str(),
+                &*r.task_id,
                 &r.parameter_types,
                 &r.method_name,
                 &r.method_sign_name,

@@ -1,6 +1,8 @@
 //! The rows tend moves: a row as stored, a row to insert, a claim and what it returns, and the
 //! fenced update of a claimed row (with one constructor per outcome).
 
+use std::borrow::Cow;
+
 use diesel::prelude::*;
 
 use crate::schema::{consistency_task, tend_schedule};
@@ -72,15 +74,15 @@ pub struct Claimed {
 #[diesel(table_name = consistency_task)]
 #[diesel(treat_none_as_default_value = false)]
 pub struct NewRow {
-    pub task_id: String,
+    pub task_id: Cow<'static, str>,
     pub idempotency_key: Option<String>,
     pub task_status: i32,
     pub execute_times: i32,
     pub max_attempts: i32,
     pub execute_time: i64,
-    pub parameter_types: String,
-    pub method_name: String,
-    pub method_sign_name: String,
+    pub parameter_types: Cow<'static, str>,
+    pub method_name: Cow<'static, str>,
+    pub method_sign_name: Cow<'static, str>,
     pub execute_interval_sec: i32,
     pub delay_time: i32,
     pub task_parameter: Vec<u8>,
@@ -89,7 +91,7 @@ pub struct NewRow {
     pub thread_way: i32,
     pub transaction_way: i32,
     pub error_msg: String,
-    pub alert_expression: Option<String>,
+    pub alert_expression: Option<Cow<'static, str>>,
     pub alert_action_bean_name: Option<String>,
     pub fallback_class_name: Option<String>,
     pub fallback_error_msg: Option<String>,
@@ -100,7 +102,7 @@ pub struct NewRow {
     pub gmt_create: i64,
     pub gmt_modified: i64,
     pub trace_parent: Option<String>,
-    pub queue: String,
+    pub queue: Cow<'static, str>,
     pub priority: i32,
     pub ordering_key: Option<String>,
 }
@@ -110,15 +112,15 @@ impl NewRow {
     pub(crate) fn into_task_row(self, id: i64) -> TaskRow {
         TaskRow {
             id,
-            task_id: self.task_id,
+            task_id: self.task_id.into_owned(),
             idempotency_key: self.idempotency_key,
             task_status: self.task_status,
             execute_times: self.execute_times,
             max_attempts: self.max_attempts,
             execute_time: self.execute_time,
-            parameter_types: self.parameter_types,
-            method_name: self.method_name,
-            method_sign_name: self.method_sign_name,
+            parameter_types: self.parameter_types.into_owned(),
+            method_name: self.method_name.into_owned(),
+            method_sign_name: self.method_sign_name.into_owned(),
             execute_interval_sec: self.execute_interval_sec,
             delay_time: self.delay_time,
             task_parameter: self.task_parameter,
@@ -127,7 +129,7 @@ impl NewRow {
             thread_way: self.thread_way,
             transaction_way: self.transaction_way,
             error_msg: self.error_msg,
-            alert_expression: self.alert_expression,
+            alert_expression: self.alert_expression.map(Cow::into_owned),
             alert_action_bean_name: self.alert_action_bean_name,
             fallback_class_name: self.fallback_class_name,
             fallback_error_msg: self.fallback_error_msg,
@@ -139,7 +141,7 @@ impl NewRow {
             gmt_modified: self.gmt_modified,
             duration_ms: None,
             trace_parent: self.trace_parent,
-            queue: self.queue,
+            queue: self.queue.into_owned(),
             priority: self.priority,
             ordering_key: self.ordering_key,
         }

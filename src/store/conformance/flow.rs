@@ -4,7 +4,7 @@ use super::*;
 
 fn queued(execute_time: i64, queue: &str, priority: i32) -> NewRow {
     NewRow {
-        queue: queue.into(),
+        queue: queue.to_string().into(),
         priority,
         ..row(execute_time)
     }

@@ -61,20 +61,24 @@ fn extreme_rows() -> Vec<(String, NewRow)> {
     // Empty and longest strings; NULL and longest for the nullable ones.
     type SetText = fn(&mut NewRow, Option<String>);
     let texts: [(&str, SetText, usize); 12] = [
-        ("task_id", |r, v| r.task_id = v.unwrap_or_default(), 500),
+        (
+            "task_id",
+            |r, v| r.task_id = v.unwrap_or_default().into(),
+            500,
+        ),
         (
             "parameter_types",
-            |r, v| r.parameter_types = v.unwrap_or_default(),
+            |r, v| r.parameter_types = v.unwrap_or_default().into(),
             255,
         ),
         (
             "method_name",
-            |r, v| r.method_name = v.unwrap_or_default(),
+            |r, v| r.method_name = v.unwrap_or_default().into(),
             100,
         ),
         (
             "method_sign_name",
-            |r, v| r.method_sign_name = v.unwrap_or_default(),
+            |r, v| r.method_sign_name = v.unwrap_or_default().into(),
             200,
         ),
         (
@@ -83,7 +87,11 @@ fn extreme_rows() -> Vec<(String, NewRow)> {
             32 * 1024,
         ),
         ("idempotency_key", |r, v| r.idempotency_key = v, 255),
-        ("alert_expression", |r, v| r.alert_expression = v, 16 * 1024),
+        (
+            "alert_expression",
+            |r, v| r.alert_expression = v.map(Into::into),
+            16 * 1024,
+        ),
         (
             "alert_action_bean_name",
             |r, v| r.alert_action_bean_name = v,

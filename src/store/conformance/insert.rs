@@ -87,7 +87,7 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
     let own = |t: i64, i: u8| NewRow {
         task_parameter: vec![i; i as usize],
         shard_key: -(i as i64) * 1_000_000_007,
-        task_id: format!("conformance.task/{i}"),
+        task_id: format!("conformance.task/{i}").into(),
         ..row(t)
     };
     let keyed = |t: i64, i: u8| NewRow {
@@ -259,7 +259,7 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
     let mut conn = migrated(db);
     let rows: Vec<NewRow> = (0..50)
         .map(|i| NewRow {
-            task_id: format!("task-{i}"),
+            task_id: format!("task-{i}").into(),
             shard_key: i,
             execute_time: T0 + i,
             task_parameter: vec![i as u8; i as usize],
@@ -299,7 +299,7 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
     let again: Vec<NewRow> = rows
         .iter()
         .map(|r| NewRow {
-            task_id: format!("{}-again", r.task_id),
+            task_id: format!("{}-again", r.task_id).into(),
             ..r.clone()
         })
         .collect();
@@ -329,7 +329,7 @@ pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
         task_parameter: (0..=255u8).rev().collect(),
         payload_version: i32::MIN,
         error_msg: hostile.repeat(100),
-        alert_expression: Some(String::new()),
+        alert_expression: Some(String::new().into()),
         alert_action_bean_name: Some(hostile.into()),
         fallback_class_name: Some("\"".into()),
         fallback_error_msg: Some(hostile.into()),
@@ -346,7 +346,7 @@ pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
         ..row(T0)
     };
     let bare = |i: i64| NewRow {
-        task_id: format!("{hostile}{i}"),
+        task_id: format!("{hostile}{i}").into(),
         method_sign_name: hostile.into(),
         method_name: hostile.into(),
         execute_time: T0 - i,

@@ -270,6 +270,11 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
             $(assert_eq!(new.$col, got.$col, concat!("column `", stringify!($col), "`"));)*
         };
     }
+    assert_eq!(
+        new.alert_expression.as_deref(),
+        got.alert_expression.as_deref(),
+        "column `alert_expression`"
+    );
     same!(
         task_id,
         idempotency_key,
@@ -287,7 +292,6 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
         thread_way,
         transaction_way,
         error_msg,
-        alert_expression,
         alert_action_bean_name,
         fallback_class_name,
         fallback_error_msg,
