@@ -13,6 +13,7 @@ use diesel::prelude::*;
 mod common;
 #[cfg(test)]
 mod conformance;
+mod insert;
 mod lease;
 #[cfg(feature = "mysql")]
 mod mysql;

@@ -29,9 +29,10 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::insert::Tail;
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, Tail, KEY_LAST_ID};
+use super::stmt::{Stmt, KEY_LAST_ID};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
@@ -50,7 +51,7 @@ impl Ops for MysqlConnection {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
         // would also silence truncation and other errors.
-        match super::stmt::with_insert_one!(row, Tail::None, |s| s.execute(self)) {
+        match super::insert::with_insert_one!(row, Tail::None, |s| s.execute(self)) {
             Ok(_) => {}
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 if row.idempotency_key.is_some() =>
@@ -79,8 +80,8 @@ impl Ops for MysqlConnection {
         // trip for a batch instead of one per power-of-two piece of it.
         let mut json = String::new();
         let mut n = 0;
-        for chunk in super::stmt::json_chunks(rows) {
-            n += super::stmt::insert_json(chunk, &mut json).execute(self)?;
+        for chunk in super::insert::json_chunks(rows) {
+            n += super::insert::insert_json(chunk, &mut json).execute(self)?;
         }
         Ok(n)
     }

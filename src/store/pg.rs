@@ -8,9 +8,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::insert::Tail;
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, Tail, TaskRowSql};
+use super::stmt::{Stmt, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -71,7 +72,7 @@ impl Ops for PgConnection {
         } else {
             Tail::ReturningId
         };
-        super::stmt::with_insert_one!(row, tail, |s| s
+        super::insert::with_insert_one!(row, tail, |s| s
             .typed::<diesel::sql_types::BigInt>()
             .get_result::<i64>(self)
             .optional())
@@ -145,7 +146,7 @@ struct UnnestInsert<'a> {
     /// Some row has an idempotency key: `ON CONFLICT DO NOTHING` makes a duplicate a no-op.
     keyed: bool,
     /// Every row holds the defaults in the columns `UNNEST_LEAN_COLUMNS` leaves out
-    /// (`stmt::is_lean`): 18 arrays are bound instead of 31.
+    /// (`insert::is_lean`): 18 arrays are bound instead of 31.
     lean: bool,
 }
 
@@ -159,7 +160,7 @@ impl<'a> UnnestInsert<'a> {
             opt_big: Default::default(),
             bytes: Vec::with_capacity(rows.len()),
             keyed: rows.iter().any(|r| r.idempotency_key.is_some()),
-            lean: rows.iter().all(super::stmt::is_lean),
+            lean: rows.iter().all(super::insert::is_lean),
         };
         for r in rows {
             // Exhaustive: a column added to `NewRow` fails to compile here until it has an

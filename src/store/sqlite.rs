@@ -6,9 +6,10 @@ use diesel::r2d2::CustomizeConnection;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::insert::Tail;
 use super::ops::Ops;
 use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
-use super::stmt::{Stmt, Tail, TaskRowSql, KEY_LAST_ID};
+use super::stmt::{Stmt, TaskRowSql, KEY_LAST_ID};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -34,7 +35,7 @@ impl Ops for SqliteConnection {
         } else {
             Tail::None
         };
-        let n = super::stmt::with_insert_one!(row, tail, |s| s.execute(self))?;
+        let n = super::insert::with_insert_one!(row, tail, |s| s.execute(self))?;
         if n == 0 {
             return Ok(None);
         }
@@ -53,9 +54,9 @@ impl Ops for SqliteConnection {
             return Ok(0);
         }
         if rows.iter().any(|r| r.idempotency_key.is_some()) {
-            super::stmt::insert_chunked!(self, rows, Tail::IgnoreConflict, true)
+            super::insert::insert_chunked!(self, rows, Tail::IgnoreConflict, true)
         } else {
-            super::stmt::insert_chunked!(self, rows, Tail::None, true)
+            super::insert::insert_chunked!(self, rows, Tail::None, true)
         }
     }
 

@@ -51,7 +51,7 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
     assert_eq!(got.id, full_id);
     assert_stored(&full, &got);
     assert_stored(&bare, &found(&mut conn, bare_id));
-    // A bare row binds only the columns that differ from their defaults (`stmt::is_lean`);
+    // A bare row binds only the columns that differ from their defaults (`insert::is_lean`);
     // one non-default value among the others makes it bind every column.
     for one in [
         NewRow {
@@ -280,7 +280,7 @@ pub(super) fn insert_many_is_a_few_prepared_statements<D: Db>(db: &D) {
     // PostgreSQL: one `unnest` statement of column arrays; MySQL/MariaDB one `JSON_TABLE`;
     // SQLite 50 rows are 32 + 16 + 2, each shape prepared once.
     let chunks = if conn.backend() == "sqlite" {
-        crate::store::stmt::insert_chunks(50).len()
+        crate::store::insert::insert_chunks(50).len()
     } else {
         1
     };

@@ -1,0 +1,732 @@
+//! The inserts of new task rows: one row (every `enqueue`), and many (`enqueue_many`: multi-row
+//! `VALUES` lists on SQLite, one `JSON_TABLE` insert per chunk on MySQL/MariaDB; PostgreSQL's
+//! `unnest` insert is in `pg.rs`). Each is a [`Stmt`] whose text depends only on its shape,
+//! built once per process.
+
+use std::fmt::Write as _;
+
+use super::stmt::{Bind, Stmt};
+
+/// The columns of [`NewRow`](super::row::NewRow) in its field order.
+const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
+    max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
+    execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
+    transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
+    fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
+    gmt_modified, trace_parent, queue, priority, ordering_key";
+
+/// The most rows one statement of [`insert_rows`] carries (31 binds a row: 1 984 binds).
+pub(crate) const INSERT_ROWS_MAX: usize = 64;
+
+/// How [`insert_rows`] cuts `n` rows: chunks of [`INSERT_ROWS_MAX`], then the rest in powers of
+/// two (100 = 64 + 32 + 4), so that every statement has one of 7 shapes diesel keeps prepared.
+#[cfg(any(feature = "sqlite", test))]
+pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let c = if n >= INSERT_ROWS_MAX {
+            INSERT_ROWS_MAX
+        } else {
+            1 << (usize::BITS - 1 - n.leading_zeros())
+        };
+        out.push(c);
+        n -= c;
+    }
+    out
+}
+
+/// The columns a lean row binds (see [`is_lean`]); the others take their column's default.
+const LEAN_ROW_COLUMNS: &str = "task_id, max_attempts, execute_time, parameter_types, \
+    method_name, method_sign_name, execute_interval_sec, delay_time, task_parameter, \
+    payload_version, execute_way, thread_way, transaction_way, error_msg, alert_expression, \
+    shard_key, gmt_create, gmt_modified";
+
+/// Whether every column `LEAN_ROW_COLUMNS` leaves out holds its default in `r` (the
+/// migrations' `DEFAULT`s: status 0, no attempt, no key, no alerter, fallback or lease, no
+/// trace, queue `default` at priority 0, no ordering key), as most enqueued rows do: such a row
+/// binds 18 values instead of 31, and the database fills in the rest. (The alert expression
+/// is bound: tasks have the seed's default expression unless they opt out.)
+pub(crate) fn is_lean(r: &super::row::NewRow) -> bool {
+    r.idempotency_key.is_none()
+        && r.task_status == 0
+        && r.execute_times == 0
+        && r.alert_action_bean_name.is_none()
+        && r.fallback_class_name.is_none()
+        && r.fallback_error_msg.is_none()
+        && r.lease_token.is_none()
+        && r.lease_owner.is_none()
+        && r.lease_expires_at.is_none()
+        && r.trace_parent.is_none()
+        && r.queue == crate::queue::DEFAULT_QUEUE
+        && r.priority == 0
+        && r.ordering_key.is_none()
+}
+
+/// Which of [`NEW_ROW_COLUMNS`] a lean row binds ([`LEAN_ROW_COLUMNS`], by index).
+const LEAN: [usize; 18] = [
+    0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 21, 25, 26,
+];
+/// Every column of [`NEW_ROW_COLUMNS`].
+const ALL: [usize; 31] = {
+    let mut all = [0; 31];
+    let mut i = 0;
+    while i < 31 {
+        all[i] = i;
+        i += 1;
+    }
+    all
+};
+/// The columns of [`NEW_ROW_COLUMNS`] that tell the rows of one batch apart (name, key, due
+/// time, payload, shard, lease, trace): always bound per row. The others (signature, type,
+/// options, expression, timestamps) are usually the same for the whole batch.
+const PER_ROW: [usize; 10] = [0, 1, 5, 11, 21, 22, 23, 24, 27, 30];
+
+/// A row's values in [`NEW_ROW_COLUMNS`] order.
+fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
+    // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
+    // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
+    let super::row::NewRow {
+        task_id,
+        idempotency_key,
+        task_status,
+        execute_times,
+        max_attempts,
+        execute_time,
+        parameter_types,
+        method_name,
+        method_sign_name,
+        execute_interval_sec,
+        delay_time,
+        task_parameter,
+        payload_version,
+        execute_way,
+        thread_way,
+        transaction_way,
+        error_msg,
+        alert_expression,
+        alert_action_bean_name,
+        fallback_class_name,
+        fallback_error_msg,
+        shard_key,
+        lease_token,
+        lease_owner,
+        lease_expires_at,
+        gmt_create,
+        gmt_modified,
+        trace_parent,
+        queue,
+        priority,
+        ordering_key,
+    } = r;
+    [
+        Bind::Text(task_id),
+        Bind::OptText(idempotency_key.as_deref()),
+        Bind::I32(*task_status),
+        Bind::I32(*execute_times),
+        Bind::I32(*max_attempts),
+        Bind::I64(*execute_time),
+        Bind::Text(parameter_types),
+        Bind::Text(method_name),
+        Bind::Text(method_sign_name),
+        Bind::I32(*execute_interval_sec),
+        Bind::I32(*delay_time),
+        Bind::Bytes(task_parameter),
+        Bind::I32(*payload_version),
+        Bind::I32(*execute_way),
+        Bind::I32(*thread_way),
+        Bind::I32(*transaction_way),
+        Bind::Text(error_msg),
+        Bind::OptText(alert_expression.as_deref()),
+        Bind::OptText(alert_action_bean_name.as_deref()),
+        Bind::OptText(fallback_class_name.as_deref()),
+        Bind::OptText(fallback_error_msg.as_deref()),
+        Bind::I64(*shard_key),
+        Bind::OptI64(*lease_token),
+        Bind::OptText(lease_owner.as_deref()),
+        Bind::OptI64(*lease_expires_at),
+        Bind::I64(*gmt_create),
+        Bind::I64(*gmt_modified),
+        Bind::OptText(trace_parent.as_deref()),
+        Bind::Text(queue),
+        Bind::I32(*priority),
+        Bind::OptText(ordering_key.as_deref()),
+    ]
+}
+
+/// `INSERT INTO consistency_task (…) VALUES (…), (…)…` of `rows` (one row, or a power of two
+/// up to [`INSERT_ROWS_MAX`]; see [`insert_chunks`]), followed by `tail` (say, `ON CONFLICT DO
+/// NOTHING`). Unlike diesel's multi-row insert, which diesel never keeps prepared, this is
+/// parsed and planned once per shape and connection. When every row is lean ([`is_lean`]) only
+/// the lean columns are bound.
+///
+/// `numbered`: the backend takes numbered placeholders (`?NNN`, SQLite). Then, when the rows
+/// agree in every column outside [`PER_ROW`], the later rows name the first row's placeholders
+/// for those columns instead of binding the same values again (a batch of 100 bare rows binds
+/// 4 values a row after the first instead of 18: binding was most of the client's work).
+///
+/// The statement's text depends only on its shape and is built once per shape and process
+/// ([`insert_text`]); a call only gathers the binds.
+pub(crate) fn insert_rows<'a>(
+    rows: &'a [super::row::NewRow],
+    tail: Tail,
+    numbered: bool,
+) -> Stmt<'a> {
+    let n = rows.len();
+    debug_assert!(n.is_power_of_two() && n <= INSERT_ROWS_MAX);
+    let Batch {
+        lean,
+        cols,
+        first,
+        reuse,
+    } = Batch::of(rows, numbered);
+    let mut binds = Vec::with_capacity(n * cols.len());
+    binds.extend(cols.iter().map(|&c| first[c]));
+    for r in &rows[1..] {
+        let v = row_binds(r);
+        binds.extend(
+            cols.iter()
+                .filter(|&&c| !(reuse && shared(c)))
+                .map(|&c| v[c]),
+        );
+    }
+    // Every shape's text, built once per process: 7 row counts, lean or not, reusing or not,
+    // 4 tails.
+    static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; 7 * 2 * 2 * 4] =
+        [const { std::sync::OnceLock::new() }; 7 * 2 * 2 * 4];
+    let shape = ((n.trailing_zeros() as usize * 2 + usize::from(lean)) * 2 + usize::from(reuse))
+        * 4
+        + tail as usize;
+    let (sql, holes) = TEXTS[shape].get_or_init(|| insert_text(n, lean, reuse, tail.sql()));
+    debug_assert_eq!(holes.len(), binds.len());
+    Stmt::prepared(sql, holes, binds)
+}
+
+/// What follows the values of an insert of [`insert_rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Every variant is used only when PostgreSQL's and SQLite's stores are both built.
+#[cfg_attr(not(all(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+pub(crate) enum Tail {
+    /// Nothing.
+    None = 0,
+    /// `ON CONFLICT DO NOTHING` (PostgreSQL, SQLite: a row whose idempotency key exists is
+    /// skipped).
+    IgnoreConflict = 1,
+    /// `RETURNING id` (PostgreSQL).
+    ReturningId = 2,
+    /// `ON CONFLICT DO NOTHING RETURNING id` (PostgreSQL).
+    IgnoreConflictReturningId = 3,
+}
+
+impl Tail {
+    fn sql(self) -> &'static str {
+        match self {
+            Tail::None => "",
+            Tail::IgnoreConflict => " ON CONFLICT DO NOTHING",
+            Tail::ReturningId => " RETURNING id",
+            Tail::IgnoreConflictReturningId => " ON CONFLICT DO NOTHING RETURNING id",
+        }
+    }
+}
+
+/// Runs `$run` with `$s` the single-row insert of `$row` followed by `$tail`, under a static
+/// statement key per shape ([`KEY_ONE_LEAN`](super::stmt::KEY_ONE_LEAN), `KEY_ONE_FULL`,
+/// `KEY_ONE_KEYED`): the
+/// insert every `enqueue` runs skips diesel's per-execution rebuild and hash of its text. On
+/// one backend `$tail` must depend only on whether the row has an idempotency key.
+macro_rules! with_insert_one {
+    ($row:expr, $tail:expr, |$s:ident| $run:expr) => {{
+        use $crate::store::insert::{insert_rows, is_lean};
+        use $crate::store::stmt::{KEY_ONE_FULL, KEY_ONE_KEYED, KEY_ONE_LEAN};
+        let row: &$crate::store::row::NewRow = $row;
+        let s = insert_rows(std::slice::from_ref(row), $tail, false);
+        if row.idempotency_key.is_some() {
+            let $s = s.keyed::<KEY_ONE_KEYED>();
+            $run
+        } else if is_lean(row) {
+            let $s = s.keyed::<KEY_ONE_LEAN>();
+            $run
+        } else {
+            let $s = s.keyed::<KEY_ONE_FULL>();
+            $run
+        }
+    }};
+}
+pub(crate) use with_insert_one;
+
+/// `a == b`, without comparing the bytes of two texts that are the same `&str` (the rows of
+/// one task type borrow their type's strings: most comparisons of a batch are of those).
+fn same(a: Bind<'_>, b: Bind<'_>) -> bool {
+    match (a, b) {
+        (Bind::Text(x), Bind::Text(y)) | (Bind::OptText(Some(x)), Bind::OptText(Some(y))) => {
+            std::ptr::eq(x, y) || x == y
+        }
+        _ => a == b,
+    }
+}
+
+/// Whether column `c` of [`NEW_ROW_COLUMNS`] is usually the same for a whole batch.
+fn shared(c: usize) -> bool {
+    !PER_ROW.contains(&c)
+}
+
+/// What a multi-row insert of `rows` binds: the lean columns or all ([`is_lean`]), the first
+/// row's values, and whether the later rows agree with it in every [`shared`] column.
+struct Batch<'a> {
+    lean: bool,
+    cols: &'static [usize],
+    first: [Bind<'a>; 31],
+    reuse: bool,
+}
+
+impl<'a> Batch<'a> {
+    /// `reuse`: whether the statement can bind the shared columns once (else never set).
+    fn of(rows: &'a [super::row::NewRow], reuse: bool) -> Batch<'a> {
+        let lean = rows.iter().all(is_lean);
+        let cols: &'static [usize] = if lean { &LEAN } else { &ALL };
+        let first = row_binds(&rows[0]);
+        let reuse = reuse
+            && rows[1..].iter().all(|r| {
+                let v = row_binds(r);
+                cols.iter().all(|&c| !shared(c) || same(v[c], first[c]))
+            });
+        Batch {
+            lean,
+            cols,
+            first,
+            reuse,
+        }
+    }
+}
+
+/// The text of [`insert_rows`] for `n` rows and its placeholders' offsets.
+fn insert_text(n: usize, lean: bool, reuse: bool, tail: &str) -> (String, Vec<usize>) {
+    let cols: &[usize] = if lean { &LEAN } else { &ALL };
+    let mut sql = String::from("INSERT INTO consistency_task (");
+    sql.push_str(if lean {
+        LEAN_ROW_COLUMNS
+    } else {
+        NEW_ROW_COLUMNS
+    });
+    sql.push_str(") VALUES ");
+    let mut holes = Vec::with_capacity(n * cols.len());
+    for i in 0..n {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for (k, &c) in cols.iter().enumerate() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            if reuse && i > 0 && shared(c) {
+                // The first row bound its values to ?1, ?2, … in column order. A bare `?`
+                // after this takes the largest number so far plus one: the next bind.
+                write!(sql, "?{}", k + 1).expect("writing to a String");
+            } else {
+                holes.push(sql.len());
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    (sql, holes)
+}
+
+/// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
+#[cfg(feature = "sqlite")]
+macro_rules! insert_chunked {
+    ($conn:expr, $rows:expr, $tail:expr, $numbered:expr) => {{
+        let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
+        let mut n = 0usize;
+        let mut at = 0usize;
+        for len in $crate::store::insert::insert_chunks(rows.len()) {
+            n += $crate::store::insert::insert_rows(&rows[at..at + len], $tail, $numbered)
+                .execute(&mut *conn)?;
+            at += len;
+        }
+        Ok(n)
+    }};
+}
+#[cfg(feature = "sqlite")]
+pub(crate) use insert_chunked;
+
+/// The most bytes of row data (JSON) one statement of [`insert_json`] carries, under MySQL's
+/// and MariaDB's smallest default `max_allowed_packet` (16 MiB) with room for the largest
+/// single row (a 4 MiB payload is 8 MiB of hex).
+#[cfg(any(feature = "mysql", test))]
+pub(crate) const JSON_BYTES_MAX: usize = 4 << 20;
+
+/// A multi-row insert for MySQL 8 / MariaDB 10.6+: `INSERT … SELECT … FROM JSON_TABLE(?, …)
+/// ORDER BY` the rows' order, the rows' values in one JSON array bound as one string. Without
+/// numbered placeholders a `VALUES` list binds every value of every row and has one shape per
+/// row count; this has two shapes whatever the batch (every value of every row in the JSON, or,
+/// when the rows agree in every column outside [`PER_ROW`], only those in the JSON and the
+/// others bound once), and is one round trip for any batch up to the caller's chunk.
+///
+/// `json` is the caller's buffer (the statement borrows it); `rows` must not be empty. Text is
+/// JSON-escaped, payloads are hex (`UNHEX`), `NULL`s are JSON `null`; every `JSON_TABLE` column
+/// is `ERROR ON ERROR`, so a value that does not fit fails the statement instead of becoming
+/// `NULL`. `ORDER BY j.n` (the array position) makes the ids follow the rows' order, as the
+/// other backends' inserts do; order per key relies on it.
+#[cfg(any(feature = "mysql", test))]
+pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut String) -> Stmt<'a> {
+    debug_assert!(!rows.is_empty());
+    let Batch {
+        lean,
+        cols,
+        first,
+        reuse,
+    } = Batch::of(rows, true);
+    let in_json = |c: usize| !(reuse && shared(c));
+    json.clear();
+    json.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        let v = row_binds(r);
+        json.push_str(if i == 0 { "[" } else { ",[" });
+        for (k, &c) in cols.iter().filter(|&&c| in_json(c)).enumerate() {
+            if k > 0 {
+                json.push(',');
+            }
+            json_value(json, v[c]);
+        }
+        json.push(']');
+    }
+    json.push(']');
+    let json: &'a str = json;
+    let mut columns = String::from("n FOR ORDINALITY");
+    let mut s = Stmt::new("INSERT INTO consistency_task (")
+        .sql(if lean {
+            LEAN_ROW_COLUMNS
+        } else {
+            NEW_ROW_COLUMNS
+        })
+        .sql(") SELECT ");
+    let mut at = 0;
+    for (k, &c) in cols.iter().enumerate() {
+        if k > 0 {
+            s = s.sql(", ");
+        }
+        if !in_json(c) {
+            // Bound once for every row (the select list's placeholders come first).
+            s = s.bind(first[c]);
+            continue;
+        }
+        let ty = match first[c] {
+            Bind::I64(_) | Bind::OptI64(_) => "BIGINT",
+            Bind::I32(_) => "INT",
+            Bind::Text(_) | Bind::OptText(_) | Bind::Bytes(_) => "LONGTEXT",
+        };
+        s = if matches!(first[c], Bind::Bytes(_)) {
+            s.sql(&format!("UNHEX(j.c{at})"))
+        } else {
+            s.sql(&format!("j.c{at}"))
+        };
+        write!(columns, ", c{at} {ty} PATH '$[{at}]' ERROR ON ERROR").expect("writing to a String");
+        at += 1;
+    }
+    s.sql(" FROM JSON_TABLE(")
+        .bind(Bind::Text(json))
+        .sql(", '$[*]' COLUMNS (")
+        .sql(&columns)
+        .sql(")) AS j ORDER BY j.n")
+}
+
+/// `rows` cut into runs for [`insert_json`] whose JSON stays under [`JSON_BYTES_MAX`] (a row
+/// larger than that alone goes alone).
+#[cfg(any(feature = "mysql", test))]
+pub(crate) fn json_chunks(
+    rows: &[super::row::NewRow],
+) -> impl Iterator<Item = &[super::row::NewRow]> {
+    // An upper bound of a row's JSON: hex payload, text escaped at most 6 bytes a byte
+    // (`\u001f`) for control characters, 21 bytes a number.
+    let size = |r: &super::row::NewRow| -> usize {
+        row_binds(r)
+            .iter()
+            .map(|b| match b {
+                Bind::Text(t) | Bind::OptText(Some(t)) => 6 * t.len() + 3,
+                Bind::Bytes(x) => 2 * x.len() + 3,
+                _ => 21,
+            })
+            .sum()
+    };
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() {
+            bytes += size(&rest[n]);
+            if n > 0 && bytes > JSON_BYTES_MAX {
+                break;
+            }
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Appends `b` to `out` as a JSON value (see [`insert_json`]).
+#[cfg(any(feature = "mysql", test))]
+fn json_value(out: &mut String, b: Bind<'_>) {
+    match b {
+        Bind::I64(v) | Bind::OptI64(Some(v)) => write!(out, "{v}").expect("writing to a String"),
+        Bind::I32(v) => write!(out, "{v}").expect("writing to a String"),
+        Bind::OptI64(None) | Bind::OptText(None) => out.push_str("null"),
+        Bind::Text(t) | Bind::OptText(Some(t)) => {
+            out.push('"');
+            for ch in t.chars() {
+                match ch {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => {
+                        write!(out, "\\u{:04x}", c as u32).expect("writing to a String")
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+        Bind::Bytes(bytes) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push('"');
+            out.reserve(bytes.len() * 2 + 1);
+            for &x in bytes {
+                out.push(HEX[usize::from(x >> 4)] as char);
+                out.push(HEX[usize::from(x & 15)] as char);
+            }
+            out.push('"');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::stmt::Key;
+    use diesel::sql_types::Untyped;
+
+    fn bare_row() -> super::super::row::NewRow {
+        super::super::row::NewRow {
+            task_id: "t".into(),
+            idempotency_key: None,
+            task_status: 0,
+            execute_times: 0,
+            max_attempts: 25,
+            execute_time: 1,
+            parameter_types: "p".into(),
+            method_name: "m".into(),
+            method_sign_name: "s".into(),
+            execute_interval_sec: 60,
+            delay_time: 0,
+            task_parameter: vec![1],
+            payload_version: 1,
+            execute_way: 1,
+            thread_way: 1,
+            transaction_way: 1,
+            error_msg: String::new(),
+            alert_expression: Some("executeTimes > 1 && executeTimes < 5".into()),
+            alert_action_bean_name: None,
+            fallback_class_name: None,
+            fallback_error_msg: None,
+            shard_key: 0,
+            lease_token: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            gmt_create: 1,
+            gmt_modified: 1,
+            trace_parent: None,
+            queue: crate::queue::DEFAULT_QUEUE.into(),
+            priority: 0,
+            ordering_key: None,
+        }
+    }
+
+    /// A row at its defaults binds the 18 lean columns; a batch with one row that is not binds
+    /// all 31 for every row. With numbered placeholders, rows that agree outside `PER_ROW`
+    /// bind only their own values after the first row.
+    #[test]
+    fn bare_rows_bind_only_the_columns_off_their_defaults() {
+        let bare = [bare_row(), bare_row()];
+        let s = insert_rows(&bare, Tail::None, false);
+        assert_eq!(s.binds().len(), 2 * 18);
+        assert!(s.text().contains(LEAN_ROW_COLUMNS));
+        let names: Vec<&str> = NEW_ROW_COLUMNS.split(',').map(str::trim).collect();
+        let lean: Vec<&str> = LEAN_ROW_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(lean, LEAN.map(|i| names[i]), "LEAN names LEAN_ROW_COLUMNS");
+        let mixed = [
+            bare_row(),
+            super::super::row::NewRow {
+                ordering_key: Some("k".into()),
+                ..bare_row()
+            },
+        ];
+        let s = insert_rows(&mixed, Tail::None, false);
+        assert_eq!(s.binds().len(), 2 * 31);
+        assert_eq!(names.len(), 31);
+
+        let four = [bare_row(), bare_row(), bare_row(), bare_row()];
+        let s = insert_rows(&four, Tail::None, true);
+        assert_eq!(
+            s.binds().len(),
+            18 + 3 * 4,
+            "task_id, execute_time, payload, shard"
+        );
+        assert!(s.text().contains("(?, ?2, ?, ?4, ?5,"), "{}", s.text());
+        assert_eq!(s.text().matches('?').count(), 4 * 18);
+        assert_eq!(s.holes().len(), s.binds().len());
+        // The same shape with other values: the same text, these values bound.
+        let other = [
+            bare_row(),
+            super::super::row::NewRow {
+                task_id: "u".into(),
+                ..bare_row()
+            },
+            bare_row(),
+            bare_row(),
+        ];
+        let o = insert_rows(&other, Tail::None, true);
+        assert_eq!(o.text(), s.text());
+        assert_eq!(o.binds()[18], Bind::Text("u"));
+        // One shared column that differs: every value bound.
+        let differs = [
+            bare_row(),
+            super::super::row::NewRow {
+                max_attempts: 2,
+                ..bare_row()
+            },
+        ];
+        assert_eq!(
+            insert_rows(&differs, Tail::None, true).binds().len(),
+            2 * 18
+        );
+        assert_eq!(
+            insert_rows(&mixed, Tail::None, true).binds().len(),
+            31 + PER_ROW.len()
+        );
+    }
+
+    #[test]
+    fn inserts_are_cut_into_a_few_shapes() {
+        assert_eq!(insert_chunks(100), vec![64, 32, 4]);
+        assert_eq!(insert_chunks(1), vec![1]);
+        assert_eq!(insert_chunks(0), Vec::<usize>::new());
+        assert_eq!(insert_chunks(130), vec![64, 64, 2]);
+        for n in 0..300 {
+            let c = insert_chunks(n);
+            assert_eq!(c.iter().sum::<usize>(), n);
+            assert!(c
+                .iter()
+                .all(|l| l.is_power_of_two() && *l <= INSERT_ROWS_MAX));
+        }
+    }
+
+    /// A static key names one text: running a second text under it (which diesel would run
+    /// with the first one's prepared statement) panics in debug builds, and the three shapes
+    /// of the single-row insert have texts of their own.
+    #[cfg(all(feature = "sqlite", debug_assertions))]
+    #[test]
+    fn a_static_key_never_names_two_texts() {
+        use diesel::sqlite::Sqlite;
+        // Each test runs on a thread of its own: the check's per-thread record starts empty.
+        const KEY_TEST: u8 = 200;
+        let show =
+            |s: &Stmt<'_, Untyped, Key<KEY_TEST>>| diesel::debug_query::<Sqlite, _>(s).to_string();
+        let a = Stmt::fixed("SELECT 1").keyed::<KEY_TEST>();
+        let again = Stmt::fixed("SELECT 1").keyed::<KEY_TEST>();
+        show(&a);
+        show(&again);
+        let other = Stmt::fixed("SELECT 2").keyed::<KEY_TEST>();
+        let clash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| show(&other)));
+        let msg = clash.expect_err("a second text under one key must panic");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("SELECT 1") && msg.contains("SELECT 2"),
+            "{msg}"
+        );
+
+        let lean = bare_row();
+        let mut full = bare_row();
+        full.priority = 2;
+        let mut keyed = bare_row();
+        keyed.idempotency_key = Some("k".into());
+        let text = |r: &super::super::row::NewRow, tail| {
+            with_insert_one!(r, tail, |s| diesel::debug_query::<Sqlite, _>(&s)
+                .to_string())
+        };
+        let texts = [
+            text(&lean, Tail::None),
+            text(&full, Tail::None),
+            text(&keyed, Tail::IgnoreConflict),
+        ];
+        assert!(texts[0].contains("shard_key") && !texts[0].contains("priority"));
+        assert!(texts[1].contains("priority") && !texts[1].contains("ON CONFLICT"));
+        assert!(texts[2].contains("ON CONFLICT DO NOTHING"));
+        // The same shapes again: the same texts, no clash.
+        assert_eq!(text(&bare_row(), Tail::None), texts[0]);
+    }
+
+    /// The JSON of `insert_json` escapes what JSON needs escaped and nothing else; payloads are
+    /// hex; the shared columns are bound once when the rows agree.
+    #[test]
+    fn json_rows_are_escaped_and_shared_columns_bound_once() {
+        let mut out = String::new();
+        json_value(&mut out, Bind::Text("a\"b\\c\n\u{1}é😀"));
+        assert_eq!(out, r#""a\"b\\c\u000a\u0001é😀""#);
+        out.clear();
+        json_value(&mut out, Bind::Bytes(&[0, 0xab, 0xff]));
+        json_value(&mut out, Bind::OptText(None));
+        json_value(&mut out, Bind::OptI64(Some(i64::MIN)));
+        assert_eq!(out, "\"00abff\"null-9223372036854775808");
+
+        let rows = [bare_row(), bare_row()];
+        let mut json = String::new();
+        let s = insert_json(&rows, &mut json);
+        // 14 shared columns bound once, then the JSON.
+        assert_eq!(s.binds().len(), 18 - 4 + 1);
+        assert!(s.text().contains("UNHEX(j.c2)"), "{}", s.text());
+        assert!(s.text().ends_with("ORDER BY j.n"), "{}", s.text());
+        assert_eq!(json, r#"[["t",1,"01",0],["t",1,"01",0]]"#);
+        let differs = [
+            bare_row(),
+            super::super::row::NewRow {
+                max_attempts: 2,
+                ..bare_row()
+            },
+        ];
+        let mut json = String::new();
+        assert_eq!(
+            insert_json(&differs, &mut json).binds().len(),
+            1,
+            "all in the JSON"
+        );
+    }
+
+    /// JSON chunks stay under `JSON_BYTES_MAX`, keep every row once and in order, and a row
+    /// larger than the limit goes alone.
+    #[test]
+    fn json_chunks_cut_by_size() {
+        let big = super::super::row::NewRow {
+            task_parameter: vec![7; JSON_BYTES_MAX / 3],
+            ..bare_row()
+        };
+        let huge = super::super::row::NewRow {
+            task_parameter: vec![7; JSON_BYTES_MAX],
+            ..bare_row()
+        };
+        let rows = vec![
+            bare_row(),
+            big.clone(),
+            big.clone(),
+            huge,
+            bare_row(),
+            bare_row(),
+        ];
+        let sizes: Vec<usize> = json_chunks(&rows).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 2]);
+        assert_eq!(json_chunks(&[]).count(), 0);
+        let small: Vec<_> = (0..1000).map(|_| bare_row()).collect();
+        assert_eq!(json_chunks(&small).count(), 1);
+    }
+}
