@@ -171,6 +171,19 @@ pub(crate) fn insert_rows<'a>(
     tail: Tail,
     numbered: bool,
 ) -> Stmt<'a> {
+    insert_rows_shaped(rows, tail, numbered).0
+}
+
+/// How many shapes [`insert_rows`] has: 7 row counts, lean or not, reusing or not, 4 tails.
+pub(crate) const INSERT_SHAPES: usize = 7 * 2 * 2 * 4;
+
+/// [`insert_rows`] and the index of its shape (below [`INSERT_SHAPES`]; the text is the same
+/// for every statement of one index), for running it under a static key per shape.
+pub(crate) fn insert_rows_shaped<'a>(
+    rows: &'a [super::row::NewRow],
+    tail: Tail,
+    numbered: bool,
+) -> (Stmt<'a>, usize) {
     let n = rows.len();
     debug_assert!(n.is_power_of_two() && n <= INSERT_ROWS_MAX);
     let Batch {
@@ -189,16 +202,15 @@ pub(crate) fn insert_rows<'a>(
                 .map(|&c| v[c]),
         );
     }
-    // Every shape's text, built once per process: 7 row counts, lean or not, reusing or not,
-    // 4 tails.
-    static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; 7 * 2 * 2 * 4] =
-        [const { std::sync::OnceLock::new() }; 7 * 2 * 2 * 4];
+    // Every shape's text, built once per process.
+    static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; INSERT_SHAPES] =
+        [const { std::sync::OnceLock::new() }; INSERT_SHAPES];
     let shape = ((n.trailing_zeros() as usize * 2 + usize::from(lean)) * 2 + usize::from(reuse))
         * 4
         + tail as usize;
     let (sql, holes) = TEXTS[shape].get_or_init(|| insert_text(n, lean, reuse, tail.sql()));
     debug_assert_eq!(holes.len(), binds.len());
-    Stmt::prepared(sql, holes, binds)
+    (Stmt::prepared(sql, holes, binds), shape)
 }
 
 /// What follows the values of an insert of [`insert_rows`].
@@ -329,24 +341,6 @@ fn insert_text(n: usize, lean: bool, reuse: bool, tail: &str) -> (String, Vec<us
     sql.push_str(tail);
     (sql, holes)
 }
-
-/// Inserts `rows` with [`insert_rows`] in [`insert_chunks`]; the rows inserted.
-#[cfg(feature = "sqlite")]
-macro_rules! insert_chunked {
-    ($conn:expr, $rows:expr, $tail:expr, $numbered:expr) => {{
-        let (conn, rows): (_, &[$crate::store::row::NewRow]) = ($conn, $rows);
-        let mut n = 0usize;
-        let mut at = 0usize;
-        for len in $crate::store::insert::insert_chunks(rows.len()) {
-            n += $crate::store::insert::insert_rows(&rows[at..at + len], $tail, $numbered)
-                .execute(&mut *conn)?;
-            at += len;
-        }
-        Ok(n)
-    }};
-}
-#[cfg(feature = "sqlite")]
-pub(crate) use insert_chunked;
 
 /// The most bytes of row data (JSON) one statement of [`insert_json`] carries, under MySQL's
 /// and MariaDB's smallest default `max_allowed_packet` (16 MiB) with room for the largest

@@ -76,6 +76,10 @@ pub(crate) const KEY_ONE_LEAN: u8 = 1;
 pub(crate) const KEY_ONE_FULL: u8 = 2;
 /// [`insert_one`]'s statement for a row with an idempotency key (the backend's conflict tail).
 pub(crate) const KEY_ONE_KEYED: u8 = 3;
+/// SQLite's multi-row inserts: `KEY_ROWS + ` the insert's shape index (`insert::INSERT_SHAPES`
+/// of them, so up to 127).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) const KEY_ROWS: u8 = 16;
 /// The backend's read of the id the last insert made (MySQL, SQLite).
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) const KEY_LAST_ID: u8 = 4;
