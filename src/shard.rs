@@ -6,8 +6,8 @@
 //! holds per shard. One [`WorkerPool`](crate::WorkerPool) drains every shard.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
@@ -334,7 +334,11 @@ pub trait ShardKeyGenerator: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Snowflake {
     node: AtomicU16,
-    state: Mutex<(i64, i64)>,
+    /// The last key's millisecond (since [`SNOWFLAKE_EPOCH_MS`]) times 4096 plus its
+    /// sequence number: the next one is the larger of "now, sequence 0" and "last plus one",
+    /// so a sequence past 4095 carries into the next millisecond and a clock that steps back
+    /// keeps counting from the last key. One atomic, no lock per key.
+    state: AtomicI64,
 }
 
 /// 2024-01-01T00:00:00Z in epoch milliseconds.
@@ -362,7 +366,7 @@ impl Snowflake {
         }
         Ok(Snowflake {
             node: AtomicU16::new(node_id),
-            state: Mutex::new((0, 0)),
+            state: AtomicI64::new(0),
         })
     }
 
@@ -382,7 +386,7 @@ impl Snowflake {
         let node = configured.unwrap_or_else(|| (crate::util::random_token() & 1023) as u16);
         Snowflake {
             node: AtomicU16::new(node),
-            state: Mutex::new((0, 0)),
+            state: AtomicI64::new(0),
         }
     }
 
@@ -414,23 +418,17 @@ impl Snowflake {
 
 impl ShardKeyGenerator for Snowflake {
     fn next_key(&self) -> i64 {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::util::now_ms() - SNOWFLAKE_EPOCH_MS;
-        // A clock that steps back keeps using the last millisecond, so keys never repeat.
-        let ms = now.max(st.0);
-        if ms == st.0 {
-            st.1 += 1;
-            if st.1 > 4095 {
-                // Sequence exhausted within a millisecond: borrow the next one.
-                st.0 += 1;
-                st.1 = 0;
-            }
-        } else {
-            st.0 = ms;
-            st.1 = 0;
-        }
+        let now = (crate::util::now_ms() - SNOWFLAKE_EPOCH_MS).max(0) << 12;
+        let prev = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("the update always returns Some");
+        let v = now.max(prev + 1);
+        let (ms, seq) = (v >> 12, v & 4095);
         let node = i64::from(self.node.load(Ordering::Relaxed));
-        ((st.0 & ((1 << 41) - 1)) << 22) | (node << 12) | st.1
+        ((ms & ((1 << 41) - 1)) << 22) | (node << 12) | seq
     }
 }
 
@@ -499,6 +497,27 @@ mod tests {
             .iter()
             .all(|k| Snowflake::node_of(*k) == 1023 && *k > 0));
         assert!(Snowflake::new(1024).is_err());
+    }
+
+    /// Threads drawing keys at once never get the same one, and each thread's keys rise.
+    #[test]
+    fn concurrent_keys_are_unique() {
+        let g = Arc::new(Snowflake::new(3).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || (0..20_000).map(|_| g.next_key()).collect::<Vec<_>>())
+            })
+            .collect();
+        let threads: Vec<Vec<i64>> = handles.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut all = std::collections::HashSet::new();
+        for keys in &threads {
+            assert!(keys.windows(2).all(|w| w[1] > w[0]));
+            for k in keys {
+                assert!(all.insert(*k), "key {k} drawn twice");
+            }
+        }
+        assert_eq!(all.len(), 80_000);
     }
 
     #[test]

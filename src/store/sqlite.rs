@@ -13,13 +13,6 @@ use super::stmt::{Stmt, TaskRowSql, KEY_LAST_ID, KEY_ROWS};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// `last_insert_rowid()`.
-#[derive(QueryableByName)]
-struct Rowid {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-}
-
 impl Ops for SqliteConnection {
     const CONCURRENT_CLAIMS: bool = false;
 
@@ -41,10 +34,11 @@ impl Ops for SqliteConnection {
         }
         // Not `RETURNING id`: SQLite sets up a temporary table for RETURNING on every run,
         // which cost more than this second (in-process, prepared) statement.
-        let r: Rowid = Stmt::fixed("SELECT last_insert_rowid() AS id")
+        let id = Stmt::fixed("SELECT last_insert_rowid()")
+            .typed::<diesel::sql_types::BigInt>()
             .keyed::<KEY_LAST_ID>()
-            .get_result(self)?;
-        Ok(Some(r.id))
+            .get_result::<i64>(self)?;
+        Ok(Some(id))
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
