@@ -1,7 +1,8 @@
 //! The inserts of new task rows: one row (every `enqueue`), and many (`enqueue_many`: multi-row
 //! `VALUES` lists on SQLite, one `JSON_TABLE` insert per chunk on MySQL/MariaDB; PostgreSQL's
-//! `unnest` insert is in `pg.rs`). Each is a [`Stmt`] whose text depends only on its shape,
-//! built once per process.
+//! `unnest` insert is in `pg.rs`). The `VALUES` inserts have one text per shape, built once
+//! per process and borrowed by every [`Stmt`] of that shape; the `JSON_TABLE` insert's shorter
+//! text is built per statement.
 
 use std::fmt::Write as _;
 

@@ -70,11 +70,12 @@ impl<const ID: u8> StmtKey for Key<ID> {
     const STATIC: bool = true;
 }
 
-/// [`insert_one`]'s statement for a lean row.
+/// The single-row insert's statement (`insert::with_insert_one`) for a lean row.
 pub(crate) const KEY_ONE_LEAN: u8 = 1;
-/// [`insert_one`]'s statement for a row with every column, without an idempotency key.
+/// The single-row insert's statement for a row with every column, without an idempotency key.
 pub(crate) const KEY_ONE_FULL: u8 = 2;
-/// [`insert_one`]'s statement for a row with an idempotency key (the backend's conflict tail).
+/// The single-row insert's statement for a row with an idempotency key (the backend's conflict
+/// tail).
 pub(crate) const KEY_ONE_KEYED: u8 = 3;
 /// SQLite's multi-row inserts: `KEY_ROWS + ` the insert's shape index (`insert::INSERT_SHAPES`
 /// of them, so up to 127).
