@@ -278,5 +278,7 @@ fn execute_keyed(conn: &mut SqliteConnection, s: Stmt<'_>, shape: usize) -> Quer
             }
         };
     }
+    // shape = ((log2(rows) * 2 + lean) * 2 + reuse) * 4 + tail (`insert_rows_shaped`): with
+    // reuse = 1 and tail 0 or 1, that is 16 * log2(rows) + 4 + 8 * lean + tail.
     arms!(4 5 12 13 20 21 28 29 36 37 44 45 52 53 60 61 68 69 76 77 84 85 92 93 100 101 108 109)
 }
