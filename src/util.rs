@@ -27,7 +27,6 @@ pub(crate) fn random_token() -> i64 {
     (h.finish() >> 1) as i64
 }
 
-/// Cuts a string to at most `max` bytes on a character boundary.
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -40,15 +39,9 @@ pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// [`truncate_str`], owned.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    truncate_str(s, max).to_string()
 }
 
 /// The text of a panic payload.

@@ -243,9 +243,9 @@ impl Tail {
 
 /// Runs `$run` with `$s` the single-row insert of `$row` followed by `$tail`, under a static
 /// statement key per shape ([`KEY_ONE_LEAN`](super::stmt::KEY_ONE_LEAN), `KEY_ONE_FULL`,
-/// `KEY_ONE_KEYED`): the
-/// insert every `enqueue` runs skips diesel's per-execution rebuild and hash of its text. On
-/// one backend `$tail` must depend only on whether the row has an idempotency key.
+/// `KEY_ONE_KEYED`): the insert every `enqueue` runs skips diesel's per-execution rebuild and
+/// hash of its text. On one backend `$tail` must depend only on whether the row has an
+/// idempotency key.
 macro_rules! with_insert_one {
     ($row:expr, $tail:expr, |$s:ident| $run:expr) => {{
         use $crate::store::insert::{insert_rows, is_lean};

@@ -62,7 +62,8 @@ impl StmtKey for ByText {
 }
 
 /// A static statement key: every statement keyed `Key<ID>` on one connection must have the same
-/// text ([`Stmt::keyed`] checks it in debug builds). The ids in use are the `KEY_*` constants.
+/// text (debug builds check it when diesel walks the statement). The ids in use are the `KEY_*`
+/// constants.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Key<const ID: u8>;
 
@@ -169,12 +170,7 @@ impl<'a> Stmt<'a> {
     #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn fixed(sql: &'static str) -> Stmt<'a> {
         debug_assert!(!sql.contains('?'), "binds go through Stmt::bind");
-        Stmt {
-            sql: Cow::Borrowed(sql),
-            binds: Vec::new(),
-            holes: Cow::Borrowed(&[]),
-            st: PhantomData,
-        }
+        Stmt::prepared(sql, &[], Vec::new())
     }
 }
 
