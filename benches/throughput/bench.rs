@@ -77,6 +77,7 @@ impl<D: Db> Bench<D> {
         phase("lateness", &|| self.lateness())?;
         phase("wake", &|| self.wake())?;
         phase("multiproc", &|| self.multiproc())?;
+        phase("peers", &|| self.peers())?;
         log(format!(
             "{}: done in {:.1} s",
             D::NAME,

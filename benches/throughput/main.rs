@@ -11,8 +11,10 @@
 //! * `TEND_BENCH_POLL_MS`: poll interval of tend's pool and of the limit's pollers (default 10);
 //! * `TEND_BENCH_PROFILE=1`: count every statement per phase (diesel instrumentation) and print
 //!   which ones the statement cache holds; timings are then not representative;
-//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness,wake,multiproc`: only these phases (for
-//!   iterating);
+//! * `TEND_BENCH_ONLY=enqueue,drains,dispatch,lateness,wake,multiproc,peers`: only these phases
+//!   (for iterating);
+//! * `TEND_BENCH_GRAPHILE=<dir>`: also graphile-worker's drain on PostgreSQL (`peers.rs`), from
+//!   the `node_modules` of `<dir>` (`TEND_BENCH_GRAPHILE_CONCURRENCY`, default 8);
 //! * `TEND_BENCH_SQLITE=0`: skip SQLite (for iterating on a server backend);
 //! * `TEND_BENCH_TEND_BATCH`: tend's `batch_size` in the drains (default 100, like the limit;
 //!   for diagnosis only).
@@ -74,6 +76,7 @@ mod drain;
 mod figures;
 mod latency;
 mod multiproc;
+mod peers;
 mod profile;
 mod wake;
 mod work;
@@ -309,6 +312,22 @@ fn summary() {
                 "wake_cross_process_p99_ms" => Some(verdict(t <= 50.0, "tend <= 50 ms")),
                 "enqueue_wake_on_over_off" => Some(verdict(t >= 0.95, "on >= 0.95 x off")),
                 "rss_mb" => Some(verdict(t <= 32.0, "tend <= 32 MiB")),
+                // The peer figure: tend's w4 drain against graphile-worker's, interleaved.
+                // The issue's 20x is of graphile-worker's defaults; its batching preset is
+                // shown beside it (no target: the fair comparison with tend's batched claims).
+                "peer_drain_tasks_per_s" => get(b, name, "graphile").map(|g| {
+                    let batched = get(b, name, "graphile_batched").map_or("-".into(), |g| {
+                        format!("{:.1} x its batching preset's {g:.0}", t / g)
+                    });
+                    verdict(
+                        t / g >= 20.0,
+                        &format!(
+                            "tend w4 >= 20 x graphile-worker defaults ({:.1} x {g:.0} jobs/s; \
+                             {batched})",
+                            t / g
+                        ),
+                    )
+                }),
                 // 4 processes of one thread against the limit's 4 threads. The issue's
                 // reference is the seed-schema limit's w4 drain (as for the drain target); the
                 // limit on tend's own table (its w4 drain of the drains phase, or, that phase
