@@ -254,6 +254,16 @@ pub(crate) mod sqlite_db {
         fn analyze(_c: &mut Self::C) -> QueryResult<()> {
             Ok(())
         }
+        /// SQLite runs in this process: what the process wrote (`/proc/self/io`: `wchar`,
+        /// bytes passed to write calls, i.e. WAL frames and checkpoints' page copies; `syscw`,
+        /// write calls). During a drain nothing else in the process writes.
+        fn work(_c: &mut Self::C) -> QueryResult<Option<Work>> {
+            Ok(proc_io().map(|(wchar, syscw)| Work {
+                log_bytes: wchar,
+                other: syscw,
+                ..Work::default()
+            }))
+        }
         fn insert_leased_id(c: &mut Self::C, row: &LimitRow, l: &Lease) -> QueryResult<i64> {
             raw::<InsertLeasedReturning>(row.leased_binds(l)).get_result(c)
         }

@@ -1,6 +1,8 @@
 //! The database's work per task: counters read before and after a drain (PostgreSQL: the WAL
 //! position and the task table's tuple counters; MariaDB/MySQL: InnoDB's redo and buffer pool
-//! counters), and on PostgreSQL `EXPLAIN (ANALYZE, BUFFERS, WAL)` of single statements.
+//! counters; SQLite, which runs in the bench's process: the bytes and write calls the process
+//! made, from `/proc/self/io`), and on PostgreSQL `EXPLAIN (ANALYZE, BUFFERS, WAL)` of single
+//! statements.
 //!
 //! The server-wide counters (PostgreSQL's WAL position, every InnoDB counter) include whatever
 //! else the server did meanwhile (autovacuum, other databases' clients): run the bench on an
@@ -12,7 +14,8 @@ use super::*;
 /// One reading of the counters; `None` fields where the backend has no such counter.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Work {
-    /// PostgreSQL: WAL insert position in bytes; MariaDB: `Innodb_os_log_written`.
+    /// PostgreSQL: WAL insert position in bytes; MariaDB: `Innodb_os_log_written`; SQLite: the
+    /// process's `wchar`.
     pub(crate) log_bytes: f64,
     /// Updates of the task table (PostgreSQL `n_tup_upd`; MariaDB `Handler_update`).
     pub(crate) upd: f64,
@@ -21,7 +24,8 @@ pub(crate) struct Work {
     /// Deletes (PostgreSQL `n_tup_del`; MariaDB `Handler_delete`).
     pub(crate) del: f64,
     /// PostgreSQL: indexes of the table without a predicate (every non-HOT update writes one
-    /// entry into each); MariaDB: `Innodb_buffer_pool_write_requests`.
+    /// entry into each); MariaDB: `Innodb_buffer_pool_write_requests`; SQLite: the process's
+    /// `syscw`.
     pub(crate) other: f64,
 }
 
@@ -86,7 +90,9 @@ impl<D: Db> Bench<D> {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             let w = D::work(&mut *c)?.expect("read before");
-            if w.del - before.del >= deleted as f64 || Instant::now() > deadline {
+            // SQLite's counters are the process's own, current when the drain returns.
+            let counted = D::NAME == "sqlite" || w.del - before.del >= deleted as f64;
+            if counted || Instant::now() > deadline {
                 // The log position as the drain ended, not after the wait.
                 return Ok(Some(Work {
                     log_bytes: log_now,
@@ -114,6 +120,9 @@ impl<D: Db> Bench<D> {
             };
             self.figure("hot_update_pct", hot_pct, "%", sys, n);
             self.figure("index_entries_per_task", per(w.d.other), "entries", sys, n);
+        } else if D::NAME == "sqlite" {
+            self.figure("written_bytes_per_task", per(w.d.log_bytes), "B", sys, n);
+            self.figure("write_calls_per_task", per(w.d.other), "calls", sys, n);
         } else {
             self.figure("redo_bytes_per_task", per(w.d.log_bytes), "B", sys, n);
             self.figure(
@@ -125,6 +134,17 @@ impl<D: Db> Bench<D> {
             );
         }
     }
+}
+
+/// This process's `(wchar, syscw)` from `/proc/self/io` (`None` where it cannot be read).
+pub(crate) fn proc_io() -> Option<(f64, f64)> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let field = |k: &str| -> Option<f64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((field("wchar:")?, field("syscw:")?))
 }
 
 /// `EXPLAIN (ANALYZE, BUFFERS, WAL)` figures of one statement: the top plan node's (inclusive)
