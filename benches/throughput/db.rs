@@ -91,6 +91,15 @@ pub(crate) trait Db: 'static {
     fn work(_c: &mut Self::C) -> QueryResult<Option<Work>> {
         Ok(None)
     }
+    /// The server's dirty and total buffer pool pages, where the backend reports them (InnoDB):
+    /// the backlog drains wait for the fill's dirty pages to be flushed.
+    fn dirty_pages(_c: &mut Self::C) -> QueryResult<Option<(f64, f64)>> {
+        Ok(None)
+    }
+    /// Asks the server to write the task table's dirty pages now, where it can (InnoDB).
+    fn flush_table(_c: &mut Self::C) -> QueryResult<()> {
+        Ok(())
+    }
     /// The server's row-lock counters (`multiproc.rs`), where the backend has them.
     fn lock_waits(_c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
         Ok(None)
@@ -544,6 +553,33 @@ pub(crate) mod mysql_db {
             ))
             .get_result::<WorkRow>(c)
             .map(|r| Some(r.into()))
+        }
+        fn flush_table(c: &mut Self::C) -> QueryResult<()> {
+            // Writes the table's dirty pages and holds a read lock until UNLOCK TABLES.
+            c.batch_execute("FLUSH TABLES consistency_task FOR EXPORT")?;
+            c.batch_execute("UNLOCK TABLES")
+        }
+        fn dirty_pages(c: &mut Self::C) -> QueryResult<Option<(f64, f64)>> {
+            #[derive(QueryableByName)]
+            struct Pages {
+                #[diesel(sql_type = diesel::sql_types::Double)]
+                dirty: f64,
+                #[diesel(sql_type = diesel::sql_types::Double)]
+                total: f64,
+            }
+            let v = |name: &str| {
+                format!(
+                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
+                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
+                )
+            };
+            diesel::sql_query(format!(
+                "SELECT {} AS dirty, {} AS total",
+                v("INNODB_BUFFER_POOL_PAGES_DIRTY"),
+                v("INNODB_BUFFER_POOL_PAGES_TOTAL")
+            ))
+            .get_result::<Pages>(c)
+            .map(|p| Some((p.dirty, p.total)))
         }
         fn lock_waits(c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
             let v = |name: &str| {

@@ -149,10 +149,15 @@ sql!(
     BigInt,
     "DELETE FROM consistency_task WHERE execute_time < ?"
 );
+// The drains' end test (tend's polls it every 1 ms once its handlers ran). Every bench row is
+// in the default queue at priority 0, so on tend's table this counts a range of its due index
+// `(queue, priority, execute_time)`; on `execute_time` alone it scanned the whole table, a
+// million rows per poll in the backlog drain, which measured the bench, not the systems.
 sql!(
     CountBelow,
     BigInt,
-    "SELECT COUNT(*) FROM consistency_task WHERE execute_time < ?"
+    "SELECT COUNT(*) FROM consistency_task WHERE queue = 'default' AND priority = 0 \
+     AND execute_time < ?"
 );
 sql!(
     DueTime,
