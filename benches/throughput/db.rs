@@ -454,6 +454,15 @@ pub(crate) mod pg_db {
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql_db {
     use super::*;
+
+    /// A scalar subquery reading the server-wide status counter `name` as a double (0 when the
+    /// server has no such counter).
+    fn global_status(name: &str) -> String {
+        format!(
+            "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
+             FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
+        )
+    }
     use diesel::connection::SimpleConnection;
     use diesel::mysql::MysqlConnection;
 
@@ -537,12 +546,7 @@ pub(crate) mod mysql_db {
             raw::<LastInsertId>(vec![]).get_result(c)
         }
         fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
-            let v = |name: &str| {
-                format!(
-                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
-                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
-                )
-            };
+            let v = global_status;
             diesel::sql_query(format!(
                 "SELECT {} AS log_bytes, {} AS upd, 0e0 AS hot, {} AS del, {} AS other",
                 v("INNODB_OS_LOG_WRITTEN"),
@@ -567,12 +571,7 @@ pub(crate) mod mysql_db {
                 #[diesel(sql_type = diesel::sql_types::Double)]
                 total: f64,
             }
-            let v = |name: &str| {
-                format!(
-                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
-                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
-                )
-            };
+            let v = global_status;
             diesel::sql_query(format!(
                 "SELECT {} AS dirty, {} AS total",
                 v("INNODB_BUFFER_POOL_PAGES_DIRTY"),
@@ -582,12 +581,7 @@ pub(crate) mod mysql_db {
             .map(|p| Some((p.dirty, p.total)))
         }
         fn lock_waits(c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
-            let v = |name: &str| {
-                format!(
-                    "COALESCE((SELECT CAST(VARIABLE_VALUE AS DOUBLE) \
-                     FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'), 0e0)"
-                )
-            };
+            let v = global_status;
             diesel::sql_query(format!(
                 "SELECT {} AS waits, {} AS wait_ms, {} AS deadlocks",
                 v("INNODB_ROW_LOCK_WAITS"),

@@ -97,6 +97,11 @@ pub(crate) fn figure(
     });
 }
 
+/// Rates rounded to whole tasks per second, for the logs of individual runs.
+pub(crate) fn rounded(runs: &[f64]) -> Vec<f64> {
+    runs.iter().map(|r| r.round()).collect()
+}
+
 /// Nearest-rank percentile of unsorted samples.
 pub(crate) fn percentile(samples: &[f64], p: f64) -> f64 {
     if samples.is_empty() {

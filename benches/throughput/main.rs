@@ -316,8 +316,8 @@ fn summary() {
                 // The 20x is of graphile-worker's defaults; its batching preset is
                 // shown beside it (no target: the fair comparison with tend's batched claims).
                 "peer_drain_tasks_per_s" => get(b, name, "graphile").map(|g| {
-                    let batched = get(b, name, "graphile_batched").map_or("-".into(), |g| {
-                        format!("{:.1} x its batching preset's {g:.0}", t / g)
+                    let batched = get(b, name, "graphile_batched").map_or("-".into(), |gb| {
+                        format!("{:.1} x its batching preset's {gb:.0}", t / gb)
                     });
                     verdict(
                         t / g >= 20.0,

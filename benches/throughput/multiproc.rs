@@ -491,12 +491,11 @@ impl<D: Db> Bench<D> {
             }
         }
         self.clear()?;
-        let round = |v: &Vec<f64>| v.iter().map(|r| r.round()).collect::<Vec<_>>();
         log(format!(
             "{}: multiproc runs (tasks/s): tend p4 {:?}, limit w4 {:?}",
             D::NAME,
-            round(&runs[0]),
-            round(&runs[1])
+            rounded(&runs[0]),
+            rounded(&runs[1])
         ));
         let (p4, lw4) = (percentile(&runs[0], 50.0), percentile(&runs[1], 50.0));
         self.figure("drain_p4_tasks_per_s", p4, "tasks/s", "tend", n);

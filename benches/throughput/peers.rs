@@ -100,13 +100,12 @@ impl<D: Db> Bench<D> {
                 runs[sys].push(rate);
             }
         }
-        let round = |v: &Vec<f64>| v.iter().map(|r| r.round()).collect::<Vec<_>>();
         log(format!(
             "pg: peer drain runs (tasks/s): tend w4 {:?}, graphile-worker (concurrency {conc}) \
              defaults {:?}, batching preset {:?}",
-            round(&runs[0]),
-            round(&runs[1]),
-            round(&runs[2])
+            rounded(&runs[0]),
+            rounded(&runs[1]),
+            rounded(&runs[2])
         ));
         plain.clear()?;
         for (sys, who) in WHO.iter().enumerate() {
