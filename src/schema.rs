@@ -4,7 +4,9 @@
 diesel::table! {
     /// tend's task table; see the migrations for column comments and `TaskStatus` for statuses.
     consistency_task (id) {
-        /// Surrogate primary key.
+        /// Surrogate primary key (MySQL/MariaDB: `AUTO_INCREMENT`, which lets an insert read
+        /// the new id from the executed statement, `execute_returning_id`).
+        #[auto_increment]
         id -> BigInt,
         /// The custom task id, or the signature when none was given (the seed's meaning).
         task_id -> Text,

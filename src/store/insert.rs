@@ -724,4 +724,32 @@ mod tests {
         let small: Vec<_> = (0..1000).map(|_| bare_row()).collect();
         assert_eq!(json_chunks(&small).count(), 1);
     }
+
+    /// MySQL's single-row insert (a diesel DSL insert, see `mysql.rs`) of a lean row binds the
+    /// lean shape's columns, in its order, and nothing else; of any other row, all 31.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysqls_lean_insert_names_the_lean_columns() {
+        use super::super::mysql::LeanRow;
+        let row = bare_row();
+        assert!(is_lean(&row));
+        let t = crate::schema::consistency_task::table;
+        let lean = diesel::insert_into(t).values(LeanRow::of(&row));
+        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&lean).to_string();
+        let cols = LEAN_ROW_COLUMNS
+            .split(", ")
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            sql.starts_with(&format!(
+                "INSERT INTO `consistency_task` ({cols}) VALUES (?"
+            )),
+            "{sql}"
+        );
+        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 18);
+        let full = diesel::insert_into(t).values(&row);
+        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&full).to_string();
+        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 31);
+    }
 }

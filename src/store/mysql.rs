@@ -26,20 +26,64 @@ use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::BigInt;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use super::insert::Tail;
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, KEY_LAST_ID};
+use super::stmt::Stmt;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
-#[derive(QueryableByName)]
-struct LastId {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
+/// The columns of a lean row ([`is_lean`](super::insert::is_lean)), borrowed from a
+/// [`NewRow`]: the others take their column's default. The same columns as the lean shape of
+/// [`insert_rows`](super::insert::insert_rows) (a test compares the two).
+#[derive(Insertable)]
+#[diesel(table_name = crate::schema::consistency_task)]
+#[diesel(treat_none_as_default_value = false)]
+pub(super) struct LeanRow<'a> {
+    task_id: &'a str,
+    max_attempts: i32,
+    execute_time: i64,
+    parameter_types: &'a str,
+    method_name: &'a str,
+    method_sign_name: &'a str,
+    execute_interval_sec: i32,
+    delay_time: i32,
+    task_parameter: &'a [u8],
+    payload_version: i32,
+    execute_way: i32,
+    thread_way: i32,
+    transaction_way: i32,
+    error_msg: &'a str,
+    alert_expression: Option<&'a str>,
+    shard_key: i64,
+    gmt_create: i64,
+    gmt_modified: i64,
+}
+
+impl<'a> LeanRow<'a> {
+    pub(super) fn of(r: &'a NewRow) -> LeanRow<'a> {
+        LeanRow {
+            task_id: &r.task_id,
+            max_attempts: r.max_attempts,
+            execute_time: r.execute_time,
+            parameter_types: &r.parameter_types,
+            method_name: &r.method_name,
+            method_sign_name: &r.method_sign_name,
+            execute_interval_sec: r.execute_interval_sec,
+            delay_time: r.delay_time,
+            task_parameter: &r.task_parameter,
+            payload_version: r.payload_version,
+            execute_way: r.execute_way,
+            thread_way: r.thread_way,
+            transaction_way: r.transaction_way,
+            error_msg: &r.error_msg,
+            alert_expression: r.alert_expression.as_deref(),
+            shard_key: r.shard_key,
+            gmt_create: r.gmt_create,
+            gmt_modified: r.gmt_modified,
+        }
+    }
 }
 
 impl Ops for MysqlConnection {
@@ -50,21 +94,36 @@ impl Ops for MysqlConnection {
     fn insert_one(&mut self, row: &NewRow) -> QueryResult<Option<i64>> {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
-        // would also silence truncation and other errors.
-        match super::insert::with_insert_one!(row, Tail::None, |s| s.execute(self)) {
-            Ok(_) => {}
+        // would also silence truncation and other errors. The new id comes from the executed
+        // statement (`mysql_stmt_insert_id`): no `SELECT LAST_INSERT_ID()` round trip. Both
+        // statements are diesel DSL inserts of static shape, which diesel keeps prepared.
+        let t = crate::schema::consistency_task::table;
+        let id = if super::insert::is_lean(row) {
+            diesel::insert_into(t)
+                .values(LeanRow::of(row))
+                .execute_returning_id(self)
+        } else {
+            diesel::insert_into(t)
+                .values(row)
+                .execute_returning_id(self)
+        };
+        match id {
+            Ok(Some(id)) => i64::try_from(id.get()).map(Some).map_err(|_| {
+                DieselError::DeserializationError(
+                    format!("the new row's id {id} is beyond the id column's range").into(),
+                )
+            }),
+            // An insert of one row into a table with an AUTO_INCREMENT column always sets one.
+            Ok(None) => Err(DieselError::DeserializationError(
+                "the insert reported no AUTO_INCREMENT id".into(),
+            )),
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
                 if row.idempotency_key.is_some() =>
             {
-                return Ok(None)
+                Ok(None)
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        // A Stmt, not sql_query: diesel keeps it prepared (one round trip instead of three).
-        let last: LastId = Stmt::fixed("SELECT LAST_INSERT_ID() AS id")
-            .keyed::<KEY_LAST_ID>()
-            .get_result(self)?;
-        Ok(Some(last.id))
     }
 
     fn insert_many(&mut self, rows: &[NewRow]) -> QueryResult<usize> {
