@@ -751,5 +751,12 @@ mod tests {
         let full = diesel::insert_into(t).values(&row);
         let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&full).to_string();
         assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 31);
+        fn static_id<Q: diesel::query_builder::QueryId>(_: &Q) -> bool {
+            Q::HAS_STATIC_QUERY_ID
+        }
+        assert!(
+            static_id(&lean) && static_id(&full),
+            "kept prepared under a static id"
+        );
     }
 }
