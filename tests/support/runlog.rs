@@ -183,13 +183,16 @@ impl Parsed {
     }
 }
 
-/// Parses a log. A torn last line (a process killed mid-write cannot tear a single `write`
-/// to a regular file, but be safe) is ignored.
+/// Parses a log. A last line without its newline is ignored: a process killed mid-write cannot
+/// tear a single `write` to a regular file, but a read while a handler is writing can see part
+/// of its line (seen: `S key pid run attempt ` with the time not yet there, which failed to
+/// parse), and the next read sees all of it.
 pub fn parse(text: &str) -> Parsed {
     let mut out = Parsed::default();
     let mut open: HashMap<(u32, u64), usize> = HashMap::new();
     let mut ends: Vec<(u32, u64, i64)> = Vec::new();
-    for line in text.lines() {
+    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+    for line in whole.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         match f.as_slice() {
             ["S", key, pid, run, attempt, t] => {
