@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use super::stmt::{Bind, Stmt};
 
 /// The columns of [`NewRow`](super::row::NewRow) in its field order.
-const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
+pub(super) const NEW_ROW_COLUMNS: &str = "task_id, idempotency_key, task_status, execute_times, \
     max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
     transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
@@ -37,7 +37,7 @@ pub(crate) fn insert_chunks(mut n: usize) -> Vec<usize> {
 }
 
 /// The columns a lean row binds (see [`is_lean`]); the others take their column's default.
-const LEAN_ROW_COLUMNS: &str = "task_id, max_attempts, execute_time, parameter_types, \
+pub(super) const LEAN_ROW_COLUMNS: &str = "task_id, max_attempts, execute_time, parameter_types, \
     method_name, method_sign_name, execute_interval_sec, delay_time, task_parameter, \
     payload_version, execute_way, thread_way, transaction_way, error_msg, alert_expression, \
     shard_key, gmt_create, gmt_modified";
@@ -64,11 +64,11 @@ pub(crate) fn is_lean(r: &super::row::NewRow) -> bool {
 }
 
 /// Which of [`NEW_ROW_COLUMNS`] a lean row binds ([`LEAN_ROW_COLUMNS`], by index).
-const LEAN: [usize; 18] = [
+pub(super) const LEAN: [usize; 18] = [
     0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 21, 25, 26,
 ];
 /// Every column of [`NEW_ROW_COLUMNS`].
-const ALL: [usize; 31] = {
+pub(super) const ALL: [usize; 31] = {
     let mut all = [0; 31];
     let mut i = 0;
     while i < 31 {
@@ -83,7 +83,7 @@ const ALL: [usize; 31] = {
 const PER_ROW: [usize; 10] = [0, 1, 5, 11, 21, 22, 23, 24, 27, 30];
 
 /// A row's values in [`NEW_ROW_COLUMNS`] order.
-fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
+pub(super) fn row_binds(r: &super::row::NewRow) -> [Bind<'_>; 31] {
     // Exhaustive: a column added to `NewRow` fails to compile here until it is bound (and
     // named in `NEW_ROW_COLUMNS`), instead of being silently left out of every insert.
     let super::row::NewRow {
@@ -278,22 +278,22 @@ fn same(a: Bind<'_>, b: Bind<'_>) -> bool {
 }
 
 /// Whether column `c` of [`NEW_ROW_COLUMNS`] is usually the same for a whole batch.
-fn shared(c: usize) -> bool {
+pub(super) fn shared(c: usize) -> bool {
     !PER_ROW.contains(&c)
 }
 
 /// What a multi-row insert of `rows` binds: the lean columns or all ([`is_lean`]), the first
 /// row's values, and whether the later rows agree with it in every [`shared`] column.
-struct Batch<'a> {
-    lean: bool,
-    cols: &'static [usize],
-    first: [Bind<'a>; 31],
-    reuse: bool,
+pub(super) struct Batch<'a> {
+    pub(super) lean: bool,
+    pub(super) cols: &'static [usize],
+    pub(super) first: [Bind<'a>; 31],
+    pub(super) reuse: bool,
 }
 
 impl<'a> Batch<'a> {
     /// `reuse`: whether the statement can bind the shared columns once (else never set).
-    fn of(rows: &'a [super::row::NewRow], reuse: bool) -> Batch<'a> {
+    pub(super) fn of(rows: &'a [super::row::NewRow], reuse: bool) -> Batch<'a> {
         let lean = rows.iter().all(is_lean);
         let cols: &'static [usize] = if lean { &LEAN } else { &ALL };
         let first = row_binds(&rows[0]);

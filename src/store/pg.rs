@@ -11,7 +11,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use super::insert::Tail;
 use super::ops::Ops;
 use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Stmt, TaskRowSql};
+use super::stmt::{Bind, Stmt, TaskRowSql};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -148,6 +148,10 @@ struct UnnestInsert<'a> {
     /// Every row holds the defaults in the columns `UNNEST_LEAN_COLUMNS` leaves out
     /// (`insert::is_lean`): 18 arrays are bound instead of 31.
     lean: bool,
+    /// The rows agree in every column `insert::shared` names (one task type, one enqueue
+    /// time): those are bound once as scalars, the first row's values, and only the columns
+    /// that tell rows apart travel as arrays (4 for a batch of bare rows instead of 18).
+    shared: Option<[Bind<'a>; 31]>,
 }
 
 impl<'a> UnnestInsert<'a> {
@@ -160,8 +164,12 @@ impl<'a> UnnestInsert<'a> {
             opt_big: Default::default(),
             bytes: Vec::with_capacity(rows.len()),
             keyed: rows.iter().any(|r| r.idempotency_key.is_some()),
-            lean: rows.iter().all(super::insert::is_lean),
+            lean: false,
+            shared: None,
         };
+        let batch = super::insert::Batch::of(rows, true);
+        u.lean = batch.lean;
+        u.shared = batch.reuse.then_some(batch.first);
         for r in rows {
             // Exhaustive: a column added to `NewRow` fails to compile here until it has an
             // array (and a name in `UNNEST_COLUMNS`), instead of being silently left out.
@@ -291,6 +299,9 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
         mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
     ) -> QueryResult<()> {
         use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+        if let Some(first) = &self.shared {
+            return self.walk_shared(first, out);
+        }
         out.push_sql("INSERT INTO consistency_task (");
         out.push_sql(if self.lean {
             UNNEST_LEAN_COLUMNS
@@ -334,6 +345,86 @@ impl diesel::query_builder::QueryFragment<Pg> for UnnestInsert<'_> {
         }
         sep(&mut out);
         out.push_bind_param::<Array<Binary>, _>(&self.bytes)?;
+        out.push_sql(")");
+        if self.keyed {
+            out.push_sql(" ON CONFLICT DO NOTHING");
+        }
+        Ok(())
+    }
+}
+
+impl<'a> UnnestInsert<'a> {
+    /// The statement when the rows share their `insert::shared` columns: `INSERT INTO
+    /// consistency_task (…) SELECT $1, …, u.c0, … FROM unnest($k, …) AS u(c0, …)`, the shared
+    /// values bound once in the select list, the others as arrays (named `c<column index>`).
+    /// Its text depends only on `lean` and `keyed`.
+    fn walk_shared<'b>(
+        &'b self,
+        first: &'b [Bind<'a>; 31],
+        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
+    ) -> QueryResult<()> {
+        use super::insert::shared;
+        use diesel::sql_types::{Array, Binary, Nullable, Text};
+        use std::fmt::Write as _;
+        let cols = if self.lean {
+            &super::insert::LEAN[..]
+        } else {
+            &super::insert::ALL[..]
+        };
+        out.push_sql("INSERT INTO consistency_task (");
+        out.push_sql(if self.lean {
+            super::insert::LEAN_ROW_COLUMNS
+        } else {
+            super::insert::NEW_ROW_COLUMNS
+        });
+        out.push_sql(") SELECT ");
+        let mut name = String::new();
+        for (k, &c) in cols.iter().enumerate() {
+            if k > 0 {
+                out.push_sql(", ");
+            }
+            if !shared(c) {
+                name.clear();
+                write!(name, "u.c{c}").expect("writing to a String");
+                out.push_sql(&name);
+                continue;
+            }
+            match &first[c] {
+                Bind::I64(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Bind::OptI64(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
+                Bind::I32(v) => out.push_bind_param::<Integer, _>(v)?,
+                Bind::Text(v) => out.push_bind_param::<Text, str>(*v)?,
+                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Bind::Bytes(v) => out.push_bind_param::<Binary, [u8]>(*v)?,
+            }
+        }
+        out.push_sql(" FROM unnest(");
+        let per_row = || cols.iter().copied().filter(|&c| !shared(c));
+        for (k, c) in per_row().enumerate() {
+            if k > 0 {
+                out.push_sql(", ");
+            }
+            // Where `new` put each per-row column (exhaustive over `insert::PER_ROW`).
+            match c {
+                0 => out.push_bind_param::<Array<Text>, _>(&self.text[0])?,
+                1 => out.push_bind_param::<Array<Nullable<Text>>, _>(&self.opt_text[0])?,
+                5 => out.push_bind_param::<Array<BigInt>, _>(&self.big[0])?,
+                11 => out.push_bind_param::<Array<Binary>, _>(&self.bytes)?,
+                21 => out.push_bind_param::<Array<BigInt>, _>(&self.big[1])?,
+                22 => out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.opt_big[0])?,
+                23 => out.push_bind_param::<Array<Nullable<Text>>, _>(&self.opt_text[5])?,
+                24 => out.push_bind_param::<Array<Nullable<BigInt>>, _>(&self.opt_big[1])?,
+                27 => out.push_bind_param::<Array<Nullable<Text>>, _>(&self.opt_text[6])?,
+                30 => out.push_bind_param::<Array<Nullable<Text>>, _>(&self.opt_text[7])?,
+                _ => unreachable!("column {c} is not per row"),
+            }
+        }
+        out.push_sql(") AS u(");
+        for (k, c) in per_row().enumerate() {
+            name.clear();
+            write!(name, "{}c{c}", if k > 0 { ", " } else { "" }).expect("writing to a String");
+            out.push_sql(&name);
+        }
         out.push_sql(")");
         if self.keyed {
             out.push_sql(" ON CONFLICT DO NOTHING");

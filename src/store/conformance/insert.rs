@@ -358,8 +358,24 @@ pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
         task_parameter: vec![i as u8; 1 << 20],
         ..bare(i)
     };
+    // Full rows that share every column but those that tell rows apart (PostgreSQL then binds
+    // the shared ones once, the rest as arrays).
+    let full_row = |i: i64| NewRow {
+        task_id: format!("{hostile}{i}").into(),
+        idempotency_key: Some(format!("{hostile}{i}")),
+        execute_time: i64::MAX - i,
+        task_parameter: vec![i as u8; i as usize],
+        shard_key: i64::MIN + i,
+        lease_token: (i != 1).then_some(i64::MIN + i),
+        lease_owner: (i != 2).then(|| format!("{hostile}{i}")),
+        lease_expires_at: (i != 0).then_some(i64::MAX - i),
+        trace_parent: (i != 1).then(|| format!("{i}{hostile}")),
+        ordering_key: (i != 2).then(|| format!("{i}")),
+        ..full.clone()
+    };
     let batches: Vec<Vec<NewRow>> = vec![
         vec![bare(1), full.clone(), bare(2)],
+        (0..3).map(full_row).collect(),
         (0..3).map(bare).collect(),
         (0..130).map(bare).collect(),
         (0..6).map(big).collect(),
