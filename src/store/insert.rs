@@ -352,9 +352,10 @@ pub(crate) const JSON_BYTES_MAX: usize = 4 << 20;
 /// A multi-row insert for MySQL 8 / MariaDB 10.6+: `INSERT … SELECT … FROM JSON_TABLE(?, …)
 /// ORDER BY` the rows' order, the rows' values in one JSON array bound as one string. Without
 /// numbered placeholders a `VALUES` list binds every value of every row and has one shape per
-/// row count; this has two shapes whatever the batch (every value of every row in the JSON, or,
-/// when the rows agree in every column outside [`PER_ROW`], only those in the JSON and the
-/// others bound once), and is one round trip for any batch up to the caller's chunk.
+/// row count; this has a few shapes whatever the batch (every value of every row in the JSON,
+/// or, when the rows agree in every column outside [`PER_ROW`], only those in the JSON and the
+/// others bound once, as are the name and the due time when every row has the same), and is
+/// one round trip for any batch up to the caller's chunk.
 ///
 /// `json` is the caller's buffer (the statement borrows it); `rows` must not be empty. Text is
 /// JSON-escaped, payloads are hex (`UNHEX`), `NULL`s are JSON `null`; every `JSON_TABLE` column
@@ -370,7 +371,21 @@ pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut Stri
         first,
         reuse,
     } = Batch::of(rows, true);
-    let in_json = |c: usize| !(reuse && shared(c));
+    // Of the per-row columns, the name (the signature, unless the caller named each task) and
+    // the due time (one enqueue time, no per-task delay) are often the same for the whole
+    // batch too: then they are bound once as well. The text is built per statement, so this
+    // costs no prepared shape of its own beyond the 4 combinations.
+    let (mut same_name, mut same_due) = (reuse, reuse);
+    for r in &rows[1..] {
+        if !(same_name || same_due) {
+            break;
+        }
+        let v = row_binds(r);
+        same_name &= same(v[0], first[0]);
+        same_due &= same(v[5], first[5]);
+    }
+    let in_json =
+        |c: usize| !(reuse && (shared(c) || (c == 0 && same_name) || (c == 5 && same_due)));
     json.clear();
     json.push('[');
     for (i, r) in rows.iter().enumerate() {
@@ -675,14 +690,33 @@ mod tests {
         json_value(&mut out, Bind::OptI64(Some(i64::MIN)));
         assert_eq!(out, "\"00abff\"null-9223372036854775808");
 
-        let rows = [bare_row(), bare_row()];
+        // Rows with their own names and due times: 14 shared columns bound once, then the JSON.
+        let own = |i: i64| super::super::row::NewRow {
+            task_id: format!("t{i}").into(),
+            execute_time: i,
+            ..bare_row()
+        };
+        let rows = [own(1), own(2)];
         let mut json = String::new();
         let s = insert_json(&rows, &mut json);
-        // 14 shared columns bound once, then the JSON.
         assert_eq!(s.binds().len(), 18 - 4 + 1);
         assert!(s.text().contains("UNHEX(j.c2)"), "{}", s.text());
         assert!(s.text().ends_with("ORDER BY j.n"), "{}", s.text());
-        assert_eq!(json, r#"[["t",1,"01",0],["t",1,"01",0]]"#);
+        assert_eq!(json, r#"[["t1",1,"01",0],["t2",2,"01",0]]"#);
+        // One name and one due time for the batch: those two bound once as well.
+        let rows = [bare_row(), bare_row()];
+        let mut json = String::new();
+        let s = insert_json(&rows, &mut json);
+        assert_eq!(s.binds().len(), 18 - 2 + 1);
+        assert!(s.text().contains("UNHEX(j.c0)"), "{}", s.text());
+        assert_eq!(json, r#"[["01",0],["01",0]]"#);
+        // Only the due time differs: the name is bound once, the due time travels.
+        let rows = [bare_row(), own(7)];
+        let mut json = String::new();
+        let mut rows = rows;
+        rows[1].task_id = rows[0].task_id.clone();
+        insert_json(&rows, &mut json);
+        assert_eq!(json, r#"[[1,"01",0],[7,"01",0]]"#);
         let differs = [
             bare_row(),
             super::super::row::NewRow {

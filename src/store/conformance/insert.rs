@@ -373,7 +373,20 @@ pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
         ordering_key: (i != 2).then(|| format!("{i}")),
         ..full.clone()
     };
+    // One name and one due time for the whole batch (MySQL then binds both once), and one
+    // due time with names of their own.
+    let same_name = |i: i64| NewRow {
+        execute_time: T0,
+        task_id: hostile.into(),
+        ..bare(i)
+    };
+    let same_due = |i: i64| NewRow {
+        execute_time: i64::MIN,
+        ..bare(i)
+    };
     let batches: Vec<Vec<NewRow>> = vec![
+        (0..4).map(same_name).collect(),
+        (0..4).map(same_due).collect(),
         vec![bare(1), full.clone(), bare(2)],
         (0..3).map(full_row).collect(),
         (0..3).map(bare).collect(),
