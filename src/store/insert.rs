@@ -245,7 +245,8 @@ impl Tail {
 /// statement key per shape ([`KEY_ONE_LEAN`](super::stmt::KEY_ONE_LEAN), `KEY_ONE_FULL`,
 /// `KEY_ONE_KEYED`): the insert every `enqueue` runs skips diesel's per-execution rebuild and
 /// hash of its text. On one backend `$tail` must depend only on whether the row has an
-/// idempotency key.
+/// idempotency key. (MySQL's single-row insert is a diesel DSL insert, `mysql.rs`.)
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 macro_rules! with_insert_one {
     ($row:expr, $tail:expr, |$s:ident| $run:expr) => {{
         use $crate::store::insert::{insert_rows, is_lean};
@@ -264,6 +265,7 @@ macro_rules! with_insert_one {
         }
     }};
 }
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use with_insert_one;
 
 /// `a == b`, without comparing the bytes of two texts that are the same `&str` (the rows of
@@ -514,8 +516,6 @@ fn json_value(out: &mut String, b: Bind<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::stmt::Key;
-    use diesel::sql_types::Untyped;
 
     fn bare_row() -> super::super::row::NewRow {
         super::super::row::NewRow {
@@ -638,6 +638,8 @@ mod tests {
     #[cfg(all(feature = "sqlite", debug_assertions))]
     #[test]
     fn a_static_key_never_names_two_texts() {
+        use crate::store::stmt::Key;
+        use diesel::sql_types::Untyped;
         use diesel::sqlite::Sqlite;
         // Each test runs on a thread of its own: the check's per-thread record starts empty.
         const KEY_TEST: u8 = 200;
