@@ -105,7 +105,7 @@ impl<D: Db> Bench<D> {
         let mut order = 0i64;
         for round in 0..ROUNDS {
             let mut parts: Vec<usize> = vec![0, 1, 2, 3];
-            parts.rotate_left(round);
+            parts.rotate_left(round % 4);
             for part in parts {
                 let sys = ["business", "tend", "limit", "business"][part];
                 profile_phase(&format!("{} enqueue {sys}", D::NAME), per * ROUNDS);
