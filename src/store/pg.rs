@@ -133,9 +133,11 @@ impl Ops for PgConnection {
 }
 
 /// `enqueue_many` on PostgreSQL: one `INSERT … SELECT * FROM unnest($1, …, $31)` with one array
-/// per column, whatever the number of rows. Its SQL never changes, so diesel keeps it prepared
-/// under a static id, and the server parses and plans it once per connection; a `VALUES` list
-/// binds 31 scalars a row and has a shape per row count.
+/// per column, whatever the number of rows, or, when the rows share their `insert::shared`
+/// columns, those bound once and the others as arrays ([`UnnestInsert::walk_shared`]). Its
+/// text depends only on its shape (8 of them), so diesel keeps each prepared (found by its
+/// text) and the server parses and plans it once per connection; a `VALUES` list binds 31
+/// scalars a row and has a shape per row count.
 struct UnnestInsert<'a> {
     text: [Vec<&'a str>; 6],
     opt_text: [Vec<Option<&'a str>>; 8],
