@@ -391,14 +391,7 @@ impl<'a> UnnestInsert<'a> {
                 out.push_sql(&name);
                 continue;
             }
-            match &first[c] {
-                Bind::I64(v) => out.push_bind_param::<BigInt, _>(v)?,
-                Bind::OptI64(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
-                Bind::I32(v) => out.push_bind_param::<Integer, _>(v)?,
-                Bind::Text(v) => out.push_bind_param::<Text, str>(*v)?,
-                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
-                Bind::Bytes(v) => out.push_bind_param::<Binary, [u8]>(*v)?,
-            }
+            super::stmt::push_bind(&mut out, &first[c])?;
         }
         out.push_sql(" FROM unnest(");
         let per_row = || cols.iter().copied().filter(|&c| !shared(c));

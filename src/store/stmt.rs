@@ -288,18 +288,36 @@ where
         let mut at = 0;
         for (&hole, b) in self.holes.iter().zip(&self.binds) {
             out.push_sql(&self.sql[at..hole]);
-            match b {
-                Bind::I64(v) => out.push_bind_param::<BigInt, _>(v)?,
-                Bind::OptI64(v) => out.push_bind_param::<Nullable<BigInt>, _>(v)?,
-                Bind::I32(v) => out.push_bind_param::<Integer, _>(v)?,
-                Bind::Text(v) => out.push_bind_param::<Text, str>(*v)?,
-                Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
-                Bind::Bytes(v) => out.push_bind_param::<Binary, [u8]>(*v)?,
-            }
+            push_bind(&mut out, b)?;
             at = hole + 1;
         }
         out.push_sql(&self.sql[at..]);
         Ok(())
+    }
+}
+
+/// Binds `b` as a placeholder of its SQL type (also for statements that are not a [`Stmt`]:
+/// PostgreSQL's `unnest` insert binds its shared columns through it).
+pub(super) fn push_bind<'b, 'x: 'b, DB>(
+    out: &mut AstPass<'_, 'b, DB>,
+    b: &'b Bind<'x>,
+) -> QueryResult<()>
+where
+    DB: Backend + HasSqlType<BigInt> + HasSqlType<Integer> + HasSqlType<Text> + HasSqlType<Binary>,
+    i64: ToSql<BigInt, DB>,
+    [u8]: ToSql<Binary, DB>,
+    i32: ToSql<Integer, DB>,
+    str: ToSql<Text, DB>,
+    Option<i64>: ToSql<Nullable<BigInt>, DB>,
+    for<'y> Option<&'y str>: ToSql<Nullable<Text>, DB>,
+{
+    match b {
+        Bind::I64(v) => out.push_bind_param::<BigInt, _>(v),
+        Bind::OptI64(v) => out.push_bind_param::<Nullable<BigInt>, _>(v),
+        Bind::I32(v) => out.push_bind_param::<Integer, _>(v),
+        Bind::Text(v) => out.push_bind_param::<Text, str>(*v),
+        Bind::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v),
+        Bind::Bytes(v) => out.push_bind_param::<Binary, [u8]>(*v),
     }
 }
 
