@@ -61,7 +61,7 @@ macro_rules! common_ops {
         fn lease(
             &mut self,
             c: &$crate::store::row::Claim<'_>,
-            rows: Vec<$crate::store::row::TaskRow>,
+            rows: Vec<$crate::store::row::ClaimRow>,
         ) -> QueryResult<Vec<$crate::store::row::Claimed>> {
             $crate::store::lease::lease_rows!(self, c, rows)
         }

@@ -1,7 +1,7 @@
 //! The one definition of a leased row: which rows a claim takes, the lease every claim writes,
 //! the re-check that only still-claimable rows are leased, and a read row as the lease left it.
 
-use super::row::{Claim, Claimed, TaskRow};
+use super::row::{Claim, ClaimRow, Claimed};
 use super::stmt;
 
 /// The claim's lease as one statement over listed ids (for backends that read the due rows
@@ -45,7 +45,7 @@ macro_rules! lease_rows {
         let (conn, c, rows): (
             _,
             &$crate::store::row::Claim<'_>,
-            Vec<$crate::store::row::TaskRow>,
+            Vec<$crate::store::row::ClaimRow>,
         ) = ($conn, $c, $rows);
         if rows.is_empty() {
             Ok(Vec::new())
@@ -396,25 +396,10 @@ pub(crate) fn orphans_in_line<'a>(
         .typed()
 }
 
-/// Rows read before [`lease_by_ids`] updated them, as the update left them, with the status
-/// each had before.
-pub(crate) fn as_leased(rows: Vec<TaskRow>, c: &Claim<'_>) -> Vec<Claimed> {
-    rows.into_iter()
-        .map(|mut r| {
-            let prev_status = r.task_status;
-            r.task_status = 1;
-            r.execute_times = r.execute_times.saturating_add(1);
-            r.execute_time = c.lease_until;
-            r.lease_expires_at = Some(c.lease_until);
-            r.lease_token = Some(c.token);
-            r.lease_owner = Some(c.owner.to_string());
-            r.gmt_modified = c.now;
-            Claimed {
-                task: r,
-                prev_status,
-            }
-        })
-        .collect()
+/// Rows read before [`lease_by_ids`] updated them (or by PostgreSQL's claim, with their values
+/// before its lease), as the lease left them, with the status each had before.
+pub(crate) fn as_leased(rows: Vec<ClaimRow>, c: &Claim<'_>) -> Vec<Claimed> {
+    rows.into_iter().map(|r| r.leased(c)).collect()
 }
 
 /// `UPDATE … SET` a row parked in `status` with `message`, its lease dropped, `WHERE id = id`

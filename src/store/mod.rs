@@ -62,7 +62,9 @@ pub trait StoreConnection: ops::Ops {}
 impl<T: ops::Ops> StoreConnection for T {}
 
 pub(crate) mod ops {
-    use crate::store::row::{Claim, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written};
+    use crate::store::row::{
+        Claim, ClaimRow, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written,
+    };
     use diesel::QueryResult;
 
     /// The storage contract. Every method is one short transaction (or one statement) on
@@ -86,7 +88,7 @@ pub(crate) mod ops {
         /// is still claimable, and returns only those it leased (with their previous status).
         /// MySQL and SQLite claims are this after a `SELECT`; PostgreSQL's one-statement claim
         /// re-checks the same way in its outer `WHERE`.
-        fn lease(&mut self, c: &Claim<'_>, rows: Vec<TaskRow>) -> QueryResult<Vec<Claimed>>;
+        fn lease(&mut self, c: &Claim<'_>, rows: Vec<ClaimRow>) -> QueryResult<Vec<Claimed>>;
         /// Deletes completed rows still held under `token`; returns how many.
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize>;
         /// Writes outcomes (`complete` per token, then `finish`), then claims: on SQLite in

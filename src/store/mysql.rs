@@ -29,8 +29,8 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::ops::Ops;
-use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::Stmt;
+use super::row::{Claim, ClaimRow, Claimed, NewRow};
+use super::stmt::{ClaimRowSql, Stmt};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
@@ -172,8 +172,8 @@ impl Ops for MysqlConnection {
             if levels.is_empty() {
                 return Ok(Vec::new());
             }
-            let rows: Vec<TaskRow> = due_rows_of(
-                Stmt::new(""),
+            let rows: Vec<ClaimRow> = due_rows_of(
+                Stmt::new("").typed::<ClaimRowSql<diesel::mysql::Mysql>>(),
                 super::stmt::claim_columns_of_k(),
                 c,
                 "k.task_status",

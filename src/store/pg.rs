@@ -10,28 +10,35 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::insert::Tail;
 use super::ops::Ops;
-use super::row::{Claim, Claimed, NewRow, TaskRow};
-use super::stmt::{Bind, Stmt, TaskRowSql};
+use super::row::{Claim, ClaimRow, Claimed, NewRow};
+use super::stmt::{Bind, ClaimRowSql, Stmt};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// The claim's row as its update returns it, qualified (the sub-select also has an `id`).
+/// The claim's row as its update returns it, qualified (the sub-select also has an `id`); the
+/// values before the lease (previous status, attempts so far, due time) come from the
+/// sub-select.
 fn claim_columns() -> &'static str {
     static COLUMNS: OnceLock<String> = OnceLock::new();
-    COLUMNS.get_or_init(|| super::stmt::claim_columns("t."))
+    COLUMNS.get_or_init(|| {
+        super::stmt::claim_columns(
+            "t.",
+            ("s", &["task_status", "execute_times", "execute_time"]),
+        )
+    })
 }
 
 // The sub-select locks the due rows (skipping rows other claimers hold) and carries their
-// previous status out, so a reclaim after an expired lease is visible to the caller. Rows load
-// by position: no per-field name lookup.
-fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer, BigInt)> {
+// values before the lease out, so a reclaim after an expired lease is visible to the caller.
+// Rows load by position: no per-field name lookup.
+fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, ClaimRowSql<Pg>> {
     // A MATERIALIZED CTE runs the locking sub-select exactly once. As a plain sub-select the
     // planner may rescan it per row of the outer scan (a nested loop, chosen once the outer
     // WHERE below filters on the due index too); each rescan locks the next rows, past the
     // ones this statement already leased, and the claim takes more than its LIMIT.
     let s = super::lease::due_rows(
         Stmt::new("WITH s AS MATERIALIZED ("),
-        "k.id, k.task_status AS prev_status, k.execute_time AS due",
+        "k.id, k.task_status, k.execute_times, k.execute_time",
         c,
         "k.task_status",
         super::lease::Dialect::Pg,
@@ -52,7 +59,6 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, (TaskRowSql<Pg>, Integer, BigInt)> 
         // in the server cost 5 % of the claim, pgbench).
         .sql(" RETURNING ")
         .sql(claim_columns())
-        .sql(", s.prev_status, s.due")
         .typed()
 }
 
@@ -89,14 +95,11 @@ impl Ops for PgConnection {
         if c.ids.is_some_and(|ids| ids.is_empty()) {
             return Ok(Vec::new());
         }
-        let mut rows: Vec<(TaskRow, i32, i64)> = claim_stmt(c).load(self)?;
+        let mut rows: Vec<ClaimRow> = claim_stmt(c).load(self)?;
         // The claim's order, the order the workers take them: highest priority first, then
         // due order (the due time before the lease moved it), then id.
-        rows.sort_unstable_by_key(|(t, _, due)| (std::cmp::Reverse(t.priority), *due, t.id));
-        Ok(rows
-            .into_iter()
-            .map(|(task, prev_status, _)| Claimed { task, prev_status })
-            .collect())
+        rows.sort_unstable_by_key(|r| (std::cmp::Reverse(r.priority), r.execute_time, r.id));
+        Ok(super::lease::as_leased(rows, c))
     }
 
     fn generic_plans(&mut self, on: bool) -> QueryResult<()> {

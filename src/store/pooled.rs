@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 
 use super::ops;
-use super::row::{Claim, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written};
+use super::row::{Claim, ClaimRow, Claimed, Finish, NewRow, ScheduleRow, TaskRow, Written};
 
 /// Pooled connections store tasks exactly like the connection they wrap.
 impl<C> ops::Ops for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
@@ -24,7 +24,7 @@ where
     fn claim(&mut self, c: &Claim<'_>) -> QueryResult<Vec<Claimed>> {
         (**self).claim(c)
     }
-    fn lease(&mut self, c: &Claim<'_>, rows: Vec<TaskRow>) -> QueryResult<Vec<Claimed>> {
+    fn lease(&mut self, c: &Claim<'_>, rows: Vec<ClaimRow>) -> QueryResult<Vec<Claimed>> {
         (**self).lease(c, rows)
     }
     fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {

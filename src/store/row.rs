@@ -69,6 +69,121 @@ pub struct Claimed {
     pub prev_status: i32,
 }
 
+/// A row as a claim reads it: the columns a claimed task needs that only the stored row knows.
+/// The others are the claim's own values (the lease, `task_status` 1, `gmt_modified` now) or
+/// columns nothing reads of a claimed row (`idempotency_key`, `parameter_types`, `method_name`,
+/// `duration_ms`, `queue`: the executor, the events and the fetcher never look at them), which
+/// [`ClaimRow::leased`] fills in. Fewer columns a row is less for the server to send and for
+/// the fetcher to decode: the claim's columns went from 35 to 24 on PostgreSQL.
+///
+/// `task_status`, `execute_times` and `execute_time` are the values before the lease (the
+/// previous status, the attempts so far, the due time): every backend reads them so.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = consistency_task)]
+pub struct ClaimRow {
+    pub id: i64,
+    pub task_id: String,
+    pub task_status: i32,
+    pub execute_times: i32,
+    pub max_attempts: i32,
+    pub execute_time: i64,
+    pub method_sign_name: String,
+    pub execute_interval_sec: i32,
+    pub delay_time: i32,
+    pub task_parameter: Vec<u8>,
+    pub payload_version: i32,
+    pub execute_way: i32,
+    pub thread_way: i32,
+    pub transaction_way: i32,
+    pub error_msg: String,
+    pub alert_expression: Option<String>,
+    pub alert_action_bean_name: Option<String>,
+    pub fallback_class_name: Option<String>,
+    pub fallback_error_msg: Option<String>,
+    pub shard_key: i64,
+    pub gmt_create: i64,
+    pub trace_parent: Option<String>,
+    pub priority: i32,
+    pub ordering_key: Option<String>,
+}
+
+impl ClaimRow {
+    /// A stored row as a claim's `SELECT` reads it (tests that play a claimer's read).
+    #[cfg(test)]
+    pub(crate) fn of(r: &TaskRow) -> ClaimRow {
+        let r = r.clone();
+        ClaimRow {
+            id: r.id,
+            task_id: r.task_id,
+            task_status: r.task_status,
+            execute_times: r.execute_times,
+            max_attempts: r.max_attempts,
+            execute_time: r.execute_time,
+            method_sign_name: r.method_sign_name,
+            execute_interval_sec: r.execute_interval_sec,
+            delay_time: r.delay_time,
+            task_parameter: r.task_parameter,
+            payload_version: r.payload_version,
+            execute_way: r.execute_way,
+            thread_way: r.thread_way,
+            transaction_way: r.transaction_way,
+            error_msg: r.error_msg,
+            alert_expression: r.alert_expression,
+            alert_action_bean_name: r.alert_action_bean_name,
+            fallback_class_name: r.fallback_class_name,
+            fallback_error_msg: r.fallback_error_msg,
+            shard_key: r.shard_key,
+            gmt_create: r.gmt_create,
+            trace_parent: r.trace_parent,
+            priority: r.priority,
+            ordering_key: r.ordering_key,
+        }
+    }
+
+    /// The row as claim `c`'s lease left it (the attempt count saturates at `i32::MAX`, as the
+    /// lease's SQL does), with the status it had before.
+    pub(crate) fn leased(self, c: &Claim<'_>) -> Claimed {
+        Claimed {
+            prev_status: self.task_status,
+            task: TaskRow {
+                id: self.id,
+                task_id: self.task_id,
+                idempotency_key: None,
+                task_status: TaskStatus::Running.as_i32(),
+                execute_times: self.execute_times.saturating_add(1),
+                max_attempts: self.max_attempts,
+                execute_time: c.lease_until,
+                parameter_types: String::new(),
+                method_name: String::new(),
+                method_sign_name: self.method_sign_name,
+                execute_interval_sec: self.execute_interval_sec,
+                delay_time: self.delay_time,
+                task_parameter: self.task_parameter,
+                payload_version: self.payload_version,
+                execute_way: self.execute_way,
+                thread_way: self.thread_way,
+                transaction_way: self.transaction_way,
+                error_msg: self.error_msg,
+                alert_expression: self.alert_expression,
+                alert_action_bean_name: self.alert_action_bean_name,
+                fallback_class_name: self.fallback_class_name,
+                fallback_error_msg: self.fallback_error_msg,
+                shard_key: self.shard_key,
+                lease_token: Some(c.token),
+                lease_owner: Some(c.owner.to_string()),
+                lease_expires_at: Some(c.lease_until),
+                gmt_create: self.gmt_create,
+                gmt_modified: c.now,
+                duration_ms: None,
+                trace_parent: self.trace_parent,
+                queue: String::new(),
+                priority: self.priority,
+                ordering_key: self.ordering_key,
+            },
+        }
+    }
+}
+
 /// A row to insert.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = consistency_task)]

@@ -8,8 +8,8 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use super::insert::Tail;
 use super::ops::Ops;
-use super::row::{Claim, Claimed, Finish, NewRow, TaskRow, Written};
-use super::stmt::{Stmt, TaskRowSql, KEY_LAST_ID, KEY_ROWS};
+use super::row::{Claim, ClaimRow, Claimed, Finish, NewRow, Written};
+use super::stmt::{ClaimRowSql, Stmt, KEY_LAST_ID, KEY_ROWS};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -144,8 +144,8 @@ fn claim_in(conn: &mut SqliteConnection, c: &Claim<'_>) -> QueryResult<Vec<Claim
     // temporary table per run and cannot return the previous status. `+task_status` keeps the
     // planner on the execute_time index whatever statistics say (on the status index it would
     // sort every pending row to find the first few).
-    let rows: Vec<TaskRow> = super::lease::due_rows(
-        Stmt::new("").typed::<TaskRowSql<Sqlite>>(),
+    let rows: Vec<ClaimRow> = super::lease::due_rows(
+        Stmt::new("").typed::<ClaimRowSql<Sqlite>>(),
         super::stmt::claim_columns_of_k(),
         c,
         "+k.task_status",

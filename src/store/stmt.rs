@@ -86,38 +86,37 @@ pub(crate) const KEY_ROWS: u8 = 16;
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) const KEY_LAST_ID: u8 = 4;
 
-/// The columns of [`TaskRow`](super::row::TaskRow) in its field order, for positional loads.
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
-pub(crate) const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
+/// The columns of [`TaskRow`](super::row::TaskRow) in its field order.
+#[cfg(test)]
+const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
     execute_times, max_attempts, execute_time, parameter_types, method_name, method_sign_name, \
     execute_interval_sec, delay_time, task_parameter, payload_version, execute_way, thread_way, \
     transaction_way, error_msg, alert_expression, alert_action_bean_name, fallback_class_name, \
     fallback_error_msg, shard_key, lease_token, lease_owner, lease_expires_at, gmt_create, \
     gmt_modified, duration_ms, trace_parent, queue, priority, ordering_key";
 
-/// Columns of [`TASK_COLUMNS`] that nothing reads of a claimed row (the executor, the events
-/// and the fetcher read the others), with the constant of the column's type a claim returns
-/// in their place: less for the server to return and sort, and fewer strings for the fetcher
-/// to decode and allocate per row (perf of the drain: decoding was a fifth of the fetcher's
-/// time). Statements that show rows to people (`find`, the CLI, the dashboard) read them all.
-const NOT_CLAIMED: [(&str, &str); 5] = [
-    ("idempotency_key", "NULL"),
-    ("parameter_types", "''"),
-    ("method_name", "''"),
-    ("duration_ms", "NULL"),
-    ("queue", "''"),
-];
+/// The columns of [`ClaimRow`](super::row::ClaimRow) in its field order: what a claim reads
+/// of each row.
+pub(crate) const CLAIM_COLUMNS: &str = "id, task_id, task_status, execute_times, max_attempts, \
+    execute_time, method_sign_name, execute_interval_sec, delay_time, task_parameter, \
+    payload_version, execute_way, thread_way, transaction_way, error_msg, alert_expression, \
+    alert_action_bean_name, fallback_class_name, fallback_error_msg, shard_key, gmt_create, \
+    trace_parent, priority, ordering_key";
 
-/// [`TASK_COLUMNS`] as a claim selects them, each column `{prefix}name` except the
-/// [`NOT_CLAIMED`] ones, which are `constant AS name` (same order, so rows load by position
-/// or by name alike).
-pub(crate) fn claim_columns(prefix: &str) -> String {
-    TASK_COLUMNS
+/// [`CLAIM_COLUMNS`] as a claim selects them: each column `{prefix}name`, except those `from`
+/// names, which are `{alias}.name AS name` (PostgreSQL's claim reads the values before its
+/// lease from its locking sub-select).
+pub(crate) fn claim_columns(prefix: &str, from: (&str, &[&str])) -> String {
+    let (alias, before) = from;
+    CLAIM_COLUMNS
         .split(',')
         .map(str::trim)
-        .map(|c| match NOT_CLAIMED.iter().find(|(n, _)| *n == c) {
-            Some((n, constant)) => format!("{constant} AS {n}"),
-            None => format!("{prefix}{c}"),
+        .map(|c| {
+            if before.contains(&c) {
+                format!("{alias}.{c} AS {c}")
+            } else {
+                format!("{prefix}{c}")
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -127,13 +126,12 @@ pub(crate) fn claim_columns(prefix: &str) -> String {
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn claim_columns_of_k() -> &'static str {
     static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COLUMNS.get_or_init(|| claim_columns("k."))
+    COLUMNS.get_or_init(|| claim_columns("k.", ("", &[])))
 }
 
-/// The SQL type of a row of [`TASK_COLUMNS`] on backend `DB`.
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
-pub(crate) type TaskRowSql<DB> =
-    diesel::dsl::SqlTypeOf<<super::row::TaskRow as diesel::Selectable<DB>>::SelectExpression>;
+/// The SQL type of a row of [`CLAIM_COLUMNS`] on backend `DB`.
+pub(crate) type ClaimRowSql<DB> =
+    diesel::dsl::SqlTypeOf<<super::row::ClaimRow as diesel::Selectable<DB>>::SelectExpression>;
 
 /// The smallest id-list length a statement is prepared for; lists are padded up to a power of
 /// two at or above it.
@@ -375,5 +373,24 @@ mod tests {
             .collect();
         let ours: Vec<&str> = TASK_COLUMNS.split(", ").map(str::trim).collect();
         assert_eq!(names, ours);
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn claim_columns_are_in_claim_row_order() {
+        use diesel::SelectableHelper;
+        let select = super::super::row::ClaimRow::as_select();
+        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string();
+        let sql = sql.split(" -- binds").next().unwrap();
+        let names: Vec<&str> = sql
+            .split(", ")
+            .map(|c| c.rsplit('.').next().unwrap().trim_matches('`'))
+            .collect();
+        let ours: Vec<&str> = CLAIM_COLUMNS.split(", ").map(str::trim).collect();
+        assert_eq!(names, ours);
+        // Every claimed column is a column of the stored row.
+        for c in &ours {
+            assert!(TASK_COLUMNS.split(", ").any(|t| t.trim() == *c), "{c}");
+        }
     }
 }

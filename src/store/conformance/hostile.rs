@@ -249,7 +249,10 @@ pub(super) fn lease_rechecks_rows_another_claimer_took<D: Db>(db: &D) {
     conn.finish(&[finish(c[0].id, 3, 4, PARKED, T0)]).unwrap();
     // A's lease takes only the two rows nobody touched.
     let a = conn
-        .lease(&claim_args(T0, T0 + 30_000, 1, 10, None), read_by_a.clone())
+        .lease(
+            &claim_args(T0, T0 + 30_000, 1, 10, None),
+            read_by_a.iter().map(ClaimRow::of).collect(),
+        )
         .expect("A's lease");
     let a_ids: BTreeSet<i64> = a.iter().map(|c| c.task.id).collect();
     assert_eq!(a_ids, ids(&read_by_a[3..]), "{}", D::BACKEND);
@@ -270,7 +273,10 @@ pub(super) fn lease_rechecks_rows_another_claimer_took<D: Db>(db: &D) {
         .filter(|r| r.task_status == 0)
         .collect();
     let leased = conn
-        .lease(&claim_args(T0, T0 + 30_000, 4, 10, None), fresh.clone())
+        .lease(
+            &claim_args(T0, T0 + 30_000, 4, 10, None),
+            fresh.iter().map(ClaimRow::of).collect(),
+        )
         .unwrap();
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].task.execute_times, 1);

@@ -19,7 +19,7 @@ use diesel::result::Error as DieselError;
 
 use super::ops::Ops;
 use super::retry_transient;
-use super::row::{Claim, Claimed, Finish, NewRow, TaskRow};
+use super::row::{Claim, ClaimRow, Claimed, Finish, NewRow, TaskRow};
 #[cfg(feature = "sqlite")]
 use super::testdb::SqliteFile;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
@@ -316,8 +316,9 @@ fn assert_stored(new: &NewRow, got: &TaskRow) {
     );
 }
 
-/// A stored row as a claim returns it: the columns nothing reads of a claimed row
-/// (`stmt::NOT_CLAIMED`) hold their constants, every other column its stored value.
+/// A stored row as a claim returns it: the columns a claim does not read and nothing reads of
+/// a claimed row (those `row::ClaimRow` lacks that the lease does not write) are empty, every
+/// other column holds its stored value.
 fn as_claimed(stored: &TaskRow) -> TaskRow {
     TaskRow {
         idempotency_key: None,
