@@ -168,6 +168,25 @@ pub(super) fn complete_deletes_only_rows_held_under_the_token<D: Db>(db: &D) {
     assert_eq!(conn.complete(1, &[]).unwrap(), 0);
     let left: Vec<i64> = D::rows(&mut conn).iter().map(|r| r.id).collect();
     assert_eq!(left, [all[2], all[3], all[4]]);
+    // Ids that are no row, extremes and repeats delete nothing more and fail nothing.
+    let odd = [i64::MIN, -1, 0, i64::MAX, all[2], all[2], all[3]];
+    assert_eq!(conn.complete(1, &odd).unwrap(), 1);
+    let left: Vec<i64> = D::rows(&mut conn).iter().map(|r| r.id).collect();
+    assert_eq!(left, [all[3], all[4]]);
+}
+
+/// A completion larger than any claim batch (300 ids, beyond the 128 of the largest padded
+/// id list) deletes every row held under its token, in one call.
+pub(super) fn a_large_completion_deletes_every_held_row<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let rows: Vec<NewRow> = (0..300).map(|i| row(T0 - 1_000 + i)).collect();
+    assert_eq!(conn.insert_many(&rows).unwrap(), 300);
+    let held: Vec<i64> = ids(&claim(&mut conn, T0, T0 + 30_000, 7, 300, None))
+        .into_iter()
+        .collect();
+    assert_eq!(held.len(), 300);
+    assert_eq!(conn.complete(7, &held).unwrap(), 300);
+    assert!(D::rows(&mut conn).is_empty());
 }
 
 pub(super) fn claim_respects_the_limit<D: Db>(db: &D) {

@@ -456,6 +456,7 @@ conformance!(
     expired_lease_is_claimed_again_with_a_new_token,
     stale_token_cannot_complete_finish_or_extend,
     complete_deletes_only_rows_held_under_the_token,
+    a_large_completion_deletes_every_held_row,
     claim_respects_the_limit,
     parked_and_finished_rows_are_never_claimed,
     claim_by_ids_takes_only_those,
