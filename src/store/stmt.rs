@@ -360,34 +360,33 @@ mod tests {
         );
     }
 
+    /// The column names diesel selects for `T`, in its field order.
+    #[cfg(feature = "sqlite")]
+    fn selected<T>() -> Vec<String>
+    where
+        T: diesel::Selectable<diesel::sqlite::Sqlite>,
+        T::SelectExpression: diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>,
+    {
+        let sql =
+            diesel::debug_query::<diesel::sqlite::Sqlite, _>(&T::construct_selection()).to_string();
+        let sql = sql.split(" -- binds").next().unwrap();
+        sql.split(", ")
+            .map(|c| c.rsplit('.').next().unwrap().trim_matches('`').to_string())
+            .collect()
+    }
+
     #[cfg(feature = "sqlite")]
     #[test]
     fn task_columns_are_in_task_row_order() {
-        use diesel::SelectableHelper;
-        let select = super::super::row::TaskRow::as_select();
-        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string();
-        let sql = sql.split(" -- binds").next().unwrap();
-        let names: Vec<&str> = sql
-            .split(", ")
-            .map(|c| c.rsplit('.').next().unwrap().trim_matches('`'))
-            .collect();
         let ours: Vec<&str> = TASK_COLUMNS.split(", ").map(str::trim).collect();
-        assert_eq!(names, ours);
+        assert_eq!(selected::<super::super::row::TaskRow>(), ours);
     }
 
     #[cfg(feature = "sqlite")]
     #[test]
     fn claim_columns_are_in_claim_row_order() {
-        use diesel::SelectableHelper;
-        let select = super::super::row::ClaimRow::as_select();
-        let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&select).to_string();
-        let sql = sql.split(" -- binds").next().unwrap();
-        let names: Vec<&str> = sql
-            .split(", ")
-            .map(|c| c.rsplit('.').next().unwrap().trim_matches('`'))
-            .collect();
         let ours: Vec<&str> = CLAIM_COLUMNS.split(", ").map(str::trim).collect();
-        assert_eq!(names, ours);
+        assert_eq!(selected::<super::super::row::ClaimRow>(), ours);
         // Every claimed column is a column of the stored row.
         for c in &ours {
             assert!(TASK_COLUMNS.split(", ").any(|t| t.trim() == *c), "{c}");
