@@ -7,7 +7,9 @@
 //! counters (`wsrep_local_cert_failures` + `wsrep_local_bf_aborts`).
 //!
 //! The test starts and stops the cluster itself (`support::galera`); it skips with a loud line
-//! when Galera is not installed, unless `TEND_REQUIRE_GALERA=1`. It prints one `GALERA …` line.
+//! when Galera is not installed, unless `TEND_REQUIRE_GALERA=1`. It prints one `GALERA …` line,
+//! and a `GALERA phase` line on stderr as it goes. A watchdog ends it after 10 minutes (it
+//! takes 20-60 s) with where it stood, each node's state, and every process it started killed.
 //!
 //! Run: `TEND_REQUIRE_GALERA=1 cargo test --all-features --test galera -- --nocapture`
 //! (as root: the nodes then run as `mysql`).
@@ -23,7 +25,7 @@ use std::time::Duration;
 use diesel::{Connection, MysqlConnection};
 
 use support::child::{stat, ChildCfg, ChildWorker};
-use support::galera::Cluster;
+use support::galera::{self, phase, Cluster};
 use support::runlog::RunLog;
 use support::{figures, now_us, verify, wait_for, Backend, Work};
 
@@ -81,6 +83,13 @@ fn stop_all(workers: Vec<ChildWorker>) -> Vec<Option<String>> {
     stops.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// A worker process the watchdog knows of.
+fn spawn(cfg: &ChildCfg, log: &RunLog) -> ChildWorker {
+    let w = ChildWorker::spawn(cfg, log);
+    galera::track(w.pid);
+    w
+}
+
 fn conflicts(cluster: &Cluster) -> u64 {
     cluster.conflicts().into_iter().flatten().sum()
 }
@@ -96,9 +105,10 @@ fn throughput(
 ) -> (f64, usize) {
     const N: i64 = 1500;
     let log = RunLog::create("galera-tput");
+    phase(&format!("throughput: {N} tasks, workers on nodes {on:?}"));
     let workers: Vec<ChildWorker> = on
         .iter()
-        .map(|&i| ChildWorker::spawn(&cfg(vec![cluster.nodes[i].url()]), &log))
+        .map(|&i| spawn(&cfg(vec![cluster.nodes[i].url()]), &log))
         .collect();
     let keys: Vec<i64> = (base..base + N).collect();
     enqueue(app, &keys, 0, log.id);
@@ -108,6 +118,7 @@ fn throughput(
     });
     let parsed = log.read();
     let t1 = parsed.runs.iter().filter_map(|r| r.end).max().unwrap();
+    phase("throughput: stopping the workers");
     let hung = stop_all(workers).iter().filter(|s| s.is_none()).count();
     let r = verify::check(&log.read(), &keys, &[]);
     r.assert_sound("galera throughput");
@@ -116,9 +127,16 @@ fn throughput(
 
 #[test]
 fn multi_primary_drain_and_failover() {
+    // `TEND_GALERA_WATCHDOG_S` shortens it, to see it fire.
+    let limit = std::env::var("TEND_GALERA_WATCHDOG_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let _watchdog = galera::watchdog(Duration::from_secs(limit));
     let Some(mut cluster) = Cluster::start() else {
         return;
     };
+    phase("migrating through node 1");
     let formed = cluster.formed_in;
     let mut app = cluster.nodes[0].connect();
     tend::migrate(&mut app).expect("migrating through node 1");
@@ -144,8 +162,9 @@ fn multi_primary_drain_and_failover() {
     const N: i64 = 3000;
     let log = RunLog::create("galera-failover");
     let (n2, n3) = (cluster.nodes[1].url(), cluster.nodes[2].url());
-    let a = ChildWorker::spawn(&cfg(vec![format!("{n2} {n3}")]), &log);
-    let b = ChildWorker::spawn(&cfg(vec![format!("{n3} {n2}")]), &log);
+    phase("failover: workers on nodes 2 and 3, the application writing through node 1");
+    let a = spawn(&cfg(vec![format!("{n2} {n3}")]), &log);
+    let b = spawn(&cfg(vec![format!("{n3} {n2}")]), &log);
     let b_pid = b.pid;
     let conflicts_before = conflicts(&cluster);
     let keys: Vec<i64> = (10_000_000..10_000_000 + N).collect();
@@ -175,19 +194,24 @@ fn multi_primary_drain_and_failover() {
     });
     // Node 3's counters, read before it dies.
     let conflicts_node3 = cluster.conflicts()[2].unwrap_or(0);
+    phase("failover: node 3 killed, waiting for its eviction");
     let killed_at = cluster.nodes[2].kill9();
     cluster.wait_size(2, Duration::from_secs(60));
+    phase("failover: waiting for every task");
     let evicted_ms = (now_us() - killed_at) / 1000;
     wait_for("every task", Duration::from_secs(120), || {
         log.read().done_keys().len() as i64 == N
     });
+    phase("failover: waiting for the application thread");
     producer.join().expect("the application thread");
     assert!(app_done.load(Ordering::SeqCst));
     // Nothing left in the table once the last outcomes are written: no task was failed, held
     // or made dead by a conflict.
+    phase("failover: waiting for an empty table");
     wait_for("an empty table", Duration::from_secs(30), || {
         support::task_count(&mut app) == 0
     });
+    phase("failover: stopping the workers");
     let stats = stop_all(vec![a, b]);
     let hung = h1 + h2 + h3 + stats.iter().filter(|s| s.is_none()).count();
     let stats: Vec<String> = stats

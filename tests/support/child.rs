@@ -175,7 +175,17 @@ impl ChildWorker {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.contains("TEND_CHILD_STATS") => {
-                    let status = self.child.wait().expect("waiting for the child");
+                    // Its exit, after the stats line, within the same limit.
+                    let status = loop {
+                        if let Some(s) = self.child.try_wait().expect("waiting for the child") {
+                            break s;
+                        }
+                        if Instant::now() >= deadline {
+                            self.kill();
+                            return None;
+                        }
+                        thread::sleep(Duration::from_millis(10));
+                    };
                     assert!(status.success(), "child {} exited with {status}", self.pid);
                     return Some(l[l.find("TEND_CHILD_STATS").unwrap()..].to_string());
                 }

@@ -7,11 +7,18 @@
 //! Ports: SQL 3307-3309, group communication 4567/4577/4587 (incremental state transfer one
 //! above each), rsync state transfer 4444/4454/4464. Data under the temp directory. Every node
 //! still running is SIGKILLed when the [`Cluster`] is dropped, also when the test panics.
+//!
+//! Nothing here waits without a bound: a node's status is read on a helper thread given 10 s
+//! ([`bounded`]), and [`watchdog`] ends the whole test process, after killing the nodes and the
+//! worker processes and printing where the test stood, when it has not finished in time (a CI
+//! run once hung in this test until CI's own limit, with no word of where).
 
 use std::fs;
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -74,10 +81,9 @@ impl Node {
             .unwrap_or_else(|e| panic!("connecting to node {}: {e}", self.index + 1))
     }
 
-    /// A `SHOW GLOBAL STATUS` value, `None` if the node does not answer.
+    /// A `SHOW GLOBAL STATUS` value, `None` if the node does not answer within 10 s.
     pub fn status(&self, name: &str) -> Option<String> {
-        let mut c = MysqlConnection::establish(&self.server_url()).ok()?;
-        status_on(&mut c, name)
+        status_of(self.ports.sql, name)
     }
 
     /// SIGKILLs the node (`kill -9`); returns when it is reaped, with that time (µs).
@@ -94,6 +100,111 @@ impl Node {
 struct StatusRow {
     #[diesel(sql_type = diesel::sql_types::Text, column_name = "Value")]
     value: String,
+}
+
+/// `SHOW GLOBAL STATUS LIKE name` on the node at `port`, `None` if it does not answer within
+/// 10 s (a node mid-transfer or wedged can accept a connection and never reply).
+fn status_of(port: u16, name: &str) -> Option<String> {
+    let url = format!("mysql://root@127.0.0.1:{port}/mysql");
+    let name = name.to_string();
+    bounded(Duration::from_secs(10), move || {
+        let mut c = MysqlConnection::establish(&url).ok()?;
+        status_on(&mut c, &name)
+    })
+    .flatten()
+}
+
+/// Runs `f` on its own thread and waits at most `limit` for it; `None` when it takes longer
+/// (the thread is left to finish or hang on its own).
+pub fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// The processes the watchdog kills, and what the test is doing now.
+static PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static PHASE: Mutex<(String, Option<Instant>)> = Mutex::new((String::new(), None));
+
+/// Registers a process (a node, a worker) for the watchdog to SIGKILL if it fires.
+pub fn track(pid: u32) {
+    PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+/// Says what the test does now: one `GALERA phase` line on stderr (uncaptured, so CI's log
+/// shows how far a test got), kept for the watchdog's report.
+pub fn phase(what: &str) {
+    let mut p = PHASE.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = *p.1.get_or_insert_with(Instant::now);
+    p.0 = what.to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "GALERA phase at {:.1} s: {what}",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Ends the test process if it has not finished within `limit`: prints the phase it was in,
+/// each node's state and the tail of its error log, SIGKILLs every tracked process (the
+/// nodes and the workers would outlive the test process otherwise) and exits with status 101,
+/// which fails the test run. Dropping the returned guard disarms it.
+pub fn watchdog(limit: Duration) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    let dir = cluster_dir();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit) != Err(mpsc::RecvTimeoutError::Timeout) {
+            return;
+        }
+        let phase = PHASE.lock().unwrap_or_else(|e| e.into_inner()).0.clone();
+        let mut report = format!(
+            "GALERA WATCHDOG: the test did not finish within {limit:?}; it was at: {phase}\n"
+        );
+        for i in 0..NODES {
+            let port = ports(i).sql;
+            let state = |k: &str| status_of(port, k).unwrap_or_else(|| "no answer".into());
+            report += &format!(
+                "node {}: state={} cluster_size={} flow_control_paused={} recv_queue={}\n",
+                i + 1,
+                state("wsrep_local_state_comment"),
+                state("wsrep_cluster_size"),
+                state("wsrep_flow_control_paused"),
+                state("wsrep_local_recv_queue"),
+            );
+            report += &format!(
+                "---- node {} error log (last lines) ----\n{}\n",
+                i + 1,
+                tail(&dir.join(format!("node{}", i + 1)).join("error.log"), 30)
+            );
+        }
+        // A node that cannot write (a full disk) waits rather than fails: say how full it is.
+        if let Ok(out) = Command::new("df").arg("-h").arg(&dir).output() {
+            report += &String::from_utf8_lossy(&out.stdout);
+        }
+        let pids = PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        report += &format!("killing processes {pids:?}\n");
+        let _ = std::io::stderr().write_all(report.as_bytes());
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = fs::remove_dir_all(&dir);
+        std::process::exit(101);
+    });
+    Watchdog { _disarm: tx }
+}
+
+/// Disarms the [`watchdog`] when dropped.
+pub struct Watchdog {
+    _disarm: mpsc::Sender<()>,
+}
+
+/// Where the cluster's nodes keep their data: one directory per test process.
+fn cluster_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("tend-galera-{}", std::process::id()))
 }
 
 fn status_on(c: &mut MysqlConnection, name: &str) -> Option<String> {
@@ -174,7 +285,7 @@ impl Cluster {
             return None;
         }
         let t0 = Instant::now();
-        let dir = std::env::temp_dir().join(format!("tend-galera-{}", std::process::id()));
+        let dir = cluster_dir();
         let _ = fs::remove_dir_all(&dir);
         let root = is_root();
         let mut cluster = Cluster {
@@ -212,6 +323,7 @@ impl Cluster {
             if root {
                 c.arg("--user=mysql");
             }
+            phase(&format!("mariadb-install-db for node {}", n.index + 1));
             run(
                 &mut c,
                 &format!("mariadb-install-db for node {}", n.index + 1),
@@ -219,6 +331,10 @@ impl Cluster {
         }
         // Bootstrap node 1, then join 2 and 3 one at a time (node 1 donates to one at once).
         for i in 0..NODES {
+            phase(&format!(
+                "starting node {} and waiting until it is Synced",
+                i + 1
+            ));
             cluster.spawn(i, i == 0, root);
             cluster.wait_synced(i, Duration::from_secs(90));
         }
@@ -246,7 +362,9 @@ impl Cluster {
         c.stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        n.child = Some(c.spawn().expect("starting mariadbd"));
+        let child = c.spawn().expect("starting mariadbd");
+        track(child.id());
+        n.child = Some(child);
     }
 
     /// Waits until node `i` answers and says it is `Synced`.
