@@ -471,6 +471,7 @@ conformance!(
     large_payloads_round_trip,
     messages_of_64_kib_round_trip,
     concurrent_claimers_never_share_a_row,
+    a_claim_fills_its_batch_past_rows_others_hold,
     lock_conflicts_are_transient,
     pooled_connections_store_like_their_connection,
     extreme_values_never_fail_a_claim_or_an_outcome,
