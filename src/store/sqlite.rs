@@ -32,8 +32,13 @@ impl Ops for SqliteConnection {
         if n == 0 {
             return Ok(None);
         }
-        // Not `RETURNING id`: SQLite sets up a temporary table for RETURNING on every run,
-        // which cost more than this second (in-process, prepared) statement.
+        // Not `RETURNING id`: SQLite sets up a temporary table for RETURNING on every run.
+        // The connection's last rowid is a field read (no statement); it reads 0 as "none",
+        // which a rowid can be (the next id after a table of only negative ids), so then the
+        // statement asks.
+        if let Some(id) = self.last_insert_rowid() {
+            return Ok(Some(id.get()));
+        }
         let id = Stmt::fixed("SELECT last_insert_rowid()")
             .typed::<diesel::sql_types::BigInt>()
             .keyed::<KEY_LAST_ID>()

@@ -449,3 +449,31 @@ pub(super) fn idempotency_key_duplicates_are_skipped<D: Db>(db: &D) {
     assert_eq!(by_key["k2"], ["k2 first"]);
     assert_eq!(found(&mut conn, first).error_msg, "first");
 }
+
+/// `insert_one` returns the id the row got, whatever ids the table holds: with rows of
+/// negative ids only (hand-written or foreign rows) and a `sqlite_sequence` counter below them
+/// (a hand-edited or restored table), SQLite gives the next row id 0, which its connection's
+/// last-rowid field reads as "none" (tend then asks with a statement). PostgreSQL's sequence and MySQL's
+/// auto-increment count on from their own counters.
+pub(super) fn insert_one_returns_the_id_after_negative_ids<D: Db>(db: &D) {
+    let mut conn = migrated(db);
+    let first = insert(&mut conn, &row(T0));
+    conn.batch_execute(&format!(
+        "UPDATE consistency_task SET id = -1 WHERE id = {first}"
+    ))
+    .unwrap();
+    if D::BACKEND == "sqlite" {
+        conn.batch_execute("UPDATE sqlite_sequence SET seq = -10 WHERE name = 'consistency_task'")
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let id = conn.insert_one(&row(T0)).unwrap().expect("a new row");
+        let r = found(&mut conn, id);
+        assert_eq!(r.id, id, "the returned id is the row's");
+    }
+    let ids: Vec<i64> = D::rows(&mut conn).iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 3);
+    if D::BACKEND == "sqlite" {
+        assert_eq!(ids, [-1, 0, 1], "SQLite numbers on from the largest rowid");
+    }
+}

@@ -443,6 +443,7 @@ macro_rules! conformance {
 
 conformance!(
     insert_one_reads_back_every_column,
+    insert_one_returns_the_id_after_negative_ids,
     insert_many_is_a_few_prepared_statements,
     insert_many_round_trips_every_value,
     hot_path_statements_stay_prepared,
