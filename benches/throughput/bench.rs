@@ -123,10 +123,7 @@ impl<D: Db> Bench<D> {
                 // a business one read 0.78 of one after a task insert, systematically.
                 let mut parts = [0usize, 1, 2, 3];
                 for k in (1..4).rev() {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    parts.swap(k, (rng % (k as u64 + 1)) as usize);
+                    parts.swap(k, (xorshift(&mut rng) % (k as u64 + 1)) as usize);
                 }
                 for part in parts {
                     order += 1;
@@ -186,10 +183,7 @@ impl<D: Db> Bench<D> {
             let mut t = [Duration::ZERO; 2];
             for tx in 0..txs / 2 {
                 let base = (tx * BATCH) as i64;
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let first = (rng & 1) as usize;
+                let first = (xorshift(&mut rng) & 1) as usize;
                 for part in [first, 1 - first] {
                     let start = Instant::now();
                     if part == 0 {
@@ -239,6 +233,14 @@ impl<D: Db> Bench<D> {
         );
         Ok(())
     }
+}
+
+/// The next value of a xorshift64 generator (the enqueue phase's turn orders).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 /// Sleeps until `next`, then moves it one `gap` on (never into the past: no catching up).

@@ -396,6 +396,15 @@ pub(crate) fn orphans_in_line<'a>(
         .typed()
 }
 
+/// Sorts claimed rows into the claim's order, the order the workers take them: highest
+/// priority first, then due order (the due time before the lease moved it), then id. For the
+/// claims whose rows come back in no useful order (PostgreSQL's `RETURNING`, MySQL's locking
+/// reads by primary key).
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+pub(crate) fn sort_in_claim_order(rows: &mut [ClaimRow]) {
+    rows.sort_unstable_by_key(|r| (std::cmp::Reverse(r.priority), r.execute_time, r.id));
+}
+
 /// Rows read before [`lease_by_ids`] updated them (or by PostgreSQL's claim, with their values
 /// before its lease), as the lease left them, with the status each had before.
 pub(crate) fn as_leased(rows: Vec<ClaimRow>, c: &Claim<'_>) -> Vec<Claimed> {

@@ -288,6 +288,6 @@ fn lock_candidates(
                 .load::<ClaimRow>(conn)?,
         );
     }
-    rows.sort_unstable_by_key(|r| (std::cmp::Reverse(r.priority), r.execute_time, r.id));
+    super::lease::sort_in_claim_order(&mut rows);
     Ok(rows)
 }

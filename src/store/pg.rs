@@ -96,9 +96,7 @@ impl Ops for PgConnection {
             return Ok(Vec::new());
         }
         let mut rows: Vec<ClaimRow> = claim_stmt(c).load(self)?;
-        // The claim's order, the order the workers take them: highest priority first, then
-        // due order (the due time before the lease moved it), then id.
-        rows.sort_unstable_by_key(|r| (std::cmp::Reverse(r.priority), r.execute_time, r.id));
+        super::lease::sort_in_claim_order(&mut rows);
         Ok(super::lease::as_leased(rows, c))
     }
 

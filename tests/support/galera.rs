@@ -64,7 +64,7 @@ impl Node {
 
     /// The server's URL without a database (before it exists).
     fn server_url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}/mysql", self.ports.sql)
+        server_url(self.ports.sql)
     }
 
     pub fn is_running(&self) -> bool {
@@ -105,13 +105,18 @@ struct StatusRow {
 /// `SHOW GLOBAL STATUS LIKE name` on the node at `port`, `None` if it does not answer within
 /// 10 s (a node mid-transfer or wedged can accept a connection and never reply).
 fn status_of(port: u16, name: &str) -> Option<String> {
-    let url = format!("mysql://root@127.0.0.1:{port}/mysql");
+    let url = server_url(port);
     let name = name.to_string();
     bounded(Duration::from_secs(10), move || {
         let mut c = MysqlConnection::establish(&url).ok()?;
         status_on(&mut c, &name)
     })
     .flatten()
+}
+
+/// The URL of the node listening on `port`, without tend's database.
+fn server_url(port: u16) -> String {
+    format!("mysql://root@127.0.0.1:{port}/mysql")
 }
 
 /// Runs `f` on its own thread and waits at most `limit` for it; `None` when it takes longer
@@ -188,13 +193,25 @@ pub fn watchdog(limit: Duration) -> Watchdog {
         let pids = PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
         report += &format!("killing processes {pids:?}\n");
         let _ = std::io::stderr().write_all(report.as_bytes());
-        for pid in pids {
+        for pid in pids.into_iter().filter(|&p| is_our_child(p)) {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
         let _ = fs::remove_dir_all(&dir);
         std::process::exit(101);
     });
     Watchdog { _disarm: tx }
+}
+
+/// Whether `pid` is still a child of this process: a tracked worker that exited long ago
+/// may have left its pid to an unrelated process, which must not be killed.
+fn is_our_child(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesised command name: state, then the parent's pid.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok())
+        == Some(std::process::id())
 }
 
 /// Disarms the [`watchdog`] when dropped.

@@ -453,8 +453,8 @@ pub(super) fn idempotency_key_duplicates_are_skipped<D: Db>(db: &D) {
 /// `insert_one` returns the id the row got, whatever ids the table holds: with rows of
 /// negative ids only (hand-written or foreign rows) and a `sqlite_sequence` counter below them
 /// (a hand-edited or restored table), SQLite gives the next row id 0, which its connection's
-/// last-rowid field reads as "none" (tend then asks with a statement). PostgreSQL's sequence and MySQL's
-/// auto-increment count on from their own counters.
+/// last-rowid field reads as "none" (tend then asks with a statement). PostgreSQL's sequence
+/// and MySQL's auto-increment count on from their own counters.
 pub(super) fn insert_one_returns_the_id_after_negative_ids<D: Db>(db: &D) {
     let mut conn = migrated(db);
     let first = insert(&mut conn, &row(T0));
