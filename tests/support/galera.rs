@@ -180,6 +180,7 @@ pub fn watchdog(limit: Duration) -> Watchdog {
                 state("wsrep_flow_control_paused"),
                 state("wsrep_local_recv_queue"),
             );
+            report += &processlist(port);
             report += &format!(
                 "---- node {} error log (last lines) ----\n{}\n",
                 i + 1,
@@ -200,6 +201,38 @@ pub fn watchdog(limit: Duration) -> Watchdog {
         std::process::exit(101);
     });
     Watchdog { _disarm: tx }
+}
+
+/// What every connection of the node at `port` is doing (`information_schema.PROCESSLIST`:
+/// id, user, command, seconds, state, statement), and the wsrep counters that say whether it
+/// is paused, desynced or behind: what a hang needs to be understood. Read with the `mariadb`
+/// client on a helper thread given 10 s, so a wedged node cannot hang the report.
+pub fn processlist(port: u16) -> String {
+    let out = bounded(Duration::from_secs(10), move || {
+        Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uroot", "--batch"])
+            .arg(format!("-P{port}"))
+            .arg("-e")
+            .arg(
+                "SELECT ID, USER, COMMAND, TIME, STATE, LEFT(INFO, 160) AS INFO \
+                 FROM information_schema.PROCESSLIST ORDER BY ID; \
+                 SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_last_committed', \
+                 'wsrep_local_state', 'wsrep_desync_count', 'wsrep_local_send_queue', \
+                 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_connected'); \
+                 SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_desync', 'read_only', \
+                 'wsrep_reject_queries')",
+            )
+            .output()
+    });
+    match out {
+        Some(Ok(o)) => format!(
+            "---- port {port}: processlist and wsrep state ----\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Some(Err(e)) => format!("---- port {port}: cannot run the mariadb client: {e}\n"),
+        None => format!("---- port {port}: no answer within 10 s\n"),
+    }
 }
 
 /// Whether `pid` is still a child of this process: a tracked worker that exited long ago
