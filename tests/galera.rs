@@ -176,25 +176,38 @@ fn migrate_through_node_1(cluster: &Cluster, limit: Duration) -> Result<(), Stri
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         id: i64,
     }
-    let mut conn = cluster.nodes[0].connect();
-    let id = diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
-        .get_result::<Id>(&mut conn)
-        .expect("reading the migration connection's id")
-        .id;
+    // Connecting is bounded too: a node can accept a connection and never answer it.
+    let url = cluster.nodes[0].url();
+    let (id_tx, id_rx) = std::sync::mpsc::channel();
     let done = galera::bounded(limit, move || {
+        let mut conn = MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
+        let id = diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
+            .get_result::<Id>(&mut conn)
+            .map_err(|e| e.to_string())?
+            .id;
+        let _ = id_tx.send(id);
         tend::migrate(&mut conn).map_err(|e| e.to_string())
     });
     if let Some(r) = done {
         r.expect("migrating through node 1");
         return Ok(());
     }
-    let mut report = format!(
-        "GALERA: the migration through node 1 (connection {id}) has not returned within \
-         {limit:?}\n"
-    );
+    let id = id_rx.try_recv().ok();
+    let mut report = match id {
+        Some(id) => format!(
+            "GALERA: the migration through node 1 (connection {id}) has not returned within \
+             {limit:?}\n"
+        ),
+        None => format!(
+            "GALERA: connecting to node 1 for the migration has not finished within {limit:?}\n"
+        ),
+    };
     for i in 0..galera::NODES {
         report += &galera::processlist(galera::ports(i).sql);
     }
+    let Some(id) = id else {
+        return Err(report);
+    };
     let url = cluster.nodes[0].url();
     let killed = galera::bounded(Duration::from_secs(10), move || {
         let mut c = MysqlConnection::establish(&url).map_err(|e| e.to_string())?;
