@@ -167,6 +167,7 @@ impl<D: Db> Bench<D> {
         let name = "enqueue_business_only_tx_per_s";
         self.figure(name, rate(0), "tx/s", "tend", done[0]);
         self.figure(name, rate(3), "tx/s", "limit", done[3]);
+        self.enqueue_work(&mut c, &mut order)?;
 
         // 100 tasks per transaction, `n / 2` tasks per kind and round; as above, the two
         // kinds take turns transaction by transaction (who goes first drawn each turn), each
@@ -231,6 +232,72 @@ impl<D: Db> Bench<D> {
             "limit",
             total,
         );
+        Ok(())
+    }
+}
+
+impl<D: Db> Bench<D> {
+    /// The log the database writes per enqueue transaction (business row + task), tend's and
+    /// the limit's, untimed: PostgreSQL's WAL bytes, InnoDB's redo bytes and buffer pool write
+    /// requests, SQLite's written bytes and write calls (WAL frames, and the checkpoints'
+    /// copies that ran meanwhile). Blocks of 250 transactions of one kind, the counters read
+    /// around each block, 8 blocks per kind, the kinds (tend, the limit, the business row
+    /// alone: what a task adds is the difference) in rotating order.
+    fn enqueue_work(&self, c: &mut Pooled<D>, order: &mut i64) -> Res<()> {
+        const BLOCKS: usize = 8;
+        const TXS: usize = 250;
+        // business only, tend, limit
+        let mut sum = [Work::default(); 3];
+        let mut txs = [0usize; 3];
+        for block in 0..BLOCKS {
+            for part in [block % 3, (block + 1) % 3, (block + 2) % 3] {
+                let Some(before) = D::work(&mut *c)? else {
+                    return Ok(());
+                };
+                for _ in 0..TXS {
+                    *order += 1;
+                    let i = *order;
+                    match part {
+                        0 => c.transaction(|c| D::insert_order(c, i))?,
+                        1 => c.transaction(|c| -> Res<()> {
+                            D::insert_order(c, i)?;
+                            tend::enqueue(c, &Noop { order_id: i })?;
+                            Ok(())
+                        })?,
+                        _ => c.transaction(|c| -> Res<()> {
+                            D::insert_order(c, i)?;
+                            D::insert_task(c, &LimitRow::noop(i, now_ms()))?;
+                            Ok(())
+                        })?,
+                    }
+                }
+                let after = D::work(&mut *c)?.expect("read before");
+                sum[part].log_bytes += after.log_bytes - before.log_bytes;
+                sum[part].other += after.other - before.other;
+                txs[part] += TXS;
+            }
+        }
+        self.clear()?;
+        let (log_name, other_name, other_unit) = match D::NAME {
+            "pg" => ("enqueue_wal_bytes_per_tx", None, ""),
+            "sqlite" => (
+                "enqueue_written_bytes_per_tx",
+                Some("enqueue_write_calls_per_tx"),
+                "calls",
+            ),
+            _ => (
+                "enqueue_redo_bytes_per_tx",
+                Some("enqueue_bp_write_requests_per_tx"),
+                "pages",
+            ),
+        };
+        for (part, sys) in [(1, "tend"), (2, "limit"), (0, "business_only")] {
+            let per = |v: f64| v / txs[part] as f64;
+            self.figure(log_name, per(sum[part].log_bytes), "B", sys, txs[part]);
+            if let Some(name) = other_name {
+                self.figure(name, per(sum[part].other), other_unit, sys, txs[part]);
+            }
+        }
         Ok(())
     }
 }
