@@ -63,6 +63,56 @@ pub(crate) fn is_lean(r: &super::row::NewRow) -> bool {
         && r.ordering_key.is_none()
 }
 
+/// The columns a bare row binds (see [`is_bare`]): what tells one task of the default options
+/// from another. The others take their column's default.
+/// (`error_msg` is bound too: MySQL's `MEDIUMTEXT` column has no default.)
+pub(super) const BARE_ROW_COLUMNS: &str = "task_id, execute_time, parameter_types, method_name, \
+    method_sign_name, task_parameter, error_msg, alert_expression, shard_key, gmt_create, \
+    gmt_modified";
+
+/// Which of [`NEW_ROW_COLUMNS`] a bare row binds ([`BARE_ROW_COLUMNS`], by index).
+pub(super) const BARE: [usize; 11] = [0, 5, 6, 7, 8, 11, 16, 17, 21, 25, 26];
+
+/// Whether `r` is lean ([`is_lean`]) and its options also hold their columns' defaults (the
+/// migrations' `DEFAULT`s, which are [`TaskOptions::new`](crate::TaskOptions::new)'s: 25
+/// attempts, 60 s interval and delay, payload version 1, right now, async, with
+/// transaction): most single `enqueue`s. Its insert binds the 11 [`BARE_ROW_COLUMNS`] instead
+/// of 18. Measured on SQLite, where the bind calls are most of what an insert costs beyond
+/// SQLite's own work: tend's single-row insert took 1.45x the limit's samples with the lean
+/// shape and 1.15x with this one (`perf`, the bench's enqueue phase, 2026-12-05). A
+/// conformance test stores such a row and reads every column back, so a changed default
+/// fails it.
+pub(crate) fn is_bare(r: &super::row::NewRow) -> bool {
+    is_lean(r)
+        && r.max_attempts == 25
+        && r.execute_interval_sec == 60
+        && r.delay_time == 60
+        && r.payload_version == 1
+        && r.execute_way == 1
+        && r.thread_way == 1
+        && r.transaction_way == 1
+}
+
+/// The single-row insert of a bare row ([`is_bare`]) followed by `tail`; its text is built once
+/// per tail and process.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn insert_one_bare(r: &super::row::NewRow, tail: Tail) -> Stmt<'_> {
+    debug_assert!(is_bare(r));
+    static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; 4] =
+        [const { std::sync::OnceLock::new() }; 4];
+    let (sql, holes) = TEXTS[tail as usize].get_or_init(|| {
+        let places = vec!["?"; BARE.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO consistency_task ({BARE_ROW_COLUMNS}) VALUES ({places}){}",
+            tail.sql()
+        );
+        let holes = sql.match_indices('?').map(|(i, _)| i).collect();
+        (sql, holes)
+    });
+    let v = row_binds(r);
+    Stmt::prepared(sql, holes, BARE.iter().map(|&c| v[c]).collect())
+}
+
 /// Which of [`NEW_ROW_COLUMNS`] a lean row binds ([`LEAN_ROW_COLUMNS`], by index).
 pub(super) const LEAN: [usize; 18] = [
     0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 21, 25, 26,
@@ -242,25 +292,27 @@ impl Tail {
 }
 
 /// Runs `$run` with `$s` the single-row insert of `$row` followed by `$tail`, under a static
-/// statement key per shape ([`KEY_ONE_LEAN`](super::stmt::KEY_ONE_LEAN), `KEY_ONE_FULL`,
-/// `KEY_ONE_KEYED`): the insert every `enqueue` runs skips diesel's per-execution rebuild and
+/// statement key per shape ([`KEY_ONE_BARE`](super::stmt::KEY_ONE_BARE), `KEY_ONE_LEAN`,
+/// `KEY_ONE_FULL`, `KEY_ONE_KEYED`): the insert every `enqueue` runs skips diesel's per-execution rebuild and
 /// hash of its text. On one backend `$tail` must depend only on whether the row has an
 /// idempotency key. (MySQL's single-row insert is a diesel DSL insert, `mysql.rs`.)
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 macro_rules! with_insert_one {
     ($row:expr, $tail:expr, |$s:ident| $run:expr) => {{
-        use $crate::store::insert::{insert_rows, is_lean};
-        use $crate::store::stmt::{KEY_ONE_FULL, KEY_ONE_KEYED, KEY_ONE_LEAN};
+        use $crate::store::insert::{insert_one_bare, insert_rows, is_bare, is_lean};
+        use $crate::store::stmt::{KEY_ONE_BARE, KEY_ONE_FULL, KEY_ONE_KEYED, KEY_ONE_LEAN};
         let row: &$crate::store::row::NewRow = $row;
-        let s = insert_rows(std::slice::from_ref(row), $tail, false);
-        if row.idempotency_key.is_some() {
-            let $s = s.keyed::<KEY_ONE_KEYED>();
+        if is_bare(row) {
+            let $s = insert_one_bare(row, $tail).keyed::<KEY_ONE_BARE>();
+            $run
+        } else if row.idempotency_key.is_some() {
+            let $s = insert_rows(std::slice::from_ref(row), $tail, false).keyed::<KEY_ONE_KEYED>();
             $run
         } else if is_lean(row) {
-            let $s = s.keyed::<KEY_ONE_LEAN>();
+            let $s = insert_rows(std::slice::from_ref(row), $tail, false).keyed::<KEY_ONE_LEAN>();
             $run
         } else {
-            let $s = s.keyed::<KEY_ONE_FULL>();
+            let $s = insert_rows(std::slice::from_ref(row), $tail, false).keyed::<KEY_ONE_FULL>();
             $run
         }
     }};
@@ -553,6 +605,73 @@ mod tests {
         }
     }
 
+    /// A single row whose options also hold their defaults binds the 11 bare columns (in
+    /// `BARE_ROW_COLUMNS` order, the values `BARE` picks); one option off its default makes
+    /// it a lean row (18 columns).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[test]
+    fn single_rows_at_the_default_options_bind_the_bare_columns() {
+        use super::super::row::NewRow;
+        let names: Vec<&str> = NEW_ROW_COLUMNS.split(',').map(str::trim).collect();
+        let bare: Vec<&str> = BARE_ROW_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(bare, BARE.map(|i| names[i]), "BARE names BARE_ROW_COLUMNS");
+        let r = NewRow {
+            delay_time: 60,
+            shard_key: -7,
+            ..bare_row()
+        };
+        assert!(is_bare(&r));
+        let s = insert_one_bare(&r, Tail::ReturningId);
+        assert_eq!(
+            s.text(),
+            format!(
+                "INSERT INTO consistency_task ({BARE_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, \
+                 ?, ?, ?, ?) RETURNING id"
+            )
+        );
+        let all = row_binds(&r);
+        assert_eq!(s.binds(), BARE.map(|i| all[i]).as_slice());
+        assert_eq!(s.holes().len(), 11);
+        assert_eq!(s.binds()[8], Bind::I64(-7));
+        for off in [
+            NewRow {
+                max_attempts: 3,
+                ..r.clone()
+            },
+            NewRow {
+                execute_interval_sec: 5,
+                ..r.clone()
+            },
+            NewRow {
+                delay_time: 0,
+                ..r.clone()
+            },
+            NewRow {
+                payload_version: 2,
+                ..r.clone()
+            },
+            NewRow {
+                execute_way: 2,
+                ..r.clone()
+            },
+            NewRow {
+                thread_way: 2,
+                ..r.clone()
+            },
+            NewRow {
+                transaction_way: 2,
+                ..r.clone()
+            },
+        ] {
+            assert!(is_lean(&off) && !is_bare(&off), "{off:?}");
+        }
+        let keyed = NewRow {
+            idempotency_key: Some("k".into()),
+            ..r.clone()
+        };
+        assert!(!is_bare(&keyed));
+    }
+
     /// A row at its defaults binds the 18 lean columns; a batch with one row that is not binds
     /// all 31 for every row. With numbered placeholders, rows that agree outside `PER_ROW`
     /// bind only their own values after the first row.
@@ -794,5 +913,36 @@ mod tests {
             static_id(&lean) && static_id(&full),
             "kept prepared under a static id"
         );
+    }
+
+    /// MySQL's single-row insert of a bare row binds the bare shape's columns, in its order.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysqls_bare_insert_names_the_bare_columns() {
+        use super::super::mysql::BareRow;
+        let row = super::super::row::NewRow {
+            delay_time: 60,
+            ..bare_row()
+        };
+        assert!(is_bare(&row));
+        let t = crate::schema::consistency_task::table;
+        let bare = diesel::insert_into(t).values(BareRow::of(&row));
+        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&bare).to_string();
+        let cols = BARE_ROW_COLUMNS
+            .split(", ")
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            sql.starts_with(&format!(
+                "INSERT INTO `consistency_task` ({cols}) VALUES (?"
+            )),
+            "{sql}"
+        );
+        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 11);
+        fn static_id<Q: diesel::query_builder::QueryId>(_: &Q) -> bool {
+            Q::HAS_STATIC_QUERY_ID
+        }
+        assert!(static_id(&bare), "kept prepared under a static id");
     }
 }

@@ -88,6 +88,44 @@ impl<'a> LeanRow<'a> {
     }
 }
 
+/// The columns of a bare row ([`is_bare`](super::insert::is_bare)), borrowed from a
+/// [`NewRow`]: the same columns as [`BARE_ROW_COLUMNS`](super::insert::BARE_ROW_COLUMNS) (a
+/// test compares the two).
+#[derive(Insertable)]
+#[diesel(table_name = crate::schema::consistency_task)]
+#[diesel(treat_none_as_default_value = false)]
+pub(super) struct BareRow<'a> {
+    task_id: &'a str,
+    execute_time: i64,
+    parameter_types: &'a str,
+    method_name: &'a str,
+    method_sign_name: &'a str,
+    task_parameter: &'a [u8],
+    error_msg: &'a str,
+    alert_expression: Option<&'a str>,
+    shard_key: i64,
+    gmt_create: i64,
+    gmt_modified: i64,
+}
+
+impl<'a> BareRow<'a> {
+    pub(super) fn of(r: &'a NewRow) -> BareRow<'a> {
+        BareRow {
+            task_id: &r.task_id,
+            execute_time: r.execute_time,
+            parameter_types: &r.parameter_types,
+            method_name: &r.method_name,
+            method_sign_name: &r.method_sign_name,
+            task_parameter: &r.task_parameter,
+            error_msg: &r.error_msg,
+            alert_expression: r.alert_expression.as_deref(),
+            shard_key: r.shard_key,
+            gmt_create: r.gmt_create,
+            gmt_modified: r.gmt_modified,
+        }
+    }
+}
+
 impl Ops for MysqlConnection {
     fn backend(&self) -> &'static str {
         "mysql"
@@ -97,10 +135,14 @@ impl Ops for MysqlConnection {
         // A duplicate key fails only this statement on InnoDB (the caller's transaction goes
         // on), so a plain INSERT is the race-free "insert unless the key exists". INSERT IGNORE
         // would also silence truncation and other errors. The new id comes from the executed
-        // statement (`mysql_stmt_insert_id`): no `SELECT LAST_INSERT_ID()` round trip. Both
+        // statement (`mysql_stmt_insert_id`): no `SELECT LAST_INSERT_ID()` round trip. The
         // statements are diesel DSL inserts of static shape, which diesel keeps prepared.
         let t = crate::schema::consistency_task::table;
-        let id = if super::insert::is_lean(row) {
+        let id = if super::insert::is_bare(row) {
+            diesel::insert_into(t)
+                .values(BareRow::of(row))
+                .execute_returning_id(self)
+        } else if super::insert::is_lean(row) {
             diesel::insert_into(t)
                 .values(LeanRow::of(row))
                 .execute_returning_id(self)

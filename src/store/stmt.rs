@@ -78,6 +78,8 @@ pub(crate) const KEY_ONE_FULL: u8 = 2;
 /// The single-row insert's statement for a row with an idempotency key (the backend's conflict
 /// tail).
 pub(crate) const KEY_ONE_KEYED: u8 = 3;
+/// The single-row insert's statement for a bare row (`insert::is_bare`).
+pub(crate) const KEY_ONE_BARE: u8 = 5;
 /// SQLite's multi-row inserts: `KEY_ROWS + ` the insert's shape index (`insert::INSERT_SHAPES`
 /// of them, so up to 127).
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]

@@ -51,7 +51,51 @@ pub(super) fn insert_one_reads_back_every_column<D: Db>(db: &D) {
     assert_eq!(got.id, full_id);
     assert_stored(&full, &got);
     assert_stored(&bare, &found(&mut conn, bare_id));
-    // A bare row binds only the columns that differ from their defaults (`insert::is_lean`);
+    // A row whose options hold their defaults binds only 11 columns (`insert::is_bare`): the
+    // database's defaults must be the values it stands for. One option off its default makes
+    // it a lean row (18 columns, `insert::is_lean`).
+    let defaults = NewRow {
+        delay_time: 60,
+        error_msg: "an error kept from before — 🚚".into(),
+        alert_expression: Some(crate::task::DEFAULT_ALERT_EXPRESSION.into()),
+        shard_key: i64::MAX,
+        ..row(T0 + 9)
+    };
+    assert!(crate::store::insert::is_bare(&defaults));
+    let id = insert(&mut conn, &defaults);
+    assert_stored(&defaults, &found(&mut conn, id));
+    for lean in [
+        NewRow {
+            max_attempts: 1,
+            ..defaults.clone()
+        },
+        NewRow {
+            execute_interval_sec: 1,
+            ..defaults.clone()
+        },
+        NewRow {
+            delay_time: 0,
+            ..defaults.clone()
+        },
+        NewRow {
+            payload_version: 0,
+            ..defaults.clone()
+        },
+        NewRow {
+            execute_way: 2,
+            thread_way: 2,
+            ..defaults.clone()
+        },
+        NewRow {
+            transaction_way: 2,
+            ..defaults.clone()
+        },
+    ] {
+        assert!(!crate::store::insert::is_bare(&lean));
+        let id = insert(&mut conn, &lean);
+        assert_stored(&lean, &found(&mut conn, id));
+    }
+    // A lean row binds only the columns that differ from their defaults (`insert::is_lean`);
     // one non-default value among the others makes it bind every column.
     for one in [
         NewRow {
@@ -157,7 +201,14 @@ pub(super) fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
         _ => {}
     });
     let round = |conn: &mut D::Conn, n: i64, token: i64| {
-        let fresh: Vec<i64> = (0..n).map(|i| insert(conn, &row(T0 - 1000 + i))).collect();
+        // Bare rows (`insert::is_bare`) and lean ones: both single-row shapes.
+        let fresh: Vec<i64> = (0..n)
+            .map(|i| {
+                let r = row(T0 - 1000 + i);
+                let delay_time = if i % 2 == 0 { 60 } else { r.delay_time };
+                insert(conn, &NewRow { delay_time, ..r })
+            })
+            .collect();
         let got = claim(conn, T0, T0 + WEEK, token, n - 1, None);
         assert_eq!(got.len() as i64, n - 1);
         let rest = claim(conn, T0, T0 + WEEK, token, n, Some(&fresh));
