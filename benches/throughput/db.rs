@@ -100,6 +100,16 @@ pub(crate) trait Db: 'static {
     fn flush_table(_c: &mut Self::C) -> QueryResult<()> {
         Ok(())
     }
+    /// SQLite: turns the connection's automatic WAL checkpoint off (`false`) or back on at
+    /// SQLite's default of 1000 pages (`true`). The enqueue phase checkpoints between turns
+    /// instead, untimed (`checkpoint`).
+    fn auto_checkpoint(_c: &mut Self::C, _on: bool) -> QueryResult<()> {
+        Ok(())
+    }
+    /// SQLite: copies the WAL's frames into the database file now (`PRAGMA wal_checkpoint`).
+    fn checkpoint(_c: &mut Self::C) -> QueryResult<()> {
+        Ok(())
+    }
     /// The server's row-lock counters (`multiproc.rs`), where the backend has them.
     fn lock_waits(_c: &mut Self::C) -> QueryResult<Option<LockWaits>> {
         Ok(None)
@@ -262,6 +272,16 @@ pub(crate) mod sqlite_db {
         }
         fn analyze(_c: &mut Self::C) -> QueryResult<()> {
             Ok(())
+        }
+        fn auto_checkpoint(c: &mut Self::C, on: bool) -> QueryResult<()> {
+            c.batch_execute(if on {
+                "PRAGMA wal_autocheckpoint = 1000"
+            } else {
+                "PRAGMA wal_autocheckpoint = 0"
+            })
+        }
+        fn checkpoint(c: &mut Self::C) -> QueryResult<()> {
+            c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)")
         }
         /// SQLite runs in this process: what the process wrote (`/proc/self/io`: `wchar`,
         /// bytes passed to write calls, i.e. WAL frames and checkpoints' page copies; `syscw`,
