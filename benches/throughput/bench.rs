@@ -141,19 +141,7 @@ impl<D: Db> Bench<D> {
                     order += 1;
                     let i = order;
                     let start = Instant::now();
-                    match part {
-                        0 | 3 => c.transaction(|c| D::insert_order(c, i))?,
-                        1 => c.transaction(|c| -> Res<()> {
-                            D::insert_order(c, i)?;
-                            tend::enqueue(c, &Noop { order_id: i })?;
-                            Ok(())
-                        })?,
-                        _ => c.transaction(|c| -> Res<()> {
-                            D::insert_order(c, i)?;
-                            D::insert_task(c, &LimitRow::noop(i, now_ms()))?;
-                            Ok(())
-                        })?,
-                    }
+                    enqueue_tx::<D>(&mut c, Kind::of(part), i)?;
                     t[part] += start.elapsed();
                     txs[part] += 1;
                 }
@@ -276,19 +264,7 @@ impl<D: Db> Bench<D> {
                 for _ in 0..TXS {
                     *order += 1;
                     let i = *order;
-                    match part {
-                        0 => c.transaction(|c| D::insert_order(c, i))?,
-                        1 => c.transaction(|c| -> Res<()> {
-                            D::insert_order(c, i)?;
-                            tend::enqueue(c, &Noop { order_id: i })?;
-                            Ok(())
-                        })?,
-                        _ => c.transaction(|c| -> Res<()> {
-                            D::insert_order(c, i)?;
-                            D::insert_task(c, &LimitRow::noop(i, now_ms()))?;
-                            Ok(())
-                        })?,
-                    }
+                    enqueue_tx::<D>(c, Kind::of(part), i)?;
                 }
                 let after = D::work(&mut *c)?.expect("read before");
                 sum[part].log_bytes += after.log_bytes - before.log_bytes;
@@ -319,6 +295,37 @@ impl<D: Db> Bench<D> {
         }
         Ok(())
     }
+}
+
+/// What an enqueue-phase transaction writes after its business row.
+enum Kind {
+    BusinessOnly,
+    Tend,
+    Limit,
+}
+
+impl Kind {
+    /// The phase's slots: 1 tend, 2 the limit, any other the business row alone.
+    fn of(part: usize) -> Kind {
+        match part {
+            1 => Kind::Tend,
+            2 => Kind::Limit,
+            _ => Kind::BusinessOnly,
+        }
+    }
+}
+
+/// One transaction of the enqueue phase: business row `i`, then what `kind` adds.
+fn enqueue_tx<D: Db>(c: &mut Pooled<D>, kind: Kind, i: i64) -> Res<()> {
+    c.transaction(|c| -> Res<()> {
+        D::insert_order(c, i)?;
+        match kind {
+            Kind::Tend => drop(tend::enqueue(c, &Noop { order_id: i })?),
+            Kind::Limit => D::insert_task(c, &LimitRow::noop(i, now_ms()))?,
+            Kind::BusinessOnly => {}
+        }
+        Ok(())
+    })
 }
 
 /// The next value of a xorshift64 generator (the enqueue phase's turn orders).

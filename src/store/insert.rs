@@ -880,18 +880,16 @@ mod tests {
         assert_eq!(json_chunks(&small).count(), 1);
     }
 
-    /// MySQL's single-row insert (a diesel DSL insert, see `mysql.rs`) of a lean row binds the
-    /// lean shape's columns, in its order, and nothing else; of any other row, all 31.
+    /// Asserts that `q`, a MySQL insert, names `columns` in order and binds `binds` values, and
+    /// that diesel keeps it prepared under a static id.
     #[cfg(feature = "mysql")]
-    #[test]
-    fn mysqls_lean_insert_names_the_lean_columns() {
-        use super::super::mysql::LeanRow;
-        let row = bare_row();
-        assert!(is_lean(&row));
-        let t = crate::schema::consistency_task::table;
-        let lean = diesel::insert_into(t).values(LeanRow::of(&row));
-        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&lean).to_string();
-        let cols = LEAN_ROW_COLUMNS
+    fn assert_mysql_insert<Q>(q: &Q, columns: &str, binds: usize)
+    where
+        Q: diesel::query_builder::QueryFragment<diesel::mysql::Mysql>
+            + diesel::query_builder::QueryId,
+    {
+        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(q).to_string();
+        let cols = columns
             .split(", ")
             .map(|c| format!("`{c}`"))
             .collect::<Vec<_>>()
@@ -902,17 +900,28 @@ mod tests {
             )),
             "{sql}"
         );
-        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 18);
-        let full = diesel::insert_into(t).values(&row);
-        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&full).to_string();
-        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 31);
-        fn static_id<Q: diesel::query_builder::QueryId>(_: &Q) -> bool {
-            Q::HAS_STATIC_QUERY_ID
-        }
-        assert!(
-            static_id(&lean) && static_id(&full),
-            "kept prepared under a static id"
+        assert_eq!(
+            sql.split(" -- ").next().unwrap().matches('?').count(),
+            binds
         );
+        assert!(Q::HAS_STATIC_QUERY_ID, "kept prepared under a static id");
+    }
+
+    /// MySQL's single-row insert (a diesel DSL insert, see `mysql.rs`) of a lean row binds the
+    /// lean shape's columns, in its order, and nothing else; of any other row, all 31.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn mysqls_lean_insert_names_the_lean_columns() {
+        use super::super::mysql::LeanRow;
+        let row = bare_row();
+        assert!(is_lean(&row));
+        let t = crate::schema::consistency_task::table;
+        assert_mysql_insert(
+            &diesel::insert_into(t).values(LeanRow::of(&row)),
+            LEAN_ROW_COLUMNS,
+            18,
+        );
+        assert_mysql_insert(&diesel::insert_into(t).values(&row), NEW_ROW_COLUMNS, 31);
     }
 
     /// MySQL's single-row insert of a bare row binds the bare shape's columns, in its order.
@@ -926,23 +935,10 @@ mod tests {
         };
         assert!(is_bare(&row));
         let t = crate::schema::consistency_task::table;
-        let bare = diesel::insert_into(t).values(BareRow::of(&row));
-        let sql = diesel::debug_query::<diesel::mysql::Mysql, _>(&bare).to_string();
-        let cols = BARE_ROW_COLUMNS
-            .split(", ")
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        assert!(
-            sql.starts_with(&format!(
-                "INSERT INTO `consistency_task` ({cols}) VALUES (?"
-            )),
-            "{sql}"
+        assert_mysql_insert(
+            &diesel::insert_into(t).values(BareRow::of(&row)),
+            BARE_ROW_COLUMNS,
+            11,
         );
-        assert_eq!(sql.split(" -- ").next().unwrap().matches('?').count(), 11);
-        fn static_id<Q: diesel::query_builder::QueryId>(_: &Q) -> bool {
-            Q::HAS_STATIC_QUERY_ID
-        }
-        assert!(static_id(&bare), "kept prepared under a static id");
     }
 }
