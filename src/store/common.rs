@@ -1,8 +1,10 @@
 //! The statements every backend shares, written once with diesel's DSL and stamped out per
 //! connection type.
 
-/// The statements every backend shares, written once with diesel's DSL.
-macro_rules! common_ops {
+/// `Ops::complete` on the backends without array binds (MySQL, SQLite): the ids as an `IN`
+/// list, padded to a few cached shapes (PostgreSQL binds them as one array, `pg.rs`).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+macro_rules! complete_in_list {
     () => {
         fn complete(&mut self, token: i64, ids: &[i64]) -> QueryResult<usize> {
             use $crate::store::stmt::{Bind, Stmt};
@@ -16,7 +18,14 @@ macro_rules! common_ops {
                 .ids(ids)
                 .execute(self)
         }
+    };
+}
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) use complete_in_list;
 
+/// The statements every backend shares, written once with diesel's DSL.
+macro_rules! common_ops {
+    () => {
         fn finish(&mut self, rows: &[$crate::store::row::Finish]) -> QueryResult<Vec<i64>> {
             use $crate::store::stmt::{Bind, Stmt};
             self.isolate_next()?;

@@ -254,6 +254,7 @@ impl Ops for MysqlConnection {
         }
     }
 
+    super::common::complete_in_list!();
     super::common::common_ops!();
 }
 

@@ -137,6 +137,7 @@ impl Ops for SqliteConnection {
             .map_err(|e| e.to_string())
     }
 
+    super::common::complete_in_list!();
     super::common::common_ops!();
 }
 

@@ -84,6 +84,9 @@ pub(crate) const KEY_ONE_BARE: u8 = 5;
 /// of them, so up to 127).
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) const KEY_ROWS: u8 = 16;
+/// PostgreSQL's claim of one queue's due rows (`pg::hot_claim`), the shape every fetcher runs.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) const KEY_CLAIM: u8 = 6;
 /// The backend's read of the id the last insert made (MySQL, SQLite).
 #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) const KEY_LAST_ID: u8 = 4;
@@ -175,6 +178,20 @@ impl<'a> Stmt<'a> {
 }
 
 impl<'a, ST, K> Stmt<'a, ST, K> {
+    /// This statement's text and the byte offsets of its placeholders, to be kept and run
+    /// again with other binds ([`Stmt::prepared`]).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn into_text(self) -> (String, Vec<usize>) {
+        (self.sql.into_owned(), self.holes.into_owned())
+    }
+
+    /// Whether `other` has the same text and binds (debug checks of a statement assembled
+    /// from a kept text).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn same_as<ST2, K2>(&self, other: &Stmt<'a, ST2, K2>) -> bool {
+        self.sql == other.sql && self.binds == other.binds && self.holes == other.holes
+    }
+
     /// Rows of this statement have SQL type `ST2`, its columns in order.
     pub(crate) fn typed<ST2>(self) -> Stmt<'a, ST2, K> {
         Stmt {
