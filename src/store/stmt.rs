@@ -103,8 +103,8 @@ const TASK_COLUMNS: &str = "id, task_id, idempotency_key, task_status, \
 /// The columns of [`ClaimRow`](super::row::ClaimRow) in its field order: what a claim reads
 /// of each row.
 pub(crate) const CLAIM_COLUMNS: &str = "id, task_id, task_status, execute_times, max_attempts, \
-    execute_time, method_sign_name, execute_interval_sec, delay_time, task_parameter, \
-    payload_version, execute_way, thread_way, transaction_way, error_msg, alert_expression, \
+    execute_time, method_sign_name, execute_interval_sec, task_parameter, \
+    payload_version, error_msg, alert_expression, \
     alert_action_bean_name, fallback_class_name, fallback_error_msg, shard_key, gmt_create, \
     trace_parent, priority, ordering_key";
 

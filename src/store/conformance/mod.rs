@@ -326,6 +326,10 @@ fn as_claimed(stored: &TaskRow) -> TaskRow {
         method_name: String::new(),
         duration_ms: None,
         queue: String::new(),
+        delay_time: 0,
+        execute_way: 0,
+        thread_way: 0,
+        transaction_way: 0,
         ..stored.clone()
     }
 }
