@@ -211,10 +211,6 @@ impl diesel::query_builder::QueryId for DeleteLeased<'_> {
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl diesel::query_builder::Query for DeleteLeased<'_> {
-    type SqlType = diesel::sql_types::Untyped;
-}
-
 impl<C> RunQueryDsl<C> for DeleteLeased<'_> {}
 
 impl diesel::query_builder::QueryFragment<Pg> for DeleteLeased<'_> {
