@@ -412,7 +412,6 @@ macro_rules! admin_ops {
             fn stats(&mut self, now: i64) -> QueryResult<$crate::admin::Stats> {
                 use diesel::dsl::count_star;
                 use $crate::schema::consistency_task::dsl as t;
-                let claimable = [0, 1, 2];
                 let by_status = t::consistency_task
                     .group_by(t::task_status)
                     .select((t::task_status, count_star()))
@@ -423,8 +422,15 @@ macro_rules! admin_ops {
                     .select((t::method_sign_name, t::task_status, count_star()))
                     .order((t::method_sign_name, t::task_status))
                     .load(self)?;
+                // `lease::claimable` and due: idle, or running under a lapsed (or no) lease.
                 let due = t::consistency_task
-                    .filter(t::task_status.eq_any(claimable))
+                    .filter(
+                        t::task_status.eq_any([0, 2]).or(t::task_status.eq(1).and(
+                            t::lease_expires_at
+                                .is_null()
+                                .or(t::lease_expires_at.le(now)),
+                        )),
+                    )
                     .filter(t::execute_time.le(now));
                 let due_now = due.clone().count().get_result(self)?;
                 let oldest_due = due

@@ -68,7 +68,8 @@ pub fn complete_in<C: StoreConnection>(conn: &mut C, ctx: &TaskContext) -> Resul
     let backend = conn.backend();
     let held = if ctx.keep_completed {
         let now = now_ms();
-        let kept = Finish::kept(ctx.id, ctx.token, String::new(), None, None, now);
+        let ran = crate::util::millis(ctx.started.elapsed());
+        let kept = Finish::kept(ctx.id, ctx.token, String::new(), None, ran, now);
         conn.finish(std::slice::from_ref(&kept))
             .map(|held| held.len())
     } else {

@@ -757,6 +757,10 @@ pub struct TaskContext {
     pub(crate) states: States,
     /// Set by [`crate::complete_in`]: the handler's own transaction completes the task.
     pub(crate) completed_in: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When the attempt started: a row kept by [`crate::complete_in`] records how long the
+    /// attempt had run (every kept success has a duration; the kept rows' index is partial
+    /// on it).
+    pub(crate) started: std::time::Instant,
 }
 
 impl TaskContext {

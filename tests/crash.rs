@@ -345,8 +345,10 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: TestConn>() {
     let seen = reclaimed.clone();
     let mut registry = Registry::new();
     registry.register::<Resume<false>>().unwrap();
+    let parent_lease = Duration::from_secs(30);
     let handle = WorkerPool::builder(db.pool.clone(), registry)
         .owner("parent")
+        .lease(parent_lease)
         .poll_interval(Duration::from_millis(50))
         .events(move |e: &Event<'_>| {
             if let Event::LeaseExpired(task) = e {
@@ -364,10 +366,12 @@ fn a_killed_workers_task_runs_again_after_its_lease<C: TestConn>() {
     assert_eq!(taken.task_status, 1);
     assert_eq!(taken.execute_times, 2, "the killed attempt counts");
     assert_ne!(taken.lease_token, Some(child_token), "a new fencing token");
+    // The lease writes no time but its end: the claim ran at that end less the lease.
+    let claimed_at =
+        taken.lease_expires_at.expect("the new lease") - parent_lease.as_millis() as i64;
     assert!(
-        taken.gmt_modified >= expiry,
-        "claimed at {} while the dead lease ran until {expiry}",
-        taken.gmt_modified
+        claimed_at >= expiry,
+        "claimed at {claimed_at} while the dead lease ran until {expiry}"
     );
     // The event follows the claim's commit: wait for it rather than race it.
     let reported = wait_for("the reclaim to be reported", PATIENCE, || {

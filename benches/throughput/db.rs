@@ -229,12 +229,16 @@ pub(crate) mod sqlite_db {
     // gmt_modified) index for `task_status IN (…)` and sorts every pending row to find the
     // first 100 by execute_time (5 ms per claim at 20k rows, 220 ms at 1M); the unary plus
     // keeps it on the execute_time index, O(batch). See benches/README.md.
+    /// `DUE` with SQLite's `+task_status` (see above).
+    const SQLITE_DUE: &str = "execute_time <= ? AND (+task_status IN (0, 2) OR (+task_status = \
+         1 AND (lease_expires_at IS NULL OR lease_expires_at <= ?)))";
+
     sql!(SqliteClaim, (BigInt, Binary), {
         static S: OnceLock<String> = OnceLock::new();
         S.get_or_init(|| {
             format!(
                 "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
-                 WHERE queue = 'default' AND priority = 0 AND execute_time <= ? AND +task_status IN (0, 1, 2) ORDER BY execute_time \
+                 WHERE queue = 'default' AND priority = 0 AND {SQLITE_DUE} ORDER BY execute_time \
                  LIMIT {BATCH}) RETURNING id, task_parameter"
             )
         })
@@ -308,7 +312,7 @@ pub(crate) mod sqlite_db {
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             // One autocommit statement: SQLite takes the write lock when the UPDATE starts.
             let mut b = l.set_binds();
-            b.push(Bind::I(l.now));
+            b.extend([Bind::I(l.now), Bind::I(l.now)]);
             raw::<SqliteClaim>(b).load(c)
         }
         shared_ops!();
@@ -328,7 +332,7 @@ pub(crate) mod pg_db {
         S.get_or_init(|| {
             format!(
                 "UPDATE consistency_task {LEASE_SET} WHERE id IN (SELECT id FROM consistency_task \
-                 WHERE queue = 'default' AND priority = 0 AND execute_time <= ? AND task_status IN (0, 1, 2) ORDER BY execute_time \
+                 WHERE queue = 'default' AND priority = 0 AND {DUE} ORDER BY execute_time \
                  LIMIT {BATCH} FOR UPDATE SKIP LOCKED) RETURNING id, task_parameter"
             )
         })
@@ -375,7 +379,7 @@ pub(crate) mod pg_db {
         }
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             let mut b = l.set_binds();
-            b.push(Bind::I(l.now));
+            b.extend([Bind::I(l.now), Bind::I(l.now)]);
             raw::<PgClaim>(b).load(c)
         }
         fn work(c: &mut Self::C) -> QueryResult<Option<Work>> {
@@ -495,8 +499,7 @@ pub(crate) mod mysql_db {
         S.get_or_init(|| {
             format!(
                 "SELECT id, task_parameter FROM consistency_task WHERE queue = 'default' \
-                 AND priority = 0 AND execute_time <= ? \
-                 AND task_status IN (0, 1, 2) ORDER BY execute_time LIMIT {BATCH} \
+                 AND priority = 0 AND {DUE} ORDER BY execute_time LIMIT {BATCH} \
                  FOR UPDATE SKIP LOCKED"
             )
         })
@@ -614,7 +617,7 @@ pub(crate) mod mysql_db {
         fn claim(c: &mut Self::C, l: &Lease) -> QueryResult<Vec<(i64, Vec<u8>)>> {
             c.transaction(|c| {
                 let rows: Vec<(i64, Vec<u8>)> =
-                    raw::<MyClaimSelect>(vec![Bind::I(l.now)]).load(c)?;
+                    raw::<MyClaimSelect>(vec![Bind::I(l.now), Bind::I(l.now)]).load(c)?;
                 lease_rows(c, l, &rows)?;
                 Ok(rows)
             })

@@ -107,7 +107,14 @@ impl<D: Db> Bench<D> {
         } else {
             &[0, 1]
         };
-        for k in [1usize, 2, 4, 8] {
+        // `TEND_BENCH_DRAIN_K=4` (a comma list) runs only those thread counts: an A/B of one
+        // figure without the others' minutes.
+        let ks: Vec<usize> = std::env::var("TEND_BENCH_DRAIN_K")
+            .ok()
+            .map(|v| v.split(',').filter_map(|k| k.trim().parse().ok()).collect())
+            .filter(|ks: &Vec<usize>| !ks.is_empty())
+            .unwrap_or_else(|| vec![1, 2, 4, 8]);
+        for k in ks {
             let mut runs: [Vec<f64>; 3] = Default::default();
             for rep in 0..DRAIN_REPEATS {
                 // Rotate who goes first.

@@ -200,7 +200,13 @@ sql!(InsertLeased, BigInt, {
 });
 
 pub(crate) const LEASE_SET: &str = "SET task_status = 1, execute_times = execute_times + 1, \
-     execute_time = ?, lease_expires_at = ?, lease_token = ?, lease_owner = ?, gmt_modified = ?";
+     lease_expires_at = ?, lease_token = ?, lease_owner = ?";
+
+/// Claimable and due, as tend's claim reads it (`lease::claimable`): the lease leaves the due
+/// time alone, so a running row is skipped until its lease lapses. Two binds: now, now.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) const DUE: &str = "execute_time <= ? AND (task_status IN (0, 2) OR (task_status = 1 \
+     AND (lease_expires_at IS NULL OR lease_expires_at <= ?)))";
 
 /// The claim's lease: the same columns tend writes.
 pub(crate) struct Lease {
@@ -232,10 +238,8 @@ impl Lease {
     pub(crate) fn set_binds(&self) -> Vec<Bind> {
         vec![
             Bind::I(self.until),
-            Bind::I(self.until),
             Bind::I(self.token),
             Bind::T(LIMIT_OWNER),
-            Bind::I(self.now),
         ]
     }
 }

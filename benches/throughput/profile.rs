@@ -93,7 +93,54 @@ pub(crate) fn profile_instrumentation() -> Option<Box<dyn Instrumentation>> {
     Some(Box::new(Timer { running: None }))
 }
 
+/// `TEND_BENCH_PERF=<dir>`: each phase (between two `profile_phase` calls) is recorded by its
+/// own `perf record -a -g` into `<dir>/<n>-<phase>.data`, the whole machine (tend's threads and
+/// the database server's processes alike), so that a phase's samples can be compared with
+/// another's (tend's drain with the limit's) without slicing one recording by time.
+struct PerfRun {
+    child: std::process::Child,
+}
+
+static PERF: Mutex<(Option<PerfRun>, usize)> = Mutex::new((None, 0));
+
+fn perf_phase(name: &str) {
+    let Ok(dir) = std::env::var("TEND_BENCH_PERF") else {
+        return;
+    };
+    let mut g = PERF.lock().unwrap();
+    if let Some(mut run) = g.0.take() {
+        let _ = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(run.child.id().to_string())
+            .status();
+        let _ = run.child.wait();
+    }
+    if name == "-" {
+        return;
+    }
+    g.1 += 1;
+    let file: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let out = format!("{dir}/{:03}-{file}.data", g.1);
+    match std::process::Command::new("perf")
+        .args(["record", "-q", "-F", "1999", "-a", "-g", "-o", &out])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => {
+            // perf needs a moment to open its events on every CPU.
+            thread::sleep(Duration::from_millis(300));
+            g.0 = Some(PerfRun { child });
+        }
+        Err(e) => log(format!("TEND_BENCH_PERF: cannot start perf: {e}")),
+    }
+}
+
 pub(crate) fn profile_phase(name: &str, tasks: usize) {
+    perf_phase(name);
     if let Some(p) = PROFILE.lock().unwrap().as_mut() {
         if let Some(t) = p.started.take() {
             let wall = t.elapsed();

@@ -196,12 +196,13 @@ pub(crate) fn run_one(cfg: &Executor, row: TaskRow) -> Done {
         keep_completed: cfg.keep_completed.is_some(),
         states: cfg.registry.states(),
         completed_in: Default::default(),
+        started: Instant::now(),
     };
     let opts = handler.options();
     // The row says whether a fallback is on (the type's option, or the enqueue's override).
     let has_fallback = row.fallback_class_name.is_some();
     let fallback_due = |e: &TaskError| fallback_due(has_fallback, opts, ctx.attempt, e);
-    let started = Instant::now();
+    let started = ctx.started;
     let attempt = handler.run(&row.task_parameter, &ctx, &fallback_due);
     let duration = started.elapsed();
     if let Attempt::Failed { error, .. } | Attempt::FallbackSucceeded(error) = &attempt {
@@ -535,7 +536,7 @@ fn completed(cfg: &Executor, row: &TaskRow, token: i64, duration: Duration) -> D
         token,
         row.error_msg.clone(),
         row.fallback_error_msg.clone(),
-        Some(crate::util::millis(duration)),
+        crate::util::millis(duration),
         cfg.now_ms(),
     );
     f.release_key = row.ordering_key.clone();

@@ -20,9 +20,10 @@
 //!   Notifications coalesce: while one is being sent, any number of commits queue one more,
 //!   and the notifier sends at most one per shard every 2 ms.
 //! * **A due-probe** (every backend). Between polls, the shard's first fetcher reads whether
-//!   any row is due (`SELECT id … WHERE execute_time <= now AND task_status IN (0, 1, 2) ORDER
-//!   BY execute_time LIMIT 1`, on the due index: one index entry read), every probe interval,
-//!   and claims only when one is. It sees tasks however they were enqueued, also with plain
+//!   any row is due (`SELECT id … WHERE execute_time <= now AND` claimable `ORDER BY
+//!   execute_time LIMIT 1`, on the due index: it reads past the rows running now, whose lease
+//!   leaves their due time as it was, then one more entry), every probe interval, and claims
+//!   only when one is. It sees tasks however they were enqueued, also with plain
 //!   `tend::enqueue` inside the application's own transaction, which no hook can see commit.
 
 use std::cell::RefCell;

@@ -140,7 +140,10 @@ macro_rules! common_ops {
             // Two statements: this runs after the commit that took row `after` out, which
             // waited for any transaction that was putting rows of the key in line (they lock
             // the key's first row), so what it reads here is settled.
-            match next_in_line(key, after).get_result::<(i64, i64)>(self).optional()? {
+            match next_in_line(key, after)
+                .get_result::<(i64, i64)>(self)
+                .optional()?
+            {
                 Some((id, at)) if at == $crate::status::WAITING => {
                     self.isolate_next()?;
                     out_of_line(id, now).execute(self)
@@ -180,14 +183,13 @@ macro_rules! common_ops {
             );
             self.isolate_next()?;
             // No read of the row's other columns and no arithmetic, as `hold_unclaimable`.
-            $crate::store::lease::park($crate::status::TaskStatus::Held, now, &message)
+            let s = $crate::store::lease::park($crate::status::TaskStatus::Held, now, &message)
                 .sql(" WHERE queue = ")
                 .bind(Bind::Text(queue))
                 .sql(&format!(
-                    " AND (priority > {MAX_PRIORITY} OR priority < {MIN_PRIORITY}) \
-                     AND task_status IN "
-                ))
-                .sql($crate::store::lease::CLAIMABLE_SQL)
+                    " AND (priority > {MAX_PRIORITY} OR priority < {MIN_PRIORITY}) AND "
+                ));
+            $crate::store::lease::claimable(s, "task_status", "lease_expires_at", now)
                 .sql(" AND execute_time <= ")
                 .bind(Bind::I64(now))
                 .execute(self)
@@ -208,26 +210,29 @@ macro_rules! common_ops {
             use $crate::store::stmt::Bind;
             // No arithmetic and no read of the row's other columns: this must work on the
             // rows the claim could not take.
-            $crate::store::lease::park_by_id($crate::status::TaskStatus::Held, id, now, message)
-                .sql(" AND task_status IN ")
-                .sql($crate::store::lease::CLAIMABLE_SQL)
+            let s = $crate::store::lease::park_by_id(
+                $crate::status::TaskStatus::Held,
+                id,
+                now,
+                message,
+            )
+            .sql(" AND ");
+            $crate::store::lease::claimable(s, "task_status", "lease_expires_at", now)
                 .sql(" AND execute_time <= ")
                 .bind(Bind::I64(now))
                 .execute(self)
         }
 
-        fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
+        fn extend(&mut self, token: i64, ids: &[i64], until: i64, _now: i64) -> QueryResult<usize> {
             use $crate::store::stmt::{Bind, Stmt};
             let mut n = 0;
             // Chunks keep the padded lists within every backend's bind limit.
             for chunk in ids.chunks(1024) {
                 self.isolate_next()?;
-                n += Stmt::new("UPDATE consistency_task SET execute_time = ")
+                // Only the lease's end, as the claim's lease (`lease::lease_set`): no indexed
+                // column, so a HOT update on PostgreSQL.
+                n += Stmt::new("UPDATE consistency_task SET lease_expires_at = ")
                     .bind(Bind::I64(until))
-                    .sql(", lease_expires_at = ")
-                    .bind(Bind::I64(until))
-                    .sql(", gmt_modified = ")
-                    .bind(Bind::I64(now))
                     .sql(" WHERE lease_token = ")
                     .bind(Bind::I64(token))
                     .sql(" AND id IN ")
@@ -241,12 +246,14 @@ macro_rules! common_ops {
             use $crate::schema::consistency_task::dsl as t;
             use $crate::store::stmt::{Bind, Stmt};
             let done = $crate::status::TaskStatus::Succeeded.as_i32();
-            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select. The status
-            // is a literal, not a bind: PostgreSQL and SQLite use the partial index
-            // `consistency_task_kept (gmt_modified) WHERE task_status = 3` only for a query
-            // whose text implies its predicate.
+            // Two steps because MySQL/MariaDB refuse LIMIT inside an IN sub-select. PostgreSQL
+            // and SQLite use the partial index `consistency_task_kept (gmt_modified) WHERE
+            // duration_ms IS NOT NULL` (every kept success has a duration; the lease never
+            // writes it, so the index costs the lease nothing) only for a query whose text
+            // implies its predicate; the status is a literal too.
             let ids: Vec<i64> = Stmt::new(&format!(
-                "SELECT id FROM consistency_task WHERE task_status = {done} AND gmt_modified < "
+                "SELECT id FROM consistency_task WHERE duration_ms IS NOT NULL AND \
+                 task_status = {done} AND gmt_modified < "
             ))
             .bind(Bind::I64(before))
             .sql(" LIMIT ")

@@ -8,7 +8,7 @@ use super::stmt;
 /// first: MySQL, which has no `UPDATE … RETURNING`, and SQLite, whose `RETURNING` costs a
 /// temporary table per run).
 ///
-/// The lease re-checks that each row is still claimable (status and due time): on a server
+/// The lease re-checks that each row is still claimable ([`claimable`], and due): on a server
 /// whose `SKIP LOCKED` takes no lock (TiDB) or locks on one node only (Galera), another
 /// claimer may have leased a row between the read and this update, and it must not be leased
 /// twice. Only rows the update matched are run (see `lease_rows!`).
@@ -16,18 +16,46 @@ pub(crate) fn lease_by_ids<'a>(c: &Claim<'a>, ids: &[i64]) -> stmt::Stmt<'a> {
     use stmt::Bind;
     let s = stmt::Stmt::new("UPDATE consistency_task SET task_status = 1, execute_times = ")
         .sql(&next_attempt("execute_times"));
-    lease_set(s, c)
-        .sql(" WHERE id IN ")
-        .ids(ids)
-        .sql(" AND task_status IN ")
-        .sql(CLAIMABLE_SQL)
+    let s = lease_set(s, c).sql(" WHERE id IN ").ids(ids).sql(" AND ");
+    claimable(s, "task_status", "lease_expires_at", c.now)
         .sql(" AND execute_time <= ")
         .bind(Bind::I64(c.now))
 }
 
-/// The claimable statuses as SQL (`TaskStatus::is_claimable`): pending, running (when its lease
-/// expired), failed.
-pub(crate) const CLAIMABLE_SQL: &str = "(0, 1, 2)";
+/// The statuses a claim takes whatever the lease columns hold (`TaskStatus::is_claimable` but
+/// running): pending and failed.
+pub(crate) const IDLE_SQL: &str = "(0, 2)";
+
+/// Appends `(status IN (0, 2) OR (status = 1 AND (lease IS NULL OR lease <= now)))`: a row a
+/// claim may take by its status, pending or failed, or running under a lease that lapsed at
+/// `now` (its worker crashed or hung) or that it never had (a row written as running by hand
+/// or by an older framework must not be stuck for good). The caller adds the due time
+/// (`execute_time <= now`).
+///
+/// The lease leaves `execute_time` alone (as every column an index holds, see [`lease_set`]),
+/// so a running row stays in the due range: this is what keeps it out of claims until its
+/// lease lapses. `status` and `lease` are the columns as the statement names them (an alias,
+/// SQLite's `+task_status`).
+pub(crate) fn claimable<'a, ST>(
+    s: stmt::Stmt<'a, ST>,
+    status: &str,
+    lease: &str,
+    now: i64,
+) -> stmt::Stmt<'a, ST> {
+    s.sql("(")
+        .sql(status)
+        .sql(" IN ")
+        .sql(IDLE_SQL)
+        .sql(" OR (")
+        .sql(status)
+        .sql(" = 1 AND (")
+        .sql(lease)
+        .sql(" IS NULL OR ")
+        .sql(lease)
+        .sql(" <= ")
+        .bind(stmt::Bind::I64(now))
+        .sql(")))")
+}
 
 /// `execute_times` plus one, saturating at `i32::MAX` (the column is a 32-bit INTEGER on every
 /// backend: a plain `+ 1` on a row at the maximum fails the whole claim on PostgreSQL and
@@ -89,20 +117,23 @@ pub(crate) fn leased_by<'a>(
         .typed()
 }
 
-/// The lease every claim writes after `task_status` and `execute_times`: `, execute_time = …,
-/// lease_expires_at = …, lease_token = …, lease_owner = …, gmt_modified = …`.
+/// The lease every claim writes after `task_status` and `execute_times`: `, lease_expires_at =
+/// …, lease_token = …, lease_owner = …`.
+///
+/// No column any index holds, nor any partial index's predicate reads (issue 16): the due time
+/// stays (a lapsed lease is found by [`claimable`]), `gmt_modified` stays (the kept rows'
+/// index holds it), and the kept rows' index is partial on `duration_ms`, not on the status.
+/// PostgreSQL then makes the lease a HOT update (no index entry written, none left dead for
+/// claims to step over), InnoDB and SQLite write no secondary index. PostgreSQL drain of 60 000
+/// no-op tasks with 4 threads, 2 A/B runs: 57.7k/58.3k -> 81.0k/79.0k tasks/s.
 pub(crate) fn lease_set<'a, ST>(s: stmt::Stmt<'a, ST>, c: &Claim<'a>) -> stmt::Stmt<'a, ST> {
     use stmt::Bind;
-    s.sql(", execute_time = ")
-        .bind(Bind::I64(c.lease_until))
-        .sql(", lease_expires_at = ")
+    s.sql(", lease_expires_at = ")
         .bind(Bind::I64(c.lease_until))
         .sql(", lease_token = ")
         .bind(Bind::I64(c.token))
         .sql(", lease_owner = ")
         .bind(Bind::Text(c.owner))
-        .sql(", gmt_modified = ")
-        .bind(Bind::I64(c.now))
 }
 
 /// How a backend writes the claim's union of priority levels and its row lock.
@@ -121,7 +152,7 @@ pub(crate) enum Dialect {
 }
 
 /// Appends to `s` which rows a claim takes, as a `SELECT` of `columns` from `consistency_task AS k`: due rows
-/// (`execute_time <= now`, claimable status) of the claim's queue, highest priority first, then
+/// (`execute_time <= now`, [`claimable`]) of the claim's queue, highest priority first, then
 /// in due order, at most `limit`, never a row whose ordering key has an earlier row still in
 /// the table or a later one running ([`ORDERED_SQL`]).
 ///
@@ -180,10 +211,8 @@ pub(crate) fn due_rows_of<'a, ST>(
         let s = s
             .sql("k.execute_time <= ")
             .bind(Bind::I64(c.now))
-            .sql(" AND ")
-            .sql(status)
-            .sql(" IN ")
-            .sql(CLAIMABLE_SQL);
+            .sql(" AND ");
+        let s = claimable(s, status, "k.lease_expires_at", c.now);
         let s = match c.ids {
             Some(ids) => s.sql(" AND k.id IN ").ids(ids),
             None => s,
@@ -261,9 +290,8 @@ pub(crate) fn levels_due(
             .bind(Bind::Text(queue))
             .sql(&format!(" AND priority = {p} AND execute_time <= "))
             .bind(Bind::I64(now))
-            .sql(" AND task_status IN ")
-            .sql(CLAIMABLE_SQL)
-            .sql(") AS SIGNED)");
+            .sql(" AND ");
+        s = claimable(s, "task_status", "lease_expires_at", now).sql(") AS SIGNED)");
     }
     s
 }
@@ -280,7 +308,7 @@ pub(crate) fn ordered<ST>(s: stmt::Stmt<'_, ST>, now: i64) -> stmt::Stmt<'_, ST>
         " AND (k.ordering_key IS NULL OR (NOT EXISTS (SELECT 1 FROM consistency_task AS o \
          WHERE o.ordering_key = k.ordering_key AND o.id < k.id AND o.task_status <> 3) \
          AND NOT EXISTS (SELECT 1 FROM consistency_task AS o WHERE o.ordering_key = \
-         k.ordering_key AND o.id > k.id AND o.task_status = 1 AND o.execute_time > ",
+         k.ordering_key AND o.id > k.id AND o.task_status = 1 AND o.lease_expires_at > ",
     )
     .bind(stmt::Bind::I64(now))
     .sql(")))")
@@ -397,7 +425,7 @@ pub(crate) fn orphans_in_line<'a>(
 }
 
 /// Sorts claimed rows into the claim's order, the order the workers take them: highest
-/// priority first, then due order (the due time before the lease moved it), then id. For the
+/// priority first, then due order, then id. For the
 /// claims whose rows come back in no useful order (PostgreSQL's `RETURNING`, MySQL's locking
 /// reads by primary key).
 #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
@@ -457,14 +485,17 @@ mod tests {
         assert_eq!(super::ALL_LEVELS.to_vec(), want);
     }
 
-    /// The SQL's claimable set is `TaskStatus::is_claimable`, written out once.
+    /// The SQL's claimable set is `TaskStatus::is_claimable`: the idle statuses, and running
+    /// (once its lease lapsed).
     #[test]
     fn claimable_sql_is_the_claimable_statuses() {
-        let claimable: Vec<String> = TaskStatus::ALL
+        let idle: Vec<String> = TaskStatus::ALL
             .iter()
-            .filter(|s| s.is_claimable())
+            .filter(|s| s.is_claimable() && **s != TaskStatus::Running)
             .map(|s| s.as_i32().to_string())
             .collect();
-        assert_eq!(super::CLAIMABLE_SQL, format!("({})", claimable.join(", ")));
+        assert_eq!(super::IDLE_SQL, format!("({})", idle.join(", ")));
+        assert!(TaskStatus::Running.is_claimable());
+        assert_eq!(TaskStatus::Running.as_i32(), 1, "`claimable` spells it 1");
     }
 }

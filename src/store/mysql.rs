@@ -289,7 +289,7 @@ fn lock_candidates(
     c: &Claim<'_>,
     levels: &[i32],
 ) -> QueryResult<Vec<ClaimRow>> {
-    use super::lease::{due_rows_of, ordered, Dialect, CLAIMABLE_SQL};
+    use super::lease::{claimable, due_rows_of, ordered, Dialect};
     use super::stmt::Bind;
     if c.limit <= 0 {
         return Ok(Vec::new());
@@ -323,8 +323,8 @@ fn lock_candidates(
             .ids(&slice)
             .sql(" AND k.execute_time <= ")
             .bind(Bind::I64(c.now))
-            .sql(" AND k.task_status IN ")
-            .sql(CLAIMABLE_SQL);
+            .sql(" AND ");
+        let s = claimable(s, "k.task_status", "k.lease_expires_at", c.now);
         rows.extend(
             ordered(s, c.now)
                 .sql(" FOR UPDATE SKIP LOCKED")

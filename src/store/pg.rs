@@ -48,9 +48,8 @@ fn claim_stmt<'a>(c: &Claim<'a>) -> Stmt<'a, ClaimRowSql<Pg>> {
     // The outer WHERE re-checks that the row is still claimable, as `lease_by_ids` does on
     // the other backends: PostgreSQL's row lock already guarantees it, a server that
     // emulates PostgreSQL and skips without locking (CockroachDB, YugabyteDB) may not.
-    super::lease::lease_set(s, c)
-        .sql(" FROM s WHERE t.id = s.id AND t.task_status IN ")
-        .sql(super::lease::CLAIMABLE_SQL)
+    let s = super::lease::lease_set(s, c).sql(" FROM s WHERE t.id = s.id AND ");
+    super::lease::claimable(s, "t.task_status", "t.lease_expires_at", c.now)
         .sql(" AND t.execute_time <= ")
         .bind(super::stmt::Bind::I64(c.now))
         // The rows come straight from the `UPDATE`'s `RETURNING`: a CTE around it and a
@@ -86,12 +85,13 @@ fn hot_claim<'a>(c: &Claim<'a>) -> Option<Stmt<'a, ClaimRowSql<Pg>, Key<KEY_CLAI
         .into_text()
     });
     // In the order `claim_stmt` binds them (debug builds check it on every claim): each
-    // level's queue, due time, ordering-key time and limit, the union's limit, the lease, the
-    // re-check's due time.
-    let mut binds = Vec::with_capacity(4 * super::lease::ALL_LEVELS.len() + 7);
+    // level's queue, due time, lapsed-lease time, ordering-key time and limit, the union's
+    // limit, the lease, the re-check's lapsed-lease and due times.
+    let mut binds = Vec::with_capacity(5 * super::lease::ALL_LEVELS.len() + 6);
     for _ in super::lease::ALL_LEVELS {
         binds.extend([
             Bind::Text(queue),
+            Bind::I64(c.now),
             Bind::I64(c.now),
             Bind::I64(c.now),
             Bind::I64(c.limit),
@@ -99,7 +99,6 @@ fn hot_claim<'a>(c: &Claim<'a>) -> Option<Stmt<'a, ClaimRowSql<Pg>, Key<KEY_CLAI
     }
     binds.extend([
         Bind::I64(c.limit),
-        Bind::I64(c.lease_until),
         Bind::I64(c.lease_until),
         Bind::I64(c.token),
         Bind::Text(c.owner),

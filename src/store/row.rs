@@ -70,16 +70,17 @@ pub struct Claimed {
 }
 
 /// A row as a claim reads it: the columns a claimed task needs that only the stored row knows.
-/// The others are the claim's own values (the lease, `task_status` 1, `gmt_modified` now) or
-/// columns nothing reads of a claimed row (`idempotency_key`, `parameter_types`, `method_name`,
-/// `duration_ms`, `queue`, and the enqueue-time options `delay_time`, `execute_way`,
+/// The others are the claim's own values (the lease, `task_status` 1) or columns nothing reads
+/// of a claimed row (`idempotency_key`, `parameter_types`, `method_name`, `duration_ms`,
+/// `queue`, `gmt_modified`, and the enqueue-time options `delay_time`, `execute_way`,
 /// `thread_way`, `transaction_way`: the executor, the events and the fetcher never look at
 /// them), which [`ClaimRow::leased`] fills in (empty, `None` or 0). Fewer columns a row is less
 /// for the server to send and for the fetcher to decode, per field and row: the claim's columns
 /// went from 35 to 20 on PostgreSQL.
 ///
-/// `task_status`, `execute_times` and `execute_time` are the values before the lease (the
-/// previous status, the attempts so far, the due time): every backend reads them so.
+/// `task_status` and `execute_times` are the values before the lease (the previous status, the
+/// attempts so far): every backend reads them so. `execute_time` is the due time, which the
+/// lease leaves as it was.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = consistency_task)]
 pub struct ClaimRow {
@@ -146,7 +147,7 @@ impl ClaimRow {
                 task_status: TaskStatus::Running.as_i32(),
                 execute_times: self.execute_times.saturating_add(1),
                 max_attempts: self.max_attempts,
-                execute_time: c.lease_until,
+                execute_time: self.execute_time,
                 parameter_types: String::new(),
                 method_name: String::new(),
                 method_sign_name: self.method_sign_name,
@@ -167,7 +168,7 @@ impl ClaimRow {
                 lease_owner: Some(c.owner.to_string()),
                 lease_expires_at: Some(c.lease_until),
                 gmt_create: self.gmt_create,
-                gmt_modified: c.now,
+                gmt_modified: 0,
                 duration_ms: None,
                 trace_parent: self.trace_parent,
                 queue: String::new(),
@@ -364,17 +365,18 @@ impl Finish {
         Finish::new(id, token, status, PARKED, error_msg, fallback, 0, now)
     }
 
-    /// A success kept for the audit trail, with how long it ran when known.
+    /// A success kept for the audit trail, with how long it ran: always a duration, which is
+    /// what marks a kept success for the kept rows' partial index (`duration_ms IS NOT NULL`).
     pub(crate) fn kept(
         id: i64,
         token: i64,
         error_msg: String,
         fallback: Option<String>,
-        duration_ms: Option<i64>,
+        duration_ms: i64,
         now: i64,
     ) -> Finish {
         Finish {
-            duration_ms,
+            duration_ms: Some(duration_ms),
             ..Finish::park(id, token, TaskStatus::Succeeded, error_msg, fallback, now)
         }
     }

@@ -65,9 +65,17 @@ macro_rules! web_ops {
                     .order((t::method_sign_name, t::task_status))
                     .load(self)?;
                 // As `Admin::stats`: claimable and due (walks the due index).
-                let claimable = [Pending.as_i32(), Running.as_i32(), Failed.as_i32()];
+                // `lease::claimable` and due: idle, or running under a lapsed (or no) lease.
                 let due = t::consistency_task
-                    .filter(t::task_status.eq_any(claimable))
+                    .filter(
+                        t::task_status
+                            .eq_any([Pending.as_i32(), Failed.as_i32()])
+                            .or(t::task_status.eq(Running.as_i32()).and(
+                                t::lease_expires_at
+                                    .is_null()
+                                    .or(t::lease_expires_at.le(now)),
+                            )),
+                    )
                     .filter(t::execute_time.le(now));
                 let due_now = due.clone().count().get_result(self)?;
                 let oldest_due = due

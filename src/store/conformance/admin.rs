@@ -121,6 +121,22 @@ where
         "pending and other; unknown statuses are never due"
     );
     assert_eq!(stats.oldest_due.map(|o| o.id), Some(other));
+    // A running row keeps its due time under its lease: due again only once the lease lapsed.
+    let running = |lease: i64| NewRow {
+        task_status: 1,
+        execute_times: 1,
+        lease_token: Some(5),
+        lease_expires_at: Some(lease),
+        ..row(T0 - WEEK)
+    };
+    insert(&mut conn, &running(T0 + 1));
+    let lapsed = insert(&mut conn, &running(T0));
+    let stats = Admin::stats(&mut conn, T0).unwrap();
+    assert_eq!(
+        stats.due_now, 3,
+        "a lease that lapsed at T0 is due, one held past T0 is not"
+    );
+    assert_eq!(stats.oldest_due.map(|o| o.id), Some(lapsed));
 }
 
 pub(super) fn operator_changes_recheck_their_filter<D: Db>(db: &D)

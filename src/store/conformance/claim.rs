@@ -50,22 +50,25 @@ pub(super) fn claim_leases_the_rows<D: Db>(db: &D) {
     assert_eq!(got.execute_times, 3, "the attempt is counted at claim");
     assert_eq!(
         got.execute_time,
-        T0 + 30_000,
-        "due again when the lease expires"
+        T0 - 10,
+        "the lease leaves the due time (it touches no indexed column)"
     );
     assert_eq!(got.lease_expires_at, Some(T0 + 30_000));
     assert_eq!(got.lease_token, Some(77));
     assert_eq!(got.lease_owner.as_deref(), Some("conformance-owner"));
-    assert_eq!(got.gmt_modified, T0);
+    let stored = found(&mut conn, id);
+    assert_eq!(
+        (stored.execute_time, stored.gmt_modified),
+        (T0 - 10, before.gmt_modified),
+        "the lease writes neither the due time nor gmt_modified"
+    );
     // Everything else is untouched.
     let expect = NewRow {
         task_status: 1,
         execute_times: 3,
-        execute_time: T0 + 30_000,
         lease_expires_at: Some(T0 + 30_000),
         lease_token: Some(77),
         lease_owner: Some("conformance-owner".into()),
-        gmt_modified: T0,
         ..before
     };
     let stored = found(&mut conn, id);
@@ -74,6 +77,12 @@ pub(super) fn claim_leases_the_rows<D: Db>(db: &D) {
     assert_same_row(got, &as_claimed(&stored));
     assert_eq!(got.queue, "", "a claim reads no queue name");
     assert_eq!(stored.queue, "default");
+    // Due, but held: no claim takes it before the lease lapses; one at the lapse does.
+    assert!(claim(&mut conn, T0 + 29_999, T0 + 60_000, 78, 10, None).is_empty());
+    assert_eq!(
+        ids(&claim(&mut conn, T0 + 30_000, T0 + 60_000, 79, 10, None)),
+        [id].into()
+    );
 }
 
 pub(super) fn claim_reports_the_previous_status<D: Db>(db: &D) {

@@ -150,7 +150,7 @@ pub(super) fn ordering_key_waits_for_a_later_row_running<D: Db>(db: &D) {
     let late = insert(&mut conn, &keyed(T0 - 20, "k"));
     // `late` was claimed while `early`'s transaction had not committed yet.
     conn.batch_execute(&format!(
-        "UPDATE consistency_task SET task_status = 1, execute_time = {}, lease_token = 77 \
+        "UPDATE consistency_task SET task_status = 1, lease_expires_at = {}, lease_token = 77 \
          WHERE id = {late}",
         T0 + 30_000
     ))

@@ -159,7 +159,11 @@ pub(super) fn extreme_values_never_fail_a_claim_or_an_outcome<D: Db>(db: &D) {
             .unwrap_or_else(|e| panic!("{}: inserting {what}: {e}", D::BACKEND))
             .expect("a new row");
         assert_stored(&r, &found(&mut conn, id));
-        if (0..=2).contains(&r.task_status) && r.execute_time <= T0 {
+        // `lease::claimable`: idle, or running under a lapsed (or no) lease; and due.
+        let lapsed = r.lease_expires_at.is_none_or(|l| l <= T0);
+        if (r.task_status == 0 || r.task_status == 2 || (r.task_status == 1 && lapsed))
+            && r.execute_time <= T0
+        {
             expect_claimed.insert(id);
         }
         by_id.insert(id, (what, r));

@@ -325,6 +325,7 @@ fn as_claimed(stored: &TaskRow) -> TaskRow {
         parameter_types: String::new(),
         method_name: String::new(),
         duration_ms: None,
+        gmt_modified: 0,
         queue: String::new(),
         delay_time: 0,
         execute_way: 0,

@@ -1,0 +1,3 @@
+ALTER TABLE consistency_task RESET (fillfactor);
+DROP INDEX consistency_task_kept;
+CREATE INDEX consistency_task_kept ON consistency_task (gmt_modified) WHERE task_status = 3;
