@@ -401,8 +401,8 @@ pub(crate) mod pg_db {
             let mut rows = 0f64;
             for _ in 0..reps {
                 let l = Lease::new();
+                // `set_binds`, then `DUE`'s two.
                 let lits = [
-                    l.until.to_string(),
                     l.until.to_string(),
                     l.token.to_string(),
                     format!("'{LIMIT_OWNER}'"),
