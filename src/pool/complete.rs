@@ -555,7 +555,7 @@ fn renew_leases<C: R2D2Connection + StoreConnection + 'static>(
     let now = now_ms();
     let until = now.saturating_add(crate::util::millis(cfg.lease));
     for (token, ids) in by_token {
-        if let Err(e) = conn.with(|c| c.extend(token, &ids, until, now)) {
+        if let Err(e) = conn.with(|c| c.extend(token, &ids, until)) {
             log::warn!("tend: renewing {} lease(s) failed: {e}", ids.len());
         }
     }

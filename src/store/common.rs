@@ -223,7 +223,7 @@ macro_rules! common_ops {
                 .execute(self)
         }
 
-        fn extend(&mut self, token: i64, ids: &[i64], until: i64, _now: i64) -> QueryResult<usize> {
+        fn extend(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<usize> {
             use $crate::store::stmt::{Bind, Stmt};
             let mut n = 0;
             // Chunks keep the padded lists within every backend's bind limit.

@@ -66,8 +66,8 @@ where
     fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>> {
         (**self).finish(rows)
     }
-    fn extend(&mut self, token: i64, ids: &[i64], until: i64, now: i64) -> QueryResult<usize> {
-        (**self).extend(token, ids, until, now)
+    fn extend(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<usize> {
+        (**self).extend(token, ids, until)
     }
     fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
         (**self).purge_completed(before, limit)

@@ -155,11 +155,11 @@ pub(super) fn stale_token_cannot_complete_finish_or_extend<D: Db>(db: &D) {
         ..finish(id, 1, 2, T0 + 60_000, T0 + 6_000)
     };
     assert_eq!(conn.finish(&[late]).unwrap(), Vec::<i64>::new());
-    assert_eq!(conn.extend(1, &[id], T0 + 99_000, T0 + 6_000).unwrap(), 0);
+    assert_eq!(conn.extend(1, &[id], T0 + 99_000).unwrap(), 0);
     assert_same_row(&before, &found(&mut conn, id));
 
     // The current holder's token works.
-    assert_eq!(conn.extend(2, &[id], T0 + 60_000, T0 + 6_000).unwrap(), 1);
+    assert_eq!(conn.extend(2, &[id], T0 + 60_000).unwrap(), 1);
     assert_eq!(conn.complete(2, &[id]).unwrap(), 1);
     assert!(conn.find(id).unwrap().is_none(), "success deletes the row");
 }

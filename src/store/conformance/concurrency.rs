@@ -122,7 +122,7 @@ pub(super) fn pooled_connections_store_like_their_connection<D: Db>(db: &D) {
         .collect();
     assert_eq!(got.len(), 2);
     let b = *got.iter().find(|&&id| id != a).unwrap();
-    assert_eq!(pc.extend(1, &[a, b], T0 + 2_000, T0 + 2).unwrap(), 2);
+    assert_eq!(pc.extend(1, &[a, b], T0 + 2_000).unwrap(), 2);
     assert_eq!(
         pc.finish(&[finish(b, 1, 2, T0 + 9_000, T0 + 3)]).unwrap(),
         [b]

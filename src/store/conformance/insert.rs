@@ -214,10 +214,7 @@ pub(super) fn hot_path_statements_stay_prepared<D: Db>(db: &D) {
         let rest = claim(conn, T0, T0 + WEEK, token, n, Some(&fresh));
         assert_eq!(rest.len(), 1);
         let all: Vec<i64> = got.iter().chain(&rest).map(|r| r.id).collect();
-        assert_eq!(
-            conn.extend(token, &all, T0 + 2 * WEEK, T0).unwrap(),
-            n as usize
-        );
+        assert_eq!(conn.extend(token, &all, T0 + 2 * WEEK).unwrap(), n as usize);
         let (last, done) = all.split_last().unwrap();
         assert_eq!(
             conn.finish(&[finish(*last, token, 2, T0 + 10, T0)])

@@ -171,8 +171,7 @@ pub(super) fn extend_pushes_the_lease<D: Db>(db: &D) {
     claim(&mut conn, T0, T0 + 1_000, 1, 1, Some(&[mine]));
     claim(&mut conn, T0, T0 + 1_000, 2, 1, Some(&[theirs]));
     assert_eq!(
-        conn.extend(1, &[mine, theirs], T0 + 10_000, T0 + 500)
-            .unwrap(),
+        conn.extend(1, &[mine, theirs], T0 + 10_000).unwrap(),
         1,
         "only rows held under the token"
     );
