@@ -222,7 +222,6 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             queue,
             n: room,
         };
-        let now = now_ms();
         let ids: Vec<i64> = if targeted {
             let mut ids = Vec::with_capacity(room);
             handed.retain(|&(id, q)| {
@@ -239,10 +238,15 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         };
         // Almost always empty (cloning it costs nothing then).
         let excluded = iso.excluded.clone();
-        let claim = Claim {
+        let token = random_token();
+        // The claim as of `now`, read when its statement runs (each retry of `Conn::with`
+        // reads the clock again): a claim built before a wait (a pool checkout, a locked
+        // SQLite file, retries of a lock conflict) would otherwise write a lease that ends
+        // too early, or has already ended, and its rows would be claimed again while they run.
+        let claim_at = |now: i64| Claim {
             now,
             lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
-            token: random_token(),
+            token,
             owner: &cfg.owner,
             queue: Some(gate.name(queue)),
             limit: room as i64,
@@ -260,10 +264,10 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             let _ = conn.with(panic_in_transaction);
         }
         let claimed = if taken.outcomes.is_empty() {
-            conn.with(|c| c.claim(&claim))
+            conn.with(|c| c.claim(&claim_at(now_ms())))
         } else {
             let (completes, finishes) = complete::group(&taken.outcomes);
-            match conn.with(|c| c.write_and_claim(&completes, &finishes, &claim)) {
+            match conn.with(|c| c.write_and_claim(&completes, &finishes, &claim_at(now_ms()))) {
                 Ok(w) => {
                     for ((_, ids), deleted) in completes.iter().zip(&w.deleted) {
                         complete::report_completed(cfg, ids.len(), *deleted);
@@ -286,7 +290,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
                 let n = rows.len();
                 room_guard.used(n);
                 slots.free(room - n);
-                hand_to_workers(cfg, shared, ch, claim.token, queue, rows);
+                hand_to_workers(cfg, shared, ch, token, queue, rows);
                 slots.n = 0; // the workers free them
                 if !targeted {
                     pending[queue] = n == room;

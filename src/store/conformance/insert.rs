@@ -432,8 +432,15 @@ pub(super) fn insert_many_round_trips_every_value<D: Db>(db: &D) {
         execute_time: i64::MIN,
         ..bare(i)
     };
+    // Rows that share every shared column but the last, which differs in one (the insert
+    // finds out after binding the others as sharing).
+    let late_differ = |i: i64| NewRow {
+        max_attempts: bare(i).max_attempts + i32::from(i == 3),
+        ..bare(i)
+    };
     let batches: Vec<Vec<NewRow>> = vec![
         (0..4).map(same_name).collect(),
+        (0..4).map(late_differ).collect(),
         (0..4).map(same_due).collect(),
         vec![bare(1), full.clone(), bare(2)],
         (0..3).map(full_row).collect(),
