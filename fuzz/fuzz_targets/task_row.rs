@@ -289,10 +289,16 @@ fn run(conn: &mut SqliteConnection, registry: Registry, r: Row) {
     let runs = drained.succeeded + drained.failed + drained.dead + drained.held;
     // The clock moves during the run: a row due between `now` and `later` may go either way.
     let later = worker.now_ms();
-    let claimable = (0..=2).contains(&status);
+    // Claimable as `lease::claimable` reads it: pending or failed, or running under a lease
+    // that lapsed (or that it never had); a lease ending between `now` and `later` may go
+    // either way, as the due time does.
+    let lease = r.lease_expires_at.map(|t| t.at(now));
+    let idle = status == 0 || status == 2;
+    let claimable = idle || (status == 1 && lease.is_none_or(|l| l <= now));
+    let claimable_later = idle || (status == 1 && lease.is_none_or(|l| l <= later));
     if claimable && execute_time <= now {
         assert_eq!(runs, 1, "a due row was not run: {drained:?}");
-    } else if !claimable || execute_time > later {
+    } else if !claimable_later || execute_time > later {
         assert_eq!(runs, 0, "a row not due was run: {drained:?}");
     }
     let due = runs == 1;
