@@ -801,7 +801,14 @@ pub(crate) fn rows_to_write(
     tasks: impl IntoIterator<Item = NewTask>,
     now: i64,
 ) -> Result<Vec<NewRow>, Error> {
-    tasks.into_iter().map(|t| row_to_write(t, now)).collect()
+    // Sized up front: collecting `Result`s cannot see the length, and grew the vector by
+    // doubling (copying every row written so far each time).
+    let tasks = tasks.into_iter();
+    let mut rows = Vec::with_capacity(tasks.size_hint().0);
+    for t in tasks {
+        rows.push(row_to_write(t, now)?);
+    }
+    Ok(rows)
 }
 
 /// What an insert of one row did, as the `enqueue` functions report it.

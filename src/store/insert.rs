@@ -245,13 +245,17 @@ pub(crate) fn insert_rows_shaped<'a>(
     } = Batch::of(rows, numbered);
     let mut binds = Vec::with_capacity(n * cols.len());
     binds.extend(cols.iter().map(|&c| first[c]));
-    for r in &rows[1..] {
-        let v = row_binds(r);
-        binds.extend(
-            cols.iter()
-                .filter(|&&c| !(reuse && shared(c)))
-                .map(|&c| v[c]),
-        );
+    if reuse {
+        let per: &[usize] = if lean { &LEAN_PER_ROW } else { &ALL_PER_ROW };
+        for r in &rows[1..] {
+            let v = per_row_binds(r);
+            binds.extend(per.iter().map(|&k| v[k]));
+        }
+    } else {
+        for r in &rows[1..] {
+            let v = row_binds(r);
+            binds.extend(cols.iter().map(|&c| v[c]));
+        }
     }
     // Every shape's text, built once per process.
     static TEXTS: [std::sync::OnceLock<(String, Vec<usize>)>; INSERT_SHAPES] =
@@ -320,15 +324,10 @@ macro_rules! with_insert_one {
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use with_insert_one;
 
-/// `a == b`, without comparing the bytes of two texts that are the same `&str` (the rows of
+/// `x == y`, without comparing the bytes of two texts that are the same `&str` (the rows of
 /// one task type borrow their type's strings: most comparisons of a batch are of those).
-fn same(a: Bind<'_>, b: Bind<'_>) -> bool {
-    match (a, b) {
-        (Bind::Text(x), Bind::Text(y)) | (Bind::OptText(Some(x)), Bind::OptText(Some(y))) => {
-            std::ptr::eq(x, y) || x == y
-        }
-        _ => a == b,
-    }
+fn same_text(x: &str, y: &str) -> bool {
+    std::ptr::eq(x, y) || x == y
 }
 
 /// Whether column `c` of [`NEW_ROW_COLUMNS`] is usually the same for a whole batch.
@@ -348,22 +347,125 @@ pub(super) struct Batch<'a> {
 impl<'a> Batch<'a> {
     /// `reuse`: whether the statement can bind the shared columns once (else never set).
     pub(super) fn of(rows: &'a [super::row::NewRow], reuse: bool) -> Batch<'a> {
-        let lean = rows.iter().all(is_lean);
-        let cols: &'static [usize] = if lean { &LEAN } else { &ALL };
-        let first = row_binds(&rows[0]);
-        let reuse = reuse
-            && rows[1..].iter().all(|r| {
-                let v = row_binds(r);
-                cols.iter().all(|&c| !shared(c) || same(v[c], first[c]))
-            });
+        let head = &rows[0];
+        // One pass over the fields themselves (no bind arrays: building two 31-value arrays
+        // per row was most of a batch's client-side cost before its SQL, `perf` 2026-12-06).
+        let mut lean = is_lean(head);
+        let mut agree = reuse;
+        for r in &rows[1..] {
+            lean &= is_lean(r);
+            agree = agree && shares_columns(head, r);
+            if !lean && !agree {
+                break;
+            }
+        }
         Batch {
             lean,
-            cols,
-            first,
-            reuse,
+            cols: if lean { &LEAN } else { &ALL },
+            first: row_binds(head),
+            reuse: agree,
         }
     }
 }
+
+/// Whether `b` holds `a`'s values in every [`shared`] column (`Batch::of`'s test, on the
+/// fields; a unit test checks it against [`row_binds`] and [`same`]).
+fn shares_columns(a: &super::row::NewRow, b: &super::row::NewRow) -> bool {
+    // Exhaustive: a column added to `NewRow` fails to compile here until it is sorted into
+    // the per-row columns (ignored here) or the shared ones (compared).
+    let super::row::NewRow {
+        task_id: _,
+        idempotency_key: _,
+        task_status,
+        execute_times,
+        max_attempts,
+        execute_time: _,
+        parameter_types,
+        method_name,
+        method_sign_name,
+        execute_interval_sec,
+        delay_time,
+        task_parameter: _,
+        payload_version,
+        execute_way,
+        thread_way,
+        transaction_way,
+        error_msg,
+        alert_expression,
+        alert_action_bean_name,
+        fallback_class_name,
+        fallback_error_msg,
+        shard_key: _,
+        lease_token: _,
+        lease_owner: _,
+        lease_expires_at: _,
+        gmt_create,
+        gmt_modified,
+        trace_parent: _,
+        queue,
+        priority,
+        ordering_key: _,
+    } = a;
+    let text = same_text;
+    fn opt(x: Option<&str>, y: Option<&str>) -> bool {
+        match (x, y) {
+            (Some(x), Some(y)) => same_text(x, y),
+            (x, y) => x.is_none() && y.is_none(),
+        }
+    }
+    *task_status == b.task_status
+        && *execute_times == b.execute_times
+        && *max_attempts == b.max_attempts
+        && *execute_interval_sec == b.execute_interval_sec
+        && *delay_time == b.delay_time
+        && *payload_version == b.payload_version
+        && *execute_way == b.execute_way
+        && *thread_way == b.thread_way
+        && *transaction_way == b.transaction_way
+        && *gmt_create == b.gmt_create
+        && *gmt_modified == b.gmt_modified
+        && *priority == b.priority
+        && text(parameter_types, &b.parameter_types)
+        && text(method_name, &b.method_name)
+        && text(method_sign_name, &b.method_sign_name)
+        && text(error_msg, &b.error_msg)
+        && text(queue, &b.queue)
+        && opt(alert_expression.as_deref(), b.alert_expression.as_deref())
+        && opt(
+            alert_action_bean_name.as_deref(),
+            b.alert_action_bean_name.as_deref(),
+        )
+        && opt(
+            fallback_class_name.as_deref(),
+            b.fallback_class_name.as_deref(),
+        )
+        && opt(
+            fallback_error_msg.as_deref(),
+            b.fallback_error_msg.as_deref(),
+        )
+}
+
+/// The values of `r`'s [`PER_ROW`] columns, in that order (what a reusing batch binds for each
+/// row after its first).
+fn per_row_binds(r: &super::row::NewRow) -> [Bind<'_>; 10] {
+    [
+        Bind::Text(&r.task_id),
+        Bind::OptText(r.idempotency_key.as_deref()),
+        Bind::I64(r.execute_time),
+        Bind::Bytes(&r.task_parameter),
+        Bind::I64(r.shard_key),
+        Bind::OptI64(r.lease_token),
+        Bind::OptText(r.lease_owner.as_deref()),
+        Bind::OptI64(r.lease_expires_at),
+        Bind::OptText(r.trace_parent.as_deref()),
+        Bind::OptText(r.ordering_key.as_deref()),
+    ]
+}
+
+/// Which of [`per_row_binds`]'s values a reusing batch binds per row: of the lean columns,
+/// the name, due time, payload and shard key; of all, every one.
+const LEAN_PER_ROW: [usize; 4] = [0, 2, 3, 4];
+const ALL_PER_ROW: [usize; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// The text of [`insert_rows`] for `n` rows and its placeholders' offsets.
 fn insert_text(n: usize, lean: bool, reuse: bool, tail: &str) -> (String, Vec<usize>) {
@@ -430,13 +532,13 @@ pub(crate) fn insert_json<'a>(rows: &'a [super::row::NewRow], json: &'a mut Stri
     // batch too: then they are bound once as well. The text is built per statement, so this
     // costs no prepared shape of its own beyond the 4 combinations.
     let (mut same_name, mut same_due) = (reuse, reuse);
+    let head = &rows[0];
     for r in &rows[1..] {
         if !(same_name || same_due) {
             break;
         }
-        let v = row_binds(r);
-        same_name &= same(v[0], first[0]);
-        same_due &= same(v[5], first[5]);
+        same_name &= same_text(&r.task_id, &head.task_id);
+        same_due &= r.execute_time == head.execute_time;
     }
     let in_json =
         |c: usize| !(reuse && (shared(c) || (c == 0 && same_name) || (c == 5 && same_due)));
@@ -568,6 +670,17 @@ fn json_value(out: &mut String, b: Bind<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `a == b`, without comparing the bytes of two texts that are the same `&str` (the rows of
+    /// one task type borrow their type's strings: most comparisons of a batch are of those).
+    fn same(a: Bind<'_>, b: Bind<'_>) -> bool {
+        match (a, b) {
+            (Bind::Text(x), Bind::Text(y)) | (Bind::OptText(Some(x)), Bind::OptText(Some(y))) => {
+                std::ptr::eq(x, y) || x == y
+            }
+            _ => a == b,
+        }
+    }
 
     fn bare_row() -> super::super::row::NewRow {
         super::super::row::NewRow {
@@ -733,6 +846,76 @@ mod tests {
         assert_eq!(
             insert_rows(&mixed, Tail::None, true).binds().len(),
             31 + PER_ROW.len()
+        );
+    }
+
+    /// `shares_columns` (on the fields) says what comparing every shared column's bind says,
+    /// and `per_row_binds` holds the `PER_ROW` columns' binds in order, for a change in each
+    /// column.
+    #[test]
+    fn the_field_checks_agree_with_the_binds() {
+        use super::super::row::NewRow;
+        let a = bare_row();
+        let by_binds = |a: &NewRow, b: &NewRow| {
+            let (x, y) = (row_binds(a), row_binds(b));
+            (0..31).all(|c| !shared(c) || same(x[c], y[c]))
+        };
+        let mut changed: Vec<NewRow> = Vec::new();
+        for c in 0..31 {
+            let mut b = bare_row();
+            match c {
+                0 => b.task_id = "x".into(),
+                1 => b.idempotency_key = Some("x".into()),
+                2 => b.task_status = 9,
+                3 => b.execute_times = 9,
+                4 => b.max_attempts = 9,
+                5 => b.execute_time = 9,
+                6 => b.parameter_types = "x".into(),
+                7 => b.method_name = "x".into(),
+                8 => b.method_sign_name = "x".into(),
+                9 => b.execute_interval_sec = 9,
+                10 => b.delay_time = 9,
+                11 => b.task_parameter = vec![9],
+                12 => b.payload_version = 9,
+                13 => b.execute_way = 9,
+                14 => b.thread_way = 9,
+                15 => b.transaction_way = 9,
+                16 => b.error_msg = "x".into(),
+                17 => b.alert_expression = None,
+                18 => b.alert_action_bean_name = Some("x".into()),
+                19 => b.fallback_class_name = Some("x".into()),
+                20 => b.fallback_error_msg = Some("x".into()),
+                21 => b.shard_key = 9,
+                22 => b.lease_token = Some(9),
+                23 => b.lease_owner = Some("x".into()),
+                24 => b.lease_expires_at = Some(9),
+                25 => b.gmt_create = 9,
+                26 => b.gmt_modified = 9,
+                27 => b.trace_parent = Some("x".into()),
+                28 => b.queue = "x".into(),
+                29 => b.priority = 9,
+                _ => b.ordering_key = Some("x".into()),
+            }
+            assert_ne!(row_binds(&a)[c], row_binds(&b)[c], "column {c} changed");
+            assert_eq!(shares_columns(&a, &b), by_binds(&a, &b), "column {c}");
+            assert_eq!(shares_columns(&b, &a), by_binds(&b, &a), "column {c}");
+            assert_eq!(shares_columns(&a, &b), !shared(c), "column {c}");
+            changed.push(b);
+        }
+        for r in changed.iter().chain([&a]) {
+            let all = row_binds(r);
+            assert_eq!(per_row_binds(r), PER_ROW.map(|c| all[c]));
+        }
+        // Texts equal by value though not the same `&str`.
+        let mut b = bare_row();
+        b.alert_expression = Some(String::from("executeTimes > 1 && executeTimes < 5").into());
+        b.queue = String::from(crate::queue::DEFAULT_QUEUE).into();
+        assert!(shares_columns(&a, &b));
+        assert_eq!(LEAN_PER_ROW.map(|k| PER_ROW[k]), [0, 5, 11, 21]);
+        assert!(LEAN_PER_ROW.iter().all(|&k| LEAN.contains(&PER_ROW[k])));
+        assert_eq!(
+            LEAN.iter().filter(|&&c| !shared(c)).count(),
+            LEAN_PER_ROW.len()
         );
     }
 
