@@ -231,7 +231,9 @@ pub enum SyncOutcome {
         /// The message stored in `error_msg`.
         error: String,
     },
-    /// The outcome could not be written; the pool runs the task again after its lease.
+    /// The outcome could not be written, or the task did not run here because its lease
+    /// lapsed before the transaction committed (see `error`); either way the pool runs it
+    /// (again) after its lease.
     NotRecorded {
         /// The row id.
         id: i64,
@@ -349,7 +351,10 @@ where
     /// `f`, or a panic) nothing is handed over or run.
     ///
     /// Sync tasks must finish within the pool's lease (they are leased from the moment they
-    /// are written); past it the pool may start them again.
+    /// are written); past it the pool may start them again. A transaction that commits with
+    /// less than half of that lease left has its tasks' leases renewed before they run (or,
+    /// if the pool has claimed one meanwhile, leaves it to the pool:
+    /// [`SyncOutcome::NotRecorded`]).
     ///
     /// # Errors
     /// `f`'s error, the commit's error, or an [`ErrorKind::InvalidSetting`](crate::ErrorKind)
@@ -399,15 +404,20 @@ where
         let value = conn.transaction(|c| f(c, &mut tx))?;
         // Committed: from here on nothing may fail the caller.
         tx.report_enqueued();
-        for (shard, queue, row) in tx.pool_leased.drain(..) {
-            self.give_to_pool(shard, queue, row);
+        for (shard, queue, mut row) in tx.pool_leased.drain(..) {
+            if self.lease_held(conn, &mut row).is_ok() {
+                self.give_to_pool(shard, queue, row);
+            }
         }
         for (id, key, queue) in tx.hand_off.drain(..) {
             self.hand_off(id, key, queue);
         }
         let mut sync = std::mem::take(&mut tx.done);
-        for row in tx.sync.drain(..) {
-            sync.push(self.run_sync(conn, row));
+        for mut row in tx.sync.drain(..) {
+            sync.push(match self.lease_held(conn, &mut row) {
+                Ok(()) => self.run_sync(conn, row),
+                Err(error) => SyncOutcome::NotRecorded { id: row.id, error },
+            });
         }
         Ok(Committed { value, sync })
     }
@@ -536,6 +546,52 @@ where
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// Whether `row`, leased at insert, still holds its lease now that its transaction has
+    /// committed, renewed from now when it has run at least half down: a transaction that
+    /// lasted about as long as the lease (or whose commit waited: a Galera node eviction, a
+    /// synchronous standby) committed a lease that has lapsed or soon will, and the pool's
+    /// claim may take the row while it runs here. The renewal is written under the row's
+    /// token; when another claim took the row meanwhile (or the renewal fails) it does not run
+    /// here (`Err` says why): the claim that holds it runs it, or the pool claims it once its
+    /// lease has lapsed.
+    fn lease_held<S: StoreConnection>(
+        &self,
+        conn: &mut S,
+        row: &mut TaskRow,
+    ) -> Result<(), String> {
+        let (Some(until), Some(token)) = (row.lease_expires_at, row.lease_token) else {
+            return Ok(());
+        };
+        let lease = crate::util::millis(self.lanes.lease);
+        let now = now_ms();
+        let left = until.saturating_sub(now);
+        if left >= lease / 2 {
+            return Ok(());
+        }
+        let renewed = now.saturating_add(lease);
+        let why = match conn.extend(token, &[row.id], renewed) {
+            Ok(1) => {
+                row.lease_expires_at = Some(renewed);
+                log::warn!(
+                    "tend: task {} committed with {left} ms of its {lease} ms lease left (a long \
+                     transaction, or a commit that waited); its lease was renewed before it runs",
+                    row.id
+                );
+                return Ok(());
+            }
+            Ok(_) => "the transaction committed after the task's lease had lapsed, and the \
+                      pool has claimed the task: it runs there"
+                .to_string(),
+            Err(e) => format!(
+                "the transaction committed with {left} ms of the task's {lease} ms lease left \
+                 and renewing it failed ({e}): it does not run here; the pool claims it once \
+                 its lease has lapsed"
+            ),
+        };
+        log::warn!("tend: task {}: {why}", row.id);
+        Err(why)
     }
 
     /// Gives a committed task leased to the pool at insert straight to a worker.

@@ -243,7 +243,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         // reads the clock again): a claim built before a wait (a pool checkout, a locked
         // SQLite file, retries of a lock conflict) would otherwise write a lease that ends
         // too early, or has already ended, and its rows would be claimed again while they run.
-        let claim_at = |now: i64| Claim {
+        let claim = |now: i64| Claim {
             now,
             lease_until: now.saturating_add(crate::util::millis(cfg.lease)),
             token,
@@ -252,6 +252,11 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             limit: room as i64,
             ids: targeted.then_some(&ids[..]),
             exclude: &excluded,
+        };
+        let claimed_now = std::cell::Cell::new(0);
+        let claim_at = |now: i64| {
+            claimed_now.set(now);
+            claim(now)
         };
         let mut taken = Taken {
             outcomes: match &ch.outcomes {
@@ -284,6 +289,7 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
         match claimed {
             Ok(rows) => {
                 backoff.reset();
+                let rows = confirm_lease(conn, cfg, ch.shard, token, claimed_now.get(), rows);
                 if !targeted {
                     iso.succeeded();
                 }
@@ -349,6 +355,72 @@ fn fetch_loop<C: R2D2Connection + StoreConnection + 'static>(
             }
         }
     }
+}
+
+/// The rows of a claim that still hold its lease `token`, re-leased from now when the claim
+/// took so long that its lease (`cfg.lease` from `claimed_now`, the time its statement was
+/// built) has run at least half down by the time it returned. A claim's commit can wait far
+/// longer than its statement ran: a Galera cluster blocks every commit until a dead node is
+/// evicted (seconds), a synchronous standby or a stalled disk does the same. Its rows were then
+/// leased for less than the lease, or not at all any more, and another claim (this pool's
+/// next one, too) may already have taken them and be running them: the Galera failover test
+/// saw three tasks run twice at once that way. So the lease is renewed under the claim's token
+/// before any row runs; a row that no longer holds the token belongs to the claim that took
+/// it and is dropped here, and when the renewal cannot be written none runs (their lease lapses
+/// and a later claim takes them: delayed, never run twice at once).
+fn confirm_lease<C: R2D2Connection + StoreConnection + 'static>(
+    conn: &mut Conn<C>,
+    cfg: &Config,
+    shard: usize,
+    token: i64,
+    claimed_now: i64,
+    mut rows: Vec<Claimed>,
+) -> Vec<Claimed> {
+    let lease = crate::util::millis(cfg.lease);
+    let left = claimed_now.saturating_add(lease).saturating_sub(now_ms());
+    if rows.is_empty() || left >= lease / 2 {
+        return rows;
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.task.id).collect();
+    let renewed = conn.with(|c| {
+        let until = now_ms().saturating_add(lease);
+        if c.extend(token, &ids, until)? == ids.len() {
+            return Ok(None);
+        }
+        c.held(token, &ids).map(Some)
+    });
+    match renewed {
+        Ok(None) => {
+            log::warn!(
+                "tend: a claim of {} task(s) from shard {shard} returned with {left} ms of its \
+                 {lease} ms lease left (its commit waited); their leases were renewed before \
+                 they run",
+                rows.len()
+            );
+        }
+        Ok(Some(held)) => {
+            let before = rows.len();
+            rows.retain(|r| held.contains(&r.task.id));
+            log::warn!(
+                "tend: a claim of {before} task(s) from shard {shard} returned with {left} ms of \
+                 its {lease} ms lease left (its commit waited): {} of them were meanwhile \
+                 claimed by another claim, which runs them; the other {} were renewed and run \
+                 here",
+                before - rows.len(),
+                rows.len()
+            );
+        }
+        Err(e) => {
+            log::warn!(
+                "tend: a claim of {} task(s) from shard {shard} returned with {left} ms of its \
+                 {lease} ms lease left (its commit waited), and renewing their leases failed \
+                 ({e}): none runs here; a later claim takes them once the lease lapsed",
+                rows.len()
+            );
+            rows.clear();
+        }
+    }
+    rows
 }
 
 /// Order per key: rows that wait behind an earlier row of their key are due, but no claim may

@@ -142,6 +142,8 @@ pub(crate) mod ops {
         fn finish(&mut self, rows: &[Finish]) -> QueryResult<Vec<i64>>;
         /// Pushes the lease expiry of running rows held under `token`.
         fn extend(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<usize>;
+        /// The ids among `ids` whose rows hold the lease `token`.
+        fn held(&mut self, token: i64, ids: &[i64]) -> QueryResult<Vec<i64>>;
         /// Deletes up to `limit` kept completed rows last modified before `before`.
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize>;
         /// Takes node slot `node_id` for `owner` if it is free or its holder stopped

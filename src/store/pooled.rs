@@ -69,6 +69,9 @@ where
     fn extend(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<usize> {
         (**self).extend(token, ids, until)
     }
+    fn held(&mut self, token: i64, ids: &[i64]) -> QueryResult<Vec<i64>> {
+        (**self).held(token, ids)
+    }
     fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize> {
         (**self).purge_completed(before, limit)
     }

@@ -8,11 +8,13 @@
 mod support;
 
 mod drain;
+mod lease;
 mod retry;
 mod settings;
 mod shutdown;
 
 use drain::*;
+use lease::*;
 use retry::*;
 use settings::*;
 use shutdown::*;
@@ -228,6 +230,9 @@ per_backend!(
     scheduled_tasks_wait_for_their_delay,
     shutdown_releases_claimed_but_unstarted_tasks,
     shutdown_abandons_a_stuck_task_which_runs_again_later,
+    a_claim_that_waited_past_its_lease_renews_it_before_running,
+    an_outbox_transaction_longer_than_the_lease_renews_it_before_running,
+    a_sync_task_committed_after_its_lease_renews_it_before_running,
 );
 
 /// A pool of 2 threads (batch 50, poll 10 ms) over `small`, started: the two session-setting

@@ -157,6 +157,14 @@ pub(super) fn stale_token_cannot_complete_finish_or_extend<D: Db>(db: &D) {
     assert_eq!(conn.finish(&[late]).unwrap(), Vec::<i64>::new());
     assert_eq!(conn.extend(1, &[id], T0 + 99_000).unwrap(), 0);
     assert_same_row(&before, &found(&mut conn, id));
+    // Which rows a token still holds (what a claim that returned late keeps): none for the
+    // old one, the row for the new one; ids that are no row are not held.
+    assert_eq!(
+        conn.held(1, &[id, id + 1000, -1]).unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(conn.held(2, &[id, id + 1000, -1]).unwrap(), vec![id]);
+    assert_eq!(conn.held(2, &[]).unwrap(), Vec::<i64>::new());
 
     // The current holder's token works.
     assert_eq!(conn.extend(2, &[id], T0 + 60_000).unwrap(), 1);
