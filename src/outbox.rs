@@ -571,8 +571,8 @@ where
             return Ok(());
         }
         let renewed = now.saturating_add(lease);
-        let why = match conn.extend(token, &[row.id], renewed) {
-            Ok(1) => {
+        let why = match conn.renew(token, &[row.id], renewed) {
+            Ok(held) if !held.is_empty() => {
                 row.lease_expires_at = Some(renewed);
                 log::warn!(
                     "tend: task {} committed with {left} ms of its {lease} ms lease left (a long \

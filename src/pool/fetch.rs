@@ -382,15 +382,8 @@ fn confirm_lease<C: R2D2Connection + StoreConnection + 'static>(
         return rows;
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.task.id).collect();
-    let renewed = conn.with(|c| {
-        let until = now_ms().saturating_add(lease);
-        if c.extend(token, &ids, until)? == ids.len() {
-            return Ok(None);
-        }
-        c.held(token, &ids).map(Some)
-    });
-    match renewed {
-        Ok(None) => {
+    match conn.with(|c| c.renew(token, &ids, now_ms().saturating_add(lease))) {
+        Ok(held) if held.len() == ids.len() => {
             log::warn!(
                 "tend: a claim of {} task(s) from shard {shard} returned with {left} ms of its \
                  {lease} ms lease left (its commit waited); their leases were renewed before \
@@ -398,7 +391,7 @@ fn confirm_lease<C: R2D2Connection + StoreConnection + 'static>(
                 rows.len()
             );
         }
-        Ok(Some(held)) => {
+        Ok(held) => {
             let before = rows.len();
             rows.retain(|r| held.contains(&r.task.id));
             log::warn!(

@@ -243,17 +243,9 @@ macro_rules! common_ops {
         }
 
         fn held(&mut self, token: i64, ids: &[i64]) -> QueryResult<Vec<i64>> {
-            use $crate::store::stmt::{Bind, Stmt};
             let mut held = Vec::new();
             for chunk in ids.chunks(1024) {
-                held.extend(
-                    Stmt::new("SELECT id FROM consistency_task WHERE lease_token = ")
-                        .bind(Bind::I64(token))
-                        .sql(" AND id IN ")
-                        .ids(chunk)
-                        .typed::<diesel::sql_types::BigInt>()
-                        .load::<i64>(self)?,
-                );
+                held.extend($crate::store::lease::leased_by(token, chunk).load::<i64>(self)?);
             }
             Ok(held)
         }

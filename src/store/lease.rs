@@ -86,10 +86,11 @@ macro_rules! lease_rows {
                 Ok($crate::store::lease::as_leased(rows, c))
             } else {
                 // Some rows changed between the read and the lease: keep only ours.
-                let ours: std::collections::HashSet<i64> = $crate::store::lease::leased_by(c, &ids)
-                    .load::<i64>(&mut *conn)?
-                    .into_iter()
-                    .collect();
+                let ours: std::collections::HashSet<i64> =
+                    $crate::store::lease::leased_by(c.token, &ids)
+                        .load::<i64>(&mut *conn)?
+                        .into_iter()
+                        .collect();
                 log::warn!(
                     "tend: {} of {} rows read as due were no longer claimable when leased \
                      (another claimer took them: the server's SKIP LOCKED did not lock them); \
@@ -105,13 +106,10 @@ macro_rules! lease_rows {
 }
 pub(crate) use lease_rows;
 
-/// The ids among `ids` that hold this claim's token.
-pub(crate) fn leased_by<'a>(
-    c: &Claim<'a>,
-    ids: &[i64],
-) -> stmt::Stmt<'a, diesel::sql_types::BigInt> {
+/// The ids among `ids` whose rows hold the lease `token`.
+pub(crate) fn leased_by<'a>(token: i64, ids: &[i64]) -> stmt::Stmt<'a, diesel::sql_types::BigInt> {
     stmt::Stmt::new("SELECT id FROM consistency_task WHERE lease_token = ")
-        .bind(stmt::Bind::I64(c.token))
+        .bind(stmt::Bind::I64(token))
         .sql(" AND id IN ")
         .ids(ids)
         .typed()

@@ -144,6 +144,16 @@ pub(crate) mod ops {
         fn extend(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<usize>;
         /// The ids among `ids` whose rows hold the lease `token`.
         fn held(&mut self, token: i64, ids: &[i64]) -> QueryResult<Vec<i64>>;
+        /// Pushes the lease `token` of `ids` to `until` and returns the ids that still hold it
+        /// (all of them, unless another claim took some): what a claim or an outbox transaction
+        /// that returned late does before anything runs (`pool::fetch::confirm_lease`,
+        /// `Outbox::lease_held`).
+        fn renew(&mut self, token: i64, ids: &[i64], until: i64) -> QueryResult<Vec<i64>> {
+            if self.extend(token, ids, until)? == ids.len() {
+                return Ok(ids.to_vec());
+            }
+            self.held(token, ids)
+        }
         /// Deletes up to `limit` kept completed rows last modified before `before`.
         fn purge_completed(&mut self, before: i64, limit: i64) -> QueryResult<usize>;
         /// Takes node slot `node_id` for `owner` if it is free or its holder stopped
