@@ -64,14 +64,7 @@ pub(crate) fn an_outbox_transaction_longer_than_the_lease_renews_it_before_runni
         return;
     };
     let (run, rec) = new_run();
-    let workers = builder(&db, registry::<JobA>())
-        .threads(1)
-        .lease(Duration::from_secs(1))
-        .owner("pool")
-        .build()
-        .unwrap();
-    let outbox = workers.outbox();
-    let handle = workers.start().unwrap();
+    let (outbox, handle) = outbox_and_pool(&db);
     let mut conn = db.pooled();
     let id = outbox
         .transaction(&mut *conn, |conn, tx| {
@@ -92,14 +85,7 @@ pub(crate) fn a_sync_task_committed_after_its_lease_renews_it_before_running<C: 
         return;
     };
     let (run, rec) = new_run();
-    let workers = builder(&db, registry::<JobA>())
-        .threads(1)
-        .lease(Duration::from_secs(1))
-        .owner("pool")
-        .build()
-        .unwrap();
-    let outbox = workers.outbox();
-    let handle = workers.start().unwrap();
+    let (outbox, handle) = outbox_and_pool(&db);
     let mut conn = db.pooled();
     let watcher = {
         let (db_url, rec) = (db.url.clone(), rec.clone());
@@ -168,4 +154,16 @@ fn assert_runs_once_under_a_live_lease<C: TestConn>(
         db.rows().is_empty().then_some(())
     });
     assert_eq!(rec.times(0), 1);
+}
+
+/// A started pool of one thread with a 1 s lease (owner `pool`) and its outbox.
+fn outbox_and_pool<C: TestConn>(db: &TestDb<C>) -> (tend::Outbox<C>, PoolHandle) {
+    let workers = builder(db, registry::<JobA>())
+        .threads(1)
+        .lease(Duration::from_secs(1))
+        .owner("pool")
+        .build()
+        .unwrap();
+    let outbox = workers.outbox();
+    (outbox, workers.start().unwrap())
 }
